@@ -1,0 +1,23 @@
+"""The exception hierarchy: one base, each subclass also the matching builtin."""
+
+from __future__ import annotations
+
+
+class GfsPruneError(Exception):
+    """Base class of every error gfsprune raises on purpose."""
+
+
+class ConfigError(GfsPruneError, ValueError):
+    """An argument or option has an invalid value."""
+
+
+class ModelError(GfsPruneError, ValueError):
+    """A model cannot be traced, pruned, saved or loaded as asked."""
+
+
+class DataError(GfsPruneError, ValueError):
+    """A data set is missing, malformed or does not match the model."""
+
+
+class LossError(GfsPruneError, ValueError):
+    """A loss came out NaN or infinite."""

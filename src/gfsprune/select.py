@@ -1,0 +1,212 @@
+"""Greedy forward selection and backward elimination over abstract items.
+
+This module knows nothing about neural networks: an item is an integer in ``range(n_items)``
+and the caller supplies a ``score`` function that returns the loss of a candidate set. Keeping
+the engine abstract lets the same code drive the two-layer theory experiment, channel
+selection in real networks, and the tests' brute-force checks.
+
+Forward selection (Ye et al., 2020, Algorithm 1) starts from the empty set and, at each step,
+adds the candidate whose addition gives the lowest loss. Backward elimination starts from the
+full set and removes the item whose removal gives the lowest loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gfsprune.errors import ConfigError, LossError
+
+__all__ = ["Selection", "ScoreFn", "forward_select", "backward_eliminate"]
+
+#: ``score(current, candidates)`` returns one loss per candidate, in the order given.
+ScoreFn = Callable[[list[int], list[int]], Sequence[float]]
+#: ``callback(step, item, loss)`` is called after every pick, ``step`` counting from 1.
+StepCallback = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of a greedy run.
+
+    Attributes:
+        order: The items in the order they were picked (added, or removed for backward
+            elimination); with repeats an item may appear more than once.
+        losses: ``losses[k]`` is the loss right after the ``k + 1``-th pick.
+        evaluations: How many candidate losses were computed in total (the cost of the run).
+    """
+
+    order: list[int]
+    losses: list[float]
+    evaluations: int
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ConfigError(f"'{name}' must be a positive integer. Got {value!r} instead.")
+    return int(value)
+
+
+def _check_candidates(candidates: int | None) -> int | None:
+    return None if candidates is None else _check_positive_int("candidates", candidates)
+
+
+def _draw(allowed: list[int], candidates: int | None, rng: np.random.Generator) -> list[int]:
+    """A uniformly random subset of ``allowed`` of size ``candidates``, sorted ascending."""
+    if candidates is None or candidates >= len(allowed):
+        return allowed
+    picked = rng.choice(len(allowed), size=candidates, replace=False)
+    return sorted(allowed[i] for i in picked)
+
+
+def _best(score: ScoreFn, current: list[int], cands: list[int]) -> tuple[int, float]:
+    """The candidate with the lowest loss; ties go to the lowest index (``cands`` is sorted)."""
+    losses = list(score(list(current), list(cands)))
+    if len(losses) != len(cands):
+        raise ConfigError(
+            f"'score' must return one loss per candidate: asked for {len(cands)}, "
+            f"got {len(losses)}."
+        )
+    values = [float(v) for v in losses]
+    bad = [c for c, v in zip(cands, values, strict=True) if math.isnan(v)]
+    if bad:
+        raise LossError(
+            f"'score' returned NaN for candidate(s) {bad[:5]} with {len(current)} item(s) "
+            "selected; check the model and data for NaN/inf values or lower the learning rate."
+        )
+    k = min(range(len(cands)), key=lambda i: (values[i], cands[i]))
+    return cands[k], values[k]
+
+
+def forward_select(
+    score: ScoreFn,
+    n_items: int,
+    *,
+    steps: int | None = None,
+    tolerance: float | None = None,
+    reference: float | None = None,
+    candidates: int | None = None,
+    repeats: bool = False,
+    seed: int = 0,
+    callback: StepCallback | None = None,
+) -> Selection:
+    """Greedy forward selection: grow a set from empty by the best candidate at each step.
+
+    Args:
+        score: ``score(selected, candidates)`` gives, for each candidate ``c``, the loss of
+            ``selected + [c]``; all candidates come in one call so that callers can batch.
+        n_items: Items are ``0 .. n_items - 1``.
+        steps: Stop after this many picks. Defaults to ``n_items`` when no threshold is
+            given; required when ``repeats=True``.
+        tolerance: Stop as soon as the loss is ``<= reference + tolerance``.
+        reference: The reference loss of the threshold (default 0.0).
+        candidates: Evaluate a uniformly random subset of this many allowed items at each
+            step (``None``: all of them).
+        repeats: Allow an item to be picked more than once (the theory's multiset).
+        seed: Seeds the candidate sampling.
+        callback: Called as ``callback(step, item, loss)`` after every pick.
+
+    Returns:
+        The picks and the loss after each pick.
+
+    Example:
+        >>> target = [3.0, 1.0, 2.0]
+        >>> score = lambda sel, cands: [abs(6 - sum(target[i] for i in sel + [c])) for c in cands]
+        >>> forward_select(score, 3, steps=2).order
+        [0, 2]
+    """
+    n_items = _check_positive_int("n_items", n_items)
+    candidates = _check_candidates(candidates)
+    threshold = _threshold(tolerance, reference)
+    if steps is None:
+        if repeats:
+            raise ConfigError("'steps' is required when repeats=True; the set has no size limit.")
+        steps = n_items
+    steps = _check_positive_int("steps", steps)
+    if not repeats and steps > n_items:
+        raise ConfigError(
+            f"'steps' must be at most n_items={n_items} when repeats=False. Got {steps} instead."
+        )
+    rng = np.random.default_rng(seed)
+    selected: list[int] = []
+    losses: list[float] = []
+    evaluations = 0
+    for step in range(1, steps + 1):
+        taken = set(selected)
+        allowed = list(range(n_items)) if repeats else [i for i in range(n_items) if i not in taken]
+        cands = _draw(allowed, candidates, rng)
+        item, loss = _best(score, selected, cands)
+        selected.append(item)
+        losses.append(loss)
+        evaluations += len(cands)
+        if callback is not None:
+            callback(step, item, loss)
+        if threshold is not None and loss <= threshold:
+            break
+    return Selection(order=selected, losses=losses, evaluations=evaluations)
+
+
+def backward_eliminate(
+    score_without: ScoreFn,
+    n_items: int,
+    *,
+    steps: int,
+    candidates: int | None = None,
+    seed: int = 0,
+    callback: StepCallback | None = None,
+) -> Selection:
+    """Greedy backward elimination: shrink the full set by the least harmful removal.
+
+    Args:
+        score_without: ``score_without(remaining, candidates)`` gives, for each candidate
+            ``c`` in ``remaining``, the loss of ``remaining`` without ``c``.
+        n_items: The full set is ``0 .. n_items - 1``.
+        steps: How many items to remove (at most ``n_items``).
+        candidates: Evaluate a uniformly random subset of this many remaining items at each
+            step (``None``: all of them).
+        seed: Seeds the candidate sampling.
+        callback: Called as ``callback(step, item, loss)`` after every removal.
+
+    Returns:
+        The removals in order (``order``) and the loss after each removal.
+
+    Example:
+        >>> weights = [3.0, 1.0, 2.0]
+        >>> score = lambda rest, cands: [sum(weights[i] for i in rest if i != c) for c in cands]
+        >>> backward_eliminate(score, 3, steps=2).order
+        [0, 2]
+    """
+    n_items = _check_positive_int("n_items", n_items)
+    candidates = _check_candidates(candidates)
+    steps = _check_positive_int("steps", steps)
+    if steps > n_items:
+        raise ConfigError(f"'steps' must be at most n_items={n_items}. Got {steps} instead.")
+    rng = np.random.default_rng(seed)
+    remaining = list(range(n_items))
+    removed: list[int] = []
+    losses: list[float] = []
+    evaluations = 0
+    for step in range(1, steps + 1):
+        cands = _draw(remaining, candidates, rng)
+        item, loss = _best(score_without, remaining, cands)
+        remaining.remove(item)
+        removed.append(item)
+        losses.append(loss)
+        evaluations += len(cands)
+        if callback is not None:
+            callback(step, item, loss)
+    return Selection(order=removed, losses=losses, evaluations=evaluations)
+
+
+def _threshold(tolerance: float | None, reference: float | None) -> float | None:
+    if tolerance is None and reference is None:
+        return None
+    for name, value in (("tolerance", tolerance), ("reference", reference)):
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+            raise ConfigError(f"'{name}' must be a finite number. Got {value!r} instead.")
+    if tolerance is not None and tolerance < 0:
+        raise ConfigError(f"'tolerance' must be >= 0. Got {tolerance!r} instead.")
+    return float(reference or 0.0) + float(tolerance or 0.0)
