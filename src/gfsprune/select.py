@@ -62,6 +62,16 @@ def _draw(allowed: list[int], candidates: int | None, rng: np.random.Generator) 
     return sorted(allowed[i] for i in picked)
 
 
+_NAN_FIX = "check the model and data for NaN/inf values (a diverged training run?)."
+
+
+def _finite_loss(value: float, name: str, selected: list[int]) -> float:
+    loss = float(value)
+    if math.isnan(loss):
+        raise LossError(f"'{name}' returned NaN with {len(selected)} item(s) selected; {_NAN_FIX}")
+    return loss
+
+
 def _best(score: ScoreFn, current: list[int], cands: list[int]) -> tuple[int, float]:
     """The candidate with the lowest loss; ties go to the lowest index (``cands`` is sorted)."""
     losses = list(score(list(current), list(cands)))
@@ -75,7 +85,7 @@ def _best(score: ScoreFn, current: list[int], cands: list[int]) -> tuple[int, fl
     if bad:
         raise LossError(
             f"'score' returned NaN for candidate(s) {bad[:5]} with {len(current)} item(s) "
-            "selected; check the model and data for NaN/inf values or lower the learning rate."
+            f"selected; {_NAN_FIX}"
         )
     k = min(range(len(cands)), key=lambda i: (values[i], cands[i]))
     return cands[k], values[k]
@@ -91,6 +101,7 @@ def forward_select(
     candidates: int | None = None,
     repeats: bool = False,
     seed: int = 0,
+    monitor: Callable[[list[int]], float] | None = None,
     callback: StepCallback | None = None,
 ) -> Selection:
     """Greedy forward selection: grow a set from empty by the best candidate at each step.
@@ -107,6 +118,9 @@ def forward_select(
             step (``None``: all of them).
         repeats: Allow an item to be picked more than once (the theory's multiset).
         seed: Seeds the candidate sampling.
+        monitor: ``monitor(selected)`` gives the loss recorded after each pick and compared
+            with the threshold, instead of the pick's own score (e.g. a fixed held-out batch
+            while picks are scored on fresh mini-batches, as in the paper's deep version).
         callback: Called as ``callback(step, item, loss)`` after every pick.
 
     Returns:
@@ -140,6 +154,8 @@ def forward_select(
         cands = _draw(allowed, candidates, rng)
         item, loss = _best(score, selected, cands)
         selected.append(item)
+        if monitor is not None:
+            loss = _finite_loss(monitor(list(selected)), "monitor", selected)
         losses.append(loss)
         evaluations += len(cands)
         if callback is not None:
