@@ -1,0 +1,456 @@
+"""Image-classification data sets chosen by a spec string, and reproducible loaders.
+
+Specs:
+    ``digits``            scikit-learn's bundled 8x8 digits (1,797 images, no download).
+    ``synthetic[:N]``     N generated 3x16x16 images in 10 classes (default 2,000), learnable.
+    ``cifar10:DIR``       the CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) in DIR.
+    ``imagefolder:DIR``   ImageNet layout: ``DIR/train/CLASS/*.jpg|png`` and ``DIR/val/CLASS/*``.
+
+Every data set yields ``(image, label)`` with ``image`` a normalised float tensor (C, H, W) and
+``labels`` available as one tensor on the data set. Training augmentation (random crops and
+flips) draws from torch's global generator, as torchvision's does; ``gfsprune.train.fit`` seeds
+that generator once per epoch, which makes runs and resumed runs repeat exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from gfsprune.errors import ConfigError, DataError
+
+__all__ = ["DataBundle", "check_labels", "load_data", "make_loader"]
+
+SPECS = ("digits", "synthetic[:N]", "cifar10:DIR", "imagefolder:DIR")
+
+# Per-channel statistics of the CIFAR-10 and ImageNet training sets, as in torchvision's recipes.
+_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+# Image folders up to this many files are opened once at load time so that a bad file is
+# reported before training starts; bigger ones are checked as each image is read.
+_VERIFY_LIMIT = 5_000
+_SYNTHETIC_DEFAULT, _SYNTHETIC_MIN = 2_000, 20
+
+
+_Transform = Callable[[torch.Tensor], torch.Tensor]
+_PilTransform = Callable[[Image.Image], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """A train/test pair of image-classification data sets.
+
+    Attributes:
+        name: The spec the bundle was loaded from, e.g. ``"cifar10:/data/cifar"``.
+        train: Training samples, augmented where the spec defines augmentation.
+        test: Held-out samples, never augmented.
+        num_classes: Labels lie in ``range(num_classes)``.
+        input_shape: ``(C, H, W)`` of one image after its transforms.
+    """
+
+    name: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+
+
+class _InMemory(Dataset):
+    """Images held in one tensor (N, C, H, W); ``transform`` (if any) maps one image."""
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, transform: _Transform | None = None
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        return (image if self.transform is None else self.transform(image)), int(self.labels[index])
+
+
+class _ImageFolder(Dataset):
+    """Image files read with Pillow on access; ``transform`` maps a PIL image to a tensor."""
+
+    def __init__(self, samples: list[tuple[Path, int]], transform: _PilTransform) -> None:
+        self.samples = samples
+        self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(_read_rgb(path)), label
+
+    def verify(self) -> None:
+        """Open every file once (headers only, cheap); raises DataError naming a bad file."""
+        for path, _ in self.samples:
+            with _opened(path):
+                pass
+
+
+def load_data(
+    spec: str, *, seed: int = 0, image_size: int | None = None, verify: bool | None = None
+) -> DataBundle:
+    """Load the data set that ``spec`` names (see the module docstring for the specs).
+
+    Args:
+        spec: ``digits``, ``synthetic[:N]``, ``cifar10:DIR`` or ``imagefolder:DIR``.
+        seed: Seeds the digits train/test split and the synthetic generator.
+        image_size: Side of the square crops of ``imagefolder`` (default 224); not accepted
+            for the other specs, whose images have a fixed size.
+        verify: Open every ``imagefolder`` file up front (True), only when read (False), or up
+            front for folders of at most 5,000 files (None).
+
+    Example:
+        >>> bundle = load_data("digits")
+        >>> bundle.input_shape, bundle.num_classes
+        ((1, 8, 8), 10)
+    """
+    name, sep, arg = spec.partition(":")
+    if image_size is not None and name != "imagefolder":
+        raise ConfigError(
+            f"image_size applies to 'imagefolder:DIR' data only; got image_size={image_size} "
+            f"with {spec!r}. Leave it out: these images have a fixed size."
+        )
+    if name == "digits" and not sep:
+        return _load_digits(seed)
+    if name == "synthetic":
+        return _load_synthetic(_parse_count(spec, arg) if sep else _SYNTHETIC_DEFAULT, seed)
+    if name == "cifar10" and arg:
+        return _load_cifar10(spec, _existing_dir(arg, spec))
+    if name == "imagefolder" and arg:
+        size = 224 if image_size is None else _check_image_size(image_size)
+        return _load_imagefolder(spec, _existing_dir(arg, spec), size, verify)
+    raise DataError(f"unknown data spec {spec!r}; valid specs are {', '.join(SPECS)}.")
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+    workers: int = 0,
+) -> DataLoader:
+    """A DataLoader whose shuffled order is fixed by ``seed``.
+
+    ``workers=0`` (the default) loads in this process; worker processes are seeded from the
+    loader's generator, so their augmentation is reproducible too.
+
+    Example:
+        >>> loader = make_loader(load_data("digits").test, batch_size=50, shuffle=False)
+        >>> next(iter(loader))[0].shape
+        torch.Size([50, 1, 8, 8])
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer. Got {batch_size!r} instead.")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def check_labels(bundle: DataBundle, num_classes: int) -> None:
+    """Raise DataError unless a model with ``num_classes`` outputs fits ``bundle``'s labels.
+
+    Example:
+        >>> check_labels(load_data("digits"), 10)
+    """
+    if num_classes != bundle.num_classes:
+        raise DataError(
+            f"the model predicts {num_classes} classes but data {bundle.name!r} has "
+            f"{bundle.num_classes}; build the model with num_classes={bundle.num_classes}."
+        )
+    for split, dataset in (("train", bundle.train), ("test", bundle.test)):
+        labels = _labels_of(dataset)
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(
+                f"{split} labels of {bundle.name!r} must lie in [0, {num_classes}) for a model "
+                f"with {num_classes} classes; found {int(labels.min())}..{int(labels.max())}. "
+                "Fix the labels or the model's class count."
+            )
+
+
+def _labels_of(dataset: Dataset) -> torch.Tensor:
+    if isinstance(dataset, Subset):
+        return _labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    labels = getattr(dataset, "labels", None)
+    if labels is None:  # a data set from elsewhere: read every sample once
+        labels = [label for _, label in dataset]
+    return torch.as_tensor(labels)
+
+
+def _existing_dir(arg: str, spec: str) -> Path:
+    path = Path(arg).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data directory '{path}' of {spec!r} does not exist; check the path.")
+    return path
+
+
+def _parse_count(spec: str, arg: str) -> int:
+    if not arg.isdigit() or int(arg) < _SYNTHETIC_MIN:
+        raise DataError(
+            f"the sample count N of 'synthetic:N' must be an integer >= {_SYNTHETIC_MIN}; "
+            f"got {spec!r}. Use e.g. 'synthetic:2000'."
+        )
+    return int(arg)
+
+
+def _check_image_size(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ConfigError(f"image_size must be an integer >= 8. Got {size!r} instead.")
+    return size
+
+
+def _normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Per-channel ``(image - mean) / std`` of a (C, H, W) or (N, C, H, W) tensor."""
+    return (image - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+
+
+def _random_flip(image: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right with probability 1/2."""
+    return image.flip(-1) if torch.rand(()) < 0.5 else image
+
+
+# ---------------------------------------------------------------------------------------------
+# digits and synthetic: small sets generated or bundled in memory
+
+
+def _load_digits(seed: int) -> DataBundle:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).div_(16).unsqueeze(1)  # (N,1,8,8)
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    train, test = train_test_split(
+        np.arange(len(labels)), test_size=0.25, stratify=digits.target, random_state=seed
+    )
+    train, test = torch.from_numpy(train), torch.from_numpy(test)
+    mean, std = images[train].mean().item(), images[train].std().item()
+    images = _normalize(images, (mean,), (std,))
+    return DataBundle(
+        name="digits",
+        train=_InMemory(images[train], labels[train]),
+        test=_InMemory(images[test], labels[test]),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+    )
+
+
+def _load_synthetic(count: int, seed: int) -> DataBundle:
+    """Smooth random class patterns, shifted by up to 3 pixels, under unit Gaussian noise."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(10, 3, 4, 4, generator=generator)
+    patterns = 2 * F.interpolate(coarse, size=16, mode="bilinear", align_corners=False)
+    labels = torch.randint(0, 10, (count,), generator=generator)
+    shifts = torch.randint(-3, 4, (count, 2), generator=generator).tolist()
+    images = torch.stack(
+        [patterns[c].roll(shift, dims=(1, 2)) for c, shift in zip(labels, shifts, strict=True)]
+    )
+    images += torch.randn(images.shape, generator=generator)  # (N, 3, 16, 16)
+    n_test = count // 5
+    return DataBundle(
+        name=f"synthetic:{count}",
+        train=_InMemory(images[n_test:], labels[n_test:]),
+        test=_InMemory(images[:n_test], labels[:n_test]),
+        num_classes=10,
+        input_shape=(3, 16, 16),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 python batches
+
+
+def _load_cifar10(spec: str, root: Path) -> DataBundle:
+    if not (root / "data_batch_1").exists() and (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"  # the folder the official archive unpacks to
+    train = [_read_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
+    test_images, test_labels = _read_cifar_batch(root / "test_batch")
+    train_images = torch.cat([images for images, _ in train])
+    train_labels = torch.cat([labels for _, labels in train])
+    return DataBundle(
+        name=spec,
+        train=_InMemory(train_images, train_labels, partial(_cifar_transform, augment=True)),
+        test=_InMemory(test_images, test_labels, partial(_cifar_transform, augment=False)),
+        num_classes=10,
+        input_shape=(3, 32, 32),
+    )
+
+
+def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pickled batch as uint8 images (N, 3, 32, 32) and labels (N,)."""
+    if not path.is_file():
+        raise DataError(
+            f"CIFAR-10 file '{path}' is missing; DIR must hold the python-version batches "
+            "data_batch_1..5 and test_batch (from cifar-10-python.tar.gz)."
+        )
+    try:
+        with path.open("rb") as file:
+            batch = pickle.load(file, encoding="bytes")  # the format is a pickle; trust DIR
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, OSError) as err:
+        raise DataError(
+            f"CIFAR-10 file '{path}' is not a readable batch ({type(err).__name__}: {err}); "
+            "replace it with the original from cifar-10-python.tar.gz."
+        ) from err
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(
+            f"CIFAR-10 file '{path}' must hold b'data' of shape (N, 3072) and N b'labels'; got "
+            f"{data.shape} and {len(labels)} labels. Replace it with the original batch."
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(
+            f"CIFAR-10 file '{path}' has labels {labels.min()}..{labels.max()} outside 0..9; "
+            "replace it with the original batch."
+        )
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    return images, torch.from_numpy(labels)
+
+
+def _cifar_transform(image: torch.Tensor, *, augment: bool) -> torch.Tensor:
+    """uint8 (3, 32, 32) to normalised float; augment: random crop with 4-pixel padding, flip."""
+    image = image.float().div_(255)
+    if augment:
+        padded = F.pad(image, (4, 4, 4, 4))  # (3, 40, 40), zero (black) border
+        top, left = torch.randint(0, 9, (2,)).tolist()
+        image = _random_flip(padded[:, top : top + 32, left : left + 32])
+    return _normalize(image, _CIFAR_MEAN, _CIFAR_STD)
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet-style folders
+
+
+def _load_imagefolder(spec: str, root: Path, size: int, verify: bool | None) -> DataBundle:
+    train_files = _scan_split(root, "train")
+    val_files = _scan_split(root, "val")
+    if train_files.keys() != val_files.keys():
+        only_train = sorted(train_files.keys() - val_files.keys())
+        only_val = sorted(val_files.keys() - train_files.keys())
+        raise DataError(
+            f"class folders of '{root}/train' and '{root}/val' differ (only in train: "
+            f"{only_train}, only in val: {only_val}); give both splits the same classes."
+        )
+    classes = sorted(train_files)
+    train = _ImageFolder(_samples(train_files, classes), partial(_train_image, size=size))
+    test = _ImageFolder(_samples(val_files, classes), partial(_eval_image, size=size))
+    if verify or (verify is None and len(train) + len(test) <= _VERIFY_LIMIT):
+        train.verify()
+        test.verify()
+    return DataBundle(
+        name=spec, train=train, test=test, num_classes=len(classes), input_shape=(3, size, size)
+    )
+
+
+def _scan_split(root: Path, split: str) -> dict[str, list[Path]]:
+    """Image files of ``root/split`` by class folder name."""
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(
+            f"image folder '{root}' has no '{split}/' split; expected the ImageNet layout "
+            f"{root}/{split}/CLASS/IMAGE."
+        )
+    files = {
+        d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        for d in sorted(folder.iterdir())
+        if d.is_dir()
+    }
+    if not files:
+        raise DataError(f"'{folder}' has no class folders; expected {folder}/CLASS/IMAGE.")
+    for name, paths in files.items():
+        if not paths:
+            raise DataError(
+                f"class folder '{folder / name}' holds no images ({', '.join(_IMAGE_SUFFIXES)}); "
+                "add images or remove the folder."
+            )
+    return files
+
+
+def _samples(files: dict[str, list[Path]], classes: list[str]) -> list[tuple[Path, int]]:
+    return [(path, label) for label, name in enumerate(classes) for path in files[name]]
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """``Image.open(path)``, with any failure inside the block turned into a DataError."""
+    try:
+        with Image.open(path) as image:
+            yield image
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image '{path}' ({err}); replace or delete the file.") from err
+
+
+def _read_rgb(path: Path) -> Image.Image:
+    with _opened(path) as image:
+        return image.convert("RGB")
+
+
+def _train_image(image: Image.Image, *, size: int) -> torch.Tensor:
+    """Random resized crop (scale 0.08..1, aspect 3/4..4/3) to ``size``, then a random flip."""
+    box = _random_box(image.width, image.height)
+    image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return _normalize(_random_flip(_to_tensor(image)), _IMAGENET_MEAN, _IMAGENET_STD)
+
+
+def _eval_image(image: Image.Image, *, size: int) -> torch.Tensor:
+    """Resize the short side to ``size * 256 / 224`` and crop the ``size`` square centre."""
+    side = min(image.width, image.height) * 224 / 256  # the centre crop, in source pixels
+    left, top = (image.width - side) / 2, (image.height - side) / 2
+    image = image.resize(
+        (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
+    )
+    return _normalize(_to_tensor(image), _IMAGENET_MEAN, _IMAGENET_STD)
+
+
+def _random_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The crop box of torchvision's RandomResizedCrop: 10 tries, then a centre crop."""
+    area = width * height
+    log_ratios = (math.log(3 / 4), math.log(4 / 3))
+    for _ in range(10):
+        u_area, u_ratio, u_left, u_top = torch.rand(4).tolist()
+        target = area * (0.08 + 0.92 * u_area)
+        ratio = math.exp(log_ratios[0] + (log_ratios[1] - log_ratios[0]) * u_ratio)
+        w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(u_left * (width - w + 1))
+            top = int(u_top * (height - h + 1))
+            return left, top, left + w, top + h
+    w, h = width, height  # fall back to the whole image, clipped to the aspect range
+    if width / height < 3 / 4:
+        h = round(width * 4 / 3)
+    elif width / height > 4 / 3:
+        w = round(height * 4 / 3)
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image to float (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
