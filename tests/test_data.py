@@ -92,7 +92,8 @@ def test_unknown_spec_lists_the_valid_ones(spec: str) -> None:
 
 
 def test_image_size_only_for_imagefolder() -> None:
-    with pytest.raises(ConfigError, match="image_size applies to 'imagefolder:DIR'.*got image_size=32"):
+    match = "image_size applies to 'imagefolder:DIR'.*got image_size=32"
+    with pytest.raises(ConfigError, match=match):
         load_data("digits", image_size=32)
 
 
@@ -230,7 +231,8 @@ def test_check_labels() -> None:
     with pytest.raises(DataError, match=r"model predicts 7 classes but data 'synthetic:40' has 10"):
         check_labels(bundle, 7)
     bad = DataBundle("bad", Subset(bundle.train, [0, 1]), [(torch.zeros(1), 10)], 10, (1, 1, 1))
-    with pytest.raises(DataError, match=r"test labels of 'bad' must lie in \[0, 10\).*found 10..10"):
+    match = r"test labels of 'bad' must lie in \[0, 10\).*found 10..10"
+    with pytest.raises(DataError, match=match):
         check_labels(bad, 10)
 
 
