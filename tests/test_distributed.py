@@ -73,7 +73,7 @@ def test_setup_outside_torchrun(monkeypatch) -> None:
 def test_two_gloo_processes_end_with_identical_weights(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on CPU
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     done = subprocess.run(
         [*command, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120

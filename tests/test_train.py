@@ -58,9 +58,11 @@ def test_cosine_schedule_with_warmup(synthetic) -> None:
 
 
 def test_resume_gives_the_same_weights(synthetic, tmp_path: Path, monkeypatch) -> None:
+    # on CPU: CUDA repeats runs exactly only under torch.use_deterministic_algorithms(True)
     config = TrainConfig(epochs=3, batch_size=32, lr=0.05)
+    options = {"progress": False, "device": "cpu"}
     straight = tiny_net(3)
-    straight_history = fit(straight, synthetic, config, progress=False)
+    straight_history = fit(straight, synthetic, config, **options)
 
     real_evaluate = train.evaluate
     calls = []
@@ -73,14 +75,14 @@ def test_resume_gives_the_same_weights(synthetic, tmp_path: Path, monkeypatch) -
 
     monkeypatch.setattr(train, "evaluate", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_net(3), synthetic, config, checkpoint_dir=tmp_path, progress=False)
+        fit(tiny_net(3), synthetic, config, checkpoint_dir=tmp_path, **options)
     monkeypatch.undo()
     saved = torch.load(tmp_path / "train_state.pt", weights_only=True)
     assert saved["epoch"] == 2 and not list(tmp_path.glob("*.tmp"))
 
     resumed = tiny_net(3, seed=1)  # another initialisation: the checkpoint must overwrite it
     resumed_history = fit(
-        resumed, synthetic, config, checkpoint_dir=tmp_path, resume=True, progress=False
+        resumed, synthetic, config, checkpoint_dir=tmp_path, resume=True, **options
     )
     torch.testing.assert_close(resumed.state_dict(), straight.state_dict(), rtol=0, atol=0)
     drop_time = [{k: v for k, v in h.items() if k != "seconds"} for h in resumed_history]
