@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from gfsprune import train
 from gfsprune.data import load_data
@@ -162,6 +164,12 @@ def test_model_must_fit_the_data(digits) -> None:
         fit(tiny_net(classes=5), digits, TrainConfig(epochs=1), progress=False)
     with pytest.raises(ModelError, match=r"cannot take 'digits' images of shape \(1, 8, 8\)"):
         fit(tiny_net(in_channels=3), digits, TrainConfig(epochs=1), progress=False)
+
+
+def test_empty_training_set(digits) -> None:
+    empty = dataclasses.replace(digits, train=Subset(digits.train, []))
+    with pytest.raises(DataError, match="the train set of 'digits' is empty"):
+        fit(tiny_net(), empty, TrainConfig(epochs=1), progress=False)
 
 
 def test_progress_bar_only_when_asked(synthetic, capsys) -> None:

@@ -144,17 +144,14 @@ def evaluate(
     else:
         device = torch.device(device)
         model.to(device)
-    was_training = model.training
-    model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
-    with torch.inference_mode():
+    with _evaluating(model):
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
             logits = model(images)
             totals[0] += (logits.argmax(1) == labels).sum()
             totals[1] += F.cross_entropy(logits.float(), labels, reduction="sum")
             totals[2] += len(labels)
-    model.train(was_training)
     correct, loss_sum, count = totals.tolist()
     if count == 0:
         raise DataError("cannot evaluate on an empty data set; give it at least one sample.")
@@ -201,6 +198,9 @@ def fit(
     """
     if resume and checkpoint_dir is None:
         raise ConfigError("resume=True needs the checkpoint_dir of the run to continue.")
+    for split, dataset in ("train", data.train), ("test", data.test):
+        if len(dataset) == 0:
+            raise DataError(f"the {split} set of {data.name!r} is empty; give it some samples.")
     device = resolve_device(device)
     model.to(device)
     check_labels(data, _count_outputs(model, data, device))
@@ -210,8 +210,6 @@ def fit(
             f"batch_size must be divisible by the {world} processes; got {config.batch_size}. "
             f"Use a multiple of {world}."
         )
-    if len(data.train) == 0:
-        raise DataError(f"the training set of {data.name!r} is empty; give it some samples.")
     sampler = None
     if distributed.is_distributed():
         sampler = DistributedSampler(data.train, shuffle=True, seed=config.seed)
@@ -259,21 +257,29 @@ def fit(
     return history
 
 
-def _count_outputs(model: nn.Module, data: DataBundle, device: torch.device) -> int:
-    """The model's class count, from one test image; ModelError if the input does not fit."""
-    image, _ = data.test[0]
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Run the block in eval mode under inference_mode, then restore the model's mode."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _count_outputs(model: nn.Module, data: DataBundle, device: torch.device) -> int:
+    """The model's class count, from one test image; ModelError if the input does not fit."""
+    image, _ = data.test[0]
+    try:
+        with _evaluating(model):
             logits = model(image.unsqueeze(0).to(device))
     except RuntimeError as err:
         raise ModelError(
             f"the model cannot take {data.name!r} images of shape {data.input_shape} "
             f"({str(err).splitlines()[0]}); build it for that input shape."
         ) from err
-    finally:
-        model.train(was_training)
     if logits.ndim != 2:
         raise ModelError(
             f"the model must return logits of shape (batch, classes); got {tuple(logits.shape)}."
