@@ -1,17 +1,43 @@
-"""gfsprune: structured pruning of PyTorch networks by greedy forward selection."""
+"""gfsprune: structured pruning of PyTorch networks by greedy forward selection.
 
+Example:
+    >>> import gfsprune
+    >>> net = gfsprune.models.get("digits_cnn")
+    >>> x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    >>> result = gfsprune.prune(net, [(x, y)], x[:1], target=gfsprune.Macs(0.5), progress=False)
+    >>> result.macs_after < result.macs_before
+    True
+"""
+
+from gfsprune import models
 from gfsprune._version import __version__
+from gfsprune.counting import count
 from gfsprune.errors import ConfigError, DataError, GfsPruneError, LossError, ModelError
+from gfsprune.prune import LayerLog, LayerPlan, PruneResult, prune
 from gfsprune.select import Selection, backward_eliminate, forward_select
+from gfsprune.serialize import export_onnx, load, save
+from gfsprune.targets import Macs, Params, Tolerance
 
 __all__ = [
     "__version__",
     "ConfigError",
     "DataError",
     "GfsPruneError",
+    "LayerLog",
+    "LayerPlan",
     "LossError",
+    "Macs",
     "ModelError",
+    "Params",
+    "PruneResult",
     "Selection",
+    "Tolerance",
     "backward_eliminate",
+    "count",
+    "export_onnx",
     "forward_select",
+    "load",
+    "models",
+    "prune",
+    "save",
 ]

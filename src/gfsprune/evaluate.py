@@ -10,8 +10,10 @@ rounding, and so the same picks.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -58,20 +60,100 @@ class NaiveEvaluator(Evaluator):
         return losses
 
 
+class _PrefixDone(Exception):
+    """Raised to stop the reference pass when it reaches the layer's first consumer."""
+
+
+@dataclass
+class _Call:
+    module: nn.Module
+    output: object = None
+    done: bool = False
+    nested: Counter = field(default_factory=Counter)  # calls made inside this one, per module
+
+
+class _PrefixCache:
+    """The module calls of one forward pass that finish before a layer's first consumer.
+
+    Their outputs do not depend on the layer's mask, so a batched pass over ``K`` copies of
+    the same inputs can return them tiled instead of computing them ``K`` times.
+    """
+
+    def __init__(self, model: nn.Module, inputs: object, consumers: set[nn.Module]) -> None:
+        self.model = model
+        self.calls: dict[nn.Module, list[_Call]] = {}
+        stack: list[_Call] = []
+
+        def before(module: nn.Module, _args: tuple) -> None:
+            if module in consumers:
+                raise _PrefixDone
+            for outer in stack:
+                outer.nested[module] += 1
+            call = _Call(module)
+            self.calls.setdefault(module, []).append(call)
+            stack.append(call)
+
+        def after(module: nn.Module, _args: tuple, output: object) -> None:
+            call = stack.pop()
+            call.output, call.done = output, True
+
+        handles = []
+        for m in model.modules():
+            handles.append(m.register_forward_pre_hook(before))
+            handles.append(m.register_forward_hook(after))
+        try:
+            run_model(model, inputs)
+        except _PrefixDone:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+
+    @contextmanager
+    def replay(self, k: int) -> Iterator[None]:
+        """While active, finished calls return their cached output tiled ``k`` times."""
+        seen: Counter = Counter()
+        patched = [m for m, calls in self.calls.items() if any(c.done for c in calls)]
+
+        def patch(module: nn.Module) -> None:
+            original = module.forward
+
+            def forward(*args, **kwargs):
+                calls = self.calls[module]
+                index = seen[module]
+                seen[module] += 1
+                if index < len(calls) and calls[index].done:
+                    seen.update(calls[index].nested)  # those calls are skipped with it
+                    return _repeat(calls[index].output, k)
+                return original(*args, **kwargs)
+
+            module.forward = forward
+
+        try:
+            for m in patched:
+                patch(m)
+            yield
+        finally:
+            for m in patched:
+                del m.forward  # back to the class's forward
+
+
 class BatchedEvaluator(Evaluator):
-    """Candidates stacked along the batch dimension, in chunks of at most ``max_batch``."""
+    """Candidates stacked along the batch dimension, in chunks of at most ``max_batch``,
+    reusing the activations computed before the layer's first consumer."""
 
     @torch.inference_mode()
     def __call__(self, inputs, targets, layer, keep):
         batch = targets.shape[0]
         chunk = max(1, self.max_batch // batch)
+        modules = dict(self.model.named_modules())
+        prefix = _PrefixCache(self.model, inputs, {modules[c.name] for c in layer.consumers})
         losses: list[float] = []
         for start in range(0, keep.shape[0], chunk):
             rows = keep[start : start + chunk]
             k = rows.shape[0]
-            stacked = _repeat(inputs, k)
-            with self.masks.candidates(layer, rows):
-                out = run_model(self.model, stacked)
+            with self.masks.candidates(layer, rows), prefix.replay(k):
+                out = run_model(self.model, _repeat(inputs, k))
             for i in range(k):
                 part = out[i * batch : (i + 1) * batch]
                 losses.append(float(self.loss_fn(part, targets)))

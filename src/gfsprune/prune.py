@@ -9,20 +9,22 @@ the layer restricted to the kept channels plus the candidate; the best one is ke
 from __future__ import annotations
 
 import copy
-import itertools
+import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from gfsprune.budget import CostModel, allocate_widths, check_reachable
+from gfsprune.channels import BatchStream, move, select_layer
 from gfsprune.counting import count
 from gfsprune.errors import ConfigError, DataError, ModelError
-from gfsprune.evaluate import EVALUATORS, LossFn, make_evaluator
-from gfsprune.select import forward_select
+from gfsprune.evaluate import EVALUATORS, make_evaluator
 from gfsprune.surgery import (
     ChannelLayer,
     Masks,
@@ -31,11 +33,15 @@ from gfsprune.surgery import (
     prune_channels,
     run_model,
 )
-from gfsprune.targets import Macs, Params, Target, Tolerance
+from gfsprune.targets import Macs, Params, Target, Tolerance, Widths
 
 __all__ = ["LayerPlan", "LayerLog", "PruneResult", "prune"]
 
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# The tolerance rule compares losses on a fixed set of batches (the paper uses a fixed
+# training subset); picks are still scored on the fresh batches that follow.
 _HELD_OUT_BATCHES = 4
+_STRATEGIES = ("forward", "backward")
 
 
 @dataclass(frozen=True)
@@ -100,42 +106,6 @@ class PruneResult:
         return self.params_after / self.params_before
 
 
-def _move(obj: object, device: torch.device) -> object:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
-    if isinstance(obj, tuple | list):
-        return type(obj)(_move(v, device) for v in obj)
-    return obj
-
-
-def _batches(data: Iterable, device: torch.device) -> Iterator[tuple[object, torch.Tensor]]:
-    """Cycle through ``data`` forever, checking that it yields ``(inputs, targets)`` pairs."""
-    for epoch in itertools.count():
-        empty = True
-        for batch in data:
-            empty = False
-            if not isinstance(batch, tuple | list) or len(batch) != 2:
-                raise DataError(
-                    "'data' must yield (inputs, targets) mini-batches; got a "
-                    f"{type(batch).__name__}"
-                    + (f" of length {len(batch)}" if isinstance(batch, tuple | list) else "")
-                    + ". Wrap your dataset in a DataLoader of (inputs, targets) pairs."
-                )
-            yield _move(batch[0], device), _move(batch[1], device)
-        if empty:
-            raise DataError(
-                "'data' yielded no mini-batch"
-                + (
-                    " after its first pass; it must be re-iterable (a DataLoader or a list), "
-                    "not a generator."
-                    if epoch
-                    else "; it is empty."
-                )
-            )
-
-
 def _check_first_batch(model: nn.Module, batch: tuple, loss_fn: LossFn) -> float:
     inputs, targets = batch
     try:
@@ -171,6 +141,43 @@ def _resolve_ignore(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list
     return resolved
 
 
+def _check_options(target, candidates, evaluator, strategy) -> None:
+    if not isinstance(target, Macs | Params | Tolerance | Widths):
+        raise ConfigError(
+            "'target' must be gfsprune.Macs(ratio), gfsprune.Params(ratio), "
+            f"gfsprune.Tolerance(eps) or gfsprune.Widths({{...}}). Got {target!r} instead."
+        )
+    if candidates is not None and (
+        isinstance(candidates, bool) or not isinstance(candidates, int) or candidates <= 0
+    ):
+        raise ConfigError(f"'candidates' must be a positive integer or None. Got {candidates!r}.")
+    if evaluator not in EVALUATORS:
+        raise ConfigError(f"'evaluator' must be one of {sorted(EVALUATORS)}. Got {evaluator!r}.")
+    if strategy not in _STRATEGIES:
+        raise ConfigError(f"'strategy' must be one of {list(_STRATEGIES)}. Got {strategy!r}.")
+    if strategy == "backward" and isinstance(target, Tolerance):
+        raise ConfigError(
+            "strategy='backward' needs a size target (Macs, Params or Widths), not Tolerance."
+        )
+
+
+def _fixed_widths(target: Widths, layers: Sequence[ChannelLayer]) -> list[int]:
+    by_name = {layer.name: layer for layer in layers}
+    unknown = sorted(set(target.widths) - set(by_name))
+    if unknown:
+        raise ConfigError(
+            f"Widths names layers {unknown[:5]} that are not prunable channel layers of this "
+            f"model; its layers are {sorted(by_name)[:8]}..."
+        )
+    too_wide = {n: w for n, w in target.widths.items() if w > by_name[n].width}
+    if too_wide:
+        raise ConfigError(
+            f"Widths asks for more channels than these layers have: {too_wide}; the layers' "
+            f"widths are { {n: by_name[n].width for n in too_wide} }."
+        )
+    return [target.widths.get(layer.name, layer.width) for layer in layers]
+
+
 def prune(
     model: nn.Module,
     data: Iterable,
@@ -185,6 +192,8 @@ def prune(
     progress: bool = True,
     device: str | torch.device | None = None,
     evaluator: str = "batched",
+    strategy: str = "forward",
+    checkpoint: str | os.PathLike | None = None,
 ) -> PruneResult:
     """Prune ``model`` by greedy forward selection of channels.
 
@@ -193,8 +202,9 @@ def prune(
         data: Re-iterable ``(inputs, targets)`` mini-batches; each greedy step draws the next.
         example_inputs: Inputs for tracing and counting (a tensor, tuple or dict).
         target: ``Macs(r)`` or ``Params(r)`` (fraction of the original to keep, uniform
-            per-layer widths), or ``Tolerance(eps)`` (per layer, add channels until the
-            loss on a fixed held-out batch set is within ``eps`` of its starting value).
+            per-layer widths), ``Tolerance(eps)`` (per layer, add channels until the loss on
+            a fixed held-out batch set is within ``eps`` of its starting value), or
+            ``Widths({layer: n})`` (exact widths).
         loss_fn: ``loss_fn(outputs, targets)``; defaults to cross-entropy.
         candidates: Channels scored per step, a seeded random subset (``None``: all).
         ignore: Modules (or their names) whose channel groups are left untouched.
@@ -205,6 +215,10 @@ def prune(
         device: Where to run (default: the model's device).
         evaluator: ``"batched"`` (fast) or ``"naive"`` (one forward per candidate, the
             reference); both give the same picks.
+        strategy: ``"forward"`` (the paper) or ``"backward"`` (greedy backward elimination
+            by loss, the approach the paper argues against).
+        checkpoint: A JSON file updated after every layer; if it exists, the finished layers
+            are restored from it and the run continues where it stopped, to the same plan.
 
     Returns:
         The smaller model, the plan and the costs before and after.
@@ -217,66 +231,69 @@ def prune(
         >>> 0.48 <= result.macs_ratio <= 0.52
         True
     """
-    if not isinstance(target, Macs | Params | Tolerance):
-        raise ConfigError(
-            "'target' must be gfsprune.Macs(ratio), gfsprune.Params(ratio) or "
-            f"gfsprune.Tolerance(eps). Got {target!r} instead."
-        )
-    if candidates is not None and (isinstance(candidates, bool) or candidates <= 0):
-        raise ConfigError(f"'candidates' must be a positive integer or None. Got {candidates!r}.")
-    if evaluator not in EVALUATORS:
-        raise ConfigError(f"'evaluator' must be one of {sorted(EVALUATORS)}. Got {evaluator!r}.")
+    _check_options(target, candidates, evaluator, strategy)
     loss_fn = loss_fn or nn.functional.cross_entropy
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
     work = copy.deepcopy(model).to(device).eval()
-    example_inputs = _move(example_inputs, device)
-    ignore_names = _resolve_ignore(model, ignore)
+    example_inputs = move(example_inputs, device)
     modules = dict(work.named_modules())
+    ignored = [modules[n] for n in _resolve_ignore(model, ignore)]
     graph = build_graph(work, example_inputs)
-    layers, skipped = find_layers(
-        work, example_inputs, ignore=[modules[n] for n in ignore_names], graph=graph
-    )
+    layers, skipped = find_layers(work, example_inputs, ignore=ignored, graph=graph)
     if not layers:
         raise ModelError(
             f"{type(model).__name__} has no prunable channel layer (every group is ignored, "
             "feeds the output directly, or cannot be masked exactly)."
         )
     macs_before, params_before = count(work, example_inputs)
-    cost = None if isinstance(target, Tolerance) else CostModel(work, example_inputs, layers)
+    cost = CostModel(work, example_inputs, layers) if isinstance(target, Macs | Params) else None
     if cost is not None:
         check_reachable(cost, target)
+    fixed = _fixed_widths(target, layers) if isinstance(target, Widths) else None
+    settings = {
+        "model": type(model).__name__,
+        "layers": [[layer.name, layer.width] for layer in layers],
+        "target": repr(target),
+        "candidates": candidates,
+        "rescale": rescale,
+        "seed": seed,
+        "strategy": strategy,
+    }
+    saved = _read_checkpoint(checkpoint, settings)
 
-    stream = _batches(data, device)
-    first = next(stream)
+    stream = BatchStream(data, device)
+    first = stream.next()
     _check_first_batch(work, first, loss_fn)
-    stream = itertools.chain([first], stream)
-    # The tolerance rule compares losses on a fixed set of batches (the paper uses a fixed
-    # training subset); picks are still scored on the fresh batches that follow.
-    held_out = (
-        [next(stream) for _ in range(_HELD_OUT_BATCHES)] if isinstance(target, Tolerance) else []
-    )
+    held_out = []
+    if isinstance(target, Tolerance):
+        held_out = [first] + [stream.next() for _ in range(_HELD_OUT_BATCHES - 1)]
+    plan = [LayerPlan(**entry) for entry in saved.get("plan", [])]
+    logs = [LayerLog(**entry) for entry in saved.get("layers", [])]
+    stream.skip_to(saved.get("drawn", 0))
 
-    plan: list[LayerPlan] = []
-    logs: list[LayerLog] = []
     with Masks(work, layers) as masks:
         evaluate = make_evaluator(evaluator, work, masks, loss_fn)
-        for index, layer in enumerate(layers):
-            # Re-split the budget with the actual picks so far (exact for concatenations).
-            width = None
+        for layer, done in zip(layers, plan, strict=False):
+            masks.set(layer, done.kept, done.scale)
+        for index in range(len(plan), len(layers)):
+            layer = layers[index]
+            width = fixed[index] if fixed is not None else None
             if cost is not None:
+                # Re-split the budget with the picks so far (exact for concatenations).
                 done = {i: p.kept for i, p in enumerate(plan)}
                 width = allocate_widths(cost, target, selected=done)[index]
-            plan_i, log_i = _select_layer(
+            choice = select_layer(
                 layer,
-                width,
+                width=width,
+                tolerance=target.eps if isinstance(target, Tolerance) else None,
+                strategy=strategy,
                 stream=stream,
                 evaluate=evaluate,
                 masks=masks,
                 held_out=held_out,
-                target=target,
                 candidates=candidates,
                 rescale=rescale,
                 seed=seed + index,
@@ -287,8 +304,9 @@ def prune(
                     leave=False,
                 ),
             )
-            plan.append(plan_i)
-            logs.append(log_i)
+            plan.append(LayerPlan(layer.name, layer.width, choice.kept, choice.scale))
+            logs.append(LayerLog(layer.name, choice.losses, choice.reference))
+            _write_checkpoint(checkpoint, settings, plan, logs, stream.drawn)
         with torch.no_grad():
             masked_out = run_model(work, example_inputs)
 
@@ -313,75 +331,45 @@ def prune(
     )
 
 
-def _select_layer(
-    layer: ChannelLayer,
-    width: int | None,
-    *,
-    stream: Iterator,
-    evaluate: Callable,
-    masks: Masks,
-    held_out: list,
-    target: Target,
-    candidates: int | None,
-    rescale: bool,
-    seed: int,
-    bar: tqdm,
-) -> tuple[LayerPlan, LayerLog]:
-    """Greedy forward selection within one layer; leaves the layer masked to its picks."""
-    size = layer.width
-
-    def factors(selected: list[int], extra: Sequence[int]) -> torch.Tensor:
-        scale = size / (len(selected) + 1) if rescale else 1.0
-        keep = torch.zeros(len(extra), size)
-        keep[:, selected] = scale
-        keep[torch.arange(len(extra)), list(extra)] = scale
-        return keep
-
-    def score(selected: list[int], cands: list[int]) -> list[float]:
-        inputs, targets = next(stream)
-        return evaluate(inputs, targets, layer, factors(selected, cands))
-
-    def held_out_loss(keep: torch.Tensor) -> float:
-        return sum(evaluate(x, y, layer, keep)[0] for x, y in held_out) / len(held_out)
-
-    reference = tolerance = monitor = None
-    if isinstance(target, Tolerance):
-        reference = held_out_loss(torch.ones(1, size))
-        tolerance = target.eps * abs(reference)
-        monitor = lambda selected: held_out_loss(factors(selected[:-1], selected[-1:]))  # noqa: E731
-
-    def on_pick(step: int, item: int, loss: float) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
+def _read_checkpoint(path: str | os.PathLike | None, settings: dict) -> dict:
+    """The saved progress of an interrupted run with the same settings, or ``{}``."""
+    if path is None or not Path(path).exists():
+        return {}
     try:
-        selection = forward_select(
-            score,
-            size,
-            steps=width,
-            tolerance=tolerance,
-            reference=reference,
-            candidates=candidates,
-            seed=seed,
-            monitor=monitor,
-            callback=on_pick,
+        saved = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"The checkpoint '{path}' is not valid JSON ({err}); delete it to start over."
+        ) from err
+    differs = [k for k in settings if saved.get("settings", {}).get(k) != settings[k]]
+    if differs:
+        raise ConfigError(
+            f"The checkpoint '{path}' was written by a run with other settings (they differ "
+            f"in: {', '.join(differs)}); delete it or choose another checkpoint path."
         )
-    finally:
-        bar.close()
-    kept = list(selection.order)
-    for segment in layer.segments:
-        if not set(segment) & set(kept):
-            # A concatenated part left empty would leave its module with no output channel:
-            # add that part's best channel (one more greedy step, restricted to the part).
-            inputs, targets = next(stream)
-            losses = evaluate(inputs, targets, layer, factors(kept, segment))
-            kept.append(segment[min(range(len(segment)), key=losses.__getitem__)])
-    scale = size / len(kept) if rescale else 1.0
-    masks.set(layer, kept, scale)
-    return (
-        LayerPlan(layer.name, size, list(kept), scale),
-        LayerLog(layer.name, list(selection.losses), reference),
-    )
+    return saved
+
+
+def _write_checkpoint(
+    path: str | os.PathLike | None,
+    settings: dict,
+    plan: list[LayerPlan],
+    logs: list[LayerLog],
+    drawn: int,
+) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "settings": settings,
+        "plan": [asdict(p) for p in plan],
+        "layers": [asdict(log) for log in logs],
+        "drawn": drawn,
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
 
 
 def _check_equivalent(pruned: nn.Module, example_inputs: object, expected: torch.Tensor) -> None:

@@ -294,6 +294,7 @@ def prune_channels(
     kept: Mapping[str, Sequence[int]],
     *,
     scales: Mapping[str, float] | None = None,
+    widths: Mapping[str, int] | None = None,
 ) -> nn.Module:
     """A physically smaller copy of ``model`` with only the ``kept`` channels of each layer.
 
@@ -302,6 +303,7 @@ def prune_channels(
         example_inputs: Inputs for tracing.
         kept: Layer (root module) name to the channels to keep.
         scales: Layer name to the factor folded into its consumers' weights (default 1).
+        widths: Layer name to its expected full width; a mismatch is refused.
 
     Returns:
         The pruned copy.
@@ -322,6 +324,11 @@ def prune_channels(
     keep_sets = {}
     for name, keep in kept.items():
         width = by_name[name].width
+        if widths is not None and widths.get(name, width) != width:
+            raise ModelError(
+                f"Layer '{name}' has {width} channels here but {widths[name]} in the plan; "
+                "build the base model with the same constructor arguments as the original."
+            )
         keep_sets[name] = sorted(set(int(i) for i in keep))
         if not keep_sets[name] or not set(keep_sets[name]) <= set(range(width)):
             raise ModelError(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from gfsprune.errors import ConfigError
 
-__all__ = ["Macs", "Params", "Tolerance", "Target"]
+__all__ = ["Macs", "Params", "Tolerance", "Widths", "Target"]
 
 
 def _check_ratio(owner: str, ratio: object) -> None:
@@ -59,4 +60,25 @@ class Tolerance:
             )
 
 
-Target = Macs | Params | Tolerance
+@dataclass(frozen=True)
+class Widths:
+    """Keep exactly ``widths[name]`` channels of each named channel layer (named by its root
+    module, as in ``PruneResult.plan``); layers not named stay at full width. Reuses an
+    architecture, e.g. to compare channel choices at the widths greedy selection chose."""
+
+    widths: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = {
+            k: v
+            for k, v in dict(self.widths).items()
+            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int) or v <= 0
+        }
+        if bad or not self.widths:
+            raise ConfigError(
+                "The 'widths' parameter of Widths must map layer names to positive integers "
+                f"and name at least one layer. Got {bad or dict(self.widths)!r} instead."
+            )
+
+
+Target = Macs | Params | Tolerance | Widths
