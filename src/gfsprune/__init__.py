@@ -16,7 +16,7 @@ from gfsprune.errors import ConfigError, DataError, GfsPruneError, LossError, Mo
 from gfsprune.prune import LayerLog, LayerPlan, PruneResult, prune
 from gfsprune.select import Selection, backward_eliminate, forward_select
 from gfsprune.serialize import export_onnx, load, save
-from gfsprune.targets import Macs, Params, Tolerance
+from gfsprune.targets import Macs, Params, Tolerance, Widths
 
 __all__ = [
     "__version__",
@@ -32,6 +32,7 @@ __all__ = [
     "PruneResult",
     "Selection",
     "Tolerance",
+    "Widths",
     "backward_eliminate",
     "count",
     "export_onnx",

@@ -1,0 +1,53 @@
+"""Tiny networks shared by the tests (generated weights, no downloads)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Coupled(nn.Module):
+    """A residual add, a concatenation feeding a depthwise convolution, and a flatten."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c3 = nn.Conv2d(8, 6, 1)
+        self.dw, self.b3 = nn.Conv2d(14, 14, 3, padding=1, groups=14), nn.BatchNorm2d(14)
+        self.c4 = nn.Conv2d(14, 5, 1)
+        self.fc = nn.Linear(5 * 4 * 4, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.b1(self.c1(x)))
+        b = torch.relu(self.b2(self.c2(a))) + a  # residual add couples c1 and c2
+        c = torch.cat([b, self.c3(b)], 1)  # concat, then a depthwise conv over both parts
+        d = torch.relu(self.b3(self.dw(c)))
+        return self.fc(torch.flatten(self.c4(d), 1))
+
+
+class Chain(nn.Module):
+    """conv-BN-ReLU twice and a classifier: two independent channel layers."""
+
+    def __init__(self, width: int = 6, classes: int = 3) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(2, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.c2, self.b2 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorms non-trivial running statistics and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
