@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from nets import Coupled, randomize_norms
@@ -59,3 +64,51 @@ def test_prefix_cache_leaves_the_model_unpatched() -> None:
             x, y, layers[-1], torch.ones(2, layers[-1].width)
         )
     assert all("forward" not in vars(m) for m in model.modules())
+
+
+# Run by torchrun in each of two processes: the same model and data on every rank; each rank
+# writes the plan it ended with.
+WORKER = """
+import json, sys
+import torch
+from gfsprune import Macs, distributed, models, prune
+
+assert distributed.setup()
+torch.manual_seed(0)
+model = models.get("digits_cnn").eval()
+g = torch.Generator().manual_seed(1)
+data = [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g))
+        for _ in range(3)]
+result = prune(model, data, data[0][0][:1], target=Macs(0.5), candidates=5, progress=False)
+plan = [p.kept for p in result.plan]
+losses = [log.losses for log in result.layers]
+with open(f"{sys.argv[1]}/rank{distributed.rank()}.json", "w") as f:
+    json.dump({"plan": plan, "losses": losses, "world": distributed.world_size()}, f)
+distributed.teardown()
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_make_the_single_process_plan(tmp_path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on CPU
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*command, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == 2 and ranks[0]["plan"] == ranks[1]["plan"]
+    # The same script in this single process (no torchrun): the same plan.
+    env.pop("WORLD_SIZE", None)
+    single = tmp_path / "single"
+    single.mkdir()
+    solo = [sys.executable, str(script), str(single)]
+    script.write_text(WORKER.replace("assert distributed.setup()", "distributed.setup()"))
+    done = subprocess.run(solo, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    alone = json.loads((single / "rank0.json").read_text())
+    assert alone["world"] == 1 and alone["plan"] == ranks[0]["plan"]
+    for a, b in zip(alone["losses"], ranks[0]["losses"], strict=True):
+        assert a == pytest.approx(b, rel=1e-5)

@@ -9,6 +9,7 @@ rounding, and so the same picks.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from gfsprune import distributed
 from gfsprune.surgery import ChannelLayer, Masks, run_model
 
 __all__ = ["Evaluator", "make_evaluator", "EVALUATORS"]
@@ -171,9 +173,34 @@ def _repeat(inputs: object, k: int) -> object:
     return inputs
 
 
+class ShardedEvaluator:
+    """Splits the candidates across the processes of ``torch.distributed`` and gathers the
+    losses, so that every process sees all of them and makes the same pick.
+
+    Process ``r`` of ``W`` scores rows ``r, r + W, ...`` of ``keep``; all processes must be
+    given the same mini-batch.
+    """
+
+    def __init__(self, inner: Evaluator) -> None:
+        self.inner = inner
+
+    def __call__(self, inputs, targets, layer, keep) -> list[float]:
+        world, rank = distributed.world_size(), distributed.rank()
+        per_rank = -(-keep.shape[0] // world)  # ceil: all_gather needs equal lengths
+        mine = keep[rank::world]
+        local = self.inner(inputs, targets, layer, mine) if len(mine) else []
+        local += [math.nan] * (per_rank - len(local))
+        gathered = distributed.all_gather(local).cpu()  # (W, per_rank)
+        return [float(gathered[i % world, i // world]) for i in range(keep.shape[0])]
+
+
 EVALUATORS: dict[str, type[Evaluator]] = {"naive": NaiveEvaluator, "batched": BatchedEvaluator}
 
 
-def make_evaluator(name: str, model: nn.Module, masks: Masks, loss_fn: LossFn) -> Evaluator:
-    """Build the evaluator called ``name`` (one of ``EVALUATORS``)."""
-    return EVALUATORS[name](model, masks, loss_fn)
+def make_evaluator(
+    name: str, model: nn.Module, masks: Masks, loss_fn: LossFn
+) -> Evaluator | ShardedEvaluator:
+    """Build the evaluator called ``name`` (one of ``EVALUATORS``), sharded across processes
+    when ``torch.distributed`` is initialised with more than one."""
+    evaluator = EVALUATORS[name](model, masks, loss_fn)
+    return ShardedEvaluator(evaluator) if distributed.world_size() > 1 else evaluator

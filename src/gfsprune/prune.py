@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gfsprune import distributed
 from gfsprune.budget import CostModel, allocate_widths, check_reachable
 from gfsprune.channels import BatchStream, move, select_layer
 from gfsprune.counting import count
@@ -220,6 +221,11 @@ def prune(
         checkpoint: A JSON file updated after every layer; if it exists, the finished layers
             are restored from it and the run continues where it stopped, to the same plan.
 
+    Under ``torch.distributed`` (e.g. ``torchrun``), every process must be given the same
+    data in the same order: the candidates of each step are split across the processes and
+    their losses gathered, so all make the same picks, and the plan equals a single-process
+    run's. Only rank 0 shows progress and writes the checkpoint.
+
     Returns:
         The smaller model, the plan and the costs before and after.
 
@@ -300,13 +306,14 @@ def prune(
                 bar=tqdm(
                     total=width or layer.width,
                     desc=f"[{index + 1}/{len(layers)}] {layer.name}",
-                    disable=not progress,
+                    disable=not progress or not distributed.is_main(),
                     leave=False,
                 ),
             )
             plan.append(LayerPlan(layer.name, layer.width, choice.kept, choice.scale))
             logs.append(LayerLog(layer.name, choice.losses, choice.reference))
-            _write_checkpoint(checkpoint, settings, plan, logs, stream.drawn)
+            if distributed.is_main():
+                _write_checkpoint(checkpoint, settings, plan, logs, stream.drawn)
         with torch.no_grad():
             masked_out = run_model(work, example_inputs)
 
