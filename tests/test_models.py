@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import types
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,26 +17,30 @@ from gfsprune import models
 from gfsprune.errors import ConfigError
 
 ZOO = models.names()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # These models and batches are tiny: a second intra-op thread only adds synchronisation,
-    # which costs 10x or more when the machine's cores are busy with other work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+MOBILE = ["mobilenet_v2", "mobilenet_v3_small", "proxylessnas_mobile"]
+# Their width is all conv channels, so width_mult=0.25 keeps about 1/16 of the parameters.
+CONV_DOMINATED = ["resnet18", "resnet20", "resnet34", "resnet50", "resnet56", "vgg16_bn"]
 
 
 def _image_size(name: str) -> int:
     return 8 if name == "digits_cnn" else 32
 
 
-def _build(name: str, *, num_classes: int = 7, in_channels: int = 2, seed: int = 0) -> nn.Module:
+def _build(
+    name: str,
+    *,
+    num_classes: int = 7,
+    in_channels: int = 2,
+    seed: int = 0,
+    width_mult: float = 1.0,
+) -> nn.Module:
     torch.manual_seed(seed)
     return models.get(
-        name, num_classes=num_classes, in_channels=in_channels, image_size=_image_size(name)
+        name,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=_image_size(name),
+        width_mult=width_mult,
     )
 
 
@@ -51,6 +55,21 @@ def _count(model: nn.Module) -> int:
 
 def _last_linear(model: nn.Module) -> nn.Linear:
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def _hidden_widths(model: nn.Module) -> list[int]:
+    """Output widths of every conv and Linear but the classifier's output, in module order."""
+    widths = [
+        m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    return widths[:-1]
+
+
+def _group_count(model: nn.Module, x: torch.Tensor) -> int:
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    return len(list(graph.get_all_groups(ignored_layers=[_last_linear(model)])))
 
 
 def test_names_lists_the_whole_zoo_sorted() -> None:
@@ -146,12 +165,61 @@ def test_small_input_keeps_a_4x4_map_at_32x32_with_the_same_parameters(name: str
     assert _count(cifar) == _count(imagenet)
 
 
-def test_mobilenet_v2_width_mult_scales_channels_and_is_checked() -> None:
-    half = models.get("mobilenet_v2", num_classes=10, width_mult=0.5)
-    assert _count(half) < 0.7 * _count(models.get("mobilenet_v2", num_classes=10))
-    assert half(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    with pytest.raises(ConfigError, match=r"width_mult must be a positive float, got 0"):
-        models.get("mobilenet_v2", width_mult=0)
+@pytest.mark.parametrize("name", ZOO)
+def test_quarter_width_shrinks_the_model_which_forwards_and_builds_a_dependency_graph(
+    name: str,
+) -> None:
+    full, quarter = _build(name), _build(name, width_mult=0.25)
+    ratio = _count(quarter) / _count(full)
+    if name in CONV_DOMINATED:
+        assert ratio == pytest.approx(1 / 16, rel=0.1)
+    else:  # a larger share of the parameters sits in the classifier (or a kept 1280 head)
+        assert ratio < 0.2
+    x = _inputs(name)
+    out = quarter(x)
+    assert out.shape == (2, 7)
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in quarter.parameters())
+    full_groups, quarter_groups = _group_count(full.eval(), x), _group_count(quarter.eval(), x)
+    if name in MOBILE:
+        # Rounding to 8 can make a stride-1 block's input and output widths equal (V2's 32->16
+        # becomes 8->8), which adds its identity shortcut and couples two groups into one.
+        assert 0 < quarter_groups <= full_groups
+    else:
+        assert quarter_groups == full_groups
+
+
+@pytest.mark.parametrize("name", [n for n in ZOO if n not in MOBILE])
+def test_width_mult_scales_every_hidden_width_of_resnets_vgg_and_digits(name: str) -> None:
+    full, quarter = _build(name), _build(name, width_mult=0.25)
+    assert _hidden_widths(quarter) == [max(4, round(w * 0.25)) for w in _hidden_widths(full)]
+    assert min(_hidden_widths(_build(name, width_mult=0.01))) == 4
+
+
+@pytest.mark.parametrize("name", MOBILE)
+def test_width_mult_rounds_mobile_widths_to_multiples_of_8(name: str) -> None:
+    full, quarter = _build(name), _build(name, width_mult=0.25)
+    pairs = list(zip(_hidden_widths(quarter), _hidden_widths(full), strict=True))
+    # "<=": a squeeze-excitation width can sit at the floor of 8 already at width 1.0.
+    assert all(small % 8 == 0 and small <= big for small, big in pairs[:-1])
+    assert sum(small for small, _ in pairs) < 0.4 * sum(big for _, big in pairs)
+    # The last hidden width is MobileNetV2's and ProxylessNAS's 1280-channel head, which the
+    # reference code keeps for width_mult <= 1, or MobileNetV3's scaled classifier layer.
+    assert pairs[-1] == ((1280, 1280) if name != "mobilenet_v3_small" else (256, 1024))
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_width_mult_must_be_positive(name: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"^{name} width_mult must be a positive float, got 0; use e\.g\. 1\.0"
+    ):
+        models.get(name, width_mult=0)
+
+
+@pytest.mark.parametrize("value", [-0.5, math.nan, math.inf, True, "0.5"])
+def test_width_mult_rejects_non_positive_or_non_numbers(value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"resnet20 width_mult .* got {value!r};"):
+        models.get("resnet20", width_mult=value)
 
 
 def test_vgg16_bn_classifier_follows_image_size() -> None:
@@ -200,9 +268,11 @@ def test_unknown_name_lists_the_zoo() -> None:
 
 def test_unknown_option_names_the_accepted_ones() -> None:
     with pytest.raises(
-        ConfigError, match=r"'resnet20' has no option 'width_mult'; its options are num_classes"
+        ConfigError,
+        match=r"'resnet20' has no option 'small_input'; "
+        r"its options are num_classes, in_channels, width_mult$",
     ):
-        models.get("resnet20", width_mult=0.5)
+        models.get("resnet20", small_input=True)
 
 
 @pytest.mark.parametrize(

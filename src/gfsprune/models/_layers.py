@@ -6,6 +6,8 @@ Torch-Pruning can trace the channel dependencies through it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -24,6 +26,26 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     if rounded < 0.9 * value:
         rounded += divisor
     return rounded
+
+
+def check_width_mult(model: str, width_mult: float) -> None:
+    """Raise ``ConfigError`` unless ``width_mult`` is a positive, finite number."""
+    if (
+        isinstance(width_mult, bool)
+        or not isinstance(width_mult, (int, float))
+        or not 0 < width_mult < math.inf
+    ):
+        raise ConfigError(
+            f"{model} width_mult must be a positive float, got {width_mult!r}; use e.g. 1.0 or 0.5"
+        )
+
+
+def scale_channels(channels: int, width_mult: float) -> int:
+    """``channels * width_mult`` rounded to an integer, at least 4 (ResNets, VGG, digits CNN).
+
+    Every base count in the zoo is at least 16, so ``width_mult=1.0`` keeps it unchanged.
+    """
+    return max(4, round(channels * width_mult))
 
 
 class ConvBNAct(nn.Sequential):

@@ -3,6 +3,8 @@ MobileNetV3-Small (Howard et al., 2019) and ProxylessNAS-Mobile (Cai et al., ICL
 
 Each takes ``small_input``: the stem and the first downsampling block keep stride 1, so a
 32x32 input ends at 4x4 instead of 1x1 (the usual CIFAR adaptation); parameters are unchanged.
+Each takes ``width_mult``: every channel count is scaled and rounded to a multiple of 8 with
+``make_divisible``, as in the papers' reference code (torchvision's for MobileNetV3).
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from gfsprune.errors import ConfigError
 from gfsprune.models._layers import (
     Activation,
     ConvBNAct,
     InvertedResidual,
+    check_width_mult,
     init_weights,
     make_divisible,
 )
@@ -109,6 +111,12 @@ def _mobile_net(
     return MobileNet(nn.Sequential(*layers), classifier)
 
 
+def _last_channels(width_mult: float) -> int:
+    """The 1280-channel head of MobileNetV2 and ProxylessNAS: it grows with ``width_mult > 1``
+    but is kept for ``width_mult <= 1``, as in both papers' reference code."""
+    return make_divisible(1280 * max(1.0, width_mult))
+
+
 # MobileNetV2, Table 2 of the paper: (expansion t, output channels c, repeats n, first stride s).
 _V2_STAGES = (
     (1, 16, 1, 1),
@@ -134,19 +142,14 @@ def mobilenet_v2(
         >>> mobilenet_v2(num_classes=10, small_input=True)(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    if width_mult <= 0:
-        raise ConfigError(
-            f"mobilenet_v2 width_mult must be a positive float, got {width_mult!r}; "
-            "use e.g. 1.0 or 0.5"
-        )
+    check_width_mult("mobilenet_v2", width_mult)
     table = [
         (3, t, make_divisible(c * width_mult), s if i == 0 else 1)
         for t, c, n, s in _V2_STAGES
         for i in range(n)
     ]
     stem_channels = make_divisible(32 * width_mult)
-    # The head keeps 1280 channels for width_mult <= 1, as in the paper.
-    head_channels = make_divisible(1280 * max(1.0, width_mult))
+    head_channels = _last_channels(width_mult)
     return _mobile_net(
         _expanded(stem_channels, table, nn.ReLU6),
         nn.Sequential(nn.Dropout(0.2), nn.Linear(head_channels, num_classes)),
@@ -163,35 +166,68 @@ def _se(channels: int) -> int:
     return make_divisible(channels // 4)
 
 
-# MobileNetV3-Small, Table 2 of the paper.
-_V3_SMALL_BLOCKS = (
-    _Block(3, 16, 16, 2, nn.ReLU, _se(16)),
-    _Block(3, 72, 24, 2, nn.ReLU),
-    _Block(3, 88, 24, 1, nn.ReLU),
-    _Block(5, 96, 40, 2, nn.Hardswish, _se(96)),
-    _Block(5, 240, 40, 1, nn.Hardswish, _se(240)),
-    _Block(5, 240, 40, 1, nn.Hardswish, _se(240)),
-    _Block(5, 120, 48, 1, nn.Hardswish, _se(120)),
-    _Block(5, 144, 48, 1, nn.Hardswish, _se(144)),
-    _Block(5, 288, 96, 2, nn.Hardswish, _se(288)),
-    _Block(5, 576, 96, 1, nn.Hardswish, _se(576)),
-    _Block(5, 576, 96, 1, nn.Hardswish, _se(576)),
+# MobileNetV3-Small, Table 2 of the paper: (kernel, expanded channels, output channels, stride,
+# activation, squeeze-excitation).
+_V3_SMALL_TABLE = (
+    (3, 16, 16, 2, nn.ReLU, True),
+    (3, 72, 24, 2, nn.ReLU, False),
+    (3, 88, 24, 1, nn.ReLU, False),
+    (5, 96, 40, 2, nn.Hardswish, True),
+    (5, 240, 40, 1, nn.Hardswish, True),
+    (5, 240, 40, 1, nn.Hardswish, True),
+    (5, 120, 48, 1, nn.Hardswish, True),
+    (5, 144, 48, 1, nn.Hardswish, True),
+    (5, 288, 96, 2, nn.Hardswish, True),
+    (5, 576, 96, 1, nn.Hardswish, True),
+    (5, 576, 96, 1, nn.Hardswish, True),
 )
 
 
 def mobilenet_v3_small(
-    *, num_classes: int = 1000, in_channels: int = 3, small_input: bool = False
+    *,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    width_mult: float = 1.0,
+    small_input: bool = False,
 ) -> MobileNet:
-    """MobileNetV3-Small (squeeze-excitation, hardswish; 2.5M params at 1000 classes)."""
+    """MobileNetV3-Small (squeeze-excitation, hardswish; 2.5M params at 1000 classes, width 1.0).
+
+    As in torchvision, ``width_mult`` also scales the classifier's hidden 1024 units, and the
+    head conv has 6x the last block's channels (576 at width 1.0).
+
+    Example:
+        >>> model = mobilenet_v3_small(num_classes=10, width_mult=0.25, small_input=True)
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    check_width_mult("mobilenet_v3_small", width_mult)
+    blocks = []
+    for kernel, hidden, out, stride, activation, squeeze in _V3_SMALL_TABLE:
+        hidden = make_divisible(hidden * width_mult)
+        blocks.append(
+            _Block(
+                kernel,
+                hidden,
+                make_divisible(out * width_mult),
+                stride,
+                activation,
+                _se(hidden) if squeeze else 0,
+            )
+        )
+    head_channels = 6 * blocks[-1].out
+    classifier_channels = make_divisible(1024 * width_mult)
     classifier = nn.Sequential(
-        nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(1024, num_classes)
+        nn.Linear(head_channels, classifier_channels),
+        nn.Hardswish(),
+        nn.Dropout(0.2),
+        nn.Linear(classifier_channels, num_classes),
     )
     return _mobile_net(
-        _V3_SMALL_BLOCKS,
+        blocks,
         classifier,
         in_channels=in_channels,
-        stem_channels=16,
-        head_channels=576,
+        stem_channels=make_divisible(16 * width_mult),
+        head_channels=head_channels,
         activation=nn.Hardswish,
         small_input=small_input,
     )
@@ -225,15 +261,29 @@ _PROXYLESS_MOBILE_TABLE = (
 
 
 def proxylessnas_mobile(
-    *, num_classes: int = 1000, in_channels: int = 3, small_input: bool = False
+    *,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    width_mult: float = 1.0,
+    small_input: bool = False,
 ) -> MobileNet:
-    """ProxylessNAS-Mobile (ReLU6 MBConv blocks, kernels 3/5/7, expansion 1/3/6; 4.1M params)."""
+    """ProxylessNAS-Mobile (ReLU6 MBConv blocks, kernels 3/5/7, expansion 1/3/6; 4.1M params).
+
+    Like MobileNetV2, the 1280-channel head is not narrowed by ``width_mult < 1``.
+    """
+    check_width_mult("proxylessnas_mobile", width_mult)
+    table = [
+        (kernel, expansion, make_divisible(out * width_mult), stride)
+        for kernel, expansion, out, stride in _PROXYLESS_MOBILE_TABLE
+    ]
+    stem_channels = make_divisible(32 * width_mult)
+    head_channels = _last_channels(width_mult)
     return _mobile_net(
-        _expanded(32, _PROXYLESS_MOBILE_TABLE, nn.ReLU6),
-        nn.Sequential(nn.Linear(1280, num_classes)),
+        _expanded(stem_channels, table, nn.ReLU6),
+        nn.Sequential(nn.Linear(head_channels, num_classes)),
         in_channels=in_channels,
-        stem_channels=32,
-        head_channels=1280,
+        stem_channels=stem_channels,
+        head_channels=head_channels,
         activation=nn.ReLU6,
         small_input=small_input,
     )

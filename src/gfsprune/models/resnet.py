@@ -7,10 +7,13 @@ that every residual addition is a plain traced ``add`` whose channels Torch-Prun
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import torch
 from torch import nn
 
-from gfsprune.models._layers import ConvBNAct, init_weights
+from gfsprune.models._layers import ConvBNAct, check_width_mult, init_weights, scale_channels
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
@@ -98,66 +101,89 @@ class ResNet(nn.Module):
         return self.fc(self.flatten(self.pool(x)))  # (B, num_classes)
 
 
-def _cifar_resnet(depth: int, *, num_classes: int, in_channels: int) -> ResNet:
+def _scaled_widths(model: str, widths: tuple[int, ...], width_mult: float) -> tuple[int, ...]:
+    check_width_mult(model, width_mult)
+    return tuple(scale_channels(width, width_mult) for width in widths)
+
+
+def _cifar_resnet(depth: int, *, num_classes: int, in_channels: int, width_mult: float) -> ResNet:
     # 6n + 2 layers: a 3x3 stem, 3 stages of n BasicBlocks, the classifier.
     blocks_per_stage = (depth - 2) // 6
+    widths = _scaled_widths(f"resnet{depth}", (16, 32, 64), width_mult)
     return ResNet(
-        nn.Sequential(ConvBNAct(in_channels, 16, 3)),
+        nn.Sequential(ConvBNAct(in_channels, widths[0], 3)),
         BasicBlock,
-        widths=(16, 32, 64),
+        widths=widths,
         depths=(blocks_per_stage,) * 3,
         num_classes=num_classes,
     )
 
 
+# The ImageNet family by depth: block type and blocks per stage (He et al. 2016, Table 1).
+_IMAGENET_STAGES: Mapping[int, tuple[type[BasicBlock | Bottleneck], tuple[int, ...]]] = (
+    MappingProxyType(
+        {
+            18: (BasicBlock, (2, 2, 2, 2)),
+            34: (BasicBlock, (3, 4, 6, 3)),
+            50: (Bottleneck, (3, 4, 6, 3)),
+        }
+    )
+)
+
+
 def _imagenet_resnet(
-    block: type[BasicBlock | Bottleneck],
-    depths: tuple[int, ...],
-    *,
-    num_classes: int,
-    in_channels: int,
+    depth: int, *, num_classes: int, in_channels: int, width_mult: float
 ) -> ResNet:
+    block, depths = _IMAGENET_STAGES[depth]
+    widths = _scaled_widths(f"resnet{depth}", (64, 128, 256, 512), width_mult)
     stem = nn.Sequential(
-        ConvBNAct(in_channels, 64, 7, stride=2),
+        ConvBNAct(in_channels, widths[0], 7, stride=2),
         nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     )
-    return ResNet(stem, block, widths=(64, 128, 256, 512), depths=depths, num_classes=num_classes)
+    return ResNet(stem, block, widths=widths, depths=depths, num_classes=num_classes)
 
 
-def resnet20(*, num_classes: int = 10, in_channels: int = 3) -> ResNet:
+def resnet20(*, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0) -> ResNet:
     """CIFAR ResNet-20 (3 stages of 16/32/64 channels, 3 BasicBlocks each; ~0.27M params).
 
+    ``width_mult`` scales every hidden channel count (``max(4, round(c * width_mult))``); the
+    same holds for every ResNet here.
+
     Example:
-        >>> resnet20(num_classes=10)(torch.randn(2, 3, 32, 32)).shape
+        >>> resnet20(num_classes=10, width_mult=0.25)(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    return _cifar_resnet(20, num_classes=num_classes, in_channels=in_channels)
+    return _cifar_resnet(
+        20, num_classes=num_classes, in_channels=in_channels, width_mult=width_mult
+    )
 
 
-def resnet56(*, num_classes: int = 10, in_channels: int = 3) -> ResNet:
+def resnet56(*, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0) -> ResNet:
     """CIFAR ResNet-56 (3 stages of 16/32/64 channels, 9 BasicBlocks each; ~0.86M params)."""
-    return _cifar_resnet(56, num_classes=num_classes, in_channels=in_channels)
+    return _cifar_resnet(
+        56, num_classes=num_classes, in_channels=in_channels, width_mult=width_mult
+    )
 
 
-def resnet18(*, num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet18(*, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0) -> ResNet:
     """ImageNet ResNet-18 (7x7 stem + max pool, BasicBlocks 2-2-2-2; 11.7M params at 1000 classes).
 
     Adaptive pooling makes it run on any input size, 32x32 included.
     """
     return _imagenet_resnet(
-        BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels
+        18, num_classes=num_classes, in_channels=in_channels, width_mult=width_mult
     )
 
 
-def resnet34(*, num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet34(*, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0) -> ResNet:
     """ImageNet ResNet-34 (BasicBlocks 3-4-6-3; 21.8M params at 1000 classes)."""
     return _imagenet_resnet(
-        BasicBlock, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels
+        34, num_classes=num_classes, in_channels=in_channels, width_mult=width_mult
     )
 
 
-def resnet50(*, num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet50(*, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0) -> ResNet:
     """ImageNet ResNet-50 (Bottlenecks 3-4-6-3; 25.6M params at 1000 classes)."""
     return _imagenet_resnet(
-        Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels
+        50, num_classes=num_classes, in_channels=in_channels, width_mult=width_mult
     )

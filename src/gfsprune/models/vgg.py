@@ -6,7 +6,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gfsprune.models._layers import ConvBNAct, check_image_size, init_weights
+from gfsprune.models._layers import (
+    ConvBNAct,
+    check_image_size,
+    check_width_mult,
+    init_weights,
+    scale_channels,
+)
 
 # Output channels of each 3x3 conv+BN+ReLU; "M" is a 2x2 max pool.
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -15,7 +21,9 @@ _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 51
 class VGG(nn.Module):
     """``features`` (convs and pools), flatten, ``classifier`` (Linear-ReLU-Linear)."""
 
-    def __init__(self, *, num_classes: int, in_channels: int, image_size: int) -> None:
+    def __init__(
+        self, *, num_classes: int, in_channels: int, image_size: int, width_mult: float
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
@@ -24,12 +32,14 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 size //= 2
             else:
-                layers.append(ConvBNAct(channels, spec, 3))
-                channels = spec
+                out_channels = scale_channels(spec, width_mult)
+                layers.append(ConvBNAct(channels, out_channels, 3))
+                channels = out_channels
         self.features = nn.Sequential(*layers)
         self.flatten = nn.Flatten()
+        hidden = scale_channels(512, width_mult)
         self.classifier = nn.Sequential(
-            nn.Linear(channels * size * size, 512), nn.ReLU(), nn.Linear(512, num_classes)
+            nn.Linear(channels * size * size, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
         )
         init_weights(self)
 
@@ -37,11 +47,14 @@ class VGG(nn.Module):
         return self.classifier(self.flatten(self.features(x)))  # (B, num_classes)
 
 
-def vgg16_bn(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> VGG:
+def vgg16_bn(
+    *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width_mult: float = 1.0
+) -> VGG:
     """CIFAR VGG-16-BN: 13 conv+BN+ReLU layers, 5 max pools, Linear(512 * s * s, 512), Linear.
 
     ``s = image_size // 32`` is the side of the last feature map, so ``image_size`` must be
-    at least 32.
+    at least 32. ``width_mult`` scales the convs' and the hidden Linear's widths
+    (``max(4, round(c * width_mult))``).
 
     Example:
         >>> vgg16_bn(num_classes=10)(torch.randn(2, 3, 32, 32)).shape
@@ -53,4 +66,10 @@ def vgg16_bn(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 3
         halvings=5,
         fix="resize the images or use a model with global pooling such as resnet20",
     )
-    return VGG(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    check_width_mult("vgg16_bn", width_mult)
+    return VGG(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        width_mult=width_mult,
+    )
