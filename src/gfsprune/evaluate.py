@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -35,13 +35,24 @@ class Evaluator(ABC):
         model: The network in eval mode, with ``masks`` installed.
         masks: The channel masks of every layer.
         loss_fn: ``loss_fn(outputs, targets)``, a scalar mean over the batch.
-        max_batch: Cap on samples per forward pass (candidates x batch) for ``batched``.
+        max_batch: Cap on samples per forward pass (candidates x batch) for ``batched``;
+            ``None`` derives it from ``memory`` (see ``chunk_size``).
+        memory: Rough activation-memory budget in bytes for one batched forward pass.
     """
 
     model: nn.Module
     masks: Masks
     loss_fn: LossFn
-    max_batch: int = 4096
+    max_batch: int | None = None
+    memory: int = 1 << 30
+
+    def chunk_size(self, inputs: object, batch: int) -> int:
+        """Candidates per forward pass. Without ``max_batch``, a sample is assumed to need
+        about 64 times its input in activations at once (wide early feature maps)."""
+        if self.max_batch is not None:
+            return max(1, self.max_batch // batch)
+        numel = sum(t[0].numel() for t in _tensors(inputs))
+        return max(1, self.memory // (64 * 4 * max(numel, 1) * batch))
 
     @abstractmethod
     def __call__(
@@ -69,21 +80,22 @@ class _PrefixDone(Exception):
 @dataclass
 class _Call:
     module: nn.Module
-    output: object = None
     done: bool = False
     nested: Counter = field(default_factory=Counter)  # calls made inside this one, per module
 
 
-class _PrefixCache:
-    """The module calls of one forward pass that finish before a layer's first consumer.
+class _Prefix:
+    """The module calls of a forward pass that finish before a layer's first consumer.
 
     Their outputs do not depend on the layer's mask, so a batched pass over ``K`` copies of
-    the same inputs can return them tiled instead of computing them ``K`` times.
+    the same inputs can return them tiled instead of computing them ``K`` times. The call tree
+    is the same for every batch (the model is traceable, so its control flow is static): it is
+    recorded once per layer, and each step only captures the outermost finished calls.
     """
 
     def __init__(self, model: nn.Module, inputs: object, consumers: set[nn.Module]) -> None:
-        self.model = model
-        self.calls: dict[nn.Module, list[_Call]] = {}
+        self.consumers = consumers
+        calls: list[_Call] = []
         stack: list[_Call] = []
 
         def before(module: nn.Module, _args: tuple) -> None:
@@ -92,17 +104,38 @@ class _PrefixCache:
             for outer in stack:
                 outer.nested[module] += 1
             call = _Call(module)
-            self.calls.setdefault(module, []).append(call)
+            calls.append(call)
             stack.append(call)
 
-        def after(module: nn.Module, _args: tuple, output: object) -> None:
-            call = stack.pop()
-            call.output, call.done = output, True
+        def after(module: nn.Module, _args: tuple, _output: object) -> None:
+            stack.pop().done = True
 
+        self._run(model, inputs, model.modules(), before, after)
+        # ordinal of each call among its module's calls; the outermost finished ones are cached
+        ordinal: Counter = Counter()
+        inside: Counter = Counter()  # how many finished calls still enclose the current one
+        self.cached: dict[nn.Module, dict[int, Counter]] = {}
+        for call in calls:
+            index = ordinal[call.module]
+            ordinal[call.module] += 1
+            if call.done and not inside:
+                self.cached.setdefault(call.module, {})[index] = call.nested
+                inside.update(call.nested)
+            elif inside[call.module]:
+                inside[call.module] -= 1
+                inside += Counter()  # drop zero counts
+        for nested in (n for by_index in self.cached.values() for n in by_index.values()):
+            for module in list(nested):
+                if module not in self.cached:
+                    del nested[module]  # only cached modules' call counts matter
+
+    @staticmethod
+    def _run(model, inputs, modules, before, after) -> None:
         handles = []
-        for m in model.modules():
+        for m in modules:
             handles.append(m.register_forward_pre_hook(before))
-            handles.append(m.register_forward_hook(after))
+            if after is not None:
+                handles.append(m.register_forward_hook(after))
         try:
             run_model(model, inputs)
         except _PrefixDone:
@@ -111,55 +144,88 @@ class _PrefixCache:
             for h in handles:
                 h.remove()
 
-    @contextmanager
-    def replay(self, k: int) -> Iterator[None]:
-        """While active, finished calls return their cached output tiled ``k`` times."""
+    def capture(self, model: nn.Module, inputs: object) -> dict[tuple[nn.Module, int], object]:
+        """Run the prefix on ``inputs`` and return the outputs of the cached calls."""
+        outputs: dict[tuple[nn.Module, int], object] = {}
         seen: Counter = Counter()
-        patched = [m for m, calls in self.calls.items() if any(c.done for c in calls)]
+        open_calls: dict[nn.Module, list[int]] = {}
+
+        def before(module: nn.Module, _args: tuple) -> None:
+            if module in self.consumers:
+                raise _PrefixDone
+            open_calls.setdefault(module, []).append(seen[module])
+            seen[module] += 1
+
+        def after(module: nn.Module, _args: tuple, output: object) -> None:
+            index = open_calls[module].pop()
+            if index in self.cached.get(module, ()):
+                outputs[module, index] = output
+
+        self._run(model, inputs, [*self.cached, *self.consumers], before, after)
+        return outputs
+
+    @contextmanager
+    def replay(self, outputs: dict[tuple[nn.Module, int], object], k: int) -> Iterator[None]:
+        """While active, cached calls return their captured output tiled ``k`` times."""
+        seen: Counter = Counter()
 
         def patch(module: nn.Module) -> None:
             original = module.forward
 
             def forward(*args, **kwargs):
-                calls = self.calls[module]
                 index = seen[module]
                 seen[module] += 1
-                if index < len(calls) and calls[index].done:
-                    seen.update(calls[index].nested)  # those calls are skipped with it
-                    return _repeat(calls[index].output, k)
-                return original(*args, **kwargs)
+                nested = self.cached[module].get(index)
+                if nested is None:
+                    return original(*args, **kwargs)
+                seen.update(nested)  # calls made inside this one are skipped with it
+                return _repeat(outputs[module, index], k)
 
             module.forward = forward
 
         try:
-            for m in patched:
+            for m in self.cached:
                 patch(m)
             yield
         finally:
-            for m in patched:
+            for m in self.cached:
                 del m.forward  # back to the class's forward
 
 
+@dataclass
 class BatchedEvaluator(Evaluator):
     """Candidates stacked along the batch dimension, in chunks of at most ``max_batch``,
     reusing the activations computed before the layer's first consumer."""
 
+    _prefixes: dict[str, _Prefix] = field(default_factory=dict, init=False, repr=False)
+
     @torch.inference_mode()
     def __call__(self, inputs, targets, layer, keep):
         batch = targets.shape[0]
-        chunk = max(1, self.max_batch // batch)
-        modules = dict(self.model.named_modules())
-        prefix = _PrefixCache(self.model, inputs, {modules[c.name] for c in layer.consumers})
+        chunk = self.chunk_size(inputs, batch)
+        prefix = self._prefixes.get(layer.name)
+        if prefix is None:
+            modules = dict(self.model.named_modules())
+            consumers = {modules[c.name] for c in layer.consumers}
+            prefix = self._prefixes[layer.name] = _Prefix(self.model, inputs, consumers)
+        outputs = prefix.capture(self.model, inputs)
         losses: list[float] = []
         for start in range(0, keep.shape[0], chunk):
             rows = keep[start : start + chunk]
             k = rows.shape[0]
-            with self.masks.candidates(layer, rows), prefix.replay(k):
+            with self.masks.candidates(layer, rows), prefix.replay(outputs, k):
                 out = run_model(self.model, _repeat(inputs, k))
             for i in range(k):
                 part = out[i * batch : (i + 1) * batch]
                 losses.append(float(self.loss_fn(part, targets)))
         return losses
+
+
+def _tensors(inputs: object) -> list[torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        return [inputs]
+    values = inputs.values() if isinstance(inputs, dict) else inputs
+    return [t for v in values for t in _tensors(v)] if isinstance(values, Iterable) else []
 
 
 def _repeat(inputs: object, k: int) -> object:

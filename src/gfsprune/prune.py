@@ -383,7 +383,10 @@ def _check_equivalent(pruned: nn.Module, example_inputs: object, expected: torch
     """The pruned network must compute what the masked one did."""
     with torch.no_grad():
         got = run_model(pruned.eval(), example_inputs)
-    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-3, atol=1e-4):
+    # Float32 on a CPU agrees to ~1e-6; GPUs use TF32 convolutions by default (~1e-3).
+    scale = float(expected.abs().max()) + 1.0
+    tol = scale * (1e-4 if expected.device.type == "cpu" else 1e-2)
+    if got.shape != expected.shape or float((got - expected).abs().max()) > tol:
         raise ModelError(
             "The physically pruned model does not compute what the masked model did "
             f"(max difference {float((got - expected).abs().max()):.3g}); the model has an "
