@@ -48,3 +48,10 @@ def test_bad_arguments_print_no_traceback_from_the_shell() -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert "invalid int value: 'abc'" in proc.stderr
+
+
+def test_a_negative_seed_is_reported_in_one_line(tmp_path, capsys) -> None:
+    assert main(["theory", "--seed", "-1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gfsprune theory: error: 'seed' must be a non-negative integer")
+    assert err.count("\n") == 1

@@ -193,3 +193,8 @@ def test_quick_and_default_settings_differ_only_in_size() -> None:
     default = twolayer.TheoryConfig()
     assert twolayer.QUICK.fit_range == default.fit_range == (128, 1024)
     assert replace(twolayer.QUICK, width=default.width, backward_candidates=None) == default
+
+
+def test_a_negative_seed_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="'seed' must be a non-negative integer. Got -1"):
+        twolayer.rates_experiment(seed=-1, config=TINY)
