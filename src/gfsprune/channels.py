@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from gfsprune._nest import map_tensors
 from gfsprune.errors import DataError
 from gfsprune.select import backward_eliminate, forward_select
 from gfsprune.surgery import ChannelLayer, Masks
@@ -26,13 +27,7 @@ Evaluate = Callable[[object, torch.Tensor, ChannelLayer, torch.Tensor], list[flo
 
 def move(obj: object, device: torch.device) -> object:
     """``obj`` (a tensor, or a dict/tuple/list of them) on ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: move(v, device) for k, v in obj.items()}
-    if isinstance(obj, tuple | list):
-        return type(obj)(move(v, device) for v in obj)
-    return obj
+    return map_tensors(obj, lambda t: t.to(device))
 
 
 class BatchStream:

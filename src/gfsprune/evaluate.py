@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from gfsprune import distributed
+from gfsprune._nest import map_tensors, tensors
 from gfsprune.surgery import ChannelLayer, Masks, run_model
 
 __all__ = ["Evaluator", "make_evaluator", "EVALUATORS"]
@@ -51,7 +52,7 @@ class Evaluator(ABC):
         about 64 times its input in activations at once (wide early feature maps)."""
         if self.max_batch is not None:
             return max(1, self.max_batch // batch)
-        numel = sum(t[0].numel() for t in _tensors(inputs))
+        numel = sum(t[0].numel() for t in tensors(inputs))
         return max(1, self.memory // (64 * 4 * max(numel, 1) * batch))
 
     @abstractmethod
@@ -221,22 +222,9 @@ class BatchedEvaluator(Evaluator):
         return losses
 
 
-def _tensors(inputs: object) -> list[torch.Tensor]:
-    if isinstance(inputs, torch.Tensor):
-        return [inputs]
-    values = inputs.values() if isinstance(inputs, dict) else inputs
-    return [t for v in values for t in _tensors(v)] if isinstance(values, Iterable) else []
-
-
 def _repeat(inputs: object, k: int) -> object:
     """Tile every tensor of ``inputs`` ``k`` times along the batch dimension."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs.repeat(k, *([1] * (inputs.dim() - 1)))
-    if isinstance(inputs, dict):
-        return {key: _repeat(v, k) for key, v in inputs.items()}
-    if isinstance(inputs, tuple | list):
-        return type(inputs)(_repeat(v, k) for v in inputs)
-    return inputs
+    return map_tensors(inputs, lambda t: t.repeat(k, *([1] * (t.dim() - 1))))
 
 
 class ShardedEvaluator:
