@@ -132,3 +132,25 @@ def test_cuda_selection_matches_the_cpu_plan() -> None:
     # layers must still agree.
     same = sum(a.kept == b.kept for a, b in zip(cpu.plan, gpu["batched"].plan, strict=True))
     assert same >= len(cpu.plan) // 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v3_small", "digits_cnn"])
+def test_default_evaluator_makes_the_naive_plan_on_zoo_models(name: str, seed: int) -> None:
+    from gfsprune import Macs, models, prune
+
+    torch.manual_seed(seed)
+    if name == "digits_cnn":
+        model, shape = models.get(name), (1, 8, 8)
+    else:
+        options = {"small_input": True} if "mobilenet" in name else {}
+        model, shape = models.get(name, width_mult=0.25, **options), (3, 16, 16)
+    g = torch.Generator().manual_seed(seed)
+    data = [(torch.randn(4, *shape, generator=g), torch.randint(0, 10, (4,), generator=g))
+            for _ in range(2)]
+    runs = {e: prune(model.eval(), data, data[0][0][:1], target=Macs(0.5), candidates=3,
+                     seed=seed, evaluator=e, progress=False) for e in ("naive", "batched")}
+    assert [p.kept for p in runs["naive"].plan] == [p.kept for p in runs["batched"].plan]
+    for a, b in zip(runs["naive"].layers, runs["batched"].layers, strict=True):
+        assert a.losses == pytest.approx(b.losses, rel=1e-4, abs=1e-6)
