@@ -25,6 +25,10 @@ from gfsprune.surgery import ChannelLayer, Masks, run_model
 
 __all__ = ["Evaluator", "make_evaluator", "EVALUATORS"]
 
+# Samples per batched forward pass on a CPU: 64-128 ran resnet20's selection 2.2x faster than
+# the naive evaluator on one core, 512 only 1.8x and 1280 slower than naive.
+_CPU_SAMPLES = 128
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -48,11 +52,16 @@ class Evaluator(ABC):
     memory: int = 1 << 30
 
     def chunk_size(self, inputs: object, batch: int) -> int:
-        """Candidates per forward pass. Without ``max_batch``, a sample is assumed to need
-        about 64 times its input in activations at once (wide early feature maps)."""
+        """Candidates per forward pass. Without ``max_batch``: on a CPU, passes of about
+        ``_CPU_SAMPLES`` samples (larger ones fall out of cache and run slower per sample,
+        measured on resnet20); on a GPU, as many as fit ``memory``, a sample being assumed
+        to need about 64 times its input in activations at once (wide early feature maps)."""
         if self.max_batch is not None:
             return max(1, self.max_batch // batch)
-        numel = sum(t[0].numel() for t in tensors(inputs))
+        found = tensors(inputs)
+        if all(t.device.type == "cpu" for t in found):
+            return max(1, _CPU_SAMPLES // batch)
+        numel = sum(t[0].numel() for t in found)
         return max(1, self.memory // (64 * 4 * max(numel, 1) * batch))
 
     @abstractmethod
