@@ -433,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gfsprune {args.command_name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("gfsprune: interrupted; progress saved so far can be resumed.", file=sys.stderr)
+        hint = "; run it again with --resume to continue" if hasattr(args, "resume") else ""
+        print(f"gfsprune {args.command_name}: interrupted{hint}.", file=sys.stderr)
         return 130
     finally:
         distributed.teardown()
