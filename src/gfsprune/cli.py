@@ -62,8 +62,7 @@ def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--device",
-        help="where to compute, e.g. cpu or cuda (default: cuda "
-        "if available for training, else cpu)",
+        help="where to compute, e.g. cpu or cuda:0 (default: cuda if available, else cpu)",
     )
     common.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     common.add_argument(
@@ -72,16 +71,10 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def _add_recipe(p: argparse.ArgumentParser, *, epochs_required: bool) -> None:
-    """The training options of train and finetune (defaults: the paper's recipe)."""
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    """The training options of train, finetune and compare (defaults: the paper's recipe)."""
     defaults = TrainConfig()
-    p.add_argument(
-        "--epochs",
-        type=int,
-        required=epochs_required,
-        default=defaults.epochs,
-        help="passes over the training set",
-    )
+    p.add_argument("--epochs", type=int, required=True, help="passes over the training set")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -100,7 +93,7 @@ def _add_recipe(p: argparse.ArgumentParser, *, epochs_required: bool) -> None:
         default=defaults.weight_decay,
         help=f"weight decay, none on BN and biases (default {defaults.weight_decay})",
     )
-    p.add_argument("--seed", type=int, default=0, help="seeds order and augmentation (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
 
 
@@ -263,7 +256,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier (default 1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    _add_recipe(p, epochs_required=True)
+    _add_recipe(p)
     p.set_defaults(handler=_train, command_name="train", distributed=True)
 
     p = sub.add_parser(
@@ -330,7 +323,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help=_data_help("the model"))
     p.add_argument("--out", type=Path, help="folder to write (default DIR/finetuned)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    _add_recipe(p, epochs_required=True)
+    _add_recipe(p)
     p.set_defaults(handler=_finetune, command_name="finetune", distributed=True)
 
     p = sub.add_parser(
@@ -367,14 +360,14 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         default=50,
         help="channels scored per greedy step, 0 for all (default 50)",
     )
-    _add_recipe(p, epochs_required=True)
+    _add_recipe(p)
     p.set_defaults(handler=_compare, command_name="compare")
 
     p = sub.add_parser(
         "demo",
         help="train, prune and compare on digits (about a minute)",
         description="Train a small CNN on scikit-learn digits, compare every "
-        "method at 50%% MACs, print the table and write the report.",
+        "method at 50% MACs, print the table and write the report.",
     )
     p.add_argument(
         "--out",

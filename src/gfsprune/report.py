@@ -119,11 +119,14 @@ def summarize(results: Mapping, *, test_samples: int | None = None) -> list[str]
         if "gfs" in pool:
             best_other = max((m for m in pool if m != "gfs"), key=lambda m: pool[m][key])
             gap = 100 * (pool["gfs"][key] - pool[best_other][key])
-            verdict = "leads" if gap > 0 else "ties with" if gap == 0 else "trails"
-            sentence += (
-                f" Greedy forward selection {verdict} the best other method ({best_other}) "
-                f"by {abs(gap):.2f} points."
-            )
+            if gap == 0:
+                sentence += f" Greedy forward selection ties with the best other ({best_other})."
+            else:
+                verdict = "leads" if gap > 0 else "trails"
+                sentence += (
+                    f" Greedy forward selection {verdict} the best other method ({best_other}) "
+                    f"by {abs(gap):.2f} points."
+                )
         sentences.append(sentence)
     if "gfs" in methods and "scratch" in methods:
         gap = 100 * (methods["gfs"]["acc_finetuned"] - methods["scratch"]["acc_finetuned"])

@@ -39,7 +39,7 @@ from gfsprune.errors import ConfigError, DataError, ModelError
 from gfsprune.prune import LayerPlan, PruneResult, prune
 from gfsprune.serialize import PLAN_FILE, WEIGHTS_FILE, load, read_plan, save
 from gfsprune.targets import Target
-from gfsprune.train import CHECKPOINT_NAME, TrainConfig, evaluate, fit
+from gfsprune.train import CHECKPOINT_NAME, TrainConfig, evaluate, fit, resolve_device
 
 __all__ = [
     "DEMO",
@@ -129,6 +129,14 @@ def _write_json(path: Path, value: object) -> None:
     os.replace(tmp, path)
 
 
+def _check_out(source: str | os.PathLike, out: Path) -> None:
+    if out.resolve() == Path(source).resolve():
+        raise ConfigError(
+            f"the output folder '{out}' is the input folder; writing there would replace the "
+            "input model. Choose another --out."
+        )
+
+
 def _refuse_existing(path: Path, resume: bool) -> None:
     if path.exists() and not resume:
         raise ConfigError(
@@ -172,7 +180,9 @@ def _new_model(
 def _save_model(model: nn.Module, info: ModelInfo, out: Path, history: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, out / WEIGHTS_FILE)
+    tmp = out / f".{WEIGHTS_FILE}.tmp"
+    save_file(weights, tmp)
+    os.replace(tmp, out / WEIGHTS_FILE)
     _write_json(
         out / MODEL_FILE,
         {"format": _FORMAT, **dataclasses.asdict(info), "history": history},
@@ -266,9 +276,11 @@ def prune_checkpoint(
         (``acc_before``, ``loss_before``, ``acc_after``, ``loss_after``).
     """
     options = options or PruneOptions()
+    device = resolve_device(device)
     model, info = load_model(checkpoint)
     bundle = load_bundle(data, info)
     out = Path(out)
+    _check_out(checkpoint, out)
     settings = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "weights": _weights_digest(Path(checkpoint)),
@@ -334,6 +346,7 @@ def finetune_dir(
     plan = read_plan(directory)
     bundle = load_bundle(data, info)
     out = Path(out)
+    _check_out(directory, out)
     _refuse_existing(out / CHECKPOINT_NAME, resume)
     history = fit(
         model, bundle, config, checkpoint_dir=out, resume=resume, progress=progress, device=device
@@ -381,7 +394,7 @@ def evaluate_dir(
     """Accuracy, loss, MACs, params and CPU latency (batch 1 and 64) of a saved model."""
     model, info = load_model(directory)
     bundle = load_bundle(data, info)
-    accuracy, loss = evaluate(model, bundle.test, device=device)
+    accuracy, loss = evaluate(model, bundle.test, device=resolve_device(device))
     model.cpu()
     macs, params = count(model, info.example_inputs())
     return {
@@ -420,7 +433,7 @@ def compare_checkpoint(
         epochs = recipe.epochs + config.finetune.epochs
         scratch = dataclasses.replace(recipe, epochs=epochs, seed=config.seed)
         config = dataclasses.replace(config, scratch=scratch)
-    comparison = compare(model, bundle, config, progress=progress, device=device)
+    comparison = compare(model, bundle, config, progress=progress, device=resolve_device(device))
     context = {
         "checkpoint": str(checkpoint),
         "model": info.name,
