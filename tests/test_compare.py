@@ -35,7 +35,8 @@ def trained(digits) -> nn.Module:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        fit(model, digits, TrainConfig(epochs=2, batch_size=64, lr=0.05), progress=False)
+        config = TrainConfig(epochs=2, batch_size=64, lr=0.05)
+        fit(model, digits, config, progress=False, device="cpu")
     finally:
         torch.set_num_threads(threads)
     return model.eval()
