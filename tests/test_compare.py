@@ -77,6 +77,13 @@ def test_the_gfs_entry_is_what_prune_gives_on_the_same_batches(trained, digits) 
     assert (row["acc_pruned"], row["loss_pruned"]) == pytest.approx((acc, loss))
 
 
+@pytest.mark.parametrize("rescale", [True, False])
+def test_rescale_reaches_greedy_selection(trained, digits, rescale: bool) -> None:
+    config = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("gfs",), rescale=rescale)
+    plan = compare(trained, digits, config, progress=False).plan
+    assert [p.scale for p in plan] == [p.width / len(p.kept) if rescale else 1.0 for p in plan]
+
+
 def test_a_methods_result_does_not_depend_on_the_others_run(trained, digits) -> None:
     alone = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("taylor", "random"))
     more = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("l1", "bn", "random", "taylor"))

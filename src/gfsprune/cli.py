@@ -211,6 +211,7 @@ def _compare(args: argparse.Namespace) -> None:
         finetune=_recipe(args),
         methods=parse_methods(args.methods),
         candidates=_candidates(args.candidates),
+        rescale=args.rescale,
         seed=args.seed,
     )
     comparison = workflow.compare_checkpoint(
@@ -359,6 +360,12 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=50,
         help="channels scored per greedy step, 0 for all (default 50)",
+    )
+    p.add_argument(
+        "--no-rescale",
+        dest="rescale",
+        action="store_false",
+        help="gfs and backward: do not multiply kept channels by width/kept",
     )
     _add_recipe(p)
     p.set_defaults(handler=_compare, command_name="compare")

@@ -73,6 +73,8 @@ class CompareConfig:
         methods: Which methods to run and report, in order; ``gfs`` always runs first
             (it fixes the widths) but is reported only when listed.
         candidates: Channels scored per greedy step, for ``gfs`` and ``backward``.
+        rescale: Fold the mean-field factor ``width / kept`` into ``gfs``'s and
+            ``backward``'s weights (the paper's choice; the other methods never rescale).
         batch_size: Training images per mini-batch for the greedy steps and Taylor gradients.
         seed: Seeds the mini-batch order, candidate sampling, random channels and the
             re-initialisation of ``scratch``.
@@ -83,6 +85,7 @@ class CompareConfig:
     scratch: TrainConfig | None = None
     methods: tuple[str, ...] = METHODS
     candidates: int | None = 50
+    rescale: bool = True
     batch_size: int = 128
     seed: int = 0
 
@@ -264,6 +267,7 @@ def compare(
                 example_inputs,
                 target=target,
                 candidates=config.candidates,
+                rescale=config.rescale,
                 seed=config.seed,
                 progress=progress,
                 strategy=strategy,
