@@ -173,13 +173,14 @@ def importance_channels(
 
 def reinitialize(model: nn.Module, *, seed: int) -> nn.Module:
     """A copy of ``model`` with fresh random weights, drawn as the zoo draws them."""
-    fresh = copy.deepcopy(model)
+    device = next(model.parameters()).device
+    fresh = copy.deepcopy(model).cpu()  # drawn on the CPU: seeded the same on every machine
     with seeded(seed):
         for module in fresh.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()  # also clears BatchNorm running statistics
         init_weights(fresh)
-    return fresh
+    return fresh.to(device)
 
 
 def _accumulate_gradients(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
