@@ -17,8 +17,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/gfsprune demo
 
 test: $(VENV)/.installed
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks conftest.py
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks conftest.py

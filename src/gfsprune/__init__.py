@@ -1,6 +1,7 @@
 """gfsprune: structured pruning of PyTorch networks by greedy forward selection.
 
 Example:
+    >>> import torch
     >>> import gfsprune
     >>> net = gfsprune.models.get("digits_cnn")
     >>> x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
