@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from launch import torchrun
 
 from gfsprune.cli import main
 
 FAST = ["--no-progress", "--batch-size", "64"]
-
-
-def _torchrun(*argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on CPU
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    return subprocess.run(
-        [*command, "-m", "gfsprune", *argv], env=env, capture_output=True, text=True, timeout=300
-    )
 
 
 @pytest.mark.slow
@@ -29,12 +19,12 @@ def test_torchrun_prune_and_finetune(tmp_path) -> None:
     assert main([*train, "--width-mult", "0.5", "--out", str(model), *FAST]) == 0
     prune = ["prune", "--checkpoint", str(model), "--macs", "0.5", "--candidates", "4", *FAST]
     assert main([*prune, "--out", str(tmp_path / "single")]) == 0
-    done = _torchrun(*prune, "--out", str(tmp_path / "multi"))
+    done = torchrun("-m", "gfsprune", *prune, "--out", str(tmp_path / "multi"))
     assert done.returncode == 0, done.stderr[-3000:]
     plans = [json.loads((tmp_path / d / "plan.json").read_text()) for d in ("single", "multi")]
     assert [layer["kept"] for layer in plans[0]["layers"]] == [
         layer["kept"] for layer in plans[1]["layers"]
     ]
-    done = _torchrun("finetune", str(tmp_path / "multi"), "--epochs", "1", *FAST)
+    done = torchrun("-m", "gfsprune", "finetune", str(tmp_path / "multi"), "--epochs", "1", *FAST)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "multi" / "finetuned").is_dir()

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from launch import torchrun
 from torch import nn
 
 from gfsprune import distributed
@@ -73,11 +71,7 @@ def test_setup_outside_torchrun(monkeypatch) -> None:
 def test_two_gloo_processes_end_with_identical_weights(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on CPU
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    done = subprocess.run(
-        [*command, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
-    )
+    done = torchrun(str(script), str(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for result in results:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from launch import ENV, torchrun
 from nets import Coupled, randomize_norms
 from torch import nn
 
@@ -92,16 +92,12 @@ distributed.teardown()
 def test_two_gloo_processes_make_the_single_process_plan(tmp_path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on CPU
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    done = subprocess.run(
-        [*command, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=180
-    )
+    done = torchrun(str(script), str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2 and ranks[0]["plan"] == ranks[1]["plan"]
     # The same script in this single process (no torchrun): the same plan.
-    env.pop("WORLD_SIZE", None)
+    env = {k: v for k, v in ENV.items() if k != "WORLD_SIZE"}
     single = tmp_path / "single"
     single.mkdir()
     solo = [sys.executable, str(script), str(single)]

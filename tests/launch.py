@@ -1,0 +1,18 @@
+"""Starting test programs in two gloo processes with torchrun, on the CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+#: Environment for the processes: one thread each, GPUs hidden so that gloo runs on the CPU.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def torchrun(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 ARGV`` (a script path or ``-m module``)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.run(
+        [*command, *argv], env=ENV, capture_output=True, text=True, timeout=timeout
+    )
