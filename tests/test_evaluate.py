@@ -12,7 +12,7 @@ from launch import ENV, torchrun
 from nets import Coupled, randomize_norms
 from torch import nn
 
-from gfsprune.evaluate import make_evaluator
+from gfsprune.evaluate import _Prefix, _SharedPlusDelta, make_evaluator
 from gfsprune.surgery import Masks, find_layers
 
 
@@ -34,10 +34,50 @@ class SharedRelu(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class LongSkip(nn.Module):
+    """The stem's output is read again after the middle layer's consumer (a long skip),
+    and that consumer is wide enough to be run once on the shared channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.wide = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = torch.relu(self.wide(self.mid(s))) + s
+        return self.fc(y.mean((2, 3)))
+
+
+def _rows(kind: str, width: int) -> torch.Tensor:
+    """Channel factors like those a step scores: random sets, a kept set plus one candidate
+    each (forward selection), or a remaining set less one each (backward elimination)."""
+    g = torch.Generator().manual_seed(width)
+    if kind == "random":
+        keep = (torch.rand(5, width, generator=g) > 0.5).float() * 2.0
+        keep[:, 0] = 1.0
+        return keep
+    kept = [0, width - 1]
+    others = [c for c in range(width) if c not in kept]
+    if kind == "forward":
+        keep = torch.zeros(len(others), width)
+        keep[:, kept] = 3.0
+        keep[range(len(others)), others] = 3.0
+    else:
+        keep = torch.full((len(others), width), 1.5)
+        keep[range(len(others)), others] = 0.0
+    return keep
+
+
+@pytest.mark.parametrize("kind", ["random", "forward", "backward"])
 @pytest.mark.parametrize(
-    ("net", "shape"), [(SharedRelu, (2, 5, 5)), (Coupled, (3, 4, 4))], ids=["shared", "coupled"]
+    ("net", "shape"),
+    [(SharedRelu, (2, 5, 5)), (Coupled, (3, 4, 4)), (LongSkip, (2, 5, 5))],
+    ids=["shared", "coupled", "long-skip"],
 )
-def test_batched_losses_equal_naive_losses_for_every_layer(net, shape) -> None:
+def test_batched_losses_equal_naive_losses_for_every_layer(net, shape, kind: str) -> None:
     torch.manual_seed(0)
     model = randomize_norms(net())
     x, y = torch.randn(6, *shape), torch.randint(0, 3, (6,))
@@ -49,9 +89,54 @@ def test_batched_losses_equal_naive_losses_for_every_layer(net, shape) -> None:
         batched = make_evaluator("batched", model, masks, loss)
         batched.max_batch = 12  # forces several chunks of 2 candidates
         for layer in layers:
-            keep = (torch.rand(5, layer.width) > 0.5).float() * 2.0
-            keep[:, 0] = 1.0
+            keep = _rows(kind, layer.width)
             assert batched(x, y, layer, keep) == pytest.approx(naive(x, y, layer, keep), rel=1e-5)
+
+
+def test_prefix_tiles_only_the_tensors_read_outside_the_cached_calls() -> None:
+    torch.manual_seed(0)
+    model = randomize_norms(LongSkip())
+    x = torch.randn(2, 2, 5, 5)
+    prefix = _Prefix(model, x, {model.wide: "wide"})
+    assert set(prefix.cached) == {model.stem, model.mid} and prefix.first is model.wide
+    # The network's input is read only by the stem; the stem's output by the skip add; the
+    # middle block's output only by the first consumer.
+    assert prefix.unread[False] == {None}
+    assert prefix.unread[True] == {None, (model.mid, 0)}
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        nn.Conv2d(12, 5, 3, padding=1),
+        nn.Conv2d(12, 4, (3, 2), stride=2, padding=(2, 0), dilation=(2, 1), bias=False),
+        nn.Conv2d(64, 3, 1),
+        nn.Linear(70, 6),
+    ],
+    ids=["3x3", "strided-dilated", "1x1", "linear"],
+)
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_shared_plus_delta_equals_masking_each_row(module: nn.Module, kind: str) -> None:
+    torch.manual_seed(0)
+    width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+    shape = (3, 2, width) if isinstance(module, nn.Linear) else (3, width, 7, 6)
+    x, keep = torch.randn(*shape), _rows(kind, width)[:7]
+    fast = _SharedPlusDelta(module, x, keep)
+    with torch.no_grad():
+        pieces = [fast.rows(0, 4), fast.rows(4, 7)]
+        expected = torch.cat(
+            [module(x * (row if x.dim() == 3 else row.view(-1, 1, 1))) for row in keep]
+        )
+    torch.testing.assert_close(torch.cat(pieces), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_shared_plus_delta_only_where_it_saves_work() -> None:
+    rows = _rows("forward", 16)
+    assert _SharedPlusDelta.worthwhile(nn.Conv2d(16, 8, 3), rows)  # 144 multiply-adds
+    assert not _SharedPlusDelta.worthwhile(nn.Conv2d(16, 8, 1), rows)  # 16: a plain pass
+    assert not _SharedPlusDelta.worthwhile(nn.Conv2d(16, 8, 3, groups=2), rows)
+    assert not _SharedPlusDelta.worthwhile(nn.Conv2d(16, 8, 3), rows[:1])  # one row
+    assert not _SharedPlusDelta.worthwhile(nn.Conv2d(16, 8, 3), _rows("random", 16))
 
 
 def test_prefix_cache_leaves_the_model_unpatched() -> None:
@@ -120,8 +205,10 @@ def test_cuda_selection_matches_the_cpu_plan() -> None:
     data = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))]
     kwargs = dict(target=Macs(0.5), candidates=4, progress=False)
     cpu = prune(model, data, data[0][0][:1], **kwargs)
-    gpu = {e: prune(model, data, data[0][0][:1], device="cuda", evaluator=e, **kwargs)
-           for e in ("naive", "batched")}
+    gpu = {
+        e: prune(model, data, data[0][0][:1], device="cuda", evaluator=e, **kwargs)
+        for e in ("naive", "batched")
+    }
     assert next(gpu["batched"].model.parameters()).is_cuda
     assert [p.kept for p in gpu["naive"].plan] == [p.kept for p in gpu["batched"].plan]
     # TF32 convolutions on the GPU may break near-ties differently from the CPU: most
@@ -143,10 +230,23 @@ def test_default_evaluator_makes_the_naive_plan_on_zoo_models(name: str, seed: i
         options = {"small_input": True} if "mobilenet" in name else {}
         model, shape = models.get(name, width_mult=0.25, **options), (3, 16, 16)
     g = torch.Generator().manual_seed(seed)
-    data = [(torch.randn(4, *shape, generator=g), torch.randint(0, 10, (4,), generator=g))
-            for _ in range(2)]
-    runs = {e: prune(model.eval(), data, data[0][0][:1], target=Macs(0.5), candidates=3,
-                     seed=seed, evaluator=e, progress=False) for e in ("naive", "batched")}
+    data = [
+        (torch.randn(4, *shape, generator=g), torch.randint(0, 10, (4,), generator=g))
+        for _ in range(2)
+    ]
+    runs = {
+        e: prune(
+            model.eval(),
+            data,
+            data[0][0][:1],
+            target=Macs(0.5),
+            candidates=3,
+            seed=seed,
+            evaluator=e,
+            progress=False,
+        )
+        for e in ("naive", "batched")
+    }
     assert [p.kept for p in runs["naive"].plan] == [p.kept for p in runs["batched"].plan]
     for a, b in zip(runs["naive"].layers, runs["batched"].layers, strict=True):
         assert a.losses == pytest.approx(b.losses, rel=1e-4, abs=1e-6)

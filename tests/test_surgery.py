@@ -8,7 +8,7 @@ from nets import Chain, Coupled, randomize_norms
 from torch import nn
 
 from gfsprune.errors import ModelError
-from gfsprune.surgery import Masks, find_layers, prune_channels
+from gfsprune.surgery import Masks, build_graph, find_layers, fold_batchnorms, prune_channels
 
 
 @pytest.fixture
@@ -72,6 +72,62 @@ def test_candidate_rows_mask_each_copy_of_the_batch(coupled) -> None:
                 torch.testing.assert_close(together[3 * row : 3 * row + 3], model(x))
 
 
+class ForkedNorm(nn.Module):
+    """conv -> BN -> ReLU -> conv whose output feeds a BN and a skip add: the second BN
+    must stay (folding it would change the skip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c2(torch.relu(self.b1(self.c1(x))))
+        return (self.b2(y) + y).mean((2, 3))
+
+
+@pytest.mark.parametrize("net", [Coupled, ForkedNorm])
+def test_folded_copy_computes_the_same_function(net) -> None:
+    torch.manual_seed(0)
+    model, x = randomize_norms(net()), torch.randn(3, 3, 4, 4)
+    folded = fold_batchnorms(model, build_graph(model, x[:1]))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+    assert isinstance(folded.b1, nn.Identity) and isinstance(model.b1, nn.BatchNorm2d)
+    if net is ForkedNorm:
+        assert isinstance(folded.b2, nn.BatchNorm2d)  # its conv also feeds the add
+    else:
+        assert isinstance(folded.b2, nn.Identity) and isinstance(folded.b3, nn.Identity)
+
+
+def test_masks_follow_an_attached_copy_and_can_be_suspended_or_bypassed(coupled) -> None:
+    model, x = coupled
+    layers, _ = find_layers(model, x)
+    keep = torch.zeros(2, 14)
+    keep[0, :3], keep[1, 4:9] = 1.0, 2.0
+    with Masks(model, layers) as masks, torch.no_grad():
+        masks.set(layers[1], [0, 2], 1.5)
+        masked = model(x)
+        with masks.suspended():
+            full = model(x)
+            folded = fold_batchnorms(model, build_graph(model, x[:1]))
+        assert not torch.allclose(full, masked)
+        torch.testing.assert_close(folded(x), full, rtol=1e-5, atol=1e-5)  # copied unhooked
+        masks.attach(folded)
+        torch.testing.assert_close(folded(x), masked, rtol=1e-5, atol=1e-5)  # masked once
+        with masks.candidates(layers[0], keep, bypass=["c4"]):
+            bypassed = model(x.repeat(2, 1, 1, 1))
+        factors = masks.factors(layers[0], keep)
+        assert factors["c4"].shape == (2, 14)
+        assert factors["c2"][:, :8].tolist() == keep[:, :8].tolist()  # c2 reads the stream
+        with masks.candidates(layers[0], keep[:1]):
+            one = model(x)
+        # c4 unmasked: differs from the masked candidate run
+        assert not torch.allclose(bypassed[:3], one)
+    with torch.no_grad():  # hooks on both networks removed on exit
+        torch.testing.assert_close(folded(x), full, rtol=1e-5, atol=1e-5)
+
+
 def test_prune_channels_refuses_unknown_layers_and_bad_indices() -> None:
     model, x = randomize_norms(Chain()), torch.randn(1, 2, 5, 5)
     with pytest.raises(ModelError, match=r"names layers \['nope'\]"):
@@ -104,7 +160,8 @@ def test_classifier_and_ignored_groups_are_not_layers() -> None:
 
 
 def test_groups_through_channel_norms_are_skipped() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 4, 1), nn.GroupNorm(2, 4), nn.Conv2d(4, 4, 1), nn.Flatten(),
-                          nn.Linear(4, 2)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 1), nn.GroupNorm(2, 4), nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
     layers, skipped = find_layers(model, torch.randn(1, 1, 1, 1))
     assert skipped == ["0"] and [layer.name for layer in layers] == ["2"]

@@ -281,7 +281,7 @@ def prune(
     stream.skip_to(saved.get("drawn", 0))
 
     with Masks(work, layers) as masks:
-        evaluate = make_evaluator(evaluator, work, masks, loss_fn)
+        evaluate = make_evaluator(evaluator, work, masks, loss_fn, graph=graph)
         for layer, done in zip(layers, plan, strict=False):
             masks.set(layer, done.kept, done.scale)
         for index in range(len(plan), len(layers)):

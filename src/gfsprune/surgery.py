@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.utils.fusion
 import torch_pruning as tp
 from torch import nn
 
@@ -31,6 +32,7 @@ __all__ = [
     "Producer",
     "Masks",
     "find_layers",
+    "fold_batchnorms",
     "prune_channels",
     "run_model",
 ]
@@ -130,7 +132,8 @@ def _is_mixing(module: nn.Module) -> bool:
 def build_graph(model: nn.Module, example_inputs: object) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model``, with tracing failures made readable."""
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        with torch.enable_grad():  # Torch-Pruning traces through autograd
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     except Exception as err:  # tracing runs arbitrary user code; any failure means untraceable
         raise ModelError(
             f"Torch-Pruning could not trace {type(model).__name__} ({type(err).__name__}: "
@@ -211,24 +214,53 @@ class Masks:
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[ChannelLayer]) -> None:
-        self._modules = dict(model.named_modules())
+        self._model = model
         self._base: dict[str, torch.Tensor] = {}
         self._batched: dict[str, torch.Tensor] = {}
+        modules = dict(model.named_modules())
         for layer in layers:
             for c in layer.consumers:
-                module = self._modules[c.name]
+                module = modules[c.name]
                 size = module.in_features if isinstance(module, nn.Linear) else module.in_channels
                 param = next(module.parameters())
                 self._base.setdefault(c.name, torch.ones(size, device=param.device))
+        self._full = set(self._base)  # consumers whose mask is all ones: left untouched
+        self._bypassed: set[str] = set()
+        self._models: list[nn.Module] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> Masks:
-        for name in self._base:
-            module = self._modules[name]
-            self._handles.append(module.register_forward_pre_hook(self._hook(name, module)))
+        self.attach(self._model)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._unhook()
+        self._models.clear()
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Mask ``model`` too, until exit: a copy of the masked network (same module names,
+        e.g. with BatchNorms folded) made under :meth:`suspended`. Returns it."""
+        self._models.append(model)
+        self._hook_model(model)
+        return model
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """The networks unmasked for a while (to copy or trace them without the hooks)."""
+        self._unhook()
+        try:
+            yield
+        finally:
+            for model in self._models:
+                self._hook_model(model)
+
+    def _hook_model(self, model: nn.Module) -> None:
+        modules = dict(model.named_modules())
+        for name in self._base:
+            module = modules[name]
+            self._handles.append(module.register_forward_pre_hook(self._hook(name, module)))
+
+    def _unhook(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -236,10 +268,14 @@ class Masks:
     def _hook(self, name: str, module: nn.Module):
         linear = isinstance(module, nn.Linear)
 
-        def hook(_mod: nn.Module, args: tuple) -> tuple:
+        def hook(_mod: nn.Module, args: tuple) -> tuple | None:
+            if name in self._bypassed:
+                return None
             x = args[0]
             factors = self._batched.get(name)
             if factors is None:
+                if name in self._full:
+                    return None  # x * 1 == x
                 factors = self._base[name]
                 shape = [-1] if linear else [-1] + [1] * (x.dim() - 2)
                 return (x * factors.view(shape), *args[1:])
@@ -258,20 +294,64 @@ class Masks:
         keep = torch.zeros(1, layer.width)
         keep[0, list(kept)] = scale
         for c in layer.consumers:
-            self._base[c.name][c.index] = keep[0, c.root].to(self._base[c.name].device)
+            base = self._base[c.name]
+            base[c.index] = keep[0, c.root].to(base.device)
+            if bool((base == 1).all()):
+                self._full.add(c.name)
+            else:
+                self._full.discard(c.name)
+
+    def factors(self, layer: ChannelLayer, keep: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per consumer of ``layer``, its input factors for each row of ``keep`` (``(K,
+        width)``): ``(K, inputs)``, the other layers' masks included."""
+        out: dict[str, torch.Tensor] = {}
+        for c in layer.consumers:
+            base = out.get(c.name, self._base[c.name])
+            batched = base.expand(keep.shape[0], -1).clone()
+            batched[:, c.index] = keep[:, c.root].to(base.device)
+            out[c.name] = batched
+        return out
 
     @contextmanager
-    def candidates(self, layer: ChannelLayer, keep: torch.Tensor) -> Iterator[None]:
-        """Mask ``layer`` with each row of ``keep`` (``(K, width)`` factors) in one pass."""
+    def candidates(
+        self, layer: ChannelLayer, keep: torch.Tensor, *, bypass: Iterable[str] = ()
+    ) -> Iterator[None]:
+        """Mask ``layer`` with each row of ``keep`` (``(K, width)`` factors) in one pass.
+        The consumers named in ``bypass`` are left unmasked meanwhile (their outputs are
+        computed from :meth:`factors` elsewhere)."""
         try:
-            for c in layer.consumers:
-                base = self._base[c.name]
-                batched = base.expand(keep.shape[0], -1).clone()
-                batched[:, c.index] = keep[:, c.root].to(base.device)
-                self._batched[c.name] = batched
+            self._batched.update(self.factors(layer, keep))
+            self._bypassed.update(bypass)
             yield
         finally:
             self._batched.clear()
+            self._bypassed.clear()
+
+
+def fold_batchnorms(model: nn.Module, graph: tp.DependencyGraph) -> nn.Module:
+    """A copy of ``model`` (in eval mode) with each BatchNorm folded into the convolution
+    before it, where that convolution feeds only the BatchNorm and the BatchNorm reads only
+    that convolution (``graph`` is ``model``'s). Module names stay: a folded convolution keeps
+    its name, its BatchNorm becomes an ``Identity``. The copy computes the same function up to
+    float rounding, with one pass over each folded convolution's output less."""
+    names = {m: n for n, m in model.named_modules()}
+    pairs = []
+    for norm, node in graph.module2node.items():
+        source = node.inputs[0].module if len(node.inputs) == 1 else None
+        if (
+            isinstance(norm, nn.modules.batchnorm._BatchNorm)
+            and norm.running_mean is not None
+            and type(source) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+            and source.out_channels == norm.num_features
+            and len(node.inputs[0].outputs) == 1
+        ):
+            pairs.append((names[source], names[norm]))
+    folded = copy.deepcopy(model).eval()
+    for conv_name, norm_name in pairs:
+        conv, norm = folded.get_submodule(conv_name), folded.get_submodule(norm_name)
+        folded.set_submodule(conv_name, torch.nn.utils.fusion.fuse_conv_bn_eval(conv, norm))
+        folded.set_submodule(norm_name, nn.Identity())
+    return folded
 
 
 def _fold_scale(module: nn.Module, index: torch.Tensor, scale: float) -> None:
