@@ -15,6 +15,10 @@ faster than it can run the network on them).
     python benchmarks/selection_speed.py            # resnet20 and mobilenet_v2, full runs
     python benchmarks/selection_speed.py --json     # the dict recorded in docs/RESULTS.md
     python benchmarks/selection_speed.py --device cuda
+    python benchmarks/selection_speed.py --models resnet20 --per-layer   # ms per candidate
+
+``--per-layer`` times one greedy step in every layer instead (both evaluators, the same
+candidates: three channels kept plus one each), to show where the time goes.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import torch_pruning as tp
 
 import gfsprune
 from gfsprune import Macs, Widths, models, prune
-from gfsprune.surgery import find_layers
+from gfsprune.evaluate import make_evaluator
+from gfsprune.surgery import Masks, build_graph, find_layers
 
 # name -> (constructor options, input shape (C, H, W), picks per layer or None for Macs)
 MODELS = {
@@ -98,9 +103,7 @@ def measure(
         runs[evaluator] = (time.perf_counter() - start, result)
     (naive_s, naive), (fast_s, fast) = runs["naive"], runs["batched"]
     identical = [p.kept for p in naive.plan] == [p.kept for p in fast.plan]
-    evaluations = sum(
-        min(candidates, p.width - i) for p in fast.plan for i in range(len(p.kept))
-    )
+    evaluations = sum(min(candidates, p.width - i) for p in fast.plan for i in range(len(p.kept)))
     achieved = evaluations * batch / fast_s
     limit = _forward_rate(model, shape, batch, device)
     return {
@@ -117,6 +120,35 @@ def measure(
     }
 
 
+def per_layer(name: str, *, batch: int, candidates: int, device: str) -> list[dict]:
+    """Milliseconds per candidate of one step in each layer, naive and fast."""
+    options, shape, _ = MODELS[name]
+    torch.manual_seed(0)
+    model = models.get(name, **options).to(device).eval()
+    inputs, targets = _data(shape, batch, 1, device)[0]
+    layers, _ = find_layers(model, inputs[:1])
+    graph = build_graph(model, inputs[:1])
+    rows = []
+    with Masks(model, layers) as masks:
+        evaluators = {
+            e: make_evaluator(e, model, masks, torch.nn.functional.cross_entropy, graph=graph)
+            for e in ("naive", "batched")
+        }
+        for layer in layers:
+            k = min(candidates, layer.width - 3)
+            keep = torch.zeros(k, layer.width)
+            keep[:, :3] = 1.0
+            keep[range(k), range(3, 3 + k)] = 1.0
+            row = {"layer": layer.name, "width": layer.width, "candidates": k}
+            for e, evaluate in evaluators.items():
+                evaluate(inputs, targets, layer, keep[:2])  # warm-up, records the prefix
+                start = time.perf_counter()
+                evaluate(inputs, targets, layer, keep)
+                row[f"{e}_ms"] = round((time.perf_counter() - start) / k * 1000, 2)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
@@ -128,7 +160,17 @@ def main() -> None:
         "--picks", type=int, default=None, help="channels per layer (0: the MACs target)"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--per-layer", action="store_true", help="time one step per layer instead")
     args = parser.parse_args()
+    if args.per_layer:
+        for name in args.models.split(","):
+            rows = per_layer(name, batch=args.batch, candidates=args.candidates, device=args.device)
+            print(json.dumps({name: rows}, indent=1) if args.json else f"# {name}")
+            if not args.json:
+                print("layer | width | candidates | naive_ms | fast_ms")
+                for r in rows:
+                    print(" | ".join(str(v) for v in r.values()))
+        return
     results = {
         name: measure(
             name,
