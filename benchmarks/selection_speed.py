@@ -54,6 +54,12 @@ def _data(shape, batch: int, batches: int, device: str):
     ]
 
 
+def _model(name: str, device: str) -> torch.nn.Module:
+    """The zoo model ``name`` with seed-0 weights, in eval mode on ``device``."""
+    torch.manual_seed(0)
+    return models.get(name, **MODELS[name][0]).to(device).eval()
+
+
 def _forward_rate(model, shape, batch: int, device: str, repeats: int = 5) -> float:
     """Images per second of a plain forward pass, best over a few batch sizes."""
     best = 0.0
@@ -77,10 +83,9 @@ def _forward_rate(model, shape, batch: int, device: str, repeats: int = 5) -> fl
 def measure(
     name: str, *, batch: int, candidates: int, ratio: float, device: str, picks: int | None
 ) -> dict:
-    options, shape, default_picks = MODELS[name]
+    _, shape, default_picks = MODELS[name]
     picks = default_picks if picks is None else picks or None
-    torch.manual_seed(0)
-    model = models.get(name, **options).to(device).eval()
+    model = _model(name, device)
     data = _data(shape, batch, 4, device)
     example = data[0][0][:1]
     target = Macs(ratio)
@@ -122,9 +127,8 @@ def measure(
 
 def per_layer(name: str, *, batch: int, candidates: int, device: str) -> list[dict]:
     """Milliseconds per candidate of one step in each layer, naive and fast."""
-    options, shape, _ = MODELS[name]
-    torch.manual_seed(0)
-    model = models.get(name, **options).to(device).eval()
+    shape = MODELS[name][1]
+    model = _model(name, device)
     inputs, targets = _data(shape, batch, 1, device)[0]
     layers, _ = find_layers(model, inputs[:1])
     graph = build_graph(model, inputs[:1])

@@ -121,7 +121,8 @@ def test_shared_plus_delta_equals_masking_each_row(module: nn.Module, kind: str)
     width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
     shape = (3, 2, width) if isinstance(module, nn.Linear) else (3, width, 7, 6)
     x, keep = torch.randn(*shape), _rows(kind, width)[:7]
-    fast = _SharedPlusDelta(module, x, keep)
+    fast = _SharedPlusDelta.build(module, x, keep)
+    assert fast is not None
     with torch.no_grad():
         pieces = [fast.rows(0, 4), fast.rows(4, 7)]
         expected = torch.cat(
@@ -131,12 +132,13 @@ def test_shared_plus_delta_equals_masking_each_row(module: nn.Module, kind: str)
 
 
 def test_shared_plus_delta_only_where_it_saves_work() -> None:
-    rows = _rows("forward", 16)
-    assert _SharedPlusDelta.worthwhile(nn.Conv2d(16, 8, 3), rows)  # 144 multiply-adds
-    assert not _SharedPlusDelta.worthwhile(nn.Conv2d(16, 8, 1), rows)  # 16: a plain pass
-    assert not _SharedPlusDelta.worthwhile(nn.Conv2d(16, 8, 3, groups=2), rows)
-    assert not _SharedPlusDelta.worthwhile(nn.Conv2d(16, 8, 3), rows[:1])  # one row
-    assert not _SharedPlusDelta.worthwhile(nn.Conv2d(16, 8, 3), _rows("random", 16))
+    rows, x = _rows("forward", 16), torch.randn(2, 16, 5, 5)
+    build = _SharedPlusDelta.build
+    assert build(nn.Conv2d(16, 8, 3), x, rows) is not None  # 144 multiply-adds
+    assert build(nn.Conv2d(16, 8, 1), x, rows) is None  # 16: a plain pass
+    assert build(nn.Conv2d(16, 8, 3, groups=2), x, rows) is None
+    assert build(nn.Conv2d(16, 8, 3), x, rows[:1]) is None  # one row
+    assert build(nn.Conv2d(16, 8, 3), x, _rows("random", 16)) is None
 
 
 def test_prefix_cache_leaves_the_model_unpatched() -> None:

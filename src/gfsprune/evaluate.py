@@ -284,15 +284,23 @@ class _SharedPlusDelta:
     differs from them (one batched matrix product over the rows' input patches): linearity
     makes the sum exact up to rounding.
 
-    ``rows(start, stop)`` stacks those rows' outputs along the batch dimension.
+    ``rows(start, stop)`` stacks those rows' outputs along the batch dimension. Made by
+    :meth:`build`.
     """
 
-    def __init__(self, module: nn.Module, x: torch.Tensor, factors: torch.Tensor) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        x: torch.Tensor,
+        common: torch.Tensor,
+        diff: torch.Tensor,
+        count: int,
+    ) -> None:
         self.module, self.x = module, x
-        count, common, diff = self._split(factors)
-        # Each row's differing inputs first (ties keep index order), padded with zero factors.
+        # Each row's differing inputs first (ties keep index order), padded with zero factors
+        # to ``count`` (at least one) per row.
         order = (diff != 0).to(torch.int8).argsort(dim=1, descending=True, stable=True)
-        self.index = order[:, : max(count, 1)]
+        self.index = order[:, :count]
         self.coef = diff.gather(1, self.index)
         conv = not isinstance(module, nn.Linear)
         shape = (-1,) + (1,) * (x.dim() - 2) if conv else (-1,)
@@ -301,34 +309,35 @@ class _SharedPlusDelta:
         self.out_shape = last.shape
         self.shared = last.reshape(-1, last.shape[-1])  # (positions, out)
 
-    @staticmethod
-    def _split(factors: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """The shared factors (the rows' minimum, as in forward selection, or maximum, as in
-        backward elimination: whichever leaves fewer differences), the differences, and
-        the most differences in one row."""
-        best = None
-        for common in (factors.amin(0), factors.amax(0)):
-            diff = factors - common
-            count = int((diff != 0).sum(1).max())
-            if best is None or count < best[0]:
-                best = count, common, diff
-        return best
-
     @classmethod
-    def worthwhile(cls, module: nn.Module, factors: torch.Tensor) -> bool:
-        """Whether ``module`` is a linear layer or an ungrouped 2-d convolution that does
-        enough work per output (64 multiply-adds per differing input; measured on a 2-core
-        CPU) and the rows differ in few of its inputs."""
+    def build(
+        cls, module: nn.Module, x: torch.Tensor, factors: torch.Tensor
+    ) -> _SharedPlusDelta | None:
+        """The product for ``module`` (the first consumer), ``x`` (its unmasked input) and
+        ``factors`` (``(K, inputs)``), or ``None`` where it would not save work: unless
+        ``module`` is a linear layer or an ungrouped 2-d convolution that does enough work
+        per output (64 multiply-adds per differing input; measured on a 2-core CPU) and
+        several rows differ in few of its inputs.
+
+        The shared factors are the rows' minimum (as in forward selection) or maximum (as
+        in backward elimination), whichever leaves fewer differences.
+        """
         if isinstance(module, nn.Linear):
             work = module.in_features
         elif type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros":
             work = module.in_channels * math.prod(module.kernel_size)
         else:
-            return False
+            return None
         if factors.shape[0] < 2:
-            return False
-        count = max(cls._split(factors)[0], 1)
-        return count * 4 <= factors.shape[1] and work >= 64 * count
+            return None
+        splits = [(factors - common, common) for common in (factors.amin(0), factors.amax(0))]
+        counts = [int((diff != 0).sum(1).max()) for diff, _ in splits]
+        count = min(counts)
+        diff, common = splits[counts.index(count)]
+        count = max(count, 1)
+        if count * 4 > factors.shape[1] or work < 64 * count:
+            return None
+        return cls(module, x, common, diff, count)
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         index, coef, module, x = self.index[start:stop], self.coef[start:stop], self.module, self.x
@@ -401,9 +410,7 @@ class BatchedEvaluator(Evaluator):
             prefix = self._prefixes[layer.name] = _Prefix(net, inputs, consumers)
         outputs, first_input = prefix.capture(net, inputs)
         factors = self.masks.factors(layer, keep)[prefix.first_name]
-        shared = None
-        if _SharedPlusDelta.worthwhile(prefix.first, factors):
-            shared = _SharedPlusDelta(prefix.first, first_input, factors)
+        shared = _SharedPlusDelta.build(prefix.first, first_input, factors)
         losses: list[float] = []
         for start in range(0, keep.shape[0], chunk):
             rows = keep[start : start + chunk]
