@@ -43,9 +43,9 @@ from torch import nn
 
 import gfsprune
 from gfsprune import LayerPlan, Macs, count, models, prune
-from gfsprune.data import DataBundle, load_data, make_loader
 from gfsprune.surgery import prune_channels
-from gfsprune.train import TrainConfig, evaluate, fit
+from gfsprune.workflow.data import DataBundle, load_data, make_loader
+from gfsprune.workflow.train import TrainConfig, evaluate, fit
 
 # Relative tolerance on Torch-Pruning's achieved MACs ratio, and the bisection's step limit
 # (2**-12 in pruning ratio, finer than one channel of the 128-channel layer).

@@ -33,7 +33,7 @@ import torch_pruning as tp
 
 import gfsprune
 from gfsprune import Macs, Widths, models, prune
-from gfsprune.evaluate import make_evaluator
+from gfsprune.scoring import make_evaluator
 from gfsprune.surgery import Masks, build_graph, find_layers
 
 # name -> (constructor options, input shape (C, H, W), picks per layer or None for Macs)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import torchrun
+from tests.launch import torchrun
 from torch import nn
 
 from gfsprune import distributed
@@ -21,8 +21,8 @@ WORKER = textwrap.dedent(
     from torch import nn
 
     from gfsprune import distributed
-    from gfsprune.data import load_data
-    from gfsprune.train import TrainConfig, fit
+    from gfsprune.workflow.data import load_data
+    from gfsprune.workflow.train import TrainConfig, fit
 
     out = Path(sys.argv[1])
     assert distributed.setup()

@@ -12,11 +12,13 @@ Example:
 
 from gfsprune import models
 from gfsprune._version import __version__
-from gfsprune.counting import count
+from gfsprune.core.counting import count
+from gfsprune.core.prune import prune
+from gfsprune.core.select import Selection, backward_eliminate, forward_select
 from gfsprune.errors import ConfigError, DataError, GfsPruneError, LossError, ModelError
-from gfsprune.prune import LayerLog, LayerPlan, PruneResult, prune
-from gfsprune.select import Selection, backward_eliminate, forward_select
-from gfsprune.serialize import export_onnx, load, save
+from gfsprune.io.onnx import export_onnx
+from gfsprune.io.saved import load, save
+from gfsprune.plan import LayerLog, LayerPlan, PruneResult
 from gfsprune.targets import Macs, Params, Tolerance, Widths
 
 __all__ = [

@@ -1,5 +1,5 @@
 """``python -m gfsprune`` (also what ``torchrun -m gfsprune`` runs)."""
 
-from gfsprune.cli import main
+from gfsprune.workflow.cli import main
 
 raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""Helpers over a model's nested inputs: a tensor, or dicts/tuples/lists of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+
+def map_tensors(obj: object, fn: Callable[[torch.Tensor], torch.Tensor]) -> object:
+    """``obj`` with ``fn`` applied to every tensor, the nesting kept."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def tensors(obj: object) -> list[torch.Tensor]:
+    """Every tensor in ``obj``, depth first."""
+    found: list[torch.Tensor] = []
+    map_tensors(obj, lambda t: found.append(t) or t)
+    return found
+
+
+def move(obj: object, device: torch.device) -> object:
+    """``obj`` (a tensor, or a dict/tuple/list of them) on ``device``."""
+    return map_tensors(obj, lambda t: t.to(device))
+
+
+def run_model(model: nn.Module, inputs: object) -> torch.Tensor:
+    """Call ``model`` on a tensor, a tuple of positional arguments or a dict of keywords."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, tuple | list):
+        return model(*inputs)
+    return model(inputs)

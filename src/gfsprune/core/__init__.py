@@ -1,0 +1,1 @@
+"""The pruning core: the greedy engine, width allocation, strategies and ``prune()``."""

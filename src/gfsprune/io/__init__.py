@@ -1,0 +1,1 @@
+"""Files: atomic writes, validated readers, the saved-model format and ONNX export."""

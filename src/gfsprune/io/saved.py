@@ -1,0 +1,163 @@
+"""Saving and loading pruned models without pickle, and exporting them to ONNX.
+
+A saved result is a folder with ``plan.json`` (which channels each layer kept, the input
+shapes to trace with, costs, free-form metadata) and ``model.safetensors`` (the pruned
+weights). Loading rebuilds the smaller architecture by replaying the plan on a fresh
+instance of the original model, then loads the weights, so no code is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from gfsprune._version import __version__
+from gfsprune.errors import ModelError
+from gfsprune.plan import PruneResult
+from gfsprune.surgery import prune_channels
+
+__all__ = ["save", "load", "read_plan"]
+
+PLAN_FILE = "plan.json"
+WEIGHTS_FILE = "model.safetensors"
+_FORMAT = "gfsprune-plan"
+
+
+def _describe(inputs: object) -> Any:
+    """A JSON description (shape and dtype) of example inputs."""
+    if isinstance(inputs, torch.Tensor):
+        return {"shape": list(inputs.shape), "dtype": str(inputs.dtype).removeprefix("torch.")}
+    if isinstance(inputs, Mapping):
+        return {"kwargs": {k: _describe(v) for k, v in inputs.items()}}
+    if isinstance(inputs, tuple | list):
+        return {"args": [_describe(v) for v in inputs]}
+    raise ModelError(f"example_inputs of type {type(inputs).__name__} cannot be saved.")
+
+
+def _build(spec: Any) -> object:
+    """Zero tensors matching a description written by ``_describe``."""
+    if "kwargs" in spec:
+        return {k: _build(v) for k, v in spec["kwargs"].items()}
+    if "args" in spec:
+        return tuple(_build(v) for v in spec["args"])
+    return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
+
+
+def _write_atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save(
+    result: PruneResult, directory: str | os.PathLike, *, metadata: Mapping | None = None
+) -> Path:
+    """Write ``plan.json`` and ``model.safetensors`` for a pruning result.
+
+    Args:
+        result: What :func:`gfsprune.prune` returned.
+        directory: Created if missing; existing files of the same names are replaced.
+        metadata: JSON-serialisable extras stored in the plan (e.g. how to build the base).
+
+    Returns:
+        The directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plan = {
+        "format": _FORMAT,
+        "version": 1,
+        "gfsprune": __version__,
+        "architecture": type(result.model).__name__,
+        "example_inputs": _describe(result.example_inputs),
+        "layers": [
+            {"name": p.name, "width": p.width, "kept": p.kept, "scale": p.scale}
+            for p in result.plan
+        ],
+        "macs_before": result.macs_before,
+        "macs_after": result.macs_after,
+        "params_before": result.params_before,
+        "params_after": result.params_after,
+        "metadata": dict(metadata or {}),
+    }
+    weights = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    _write_atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
+    text = json.dumps(plan, indent=1)
+    _write_atomic(directory / PLAN_FILE, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def read_plan(directory: str | os.PathLike) -> dict:
+    """The parsed ``plan.json`` of a saved result, checked for format."""
+    path = Path(directory) / PLAN_FILE
+    if not path.is_file():
+        raise ModelError(
+            f"No {PLAN_FILE} in '{directory}'; pass a folder written by gfsprune.save "
+            "(or `gfsprune prune --out`)."
+        )
+    try:
+        plan = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"'{path}' is not valid JSON ({err}); the file is corrupt.") from err
+    if not isinstance(plan, dict) or plan.get("format") != _FORMAT:
+        raise ModelError(f"'{path}' is not a gfsprune plan (no format '{_FORMAT}').")
+    return plan
+
+
+def load(directory: str | os.PathLike, base_model: nn.Module) -> nn.Module:
+    """Rebuild a saved pruned model on ``base_model`` and load its weights.
+
+    Args:
+        directory: A folder written by :func:`save`.
+        base_model: A fresh instance of the original (unpruned) architecture; not modified.
+
+    Returns:
+        The pruned model, in eval mode.
+
+    Raises:
+        ModelError: If the folder is incomplete or the base does not match the plan.
+    """
+    plan = read_plan(directory)
+    if type(base_model).__name__ != plan["architecture"]:
+        raise ModelError(
+            f"The plan in '{directory}' was made for a {plan['architecture']}, but the base "
+            f"model is a {type(base_model).__name__}; pass a fresh {plan['architecture']}."
+        )
+    example_inputs = _build(plan["example_inputs"])
+    try:
+        model = prune_channels(
+            base_model,
+            example_inputs,
+            {entry["name"]: entry["kept"] for entry in plan["layers"]},
+            widths={entry["name"]: entry["width"] for entry in plan["layers"]},
+        )
+    except ModelError as err:
+        raise ModelError(f"The base model does not match the plan in '{directory}': {err}") from err
+    weights_path = Path(directory) / WEIGHTS_FILE
+    try:
+        weights = load_file(weights_path)
+    except (FileNotFoundError, SafetensorError, OSError) as err:
+        raise ModelError(f"Cannot read '{weights_path}' ({err}); the save is incomplete.") from err
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise ModelError(
+            f"The weights in '{weights_path}' do not fit the base model with the plan applied "
+            f"({first}); was it built with the same constructor arguments (classes, width)?"
+        ) from err
+    return model.eval()

@@ -1,0 +1,71 @@
+"""What a pruning run produced: the plan per layer, its trace, and the smaller model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = ["LayerLog", "LayerPlan", "PruneResult"]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What was kept of one channel layer.
+
+    Attributes:
+        name: Qualified name of the layer's root module.
+        width: Its original number of channels.
+        kept: The kept channels, in the order they were picked.
+        scale: The factor folded into the consumers' weights (``width / len(kept)`` with
+            rescaling, else 1).
+    """
+
+    name: str
+    width: int
+    kept: list[int]
+    scale: float
+
+
+@dataclass(frozen=True)
+class LayerLog:
+    """The selection trace of one layer: the loss after each pick, and the layer's
+    starting loss (full width) where a tolerance target measured one."""
+
+    name: str
+    losses: list[float]
+    reference: float | None = None
+
+
+@dataclass
+class PruneResult:
+    """The outcome of :func:`prune`.
+
+    Attributes:
+        model: The physically smaller network (channels removed, not masked).
+        plan: Per channel layer, in the order visited.
+        layers: Per channel layer, the loss after each pick.
+        macs_before, macs_after, params_before, params_after: Costs of one forward pass.
+        example_inputs: The inputs the model was traced with (needed to rebuild it).
+        skipped: Channel groups left at full width because they cannot be masked exactly.
+    """
+
+    model: nn.Module
+    plan: list[LayerPlan]
+    layers: list[LayerLog]
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    example_inputs: object
+    skipped: list[str]
+
+    @property
+    def macs_ratio(self) -> float:
+        """MACs after pruning as a fraction of before."""
+        return self.macs_after / self.macs_before
+
+    @property
+    def params_ratio(self) -> float:
+        """Parameters after pruning as a fraction of before."""
+        return self.params_after / self.params_before

@@ -1,0 +1,93 @@
+"""Physical removal of channels through Torch-Pruning's dependency graph.
+
+The mean-field rescale of a layer is folded into its consumers' weights before the channels
+are removed, so the smaller network computes what the masked one did.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from gfsprune.errors import ModelError
+from gfsprune.surgery.layers import build_graph, find_layers
+
+__all__ = ["prune_channels"]
+
+
+def _fold_scale(module: nn.Module, index: torch.Tensor, scale: float) -> None:
+    """Multiply the weights that read input positions ``index`` by ``scale``."""
+    with torch.no_grad():
+        if isinstance(module, nn.Linear):
+            module.weight[:, index] *= scale
+            return
+        per_group_in = module.in_channels // module.groups
+        per_group_out = module.out_channels // module.groups
+        for i in index.tolist():
+            g = i // per_group_in
+            rows = slice(g * per_group_out, (g + 1) * per_group_out)
+            module.weight[rows, i % per_group_in] *= scale
+
+
+def prune_channels(
+    model: nn.Module,
+    example_inputs: object,
+    kept: Mapping[str, Sequence[int]],
+    *,
+    scales: Mapping[str, float] | None = None,
+    widths: Mapping[str, int] | None = None,
+) -> nn.Module:
+    """A physically smaller copy of ``model`` with only the ``kept`` channels of each layer.
+
+    Args:
+        model: The network; it is not modified.
+        example_inputs: Inputs for tracing.
+        kept: Layer (root module) name to the channels to keep.
+        scales: Layer name to the factor folded into its consumers' weights (default 1).
+        widths: Layer name to its expected full width; a mismatch is refused.
+
+    Returns:
+        The pruned copy.
+    """
+    pruned = copy.deepcopy(model)
+    graph = build_graph(pruned, example_inputs)
+    layers, _ = find_layers(pruned, example_inputs, graph=graph)
+    by_name = {layer.name: layer for layer in layers}
+    modules = dict(pruned.named_modules())
+    unknown = sorted(set(kept) - set(by_name))
+    if unknown:
+        raise ModelError(
+            f"The plan names layers {unknown[:5]} that this model does not have as prunable "
+            f"channel groups (it has {sorted(by_name)[:5]}...); was the plan made for another "
+            "architecture?"
+        )
+    scales = scales or {}
+    keep_sets = {}
+    for name, keep in kept.items():
+        width = by_name[name].width
+        if widths is not None and widths.get(name, width) != width:
+            raise ModelError(
+                f"Layer '{name}' has {width} channels here but {widths[name]} in the plan; "
+                "build the base model with the same constructor arguments as the original."
+            )
+        keep_sets[name] = sorted(set(int(i) for i in keep))
+        if not keep_sets[name] or not set(keep_sets[name]) <= set(range(width)):
+            raise ModelError(
+                f"Layer '{name}' has {width} channels; the kept channels must be a non-empty "
+                f"subset of 0..{width - 1}. Got {keep_sets[name][:10]}."
+            )
+    # Fold every scale first: consumer positions shift once any group is removed.
+    for name, keep in keep_sets.items():
+        scale = float(scales.get(name, 1.0))
+        for c in by_name[name].consumers if scale != 1.0 else ():
+            _fold_scale(modules[c.name], c.index[torch.isin(c.root, torch.as_tensor(keep))], scale)
+    for name, keep in keep_sets.items():
+        remove = sorted(set(range(by_name[name].width)) - set(keep))
+        if remove:
+            root = modules[name]
+            handler = graph.get_pruner_of_module(root).prune_out_channels
+            graph.get_pruning_group(root, handler, remove).prune()
+    return pruned

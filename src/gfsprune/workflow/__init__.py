@@ -1,0 +1,1 @@
+"""The command line and its jobs: data, training, pruning runs, comparisons, reports."""

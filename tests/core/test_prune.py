@@ -1,0 +1,284 @@
+"""prune(): greedy picks, budgets, tolerance, coupled channels, determinism, resume, errors."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+from tests.nets import Chain, Coupled, randomize_norms
+from torch import nn
+
+import gfsprune
+from gfsprune import Macs, Params, Tolerance, Widths, prune
+from gfsprune.errors import ConfigError, DataError, ModelError
+from gfsprune.surgery import prune_channels
+
+
+def _data(shape: tuple[int, ...], classes: int, batches: int = 3, size: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(size, *shape, generator=g), torch.randint(0, classes, (size,), generator=g))
+        for _ in range(batches)
+    ]
+
+
+@pytest.fixture
+def chain():
+    torch.manual_seed(0)
+    return randomize_norms(Chain(width=6)), _data((2, 5, 5), 3)
+
+
+def _loss(model: nn.Module, batch) -> float:
+    with torch.no_grad():
+        return float(nn.functional.cross_entropy(model(batch[0]), batch[1]))
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_every_pick_is_the_brute_force_best_candidate(chain, rescale: bool) -> None:
+    model, data = chain
+    batch = data[0]
+    result = prune(
+        model,
+        [batch],
+        batch[0][:1],
+        target=Widths({"c1": 3, "c2": 2}),
+        candidates=None,
+        rescale=rescale,
+        progress=False,
+        evaluator="naive",
+    )
+    fixed: dict[str, list[int]] = {}
+    for plan, log in zip(result.plan, result.layers, strict=True):
+        chosen: list[int] = []
+        for pick, reported in zip(plan.kept, log.losses, strict=True):
+            # Brute force on physically pruned copies: the layer keeps chosen + [c].
+            losses = {}
+            for c in [i for i in range(plan.width) if i not in chosen]:
+                kept = {**fixed, plan.name: [*chosen, c]}
+                scales = {n: (plan.width / len(k) if rescale else 1.0) for n, k in kept.items()}
+                losses[c] = _loss(prune_channels(model, batch[0][:1], kept, scales=scales), batch)
+            best = min(losses, key=lambda c: (round(losses[c], 5), c))
+            assert pick == best
+            assert reported == pytest.approx(losses[best], rel=1e-4)
+            chosen.append(pick)
+        fixed[plan.name] = chosen
+
+
+def test_result_is_smaller_and_computes_the_masked_function(chain) -> None:
+    model, data = chain
+    x = data[0][0]
+    result = prune(model, data, x[:1], target=Macs(0.5), candidates=4, progress=False)
+    assert result.model.c1.out_channels < 6 and result.model.c2.in_channels < 6
+    assert result.macs_after < result.macs_before and result.params_after < result.params_before
+    assert abs(result.macs_ratio - 0.5) <= 0.02 * 0.5 + 0.05  # 6-channel layers are coarse
+    expected = prune_channels(
+        model,
+        x[:1],
+        {p.name: p.kept for p in result.plan},
+        scales={p.name: p.scale for p in result.plan},
+    )
+    torch.testing.assert_close(result.model(x), expected(x))
+    assert [len(p.kept) for p in result.plan] == [len(log.losses) for log in result.layers]
+    assert model.c1.out_channels == 6  # not modified
+
+
+def test_naive_and_batched_evaluators_agree(chain) -> None:
+    model, data = chain
+    runs = [
+        prune(
+            model,
+            data,
+            data[0][0][:1],
+            target=Macs(0.4),
+            candidates=3,
+            seed=5,
+            evaluator=e,
+            progress=False,
+        )
+        for e in ("naive", "batched")
+    ]
+    assert [p.kept for p in runs[0].plan] == [p.kept for p in runs[1].plan]
+    for a, b in zip(runs[0].layers, runs[1].layers, strict=True):
+        assert a.losses == pytest.approx(b.losses, rel=1e-5)
+
+
+def test_deterministic_for_a_seed_and_sampling_depends_on_it() -> None:
+    torch.manual_seed(1)
+    model = randomize_norms(Chain(width=16))
+    data = _data((2, 5, 5), 3)
+    run = (
+        lambda seed: [
+            p.kept
+            for p in prune(  # noqa: E731
+                model,
+                data,
+                data[0][0][:1],
+                target=Macs(0.5),
+                candidates=3,
+                seed=seed,
+                progress=False,
+            ).plan
+        ]
+    )
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+
+
+def test_coupled_model_is_pruned_consistently() -> None:
+    torch.manual_seed(0)
+    model = randomize_norms(Coupled())
+    data = _data((3, 4, 4), 4)
+    result = prune(model, data, data[0][0][:2], target=Params(0.5), candidates=None, progress=False)
+    pruned = result.model
+    kept = len(result.plan[0].kept)
+    # residual stream, concat part, depthwise conv and its consumer all agree on widths
+    assert pruned.c1.out_channels == pruned.c2.out_channels == pruned.c2.in_channels
+    assert pruned.c1.out_channels + pruned.c3.out_channels == kept == pruned.dw.out_channels
+    assert pruned.dw.groups == kept == pruned.b3.num_features == pruned.c4.in_channels
+    assert pruned.c3.out_channels >= 1  # each concatenated part keeps a channel
+    out = pruned(data[0][0])
+    out.sum().backward()
+    assert out.shape == (16, 4)
+
+
+def test_tolerance_stops_at_the_first_pick_within_reach(chain) -> None:
+    model, data = chain
+    eps = 0.05
+    result = prune(
+        model, data, data[0][0][:1], target=Tolerance(eps), candidates=None, progress=False
+    )
+    for plan, log in zip(result.plan, result.layers, strict=True):
+        threshold = log.reference * (1 + eps)
+        assert log.losses[-1] <= threshold or len(plan.kept) == plan.width
+        assert all(loss > threshold for loss in log.losses[:-1])
+
+
+def test_backward_strategy_keeps_the_requested_widths(chain) -> None:
+    model, data = chain
+    result = prune(
+        model,
+        data,
+        data[0][0][:1],
+        target=Widths({"c1": 2, "c2": 4}),
+        strategy="backward",
+        progress=False,
+    )
+    assert [len(p.kept) for p in result.plan] == [2, 4]
+    assert [len(log.losses) for log in result.layers] == [4, 2]  # one loss per removal
+
+
+def test_interrupted_run_resumes_to_the_same_plan(chain, tmp_path, monkeypatch) -> None:
+    model, data = chain
+    kwargs = dict(target=Macs(0.5), candidates=3, progress=False)
+    straight = prune(model, data, data[0][0][:1], **kwargs)
+    state = tmp_path / "progress.json"
+    module = importlib.import_module("gfsprune.core.prune")  # the package exports a function too
+    real = module.select_layer
+    calls = []
+
+    def interrupted(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(module, "select_layer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prune(model, data, data[0][0][:1], checkpoint=state, **kwargs)
+    assert len(json.loads(state.read_text())["plan"]) == 1
+    monkeypatch.setattr(module, "select_layer", real)
+    resumed = prune(model, data, data[0][0][:1], checkpoint=state, **kwargs)
+    assert [p.kept for p in resumed.plan] == [p.kept for p in straight.plan]
+    with pytest.raises(ConfigError, match="other settings.*candidates"):
+        prune(
+            model,
+            data,
+            data[0][0][:1],
+            checkpoint=state,
+            target=Macs(0.5),
+            candidates=2,
+            progress=False,
+        )
+
+
+def test_progress_bar_is_silent_when_disabled(chain, capsys) -> None:
+    model, data = chain
+    prune(model, data, data[0][0][:1], target=Macs(0.5), candidates=2, progress=False)
+    assert capsys.readouterr() == ("", "")
+    prune(model, data, data[0][0][:1], target=Macs(0.5), candidates=2, progress=True)
+    assert "c1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"target": 0.5}, ConfigError, "'target' must be gfsprune.Macs"),
+        ({"target": Macs(0.001)}, ConfigError, r"cannot be reached.*at least 0\.\d+"),
+        ({"target": Macs(0.5), "candidates": 0}, ConfigError, "'candidates' must be a positive"),
+        ({"target": Macs(0.5), "ignore": ["nope"]}, ConfigError, "'ignore' must name modules"),
+        ({"target": Macs(0.5), "evaluator": "x"}, ConfigError, "'evaluator' must be one of"),
+        ({"target": Tolerance(0.1), "strategy": "backward"}, ConfigError, "needs a size target"),
+        ({"target": Widths({"zz": 1})}, ConfigError, r"names layers \['zz'\]"),
+        ({"target": Widths({"c1": 9})}, ConfigError, "more channels than these layers have"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(chain, kwargs, error, match) -> None:
+    model, data = chain
+    with pytest.raises(error, match=match):
+        prune(model, data, data[0][0][:1], progress=False, **kwargs)
+
+
+def test_target_ratios_are_validated() -> None:
+    with pytest.raises(ValueError, match=r"'ratio' parameter of Macs .* \(0, 1\).*Got 1.5"):
+        Macs(1.5)
+    with pytest.raises(ValueError, match="'ratio' parameter of Params"):
+        Params(0)
+    with pytest.raises(ValueError, match="'eps' parameter of Tolerance"):
+        Tolerance(-0.1)
+
+
+def test_bad_data_is_reported(chain) -> None:
+    model, data = chain
+    x = data[0][0][:1]
+    with pytest.raises(DataError, match=r"first mini-batch \(inputs \(16, 3, 5, 5\)\)"):
+        prune(model, [(torch.randn(16, 3, 5, 5), data[0][1])], x, target=Macs(0.5), progress=False)
+    with pytest.raises(DataError, match="it is empty"):
+        prune(model, [], x, target=Macs(0.5), progress=False)
+    with pytest.raises(DataError, match=r"\(inputs, targets\) mini-batches; got a Tensor"):
+        prune(model, [data[0][0]], x, target=Macs(0.5), progress=False)
+    once = (b for b in data[:1])
+    with pytest.raises(DataError, match="must be re-iterable"):
+        prune(model, once, x, target=Macs(0.5), candidates=1, progress=False)
+
+
+def test_nan_weights_are_reported(chain) -> None:
+    model, data = chain
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    with pytest.raises(DataError, match="loss on the first mini-batch is nan"):
+        prune(model, data, data[0][0][:1], target=Macs(0.5), progress=False)
+
+
+def test_model_without_prunable_layers_is_refused() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(ModelError, match="no prunable channel layer"):
+        prune(model, _data((4,), 2), torch.randn(1, 4), target=Macs(0.5), progress=False)
+
+
+def test_public_api_exports() -> None:
+    for name in (
+        "prune",
+        "Macs",
+        "Params",
+        "Tolerance",
+        "count",
+        "save",
+        "load",
+        "export_onnx",
+        "forward_select",
+        "backward_eliminate",
+        "PruneResult",
+    ):
+        assert hasattr(gfsprune, name)

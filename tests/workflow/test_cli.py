@@ -1,0 +1,411 @@
+"""The command line end to end on digits: train, prune, finetune, eval, compare, demo; resume
+after an interruption; bad input rejected in one line with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from gfsprune.core import strategies as channels
+from gfsprune.core.counting import count
+from gfsprune.workflow import jobs as workflow
+from gfsprune.workflow.cli import main
+from gfsprune.workflow.compare import METHODS
+from gfsprune.workflow.train import TrainConfig
+
+FAST = ["--no-progress", "--batch-size", "64"]
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Module-scoped fixtures run outside conftest's one-thread setting; tiny models are
+    fastest on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A digits CNN at half width, trained for two epochs."""
+    out = tmp_path_factory.mktemp("cli") / "model"
+    with _one_thread():
+        argv = ["train", "--model", "digits_cnn", "--data", "digits", "--epochs", "2"]
+        assert main([*argv, "--width-mult", "0.5", "--lr", "0.05", "--out", str(out), *FAST]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def pruned(checkpoint: Path) -> Path:
+    """The checkpoint pruned to half its MACs."""
+    out = checkpoint.parent / "pruned"
+    with _one_thread():
+        argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(out)]
+        assert main([*argv, *FAST]) == 0
+    return out
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"gfsprune {command}: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_train_writes_a_checkpoint_that_rebuilds_the_model(checkpoint: Path) -> None:
+    info = json.loads((checkpoint / "model.json").read_text())
+    assert info["name"] == "digits_cnn" and info["data"] == "digits"
+    assert info["options"] == {
+        "num_classes": 10,
+        "in_channels": 1,
+        "image_size": 8,
+        "width_mult": 0.5,
+    }
+    assert info["pretrain"]["epochs"] == 2 and len(info["history"]) == 2
+    assert (checkpoint / "train_state.pt").is_file()
+    model, loaded = workflow.load_model(checkpoint)
+    assert loaded.input_shape == (1, 8, 8)
+    assert model.features[0][0].out_channels == 8  # 16 channels at width 0.5
+
+
+def test_train_refuses_to_overwrite_and_resumes_a_finished_run(checkpoint: Path, capsys) -> None:
+    argv = [
+        "train",
+        "--model",
+        "digits_cnn",
+        "--data",
+        "digits",
+        "--epochs",
+        "2",
+        "--width-mult",
+        "0.5",
+        "--lr",
+        "0.05",
+        "--out",
+        str(checkpoint),
+        *FAST,
+    ]
+    before = (checkpoint / "model.safetensors").read_bytes()
+    assert main(argv) == 2
+    assert "pass --resume to continue it" in _one_line_error(capsys, "train")
+    assert main([*argv, "--resume"]) == 0  # both epochs are done: nothing left to train
+    assert (checkpoint / "model.safetensors").read_bytes() == before
+
+
+def test_prune_prints_costs_and_accuracy_and_saves_a_loadable_model(
+    checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "pruned"
+    assert (
+        main(
+            [
+                "prune",
+                "--checkpoint",
+                str(checkpoint),
+                "--params",
+                "0.6",
+                "--out",
+                str(out),
+                "--candidates",
+                "4",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    plan = json.loads((out / "plan.json").read_text())
+    assert f"{plan['params_before']:,}" in printed and f"{plan['params_after']:,}" in printed
+    assert "accuracy" in printed and "MACs" in printed
+    assert plan["metadata"]["name"] == "digits_cnn"
+    model, info = workflow.load_model(out)
+    assert count(model, info.example_inputs()) == (plan["macs_after"], plan["params_after"])
+    assert plan["params_after"] / plan["params_before"] == pytest.approx(0.6, abs=0.05)
+
+
+def test_an_interrupted_prune_resumes_to_the_same_plan(
+    checkpoint: Path, pruned: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    out = tmp_path / "interrupted"
+    argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(out), *FAST]
+    real = channels.select_layer
+    calls = []
+
+    def interrupt_after_one_layer(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        # ``gfsprune.core.prune`` is also the function the package exports: patch the module.
+        patch.setattr(sys.modules["gfsprune.core.prune"], "select_layer", interrupt_after_one_layer)
+        assert main(argv) == 130
+    assert "again with --resume" in capsys.readouterr().err
+    assert len(json.loads((out / "progress.json").read_text())["plan"]) == 1
+    assert not (out / "plan.json").exists()
+    assert main(argv) == 2  # progress exists: refused without --resume
+    assert "--resume" in _one_line_error(capsys, "prune")
+    assert main([*argv, "--resume"]) == 0
+    resumed = json.loads((out / "plan.json").read_text())["layers"]
+    assert resumed == json.loads((pruned / "plan.json").read_text())["layers"]
+
+
+def test_resume_with_other_options_is_refused(pruned: Path, checkpoint: Path, capsys) -> None:
+    argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(pruned)]
+    assert main([*argv, "--resume", "--no-progress", "--batch-size", "32"]) == 2
+    assert "other batch_size (batch_size=64)" in _one_line_error(capsys, "prune")
+
+
+def test_finetune_then_eval(pruned: Path, capsys) -> None:
+    assert main(["finetune", str(pruned), "--epochs", "1", "--lr", "0.01", *FAST]) == 0
+    out = pruned / "finetuned"
+    assert f"wrote {out}" in capsys.readouterr().out
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["metadata"]["finetune"]["epochs"] == 1
+    assert plan["layers"] == json.loads((pruned / "plan.json").read_text())["layers"]
+    assert (out / "train_state.pt").is_file()
+    assert main(["eval", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"MACs          {plan['macs_after']:,}" in printed
+    assert "latency b=1" in printed and "latency b=64" in printed
+    scores = workflow.evaluate_dir(out)
+    assert f"accuracy      {scores['acc']:.2%}" in printed
+    assert 0 < scores["latency_b1"] < scores["latency_b64"]
+
+
+def test_eval_reads_a_trained_checkpoint(checkpoint: Path, capsys) -> None:
+    assert main(["eval", str(checkpoint)]) == 0
+    model, info = workflow.load_model(checkpoint)
+    macs, params = count(model, info.example_inputs())
+    printed = capsys.readouterr().out
+    assert f"MACs          {macs:,}" in printed and f"params        {params:,}" in printed
+
+
+def test_compare_writes_results_report_and_plots(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "compare"
+    assert (
+        main(
+            [
+                "compare",
+                "--checkpoint",
+                str(checkpoint),
+                "--macs",
+                "0.5",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--candidates",
+                "0",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"base", "methods"}
+    assert set(results["base"]) == {"acc", "loss", "macs", "params"}
+    assert list(results["methods"]) == list(METHODS)
+    keys = {
+        "macs",
+        "params",
+        "acc_pruned",
+        "loss_pruned",
+        "acc_finetuned",
+        "loss_finetuned",
+        "seconds",
+    }
+    for row in results["methods"].values():
+        assert set(row) == keys
+        assert (row["macs"], row["params"]) == (
+            results["methods"]["gfs"]["macs"],
+            results["methods"]["gfs"]["params"],
+        )
+    printed = capsys.readouterr().out
+    assert f"| base     | {results['base']['macs']:,} |" in printed
+    report = (out / "report.md").read_text()
+    assert "| scratch  |" in report and "Greedy forward selection" in report
+    for png in ("accuracy.png", "widths.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["scratch"]["epochs"] == 2 + 1  # pre-training plus fine-tuning
+
+
+@pytest.mark.slow
+def test_demo_is_deterministic_for_its_seed(tmp_path: Path, monkeypatch, capsys) -> None:
+    tiny = workflow.DemoConfig(
+        pretrain=TrainConfig(epochs=1, batch_size=64, lr=0.05),
+        finetune=TrainConfig(epochs=1, batch_size=64, lr=0.01),
+    )
+    monkeypatch.setattr(workflow, "DEMO", tiny)
+    runs = []
+    for name in ("a", "b"):
+        assert main(["demo", "--out", str(tmp_path / name), "--no-progress"]) == 0
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        for row in results["methods"].values():
+            row.pop("seconds")
+        runs.append(results)
+    assert runs[0] == runs[1]
+    assert list(runs[0]["methods"]) == list(METHODS)
+    assert "| gfs " in capsys.readouterr().out
+    assert (tmp_path / "a" / "model" / "model.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "message"),
+    [
+        (
+            ["prune", "--checkpoint", "{tmp}/none", "--macs", "0.5", "--out", "{tmp}/o"],
+            "prune",
+            "model folder '{tmp}/none' does not exist",
+        ),
+        (
+            ["prune", "--checkpoint", "{ck}", "--macs", "1.5", "--out", "{tmp}/o"],
+            "prune",
+            "must be a float in the open interval (0, 1)",
+        ),
+        (
+            [
+                "prune",
+                "--checkpoint",
+                "{ck}",
+                "--macs",
+                "0.5",
+                "--out",
+                "{tmp}/o",
+                "--candidates",
+                "-1",
+            ],
+            "prune",
+            "--candidates must be 0 (all) or a positive integer",
+        ),
+        (
+            ["prune", "--checkpoint", "{ck}", "--tolerance", "-1", "--out", "{tmp}/o"],
+            "prune",
+            "'eps' parameter of Tolerance must be a non-negative float",
+        ),
+        (
+            [
+                "prune",
+                "--checkpoint",
+                "{ck}",
+                "--macs",
+                "0.5",
+                "--out",
+                "{tmp}/o",
+                "--data",
+                "synthetic:100",
+            ],
+            "prune",
+            "but the model takes (1, 8, 8) in 10",
+        ),
+        (
+            [
+                "compare",
+                "--checkpoint",
+                "{ck}",
+                "--macs",
+                "0.5",
+                "--epochs",
+                "1",
+                "--out",
+                "{tmp}/o",
+                "--methods",
+                "gfs,magic",
+            ],
+            "compare",
+            "'magic' is unknown",
+        ),
+        (["finetune", "{tmp}", "--epochs", "1"], "finetune", "holds neither model.json"),
+        (["eval", "{ck}", "--threads", "0"], "eval", "--threads must be a positive integer"),
+        (
+            ["train", "--model", "nonet", "--data", "digits", "--epochs", "1", "--out", "{tmp}/o"],
+            "train",
+            "unknown model 'nonet'",
+        ),
+        (
+            [
+                "train",
+                "--model",
+                "digits_cnn",
+                "--data",
+                "mnist",
+                "--epochs",
+                "1",
+                "--out",
+                "{tmp}/o",
+            ],
+            "train",
+            "unknown data spec 'mnist'",
+        ),
+        (
+            [
+                "train",
+                "--model",
+                "digits_cnn",
+                "--data",
+                "digits",
+                "--epochs",
+                "0",
+                "--out",
+                "{tmp}/o",
+            ],
+            "train",
+            "'epochs' must be an integer >= 1",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    argv: list[str], command: str, message: str, checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    fill = {"tmp": str(tmp_path), "ck": str(checkpoint)}
+    assert main([a.format(**fill) for a in argv]) == 2
+    assert message.format(**fill) in _one_line_error(capsys, command)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["prune", "--checkpoint", "c", "--macs", "0.5", "--params", "0.5", "--out", "o"],
+            "argument --params: not allowed with argument --macs",
+        ),
+        (
+            ["prune", "--checkpoint", "c", "--out", "o"],
+            "one of the arguments --macs --params --tolerance is required",
+        ),
+        (
+            ["compare", "--checkpoint", "c", "--macs", "half", "--epochs", "1", "--out", "o"],
+            "argument --macs: invalid float value: 'half'",
+        ),
+        (["finetune"], "the following arguments are required: dir, --epochs"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_missing_checkpoint_prints_no_traceback_from_the_shell(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gfsprune", "eval", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert "does not exist" in proc.stderr

@@ -1,0 +1,57 @@
+"""``gfsprune theory``: a quick run end to end, and bad arguments rejected in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gfsprune.workflow.cli import main
+
+
+@pytest.mark.slow
+def test_theory_quick_writes_the_rates_and_prints_the_slopes(tmp_path, capsys) -> None:
+    out = tmp_path / "theory"
+    assert main(["theory", "--quick", "--seed", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "rates.json").read_text())
+    assert (out / "rates.png").stat().st_size > 10_000
+    assert saved["seed"] == 1 and saved["quick"] is True
+    assert f"{saved['slopes']['greedy_pretrained']:.2f}" in printed
+    assert "greedy_pretrained" in printed and f"wrote {out / 'rates.png'}" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["theory", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+        (["theory", "--quick", "--fast"], "unrecognized arguments: --fast"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_bad_arguments_print_no_traceback_from_the_shell() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gfsprune", "theory", "--seed", "abc"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert "invalid int value: 'abc'" in proc.stderr
+
+
+def test_a_negative_seed_is_reported_in_one_line(tmp_path, capsys) -> None:
+    assert main(["theory", "--seed", "-1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gfsprune theory: error: 'seed' must be a non-negative integer")
+    assert err.count("\n") == 1

@@ -1,0 +1,141 @@
+"""The comparisons: same widths for every method, top-k by importance, the gfs entry equal to
+a direct prune, results independent of which other methods ran, seeded re-initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gfsprune import Macs, prune
+from gfsprune.errors import ConfigError
+from gfsprune.models import get
+from gfsprune.workflow.compare import (
+    CompareConfig,
+    compare,
+    importance_channels,
+    parse_methods,
+    reinitialize,
+)
+from gfsprune.workflow.data import load_data, make_loader
+from gfsprune.workflow.train import TrainConfig, evaluate, fit
+
+FINETUNE = TrainConfig(epochs=1, batch_size=64, lr=0.01)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+@pytest.fixture(scope="module")
+def trained(digits) -> nn.Module:
+    torch.manual_seed(0)
+    model = get("digits_cnn", width_mult=0.5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = TrainConfig(epochs=2, batch_size=64, lr=0.05)
+        fit(model, digits, config, progress=False, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def _without_seconds(results: dict) -> dict:
+    return {k: {m: v for m, v in row.items() if m != "seconds"} for k, row in results.items()}
+
+
+def test_every_method_keeps_greedy_selections_widths(trained, digits) -> None:
+    config = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("gfs", "l1", "bn", "backward"))
+    comparison = compare(trained, digits, config, progress=False)
+    rows = comparison.results["methods"]
+    assert len({(r["macs"], r["params"]) for r in rows.values()}) == 1
+    assert rows["gfs"]["macs"] / comparison.results["base"]["macs"] == pytest.approx(0.5, abs=0.03)
+    assert [(p.name, p.width) for p in comparison.plan] == [
+        ("features.0.0", 8),
+        ("features.1.0", 16),
+    ]
+
+
+def test_the_gfs_entry_is_what_prune_gives_on_the_same_batches(trained, digits) -> None:
+    config = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("gfs",), seed=3, candidates=4)
+    comparison = compare(trained, digits, config, progress=False)
+    loader = make_loader(digits.train, batch_size=128, shuffle=True, seed=3)
+    direct = prune(
+        trained,
+        loader,
+        torch.zeros(1, 1, 8, 8),
+        target=Macs(0.5),
+        candidates=4,
+        seed=3,
+        progress=False,
+    )
+    assert [p.kept for p in comparison.plan] == [p.kept for p in direct.plan]
+    acc, loss = evaluate(direct.model, digits.test)
+    row = comparison.results["methods"]["gfs"]
+    assert (row["acc_pruned"], row["loss_pruned"]) == pytest.approx((acc, loss))
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_rescale_reaches_greedy_selection(trained, digits, rescale: bool) -> None:
+    config = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("gfs",), rescale=rescale)
+    plan = compare(trained, digits, config, progress=False).plan
+    assert [p.scale for p in plan] == [p.width / len(p.kept) if rescale else 1.0 for p in plan]
+
+
+def test_a_methods_result_does_not_depend_on_the_others_run(trained, digits) -> None:
+    alone = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("taylor", "random"))
+    more = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("l1", "bn", "random", "taylor"))
+    first = compare(trained, digits, alone, progress=False).results["methods"]
+    second = compare(trained, digits, more, progress=False).results["methods"]
+    for method in ("taylor", "random"):
+        assert _without_seconds({method: first[method]}) == _without_seconds(
+            {method: second[method]}
+        )
+
+
+def test_importance_keeps_the_top_scored_channels(trained) -> None:
+    def by_index(group) -> torch.Tensor:
+        return torch.arange(len(group[0].root_idxs), dtype=torch.float)  # last channels best
+
+    kept = importance_channels(trained, torch.zeros(1, 1, 8, 8), {"features.1.0": 5}, by_index)
+    assert kept == {"features.1.0": [11, 12, 13, 14, 15]}
+
+
+def test_an_importance_without_scores_is_a_clear_error(trained) -> None:
+    with pytest.raises(ValueError, match="gives no score per channel of layer 'features.0.0'"):
+        importance_channels(trained, torch.zeros(1, 1, 8, 8), {"features.0.0": 2}, lambda g: None)
+
+
+def test_reinitialize_is_seeded_and_clears_running_statistics(trained) -> None:
+    a, b, c = (reinitialize(trained, seed=s).state_dict() for s in (1, 1, 2))
+    for name, value in a.items():
+        torch.testing.assert_close(value, b[name])
+    conv = "features.0.0.weight"
+    assert not torch.equal(a[conv], c[conv]) and not torch.equal(
+        a[conv], trained.state_dict()[conv]
+    )
+    torch.testing.assert_close(a["features.0.1.running_mean"], torch.zeros(8))
+    torch.testing.assert_close(a["features.0.1.running_var"], torch.ones(8))
+    torch.testing.assert_close(a["features.0.1.weight"], torch.ones(8))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("gfs,magic", "'magic' is unknown"),
+        ("gfs,gfs", "must be distinct names"),
+        (" , ", "must be distinct names"),
+    ],
+)
+def test_bad_method_lists_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_methods(text)
+
+
+def test_config_checks_ratio_and_scratch_recipe(trained, digits) -> None:
+    with pytest.raises(ConfigError, match=r"open interval \(0, 1\).*Got 1.5"):
+        CompareConfig(macs=1.5, finetune=FINETUNE)
+    with pytest.raises(ConfigError, match="is needed for 'scratch'"):
+        compare(trained, digits, CompareConfig(macs=0.5, finetune=FINETUNE), progress=False)

@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import Subset
+
+from gfsprune.errors import ConfigError, DataError
+from gfsprune.workflow.data import DataBundle, check_labels, load_data, make_loader
+
+CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def write_cifar_batch(path: Path, count: int, *, seed: int, labels: list[int] | None = None):
+    rng = np.random.default_rng(seed)
+    batch = {
+        b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+        b"labels": labels if labels is not None else [i % 10 for i in range(count)],
+    }
+    path.write_bytes(pickle.dumps(batch))
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    for seed, name in enumerate(CIFAR_FILES):
+        write_cifar_batch(tmp_path / name, 4 if name != "test_batch" else 3, seed=seed)
+    return tmp_path
+
+
+def write_image(path: Path, size: tuple[int, int], seed: int) -> None:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def folder_dir(tmp_path: Path) -> Path:
+    for seed, (split, cls, name, size) in enumerate(
+        [
+            ("train", "cat", "a.png", (20, 12)),
+            ("train", "cat", "b.jpg", (12, 20)),
+            ("train", "dog", "c.png", (16, 16)),
+            ("val", "cat", "d.png", (24, 18)),
+            ("val", "dog", "e.jpg", (18, 24)),
+        ]
+    ):
+        write_image(tmp_path / split / cls / name, size, seed)
+    return tmp_path
+
+
+def test_digits_shapes_and_normalisation() -> None:
+    bundle = load_data("digits")
+    image, label = bundle.train[0]
+    assert (bundle.name, bundle.num_classes, bundle.input_shape) == ("digits", 10, (1, 8, 8))
+    assert image.shape == (1, 8, 8) and isinstance(label, int)
+    assert (len(bundle.train), len(bundle.test)) == (1347, 450)
+    assert abs(bundle.train.images.mean().item()) < 1e-4
+    assert bundle.train.images.std().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_digits_split_is_stratified_and_deterministic() -> None:
+    first, again, other = load_data("digits"), load_data("digits"), load_data("digits", seed=1)
+    torch.testing.assert_close(first.test.images, again.test.images)
+    assert not torch.equal(first.test.labels, other.test.labels)
+    counts = torch.bincount(first.test.labels, minlength=10)
+    assert counts.min() >= 43 and counts.max() <= 47  # 25% of 174..183 per class
+
+
+def test_synthetic_is_seeded_and_sized() -> None:
+    bundle = load_data("synthetic:100", seed=3)
+    assert (len(bundle.train), len(bundle.test), bundle.input_shape) == (80, 20, (3, 16, 16))
+    assert bundle.train[0][0].shape == (3, 16, 16)
+    torch.testing.assert_close(bundle.train.images, load_data("synthetic:100", seed=3).train.images)
+    assert not torch.equal(bundle.train.images, load_data("synthetic:100", seed=4).train.images)
+    assert len(load_data("synthetic").train) == 1600
+
+
+@pytest.mark.parametrize("spec", ["synthetic:abc", "synthetic:5", "synthetic:"])
+def test_synthetic_bad_count(spec: str) -> None:
+    with pytest.raises(DataError, match=r"'synthetic:N' must be an integer >= 20.*synthetic:2000"):
+        load_data(spec)
+
+
+@pytest.mark.parametrize("spec", ["mnist", "digits:x", "cifar10", "imagefolder:"])
+def test_unknown_spec_lists_the_valid_ones(spec: str) -> None:
+    with pytest.raises(DataError, match=r"unknown data spec.*digits, synthetic\[:N\], cifar10:DIR"):
+        load_data(spec)
+
+
+def test_image_size_only_for_imagefolder() -> None:
+    match = "image_size applies to 'imagefolder:DIR'.*got image_size=32"
+    with pytest.raises(ConfigError, match=match):
+        load_data("digits", image_size=32)
+
+
+def test_cifar10_loads_with_augmentation(cifar_dir: Path) -> None:
+    bundle = load_data(f"cifar10:{cifar_dir}")
+    assert (len(bundle.train), len(bundle.test), bundle.num_classes) == (20, 3, 10)
+    assert bundle.input_shape == (3, 32, 32)
+    image, label = bundle.test[1]
+    assert image.shape == (3, 32, 32) and label == 1
+    torch.testing.assert_close(image, bundle.test[1][0])  # test images are not augmented
+    torch.manual_seed(0)
+    crops = torch.stack([bundle.train[0][0] for _ in range(8)])
+    assert crops.shape == (8, 3, 32, 32)
+    assert len({tuple(c.flatten()[:50].tolist()) for c in crops}) > 1  # random crops differ
+    torch.manual_seed(0)
+    torch.testing.assert_close(crops, torch.stack([bundle.train[0][0] for _ in range(8)]))
+
+
+def test_cifar10_accepts_the_archive_folder(cifar_dir: Path) -> None:
+    inner = cifar_dir / "cifar-10-batches-py"
+    inner.mkdir()
+    for name in CIFAR_FILES:
+        (cifar_dir / name).rename(inner / name)
+    assert len(load_data(f"cifar10:{cifar_dir}").test) == 3
+
+
+def test_cifar10_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"data directory '.*nowhere' of 'cifar10:.*does not exist"):
+        load_data(f"cifar10:{tmp_path / 'nowhere'}")
+
+
+def test_cifar10_missing_test_batch(cifar_dir: Path) -> None:
+    (cifar_dir / "test_batch").unlink()
+    with pytest.raises(DataError, match=r"CIFAR-10 file '.*test_batch' is missing.*data_batch_1"):
+        load_data(f"cifar10:{cifar_dir}")
+
+
+def test_cifar10_corrupt_batch(cifar_dir: Path) -> None:
+    (cifar_dir / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match=r"'.*data_batch_3' is not a readable batch.*replace it"):
+        load_data(f"cifar10:{cifar_dir}")
+
+
+def test_cifar10_batch_without_labels(cifar_dir: Path) -> None:
+    (cifar_dir / "data_batch_2").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072))}))
+    with pytest.raises(DataError, match=r"data_batch_2' is not a readable batch \(KeyError"):
+        load_data(f"cifar10:{cifar_dir}")
+
+
+def test_cifar10_wrong_shape(cifar_dir: Path) -> None:
+    batch = {b"data": np.zeros((2, 100), dtype=np.uint8), b"labels": [0, 1]}
+    (cifar_dir / "test_batch").write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError, match=r"must hold b'data' of shape \(N, 3072\).*\(2, 100\)"):
+        load_data(f"cifar10:{cifar_dir}")
+
+
+def test_cifar10_labels_out_of_range(cifar_dir: Path) -> None:
+    write_cifar_batch(cifar_dir / "data_batch_5", 2, seed=0, labels=[3, 12])
+    with pytest.raises(DataError, match=r"data_batch_5' has labels 3..12 outside 0..9"):
+        load_data(f"cifar10:{cifar_dir}")
+
+
+def test_imagefolder_loads_and_transforms(folder_dir: Path) -> None:
+    bundle = load_data(f"imagefolder:{folder_dir}", image_size=8)
+    assert (len(bundle.train), len(bundle.test), bundle.num_classes) == (3, 2, 2)
+    assert bundle.input_shape == (3, 8, 8)
+    assert bundle.train.labels.tolist() == [0, 0, 1]  # classes sorted: cat, dog
+    image, label = bundle.test[1]
+    assert image.shape == (3, 8, 8) and label == 1
+    torch.testing.assert_close(image, bundle.test[1][0])
+    torch.manual_seed(0)
+    crops = torch.stack([bundle.train[1][0] for _ in range(6)])
+    assert crops.shape == (6, 3, 8, 8)
+    torch.manual_seed(0)
+    torch.testing.assert_close(crops, torch.stack([bundle.train[1][0] for _ in range(6)]))
+    assert not torch.equal(crops[0], crops[1])
+
+
+def test_imagefolder_eval_crop_is_the_centre(tmp_path: Path) -> None:
+    pixels = np.zeros((64, 128, 3), dtype=np.uint8)  # wide image: a white centre square
+    pixels[8:56, 40:88] = 255
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / split / "a" / "x.png")
+    image, _ = load_data(f"imagefolder:{tmp_path}", image_size=16).test[0]
+    white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(image[:, 4:12, 4:12], white.view(3, 1, 1).expand(3, 8, 8))
+
+
+def test_imagefolder_missing_split(folder_dir: Path) -> None:
+    for path in sorted((folder_dir / "val").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (folder_dir / "val").rmdir()
+    with pytest.raises(DataError, match=r"image folder '.*' has no 'val/' split.*ImageNet layout"):
+        load_data(f"imagefolder:{folder_dir}")
+
+
+def test_imagefolder_empty_class(folder_dir: Path) -> None:
+    (folder_dir / "train" / "cow").mkdir()
+    (folder_dir / "train" / "cow" / "notes.txt").write_text("no images")
+    with pytest.raises(DataError, match=r"class folder '.*train/cow' holds no images"):
+        load_data(f"imagefolder:{folder_dir}")
+
+
+def test_imagefolder_classes_differ(folder_dir: Path) -> None:
+    write_image(folder_dir / "val" / "cow" / "f.png", (8, 8), seed=9)
+    with pytest.raises(DataError, match=r"differ \(only in train: \[\], only in val: \['cow'\]\)"):
+        load_data(f"imagefolder:{folder_dir}")
+
+
+def test_imagefolder_no_class_folders(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match=r"'.*train' has no class folders"):
+        load_data(f"imagefolder:{tmp_path}")
+
+
+def test_imagefolder_corrupt_image_up_front(folder_dir: Path) -> None:
+    (folder_dir / "train" / "dog" / "c.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"cannot read image '.*dog/c.png'.*replace or delete"):
+        load_data(f"imagefolder:{folder_dir}")
+
+
+def test_imagefolder_corrupt_image_when_read(folder_dir: Path) -> None:
+    good = (folder_dir / "val" / "cat" / "d.png").read_bytes()
+    (folder_dir / "val" / "cat" / "d.png").write_bytes(good[: len(good) // 2])  # truncated
+    bundle = load_data(f"imagefolder:{folder_dir}", verify=False)
+    bundle.test[1]  # the other image is fine
+    with pytest.raises(DataError, match=r"cannot read image '.*cat/d.png'"):
+        bundle.test[0]
+
+
+def test_check_labels() -> None:
+    bundle = load_data("synthetic:40")
+    check_labels(bundle, 10)
+    with pytest.raises(DataError, match=r"model predicts 7 classes but data 'synthetic:40' has 10"):
+        check_labels(bundle, 7)
+    bad = DataBundle("bad", Subset(bundle.train, [0, 1]), [(torch.zeros(1), 10)], 10, (1, 1, 1))
+    match = r"test labels of 'bad' must lie in \[0, 10\).*found 10..10"
+    with pytest.raises(DataError, match=match):
+        check_labels(bad, 10)
+
+
+def test_make_loader_is_reproducible() -> None:
+    dataset = load_data("synthetic:40").train
+
+    def order(seed: int, workers: int = 0) -> list[int]:
+        loader = make_loader(dataset, batch_size=8, shuffle=True, seed=seed, workers=workers)
+        return torch.cat([labels for _, labels in loader]).tolist()
+
+    assert order(1) == order(1) == order(1, workers=1)
+    assert order(1) != order(2)
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer. Got 0"):
+        make_loader(dataset, batch_size=0, shuffle=False)

@@ -1,0 +1,89 @@
+"""The comparison report: the table, sentences derived from the numbers, files and figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gfsprune.plan import LayerPlan
+from gfsprune.workflow.compare import Comparison
+from gfsprune.workflow.report import format_table, summarize, write_report
+
+PLAN = [LayerPlan("conv1", 16, list(range(11)), 16 / 11), LayerPlan("conv2", 32, [0, 5], 16.0)]
+
+
+def _row(acc_pruned: float, acc_finetuned: float, seconds: float = 1.0) -> dict:
+    return {
+        "macs": 500,
+        "params": 60,
+        "acc_pruned": acc_pruned,
+        "loss_pruned": 1.0 - acc_pruned,
+        "acc_finetuned": acc_finetuned,
+        "loss_finetuned": 1.0 - acc_finetuned,
+        "seconds": seconds,
+    }
+
+
+def _results(**methods: dict) -> dict:
+    return {"base": {"acc": 0.95, "loss": 0.2, "macs": 1000, "params": 100}, "methods": methods}
+
+
+def test_the_table_has_a_row_per_method_after_the_base() -> None:
+    table = format_table(_results(gfs=_row(0.9, 0.94), random=_row(0.3, 0.93, 0.01))).splitlines()
+    assert table[0].split("|")[1].strip() == "method" and set(table[1]) <= set("|-:")
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["base", "gfs", "random"]
+    assert "| 1,000 |" in table[2] and "95.00%" in table[2]
+    assert table[4].split("|")[4].strip() == "30.00%" and table[4].endswith("0.01 |")
+    assert len({len(line) for line in table}) == 1  # aligned columns
+
+
+def test_sentences_follow_the_numbers() -> None:
+    leads = " ".join(summarize(_results(gfs=_row(0.9, 0.94), l1=_row(0.6, 0.95)), test_samples=400))
+    assert "keeps 50.0% of its MACs and 60.0% of its parameters" in leads
+    assert "One test sample is 0.25 points" in leads
+    assert "Right after pruning, ranked by accuracy: gfs 90.00%, l1 60.00%." in leads
+    assert "Greedy forward selection leads the best other method (l1) by 30.00 points." in leads
+    assert "trails the best other method (l1) by 1.00 points." in leads
+
+    text = " ".join(
+        summarize(
+            _results(
+                gfs=_row(0.9, 0.94, 2.0), backward=_row(0.92, 0.94, 8.0), scratch=_row(0.1, 0.96)
+            )
+        )
+    )
+    assert "scratch 10.00%" not in text  # untrained: not ranked right after pruning
+    assert "gives -2.00 points against training the same architecture from scratch" in text
+    assert "90.00% vs 92.00% right after pruning" in text and "in 2.00 s vs 8.00 s" in text
+
+
+def test_write_report_writes_results_settings_markdown_and_figures(tmp_path) -> None:
+    results = _results(gfs=_row(0.9, 0.94), bn=_row(0.7, 0.93), scratch=_row(0.1, 0.9))
+    context = {"data": "digits", "test_samples": 450, "config": {"macs": 0.5}}
+    paths = write_report(Comparison(results, PLAN), tmp_path / "out", context=context)
+    assert [p.name for p in paths] == [
+        "results.json",
+        "run.json",
+        "report.md",
+        "accuracy.png",
+        "widths.png",
+    ]
+    assert json.loads(paths[0].read_text()) == results
+    run = json.loads(paths[1].read_text())
+    assert run["config"] == {"macs": 0.5}
+    assert run["layers"] == [
+        {"name": "conv1", "width": 16, "kept": 11},
+        {"name": "conv2", "width": 32, "kept": 2},
+    ]
+    report = paths[2].read_text()
+    assert format_table(results) in report and "data: digits" in report
+    assert summarize(results, test_samples=450)[0] in report
+    for png in paths[3:]:
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+@pytest.mark.parametrize("methods", [{}, {"gfs": _row(0.5, 0.6)}])
+def test_few_methods_give_no_ranking(methods: dict) -> None:
+    assert not any("ranked" in s for s in summarize(_results(**methods)))
