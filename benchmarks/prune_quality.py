@@ -42,7 +42,7 @@ import torch_pruning as tp
 from torch import nn
 
 import gfsprune
-from gfsprune import LayerPlan, Macs, count, models, prune
+from gfsprune import LayerPlan, Macs, PruneConfig, count, models, prune
 from gfsprune.surgery import prune_channels
 from gfsprune.workflow.data import DataBundle, load_data, make_loader
 from gfsprune.workflow.train import TrainConfig, evaluate, fit
@@ -131,10 +131,8 @@ def run_budget(
             make_loader(bundle.train, batch_size=args.batch, shuffle=True, seed=seed),
             example,
             target=Macs(budget),
-            candidates=args.candidates or None,
-            rescale=rescale,
-            seed=seed,
             progress=False,
+            config=PruneConfig(candidates=args.candidates or None, rescale=rescale, seed=seed),
         )
         seconds = time.perf_counter() - start
         widths = {p.name: len(p.kept) for p in result.plan}

@@ -32,8 +32,8 @@ import torch
 import torch_pruning as tp
 
 import gfsprune
-from gfsprune import Macs, Widths, models, prune
-from gfsprune.scoring import make_evaluator
+from gfsprune import Macs, PruneConfig, Widths, models, prune
+from gfsprune.scoring import EVALUATORS, make_evaluator
 from gfsprune.surgery import Masks, build_graph, find_layers
 
 # name -> (constructor options, input shape (C, H, W), picks per layer or None for Macs)
@@ -100,10 +100,8 @@ def measure(
             data,
             example,
             target=target,
-            candidates=candidates,
-            evaluator=evaluator,
             progress=False,
-            device=device,
+            config=PruneConfig(candidates=candidates, evaluator=evaluator, device=device),
         )
         runs[evaluator] = (time.perf_counter() - start, result)
     (naive_s, naive), (fast_s, fast) = runs["naive"], runs["batched"]
@@ -135,7 +133,9 @@ def per_layer(name: str, *, batch: int, candidates: int, device: str) -> list[di
     rows = []
     with Masks(model, layers) as masks:
         evaluators = {
-            e: make_evaluator(e, model, masks, torch.nn.functional.cross_entropy, graph=graph)
+            e: make_evaluator(
+                EVALUATORS[e], model, masks, torch.nn.functional.cross_entropy, graph=graph
+            )
             for e in ("naive", "batched")
         }
         for layer in layers:

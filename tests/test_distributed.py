@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.launch import torchrun
 from torch import nn
 
 from gfsprune import distributed
+from tests.launch import torchrun
 
 # Run by torchrun in each of two processes: every rank starts from different weights (DDP
 # must broadcast rank 0's) and trains one epoch; each saves what all ranks ended with.

@@ -12,19 +12,28 @@ Example:
 
 from gfsprune import models
 from gfsprune._version import __version__
+from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
 from gfsprune.core.select import Selection, backward_eliminate, forward_select
-from gfsprune.errors import ConfigError, DataError, GfsPruneError, LossError, ModelError
+from gfsprune.errors import (
+    ConfigError,
+    DataError,
+    FileFormatError,
+    GfsPruneError,
+    LossError,
+    ModelError,
+)
 from gfsprune.io.onnx import export_onnx
 from gfsprune.io.saved import load, save
 from gfsprune.plan import LayerLog, LayerPlan, PruneResult
-from gfsprune.targets import Macs, Params, Tolerance, Widths
+from gfsprune.targets import Macs, Params, Target, Tolerance, Widths
 
 __all__ = [
     "__version__",
     "ConfigError",
     "DataError",
+    "FileFormatError",
     "GfsPruneError",
     "LayerLog",
     "LayerPlan",
@@ -32,8 +41,10 @@ __all__ = [
     "Macs",
     "ModelError",
     "Params",
+    "PruneConfig",
     "PruneResult",
     "Selection",
+    "Target",
     "Tolerance",
     "Widths",
     "backward_eliminate",

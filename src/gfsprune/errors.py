@@ -21,3 +21,7 @@ class DataError(GfsPruneError, ValueError):
 
 class LossError(GfsPruneError, ValueError):
     """A loss came out NaN or infinite."""
+
+
+class FileFormatError(GfsPruneError, ValueError):
+    """A file gfsprune reads is missing, damaged, or not of the expected kind."""

@@ -1,14 +1,61 @@
-"""What to prune to: a MACs or parameter budget, or the paper's per-layer loss tolerance."""
+"""What to prune to: a MACs or parameter budget, exact widths, or the paper's loss tolerance.
+
+A target is one small class behind one protocol, :class:`Target`: given the channel layers,
+it plans a :class:`Goal` for each layer as selection reaches it. Budgets (:class:`Macs`,
+:class:`Params`) ask the run's width allocator for the widths; :class:`Widths` fixes them;
+:class:`Tolerance` stops each layer by its loss.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from gfsprune.errors import ConfigError
 
-__all__ = ["Macs", "Params", "Tolerance", "Widths", "Target"]
+__all__ = ["Budget", "Goal", "Macs", "Params", "Target", "TargetContext", "Tolerance", "Widths"]
+
+
+@dataclass(frozen=True)
+class Goal:
+    """How far to select one layer: exactly ``width`` channels, or (``width`` None) until the
+    loss is within the relative ``tolerance`` of the layer's loss at full width."""
+
+    width: int | None = None
+    tolerance: float | None = None
+
+
+#: ``plan(index, selected)``: the goal of layer ``index`` given the channels kept so far in
+#: the layers before it (layer index to kept channels).
+GoalPlan = Callable[[int, Mapping[int, Sequence[int]]], Goal]
+
+
+class TargetContext(Protocol):
+    """What a target may ask of the pruning run (implemented by :func:`gfsprune.prune`)."""
+
+    names: Sequence[str]  # the channel layers, in the order selected
+    widths: Sequence[int]  # their full widths
+
+    def check_budget(self, budget: Budget) -> None:
+        """Refuse a budget no choice of widths can meet, naming the nearest reachable one."""
+
+    def allocate(self, budget: Budget, selected: Mapping[int, Sequence[int]]) -> list[int]:
+        """Widths for every layer meeting ``budget``, the ``selected`` layers fixed."""
+
+
+class Target(ABC):
+    """What to prune to: plans each layer's :class:`Goal`."""
+
+    #: Whether the goals are fixed widths (a size target), as backward elimination needs.
+    sized: bool = True
+
+    @abstractmethod
+    def plan(self, context: TargetContext) -> GoalPlan:
+        """Check the target against the model (before any weight is touched) and return
+        the per-layer goal function."""
 
 
 def _check_ratio(owner: str, ratio: object) -> None:
@@ -25,53 +72,82 @@ def _check_ratio(owner: str, ratio: object) -> None:
 
 
 @dataclass(frozen=True)
-class Macs:
+class Budget(Target):
+    """Keep ``ratio`` of the original cost; subclasses say which cost (:meth:`measure`)."""
+
+    ratio: float
+
+    def __post_init__(self) -> None:
+        _check_ratio(type(self).__name__, self.ratio)
+
+    @abstractmethod
+    def measure(self, macs: float, params: float) -> float:
+        """The cost this budget constrains, out of a model's MACs and parameters."""
+
+    def plan(self, context: TargetContext) -> GoalPlan:
+        context.check_budget(self)
+        # Re-split after every layer with the real picks (exact for concatenations).
+        return lambda index, selected: Goal(width=context.allocate(self, selected)[index])
+
+
+@dataclass(frozen=True)
+class Macs(Budget):
     """Keep ``ratio`` of the original multiply-accumulates, e.g. ``Macs(0.5)``."""
 
-    ratio: float
-
-    def __post_init__(self) -> None:
-        _check_ratio("Macs", self.ratio)
+    def measure(self, macs: float, params: float) -> float:
+        return macs
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(Budget):
     """Keep ``ratio`` of the original parameter count, e.g. ``Params(0.25)``."""
 
-    ratio: float
-
-    def __post_init__(self) -> None:
-        _check_ratio("Params", self.ratio)
+    def measure(self, macs: float, params: float) -> float:
+        return params
 
 
 @dataclass(frozen=True)
-class Tolerance:
+class Tolerance(Target):
     """The paper's rule: per layer, add channels until the loss is within ``eps`` (relative)
     of the layer's starting loss, e.g. ``Tolerance(0.02)``."""
 
     eps: float
+    sized = False
 
     def __post_init__(self) -> None:
         eps = self.eps
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0:
+        if (
+            isinstance(eps, bool)
+            or not isinstance(eps, int | float)
+            or not math.isfinite(eps)
+            or not eps >= 0
+        ):
             raise ConfigError(
                 "The 'eps' parameter of Tolerance must be a non-negative float (a relative "
                 f"loss increase, e.g. 0.02). Got {eps!r} instead."
             )
 
+    def plan(self, context: TargetContext) -> GoalPlan:
+        return lambda index, selected: Goal(tolerance=float(self.eps))
+
 
 @dataclass(frozen=True)
-class Widths:
+class Widths(Target):
     """Keep exactly ``widths[name]`` channels of each named channel layer (named by its root
     module, as in ``PruneResult.plan``); layers not named stay at full width. Reuses an
     architecture, e.g. to compare channel choices at the widths greedy selection chose."""
 
-    widths: Mapping[str, int] = field(default_factory=dict)
+    widths: Mapping[str, int]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.widths, Mapping):
+            raise ConfigError(
+                "The 'widths' parameter of Widths must map layer names to positive integers. "
+                f"Got {self.widths!r} instead."
+            )
         bad = {
             k: v
-            for k, v in dict(self.widths).items()
+            for k, v in self.widths.items()
             if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int) or v <= 0
         }
         if bad or not self.widths:
@@ -80,5 +156,19 @@ class Widths:
                 f"and name at least one layer. Got {bad or dict(self.widths)!r} instead."
             )
 
-
-Target = Macs | Params | Tolerance | Widths
+    def plan(self, context: TargetContext) -> GoalPlan:
+        full = dict(zip(context.names, context.widths, strict=True))
+        unknown = sorted(set(self.widths) - set(full))
+        if unknown:
+            raise ConfigError(
+                f"Widths names layers {unknown[:5]} that are not prunable channel layers of "
+                f"this model; its layers are {sorted(full)[:8]}..."
+            )
+        too_wide = {n: w for n, w in self.widths.items() if w > full[n]}
+        if too_wide:
+            raise ConfigError(
+                f"Widths asks for more channels than these layers have: {too_wide}; the "
+                f"layers' widths are { {n: full[n] for n in too_wide} }."
+            )
+        widths = [self.widths.get(n, w) for n, w in zip(context.names, context.widths, strict=True)]
+        return lambda index, selected: Goal(width=widths[index])

@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
-from tests.nets import Chain, Coupled, randomize_norms
 from torch import nn
 
 import gfsprune
-from gfsprune import Macs, Params, Tolerance, Widths, prune
+from gfsprune import Macs, Params, PruneConfig, Tolerance, Widths, prune
 from gfsprune.errors import ConfigError, DataError, ModelError
 from gfsprune.surgery import prune_channels
+from tests.nets import Chain, Coupled, randomize_norms
 
 
 def _data(shape: tuple[int, ...], classes: int, batches: int = 3, size: int = 16, seed: int = 0):
@@ -44,10 +44,8 @@ def test_every_pick_is_the_brute_force_best_candidate(chain, rescale: bool) -> N
         [batch],
         batch[0][:1],
         target=Widths({"c1": 3, "c2": 2}),
-        candidates=None,
-        rescale=rescale,
         progress=False,
-        evaluator="naive",
+        config=PruneConfig(candidates=None, rescale=rescale, evaluator="naive"),
     )
     fixed: dict[str, list[int]] = {}
     for plan, log in zip(result.plan, result.layers, strict=True):
@@ -69,7 +67,9 @@ def test_every_pick_is_the_brute_force_best_candidate(chain, rescale: bool) -> N
 def test_result_is_smaller_and_computes_the_masked_function(chain) -> None:
     model, data = chain
     x = data[0][0]
-    result = prune(model, data, x[:1], target=Macs(0.5), candidates=4, progress=False)
+    result = prune(
+        model, data, x[:1], target=Macs(0.5), progress=False, config=PruneConfig(candidates=4)
+    )
     assert result.model.c1.out_channels < 6 and result.model.c2.in_channels < 6
     assert result.macs_after < result.macs_before and result.params_after < result.params_before
     assert abs(result.macs_ratio - 0.5) <= 0.02 * 0.5 + 0.05  # 6-channel layers are coarse
@@ -92,10 +92,8 @@ def test_naive_and_batched_evaluators_agree(chain) -> None:
             data,
             data[0][0][:1],
             target=Macs(0.4),
-            candidates=3,
-            seed=5,
-            evaluator=e,
             progress=False,
+            config=PruneConfig(candidates=3, seed=5, evaluator=e),
         )
         for e in ("naive", "batched")
     ]
@@ -108,20 +106,12 @@ def test_deterministic_for_a_seed_and_sampling_depends_on_it() -> None:
     torch.manual_seed(1)
     model = randomize_norms(Chain(width=16))
     data = _data((2, 5, 5), 3)
-    run = (
-        lambda seed: [
-            p.kept
-            for p in prune(  # noqa: E731
-                model,
-                data,
-                data[0][0][:1],
-                target=Macs(0.5),
-                candidates=3,
-                seed=seed,
-                progress=False,
-            ).plan
-        ]
-    )
+
+    def run(seed: int) -> list[list[int]]:
+        config = PruneConfig(candidates=3, seed=seed)
+        result = prune(model, data, data[0][0][:1], target=Macs(0.5), progress=False, config=config)
+        return [p.kept for p in result.plan]
+
     assert run(0) == run(0)
     assert run(0) != run(1)
 
@@ -130,7 +120,14 @@ def test_coupled_model_is_pruned_consistently() -> None:
     torch.manual_seed(0)
     model = randomize_norms(Coupled())
     data = _data((3, 4, 4), 4)
-    result = prune(model, data, data[0][0][:2], target=Params(0.5), candidates=None, progress=False)
+    result = prune(
+        model,
+        data,
+        data[0][0][:2],
+        target=Params(0.5),
+        progress=False,
+        config=PruneConfig(candidates=None),
+    )
     pruned = result.model
     kept = len(result.plan[0].kept)
     # residual stream, concat part, depthwise conv and its consumer all agree on widths
@@ -147,7 +144,12 @@ def test_tolerance_stops_at_the_first_pick_within_reach(chain) -> None:
     model, data = chain
     eps = 0.05
     result = prune(
-        model, data, data[0][0][:1], target=Tolerance(eps), candidates=None, progress=False
+        model,
+        data,
+        data[0][0][:1],
+        target=Tolerance(eps),
+        progress=False,
+        config=PruneConfig(candidates=None),
     )
     for plan, log in zip(result.plan, result.layers, strict=True):
         threshold = log.reference * (1 + eps)
@@ -162,8 +164,8 @@ def test_backward_strategy_keeps_the_requested_widths(chain) -> None:
         data,
         data[0][0][:1],
         target=Widths({"c1": 2, "c2": 4}),
-        strategy="backward",
         progress=False,
+        config=PruneConfig(strategy="backward"),
     )
     assert [len(p.kept) for p in result.plan] == [2, 4]
     assert [len(log.losses) for log in result.layers] == [4, 2]  # one loss per removal
@@ -171,7 +173,7 @@ def test_backward_strategy_keeps_the_requested_widths(chain) -> None:
 
 def test_interrupted_run_resumes_to_the_same_plan(chain, tmp_path, monkeypatch) -> None:
     model, data = chain
-    kwargs = dict(target=Macs(0.5), candidates=3, progress=False)
+    kwargs = dict(target=Macs(0.5), config=PruneConfig(candidates=3), progress=False)
     straight = prune(model, data, data[0][0][:1], **kwargs)
     state = tmp_path / "progress.json"
     module = importlib.import_module("gfsprune.core.prune")  # the package exports a function too
@@ -198,16 +200,30 @@ def test_interrupted_run_resumes_to_the_same_plan(chain, tmp_path, monkeypatch) 
             data[0][0][:1],
             checkpoint=state,
             target=Macs(0.5),
-            candidates=2,
             progress=False,
+            config=PruneConfig(candidates=2),
         )
 
 
 def test_progress_bar_is_silent_when_disabled(chain, capsys) -> None:
     model, data = chain
-    prune(model, data, data[0][0][:1], target=Macs(0.5), candidates=2, progress=False)
+    prune(
+        model,
+        data,
+        data[0][0][:1],
+        target=Macs(0.5),
+        progress=False,
+        config=PruneConfig(candidates=2),
+    )
     assert capsys.readouterr() == ("", "")
-    prune(model, data, data[0][0][:1], target=Macs(0.5), candidates=2, progress=True)
+    prune(
+        model,
+        data,
+        data[0][0][:1],
+        target=Macs(0.5),
+        progress=True,
+        config=PruneConfig(candidates=2),
+    )
     assert "c1" in capsys.readouterr().err
 
 
@@ -216,10 +232,14 @@ def test_progress_bar_is_silent_when_disabled(chain, capsys) -> None:
     [
         ({"target": 0.5}, ConfigError, "'target' must be gfsprune.Macs"),
         ({"target": Macs(0.001)}, ConfigError, r"cannot be reached.*at least 0\.\d+"),
-        ({"target": Macs(0.5), "candidates": 0}, ConfigError, "'candidates' must be a positive"),
+        ({"target": Macs(0.99)}, ConfigError, r"nearest channel.*at most 0\.\d+"),
+        ({"target": Macs(0.5), "config": {"x": 1}}, ConfigError, "'config' must be a"),
         ({"target": Macs(0.5), "ignore": ["nope"]}, ConfigError, "'ignore' must name modules"),
-        ({"target": Macs(0.5), "evaluator": "x"}, ConfigError, "'evaluator' must be one of"),
-        ({"target": Tolerance(0.1), "strategy": "backward"}, ConfigError, "needs a size target"),
+        (
+            {"target": Tolerance(0.1), "config": PruneConfig(strategy="backward")},
+            ConfigError,
+            "'backward' strategy needs a size target",
+        ),
         ({"target": Widths({"zz": 1})}, ConfigError, r"names layers \['zz'\]"),
         ({"target": Widths({"c1": 9})}, ConfigError, "more channels than these layers have"),
     ],
@@ -228,6 +248,24 @@ def test_bad_options_are_refused_before_any_work(chain, kwargs, error, match) ->
     model, data = chain
     with pytest.raises(error, match=match):
         prune(model, data, data[0][0][:1], progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"candidates": 0}, r"'candidates' option of PruneConfig must be a positive.*Got 0"),
+        ({"candidates": True}, "'candidates' option"),
+        ({"seed": -1}, "'seed' option of PruneConfig must be a non-negative integer"),
+        ({"rescale": "yes"}, "'rescale' option"),
+        ({"evaluator": "x"}, r"'evaluator' option of PruneConfig must be one of \['batched'"),
+        ({"strategy": "sideways"}, r"'strategy' option .* \['backward', 'forward'\]"),
+        ({"allocator": 3}, "'allocator' option of PruneConfig must be one of"),
+        ({"device": "gpu7"}, "'device' option of PruneConfig must name a torch device"),
+    ],
+)
+def test_bad_config_options_are_refused_when_built(options, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        PruneConfig(**options)
 
 
 def test_target_ratios_are_validated() -> None:
@@ -250,7 +288,7 @@ def test_bad_data_is_reported(chain) -> None:
         prune(model, [data[0][0]], x, target=Macs(0.5), progress=False)
     once = (b for b in data[:1])
     with pytest.raises(DataError, match="must be re-iterable"):
-        prune(model, once, x, target=Macs(0.5), candidates=1, progress=False)
+        prune(model, once, x, target=Macs(0.5), progress=False, config=PruneConfig(candidates=1))
 
 
 def test_nan_weights_are_reported(chain) -> None:

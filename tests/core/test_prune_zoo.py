@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gfsprune import Macs, export_onnx, load, models, prune, save
+from gfsprune import Macs, PruneConfig, export_onnx, load, models, prune, save
 from gfsprune.surgery import Masks, find_layers
 
 
@@ -26,7 +26,9 @@ def test_zoo_model_prunes_to_half_the_macs(name: str, tmp_path) -> None:
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(4, *shape, generator=g), torch.randint(0, 7, (4,), generator=g))]
     x = data[0][0]
-    result = prune(model, data, x[:1], target=Macs(0.5), candidates=2, progress=False)
+    result = prune(
+        model, data, x[:1], target=Macs(0.5), progress=False, config=PruneConfig(candidates=2)
+    )
     assert result.macs_ratio == pytest.approx(0.5, rel=0.02)
 
     # The masked original computes what the physically smaller model does.

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from tests.nets import Chain, Coupled, randomize_norms
 
-from gfsprune import Macs, export_onnx, load, prune, save
+from gfsprune import Macs, PruneConfig, export_onnx, load, prune, save
 from gfsprune.errors import ModelError
+from tests.nets import Chain, Coupled, randomize_norms
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,14 @@ def result():
     torch.manual_seed(0)
     model = randomize_norms(Coupled())
     data = [(torch.randn(8, 3, 4, 4), torch.randint(0, 4, (8,)))]
-    return prune(model, data, data[0][0][:2], target=Macs(0.6), candidates=3, progress=False)
+    return prune(
+        model,
+        data,
+        data[0][0][:2],
+        target=Macs(0.6),
+        progress=False,
+        config=PruneConfig(candidates=3),
+    )
 
 
 def test_round_trip_gives_identical_outputs(result, tmp_path) -> None:

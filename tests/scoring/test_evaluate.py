@@ -8,14 +8,14 @@ import sys
 
 import pytest
 import torch
-from tests.launch import ENV, torchrun
-from tests.nets import Coupled, randomize_norms
 from torch import nn
 
-from gfsprune.scoring import make_evaluator
+from gfsprune.scoring import BatchedEvaluator, NaiveEvaluator, make_evaluator
 from gfsprune.scoring.delta import SharedPlusDelta
 from gfsprune.scoring.prefix import Prefix
 from gfsprune.surgery import Masks, find_layers
+from tests.launch import ENV, torchrun
+from tests.nets import Coupled, randomize_norms
 
 
 class SharedRelu(nn.Module):
@@ -87,8 +87,8 @@ def test_batched_losses_equal_naive_losses_for_every_layer(net, shape, kind: str
     loss = nn.functional.cross_entropy
     with Masks(model, layers) as masks:
         masks.set(layers[0], [0, 1], 3.0)  # an earlier layer already pruned
-        naive = make_evaluator("naive", model, masks, loss)
-        batched = make_evaluator("batched", model, masks, loss)
+        naive = make_evaluator(NaiveEvaluator, model, masks, loss)
+        batched = make_evaluator(BatchedEvaluator, model, masks, loss)
         batched.max_batch = 12  # forces several chunks of 2 candidates
         for layer in layers:
             keep = _rows(kind, layer.width)
@@ -149,7 +149,7 @@ def test_prefix_cache_leaves_the_model_unpatched() -> None:
     x, y = torch.randn(4, 2, 5, 5), torch.randint(0, 3, (4,))
     layers, _ = find_layers(model, x[:1])
     with Masks(model, layers) as masks:
-        make_evaluator("batched", model, masks, nn.functional.cross_entropy)(
+        make_evaluator(BatchedEvaluator, model, masks, nn.functional.cross_entropy)(
             x, y, layers[-1], torch.ones(2, layers[-1].width)
         )
     assert all("forward" not in vars(m) for m in model.modules())
@@ -160,7 +160,7 @@ def test_prefix_cache_leaves_the_model_unpatched() -> None:
 WORKER = """
 import json, sys
 import torch
-from gfsprune import Macs, distributed, models, prune
+from gfsprune import PruneConfig, Macs, distributed, models, prune
 
 assert distributed.setup()
 torch.manual_seed(0)
@@ -168,7 +168,8 @@ model = models.get("digits_cnn").eval()
 g = torch.Generator().manual_seed(1)
 data = [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g))
         for _ in range(3)]
-result = prune(model, data, data[0][0][:1], target=Macs(0.5), candidates=5, progress=False)
+config = PruneConfig(candidates=5)
+result = prune(model, data, data[0][0][:1], target=Macs(0.5), progress=False, config=config)
 plan = [p.kept for p in result.plan]
 losses = [log.losses for log in result.layers]
 with open(f"{sys.argv[1]}/rank{distributed.rank()}.json", "w") as f:
@@ -201,16 +202,22 @@ def test_two_gloo_processes_make_the_single_process_plan(tmp_path) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_selection_matches_the_cpu_plan() -> None:
-    from gfsprune import Macs, models, prune
+    from gfsprune import Macs, PruneConfig, models, prune
 
     torch.manual_seed(0)
     model = models.get("resnet20", width_mult=0.5).eval()
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))]
-    kwargs = dict(target=Macs(0.5), candidates=4, progress=False)
-    cpu = prune(model, data, data[0][0][:1], **kwargs)
+    kwargs = dict(target=Macs(0.5), progress=False)
+    cpu = prune(model, data, data[0][0][:1], **kwargs, config=PruneConfig(candidates=4))
     gpu = {
-        e: prune(model, data, data[0][0][:1], device="cuda", evaluator=e, **kwargs)
+        e: prune(
+            model,
+            data,
+            data[0][0][:1],
+            **kwargs,
+            config=PruneConfig(candidates=4, device="cuda", evaluator=e),
+        )
         for e in ("naive", "batched")
     }
     assert next(gpu["batched"].model.parameters()).is_cuda
@@ -225,7 +232,7 @@ def test_cuda_selection_matches_the_cpu_plan() -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v3_small", "digits_cnn"])
 def test_default_evaluator_makes_the_naive_plan_on_zoo_models(name: str, seed: int) -> None:
-    from gfsprune import Macs, models, prune
+    from gfsprune import Macs, PruneConfig, models, prune
 
     torch.manual_seed(seed)
     if name == "digits_cnn":
@@ -244,10 +251,8 @@ def test_default_evaluator_makes_the_naive_plan_on_zoo_models(name: str, seed: i
             data,
             data[0][0][:1],
             target=Macs(0.5),
-            candidates=3,
-            seed=seed,
-            evaluator=e,
             progress=False,
+            config=PruneConfig(candidates=3, seed=seed, evaluator=e),
         )
         for e in ("naive", "batched")
     }

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.nets import Chain, Coupled, randomize_norms
 from torch import nn
 
 from gfsprune.errors import ModelError
 from gfsprune.surgery import Masks, build_graph, find_layers, fold_batchnorms, prune_channels
+from tests.nets import Chain, Coupled, randomize_norms
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.launch import torchrun
 
 from gfsprune.workflow.cli import main
+from tests.launch import torchrun
 
 FAST = ["--no-progress", "--batch-size", "64"]
 

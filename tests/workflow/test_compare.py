@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from gfsprune import Macs, prune
+from gfsprune import Macs, PruneConfig, prune
 from gfsprune.errors import ConfigError
 from gfsprune.models import get
 from gfsprune.workflow.compare import (
@@ -59,7 +59,9 @@ def test_every_method_keeps_greedy_selections_widths(trained, digits) -> None:
 
 
 def test_the_gfs_entry_is_what_prune_gives_on_the_same_batches(trained, digits) -> None:
-    config = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("gfs",), seed=3, candidates=4)
+    config = CompareConfig(
+        macs=0.5, finetune=FINETUNE, methods=("gfs",), seed=3, prune=PruneConfig(candidates=4)
+    )
     comparison = compare(trained, digits, config, progress=False)
     loader = make_loader(digits.train, batch_size=128, shuffle=True, seed=3)
     direct = prune(
@@ -67,8 +69,7 @@ def test_the_gfs_entry_is_what_prune_gives_on_the_same_batches(trained, digits) 
         loader,
         torch.zeros(1, 1, 8, 8),
         target=Macs(0.5),
-        candidates=4,
-        seed=3,
+        config=PruneConfig(candidates=4, seed=3),
         progress=False,
     )
     assert [p.kept for p in comparison.plan] == [p.kept for p in direct.plan]
@@ -79,7 +80,9 @@ def test_the_gfs_entry_is_what_prune_gives_on_the_same_batches(trained, digits) 
 
 @pytest.mark.parametrize("rescale", [True, False])
 def test_rescale_reaches_greedy_selection(trained, digits, rescale: bool) -> None:
-    config = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("gfs",), rescale=rescale)
+    config = CompareConfig(
+        macs=0.5, finetune=FINETUNE, methods=("gfs",), prune=PruneConfig(rescale=rescale)
+    )
     plan = compare(trained, digits, config, progress=False).plan
     assert [p.scale for p in plan] == [p.width / len(p.kept) if rescale else 1.0 for p in plan]
 

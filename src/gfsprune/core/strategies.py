@@ -1,14 +1,18 @@
-"""Choosing the channels of one layer by loss: greedy forward selection or backward elimination.
+"""Selection strategies: how the channels of one layer are chosen by loss.
 
-Each greedy step draws the next mini-batch from a shared :class:`BatchStream` and scores its
-candidate channel sets with an evaluator (see :mod:`gfsprune.scoring`); the layer's masks are
-left at the chosen channels so that the next layer is selected on top of them.
+A strategy is one small class behind :class:`Strategy`. It gets a :class:`LayerSearch` (the
+layer, the batches, the evaluator, the sampling options) and the layer's
+:class:`~gfsprune.targets.Goal`, and returns the kept channels. :func:`select_layer` wraps
+it: it keeps every concatenated part non-empty and leaves the layer's masks at the choice, so
+that the next layer is selected on top of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -16,8 +20,9 @@ from tqdm.auto import tqdm
 from gfsprune.core.select import backward_eliminate, forward_select
 from gfsprune.core.stream import BatchStream
 from gfsprune.surgery import ChannelLayer, Masks
+from gfsprune.targets import Goal
 
-__all__ = ["LayerChoice", "select_layer"]
+__all__ = ["STRATEGIES", "Backward", "Forward", "LayerChoice", "LayerSearch", "Strategy"]
 
 #: ``evaluate(inputs, targets, layer, keep)`` -> one loss per row of ``keep`` (K, width).
 Evaluate = Callable[[object, torch.Tensor, ChannelLayer, torch.Tensor], list[float]]
@@ -25,110 +30,156 @@ Evaluate = Callable[[object, torch.Tensor, ChannelLayer, torch.Tensor], list[flo
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """The channels kept in one layer, in the order picked, and the loss after each pick."""
+    """What a strategy chose for one layer.
+
+    Attributes:
+        kept: The kept channels: in the order picked for forward selection, ascending for
+            backward elimination.
+        losses: The loss after each pick (each removal, for backward elimination), scored
+            on that step's mini-batch, or on the held-out batches under a tolerance goal.
+        reference: The layer's loss at full width on the held-out batches, where a
+            tolerance goal measured one.
+    """
 
     kept: list[int]
-    scale: float
     losses: list[float]
-    reference: float | None
+    reference: float | None = None
 
 
-def select_layer(
-    layer: ChannelLayer,
-    *,
-    width: int | None,
-    tolerance: float | None,
-    strategy: str,
-    stream: BatchStream,
-    evaluate: Evaluate,
-    masks: Masks,
-    held_out: Sequence[tuple],
-    candidates: int | None,
-    rescale: bool,
-    seed: int,
-    bar: tqdm,
-) -> LayerChoice:
-    """Choose the channels of ``layer`` and leave its masks at the choice.
+@dataclass
+class LayerSearch:
+    """Everything a strategy needs to score channel sets of one layer.
 
-    Args:
+    Attributes:
         layer: The channel layer.
-        width: How many channels to keep, or ``None`` with a tolerance.
-        tolerance: Relative loss increase allowed on ``held_out`` (forward selection only).
-        strategy: ``"forward"`` (greedy forward selection) or ``"backward"`` (greedy
-            backward elimination by loss).
         stream: Each greedy step draws its mini-batch from here.
         evaluate: Scores channel sets on a mini-batch.
-        masks: The network's channel masks.
-        held_out: Fixed batches for the tolerance rule.
+        held_out: Fixed batches for a tolerance goal.
         candidates: Channels scored per step (a seeded random subset), ``None`` for all.
         rescale: Multiply the kept channels by ``width / kept``.
         seed: Seeds the candidate sampling.
-        bar: Progress bar, updated after every pick.
+        bar: Progress bar, advanced after every pick.
     """
-    size = layer.width
 
-    def factors(sets: Sequence[Sequence[int]]) -> torch.Tensor:
-        keep = torch.zeros(len(sets), size)  # (K, width): one channel set per row
+    layer: ChannelLayer
+    stream: BatchStream
+    evaluate: Evaluate
+    held_out: Sequence[tuple]
+    candidates: int | None
+    rescale: bool
+    seed: int
+    bar: tqdm
+
+    def factors(self, sets: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The ``(K, width)`` channel factors of ``K`` channel sets."""
+        size = self.layer.width
+        keep = torch.zeros(len(sets), size)
         for row, channels in enumerate(sets):
-            keep[row, list(channels)] = size / len(channels) if rescale else 1.0
+            keep[row, list(channels)] = size / len(channels) if self.rescale else 1.0
         return keep
 
-    def add_score(selected: list[int], cands: list[int]) -> list[float]:
-        inputs, targets = stream.next()
-        return evaluate(inputs, targets, layer, factors([[*selected, c] for c in cands]))
+    def score(self, sets: Sequence[Sequence[int]]) -> list[float]:
+        """The loss of each channel set on the next mini-batch."""
+        inputs, targets = self.stream.next()
+        return self.evaluate(inputs, targets, self.layer, self.factors(sets))
 
-    def remove_score(remaining: list[int], cands: list[int]) -> list[float]:
-        inputs, targets = stream.next()
-        sets = [[i for i in remaining if i != c] for c in cands]
-        return evaluate(inputs, targets, layer, factors(sets))
+    def held_out_loss(self, channels: Sequence[int]) -> float:
+        """The mean loss of one channel set over the held-out batches."""
+        keep = self.factors([channels])
+        losses = [self.evaluate(x, y, self.layer, keep)[0] for x, y in self.held_out]
+        return sum(losses) / len(losses)
 
-    def held_out_loss(channels: Sequence[int]) -> float:
-        keep = factors([channels])
-        return sum(evaluate(x, y, layer, keep)[0] for x, y in held_out) / len(held_out)
+    def on_pick(self, step: int, item: int, loss: float) -> None:
+        """Advance the progress bar (the engine's ``callback``)."""
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
-    def on_pick(step: int, item: int, loss: float) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
-    reference = None
+class Strategy(ABC):
+    """Chooses the channels of one layer."""
+
+    #: The name ``PruneConfig(strategy=...)`` knows it by.
+    name: ClassVar[str]
+    #: Whether it needs a fixed width per layer (a size target), not a tolerance.
+    needs_width: ClassVar[bool] = False
+
+    @abstractmethod
+    def choose(self, search: LayerSearch, goal: Goal) -> LayerChoice:
+        """The channels to keep in ``search.layer`` for ``goal``."""
+
+
+class Forward(Strategy):
+    """Greedy forward selection (the paper): from no channel, add the candidate whose
+    addition gives the lowest loss, until the goal's width or tolerance is reached."""
+
+    name = "forward"
+
+    def choose(self, search: LayerSearch, goal: Goal) -> LayerChoice:
+        reference = None
+        tolerance = None
+        if goal.tolerance is not None:
+            reference = search.held_out_loss(range(search.layer.width))
+            tolerance = goal.tolerance * abs(reference)
+        selection = forward_select(
+            lambda selected, cands: search.score([[*selected, c] for c in cands]),
+            search.layer.width,
+            steps=goal.width,
+            tolerance=tolerance,
+            reference=reference,
+            candidates=search.candidates,
+            seed=search.seed,
+            monitor=search.held_out_loss if goal.tolerance is not None else None,
+            callback=search.on_pick,
+        )
+        return LayerChoice(list(selection.order), list(selection.losses), reference)
+
+
+class Backward(Strategy):
+    """Greedy backward elimination by loss (the approach the paper argues against): from all
+    channels, remove the candidate whose removal gives the lowest loss, down to the width."""
+
+    name = "backward"
+    needs_width = True
+
+    def choose(self, search: LayerSearch, goal: Goal) -> LayerChoice:
+        size = search.layer.width
+        assert goal.width is not None  # prune() refuses width-free targets up front
+        if goal.width == size:
+            return LayerChoice(list(range(size)), [])
+        selection = backward_eliminate(
+            lambda remaining, cands: search.score(
+                [[i for i in remaining if i != c] for c in cands]
+            ),
+            size,
+            steps=size - goal.width,
+            candidates=search.candidates,
+            seed=search.seed,
+            callback=search.on_pick,
+        )
+        kept = sorted(set(range(size)) - set(selection.order))
+        return LayerChoice(kept, list(selection.losses))
+
+
+#: The strategies ``PruneConfig(strategy=NAME)`` accepts.
+STRATEGIES: Mapping[str, type[Strategy]] = {s.name: s for s in (Forward, Backward)}
+
+
+def select_layer(
+    strategy: Strategy, search: LayerSearch, goal: Goal, masks: Masks
+) -> tuple[LayerChoice, float]:
+    """Choose the channels of ``search.layer`` by ``strategy`` and leave its masks at the
+    choice. Returns the choice and the scale folded into the kept channels."""
     try:
-        if strategy == "backward" and width == size:
-            kept, losses = list(range(size)), []
-        elif strategy == "backward":
-            selection = backward_eliminate(
-                remove_score,
-                size,
-                steps=size - width,
-                candidates=candidates,
-                seed=seed,
-                callback=on_pick,
-            )
-            kept = sorted(set(range(size)) - set(selection.order))
-            losses = list(selection.losses)
-        else:
-            if tolerance is not None:
-                reference = held_out_loss(range(size))
-            selection = forward_select(
-                add_score,
-                size,
-                steps=width,
-                tolerance=None if tolerance is None else tolerance * abs(reference),
-                reference=reference,
-                candidates=candidates,
-                seed=seed,
-                monitor=held_out_loss if tolerance is not None else None,
-                callback=on_pick,
-            )
-            kept, losses = list(selection.order), list(selection.losses)
+        choice = strategy.choose(search, goal)
     finally:
-        bar.close()
-    for segment in layer.segments:
+        search.bar.close()
+    kept = list(choice.kept)
+    for segment in search.layer.segments:
         if not set(segment) & set(kept):
             # A concatenated part left empty would leave its module with no output channel:
             # add that part's best channel (one more greedy step, restricted to the part).
-            inputs, targets = stream.next()
-            scores = evaluate(inputs, targets, layer, factors([[*kept, c] for c in segment]))
+            scores = search.score([[*kept, c] for c in segment])
             kept.append(segment[min(range(len(segment)), key=scores.__getitem__)])
-    scale = size / len(kept) if rescale else 1.0
-    masks.set(layer, kept, scale)
-    return LayerChoice(kept, scale, losses, reference)
+    scale = search.layer.width / len(kept) if search.rescale else 1.0
+    masks.set(search.layer, kept, scale)
+    return LayerChoice(kept, choice.losses, choice.reference), scale

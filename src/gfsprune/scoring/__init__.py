@@ -1,6 +1,14 @@
-"""Candidate evaluators: the loss of the network for several channel sets of one layer."""
+"""Candidate evaluators: the loss of the network for several channel sets of one layer.
+
+``naive`` runs the whole network once per candidate, as the official code does; it is the
+reference. ``batched`` (the default) gives the same losses up to float rounding, faster (see
+:mod:`gfsprune.scoring.batched`). Under ``torch.distributed`` either is wrapped in a
+:class:`ShardedEvaluator`.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch_pruning as tp
 from torch import nn
@@ -21,20 +29,19 @@ __all__ = [
     "make_evaluator",
 ]
 
-EVALUATORS: dict[str, type[Evaluator]] = {"naive": NaiveEvaluator, "batched": BatchedEvaluator}
+#: The evaluators ``PruneConfig(evaluator=NAME)`` accepts.
+EVALUATORS: Mapping[str, type[Evaluator]] = {"naive": NaiveEvaluator, "batched": BatchedEvaluator}
 
 
 def make_evaluator(
-    name: str,
+    cls: type[Evaluator],
     model: nn.Module,
     masks: Masks,
     loss_fn: LossFn,
     *,
     graph: tp.DependencyGraph | None = None,
 ) -> Evaluator | ShardedEvaluator:
-    """Build the evaluator called ``name`` (one of ``EVALUATORS``), sharded across processes
-    when ``torch.distributed`` is initialised with more than one. ``graph`` (``model``'s
-    dependency graph) spares ``batched`` tracing the model again."""
-    options = {"graph": graph} if name == "batched" else {}
-    evaluator = EVALUATORS[name](model, masks, loss_fn, **options)
+    """``cls(model, masks, loss_fn, graph=graph)``, sharded across processes when
+    ``torch.distributed`` is initialised with more than one."""
+    evaluator = cls(model, masks, loss_fn, graph=graph)
     return ShardedEvaluator(evaluator) if distributed.world_size() > 1 else evaluator

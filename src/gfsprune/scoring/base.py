@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from gfsprune._inputs import tensors
@@ -23,12 +24,16 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class Evaluator(ABC):
-    """Scores channel sets of one layer on one mini-batch.
+    """Scores channel sets of one layer on one mini-batch: one small class per way of
+    computing the same losses. ``prune`` builds it as ``cls(model, masks, loss_fn,
+    graph=graph)``.
 
     Attributes:
         model: The network in eval mode, with ``masks`` installed.
         masks: The channel masks of every layer.
         loss_fn: ``loss_fn(outputs, targets)``, a scalar mean over the batch.
+        graph: ``model``'s Torch-Pruning dependency graph, where the caller has one (spares
+            tracing the model again).
         max_batch: Cap on samples per forward pass (candidates x batch) for ``batched``;
             ``None`` derives it from ``memory`` (see ``chunk_size``).
         memory: Rough activation-memory budget in bytes for one batched forward pass.
@@ -37,6 +42,7 @@ class Evaluator(ABC):
     model: nn.Module
     masks: Masks
     loss_fn: LossFn
+    graph: tp.DependencyGraph | None = None
     max_batch: int | None = None
     memory: int = 1 << 30
 

@@ -15,7 +15,6 @@ import functools
 from dataclasses import dataclass, field
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from gfsprune._inputs import map_tensors, run_model, tensors
@@ -33,12 +32,10 @@ class BatchedEvaluator(Evaluator):
     reusing the activations computed before the layer's first consumer and running that
     consumer on the candidates' shared channels once.
 
-    It scores on a copy of ``model`` with the BatchNorms folded (``graph``, ``model``'s
-    dependency graph, finds them; built on the first call when not given) and, on a CPU,
-    channels-last.
+    It scores on a copy of ``model`` with the BatchNorms folded (found on ``graph``, traced
+    on the first call when not given) and, on a CPU, channels-last.
     """
 
-    graph: tp.DependencyGraph | None = None
     _net: nn.Module | None = field(default=None, init=False, repr=False)
     _channels_last: bool = field(default=False, init=False, repr=False)
     _prefixes: dict[str, Prefix] = field(default_factory=dict, init=False, repr=False)

@@ -16,6 +16,9 @@ import torch
 
 from gfsprune import distributed
 from gfsprune._version import __version__
+from gfsprune.core.allocate import ALLOCATORS
+from gfsprune.core.config import PruneConfig
+from gfsprune.core.strategies import STRATEGIES
 from gfsprune.errors import ConfigError, GfsPruneError
 from gfsprune.scoring import EVALUATORS
 from gfsprune.targets import Macs, Params, Target, Tolerance
@@ -144,23 +147,24 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    options = workflow.PruneOptions(
+    config = PruneConfig(
         candidates=_candidates(args.candidates),
-        batch_size=args.batch_size,
         seed=args.seed,
         rescale=args.rescale,
         evaluator=args.evaluator,
         strategy=args.strategy,
+        allocator=args.allocator,
+        device=args.device,
     )
     result, scores = workflow.prune_checkpoint(
         args.checkpoint,
         args.out,
         target=_target(args),
+        config=config,
+        batch_size=args.batch_size,
         data=args.data,
-        options=options,
         resume=args.resume,
         progress=args.progress,
-        device=args.device,
     )
     widths = ", ".join(f"{p.name} {p.width}->{len(p.kept)}" for p in result.plan)
     _say(f"kept channels: {widths}")
@@ -211,8 +215,7 @@ def _compare(args: argparse.Namespace) -> None:
         macs=args.macs,
         finetune=_recipe(args),
         methods=parse_methods(args.methods),
-        candidates=_candidates(args.candidates),
-        rescale=args.rescale,
+        prune=PruneConfig(candidates=_candidates(args.candidates), rescale=args.rescale),
         seed=args.seed,
     )
     comparison = workflow.compare_checkpoint(
@@ -308,9 +311,15 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--strategy",
-        choices=("forward", "backward"),
+        choices=sorted(STRATEGIES),
         default="forward",
         help="greedy forward selection (default) or backward elimination",
+    )
+    p.add_argument(
+        "--allocator",
+        choices=sorted(ALLOCATORS),
+        default="uniform",
+        help="how a --macs/--params budget becomes per-layer widths (default uniform)",
     )
     p.set_defaults(handler=_prune, command_name="prune", distributed=True)
 

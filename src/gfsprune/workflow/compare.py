@@ -19,6 +19,7 @@ channels are kept differs. The methods:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.data import DataLoader
 
+from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
 from gfsprune.errors import ConfigError, ModelError
@@ -73,9 +75,8 @@ class CompareConfig:
             fine-tuning epochs); required when ``scratch`` is among the methods.
         methods: Which methods to run and report, in order; ``gfs`` always runs first
             (it fixes the widths) but is reported only when listed.
-        candidates: Channels scored per greedy step, for ``gfs`` and ``backward``.
-        rescale: Fold the mean-field factor ``width / kept`` into ``gfs``'s and
-            ``backward``'s weights (the paper's choice; the other methods never rescale).
+        prune: How ``gfs`` and ``backward`` select (its ``strategy`` and ``seed`` are set
+            by the method and by ``seed``); the other methods never rescale.
         batch_size: Training images per mini-batch for the greedy steps and Taylor gradients.
         seed: Seeds the mini-batch order, candidate sampling, random channels and the
             re-initialisation of ``scratch``.
@@ -85,8 +86,7 @@ class CompareConfig:
     finetune: TrainConfig
     scratch: TrainConfig | None = None
     methods: tuple[str, ...] = METHODS
-    candidates: int | None = 50
-    rescale: bool = True
+    prune: PruneConfig = PruneConfig()
     batch_size: int = 128
     seed: int = 0
 
@@ -262,17 +262,12 @@ def compare(
     }
 
     def prune_to(target: Macs | Widths, strategy: str) -> PruneResult:
+        options = dataclasses.replace(
+            config.prune, strategy=strategy, seed=config.seed, device=device
+        )
         with seeded(config.seed):  # the training images' augmentation draws from it
             return prune(
-                model,
-                loader(),
-                example_inputs,
-                target=target,
-                candidates=config.candidates,
-                rescale=config.rescale,
-                seed=config.seed,
-                progress=progress,
-                strategy=strategy,
+                model, loader(), example_inputs, target=target, config=options, progress=progress
             )
 
     start = time.perf_counter()

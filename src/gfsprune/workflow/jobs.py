@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gfsprune import distributed, models
+from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
 from gfsprune.errors import ConfigError, DataError, ModelError
@@ -47,7 +48,6 @@ __all__ = [
     "DEMO",
     "DemoConfig",
     "ModelInfo",
-    "PruneOptions",
     "compare_checkpoint",
     "demo",
     "evaluate_dir",
@@ -101,27 +101,6 @@ class ModelInfo:
                 "written by `gfsprune train`, `prune` or `finetune`."
             ) from err
         return dataclasses.replace(info, input_shape=tuple(info.input_shape))
-
-
-@dataclass(frozen=True)
-class PruneOptions:
-    """Options of :func:`prune_checkpoint` besides the target (see :func:`gfsprune.prune`).
-
-    Attributes:
-        candidates: Channels scored per greedy step (``None``: all).
-        batch_size: Training images per mini-batch; each step draws a fresh one.
-        seed: Seeds the mini-batch order and the candidate sampling.
-        rescale: Fold the mean-field factor ``width / kept`` into the weights.
-        evaluator: ``"batched"`` or ``"naive"`` (same picks, different speed).
-        strategy: ``"forward"`` (the paper) or ``"backward"``.
-    """
-
-    candidates: int | None = 50
-    batch_size: int = 128
-    seed: int = 0
-    rescale: bool = True
-    evaluator: str = "batched"
-    strategy: str = "forward"
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -262,11 +241,11 @@ def prune_checkpoint(
     out: str | os.PathLike,
     *,
     target: Target,
+    config: PruneConfig | None = None,
+    batch_size: int = 128,
     data: str | None = None,
-    options: PruneOptions | None = None,
     resume: bool = False,
     progress: bool = True,
-    device: str | None = None,
 ) -> tuple[PruneResult, dict[str, float]]:
     """Prune the trained model in ``checkpoint`` on its training data and save it to ``out``.
 
@@ -277,8 +256,9 @@ def prune_checkpoint(
         The result, and the test accuracy and loss before and right after pruning
         (``acc_before``, ``loss_before``, ``acc_after``, ``loss_after``).
     """
-    options = options or PruneOptions()
-    device = resolve_device(device)
+    config = config or PruneConfig()
+    device = resolve_device(config.device)
+    config = dataclasses.replace(config, device=device)
     model, info = load_model(checkpoint)
     bundle = load_bundle(data, info)
     out = Path(out)
@@ -288,12 +268,13 @@ def prune_checkpoint(
         "weights": _weights_digest(Path(checkpoint)),
         "data": bundle.name,
         "target": repr(target),
-        **dataclasses.asdict(options),
+        "batch_size": batch_size,
+        **config.settings(),
     }
     _refuse_existing(out / PROGRESS_FILE, resume)
     if resume and (out / RUN_FILE).is_file():
         before = json.loads((out / RUN_FILE).read_text())
-        changed = sorted(k for k in settings if before.get(k) != settings[k] and k != "evaluator")
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
         if changed:
             raise ConfigError(
                 f"cannot resume '{out}': the run was started with other {', '.join(changed)} "
@@ -303,23 +284,16 @@ def prune_checkpoint(
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / RUN_FILE, settings)
-    loader = make_loader(
-        bundle.train, batch_size=options.batch_size, shuffle=True, seed=options.seed
-    )
-    with seeded(options.seed):  # the training augmentation draws from torch's generator
+    loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=config.seed)
+    with seeded(config.seed):  # the training augmentation draws from torch's generator
         result = prune(
             model,
             loader,
             info.example_inputs(),
             target=target,
-            candidates=options.candidates,
-            rescale=options.rescale,
-            seed=options.seed,
-            progress=progress,
-            device=device,
-            evaluator=options.evaluator,
-            strategy=options.strategy,
+            config=config,
             checkpoint=out / PROGRESS_FILE,
+            progress=progress,
         )
     if distributed.is_main():
         save(result, out, metadata=dataclasses.asdict(info))

@@ -1,0 +1,137 @@
+"""``PruneConfig``: every option of a pruning run besides the target, documented once.
+
+The API (:func:`gfsprune.prune`), the command line's jobs and ``compare`` all pass this one
+object. Each extension axis takes a name or an instance of its protocol:
+
+- ``strategy``: a :class:`~gfsprune.core.strategies.Strategy` (``"forward"``, ``"backward"``);
+- ``allocator``: a :class:`~gfsprune.core.allocate.WidthAllocator` (``"uniform"``);
+- ``evaluator``: a :class:`~gfsprune.scoring.Evaluator` subclass (``"batched"``, ``"naive"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from gfsprune.core.allocate import ALLOCATORS, WidthAllocator
+from gfsprune.core.strategies import STRATEGIES, Strategy
+from gfsprune.errors import ConfigError
+from gfsprune.scoring import EVALUATORS, Evaluator
+
+__all__ = ["PruneConfig"]
+
+_T = TypeVar("_T")
+
+
+def _resolve(option: str, value: object, registry: Mapping[str, type[_T]], base: type) -> _T:
+    """``value`` as an instance of ``base``: a registered name is instantiated, an instance
+    passes through."""
+    if isinstance(value, str):
+        if value not in registry:
+            raise ConfigError(
+                f"The '{option}' option of PruneConfig must be one of {sorted(registry)} or a "
+                f"{base.__name__} instance. Got {value!r} instead."
+            )
+        return registry[value]()
+    if isinstance(value, base):
+        return value  # type: ignore[return-value]
+    raise ConfigError(
+        f"The '{option}' option of PruneConfig must be one of {sorted(registry)} or a "
+        f"{base.__name__} instance. Got {value!r} instead."
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneConfig:
+    """How :func:`gfsprune.prune` selects channels.
+
+    Attributes:
+        candidates: Channels scored per greedy step, a seeded random subset of those not yet
+            kept (``None``: all). The official code scores 50.
+        rescale: Multiply kept channels by ``width / kept`` (the paper's mean-field average)
+            and fold the factor into the pruned model's weights.
+        seed: Seeds the candidate sampling (layer ``i`` uses ``seed + i``).
+        strategy: ``"forward"`` (greedy forward selection, the paper), ``"backward"``
+            (greedy backward elimination by loss; needs a size target), or a ``Strategy``.
+        allocator: How a ``Macs``/``Params`` budget becomes per-layer widths: ``"uniform"``
+            (the same fraction of every layer) or a ``WidthAllocator``.
+        evaluator: How candidates are scored: ``"batched"`` (fast: cached prefix, stacked
+            candidates), ``"naive"`` (one forward pass per candidate, the reference), or an
+            ``Evaluator`` subclass. Both built-ins give the same losses up to float rounding.
+        device: Where to run (``None``: the device of the model's parameters).
+
+    Example:
+        >>> PruneConfig(candidates=10, strategy="backward").strategy
+        'backward'
+    """
+
+    candidates: int | None = 50
+    rescale: bool = True
+    seed: int = 0
+    strategy: str | Strategy = "forward"
+    allocator: str | WidthAllocator = "uniform"
+    evaluator: str | type[Evaluator] = "batched"
+    device: str | torch.device | None = None
+
+    def __post_init__(self) -> None:
+        c = self.candidates
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c <= 0):
+            raise ConfigError(
+                "The 'candidates' option of PruneConfig must be a positive integer or None "
+                f"(all channels). Got {c!r} instead."
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(
+                f"The 'seed' option of PruneConfig must be a non-negative integer. Got "
+                f"{self.seed!r} instead."
+            )
+        if not isinstance(self.rescale, bool):
+            raise ConfigError(
+                f"The 'rescale' option of PruneConfig must be True or False. Got "
+                f"{self.rescale!r} instead."
+            )
+        self.make_strategy()
+        self.make_allocator()
+        self.evaluator_class()
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as err:
+                raise ConfigError(
+                    "The 'device' option of PruneConfig must name a torch device (e.g. 'cpu', "
+                    f"'cuda:0') or be None. Got {self.device!r} instead."
+                ) from err
+
+    def make_strategy(self) -> Strategy:
+        """The strategy, instantiated where it was given by name."""
+        return _resolve("strategy", self.strategy, STRATEGIES, Strategy)
+
+    def make_allocator(self) -> WidthAllocator:
+        """The width allocator, instantiated where it was given by name."""
+        return _resolve("allocator", self.allocator, ALLOCATORS, WidthAllocator)
+
+    def evaluator_class(self) -> type[Evaluator]:
+        """The evaluator class."""
+        value = self.evaluator
+        if isinstance(value, type) and issubclass(value, Evaluator):
+            return value
+        if isinstance(value, str) and value in EVALUATORS:
+            return EVALUATORS[value]
+        raise ConfigError(
+            f"The 'evaluator' option of PruneConfig must be one of {sorted(EVALUATORS)} or an "
+            f"Evaluator subclass. Got {value!r} instead."
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """The options that decide the plan, as JSON (for resuming with the same options).
+        The evaluator and device are left out: they change the speed, not the picks."""
+        return {
+            "candidates": self.candidates,
+            "rescale": self.rescale,
+            "seed": self.seed,
+            "strategy": self.make_strategy().name,
+            "allocator": self.make_allocator().name,
+        }

@@ -1,0 +1,130 @@
+"""The cost model: MACs and parameters of a model pruned to given per-channel keep shares.
+
+It is exact for convolutions, linear layers and norms: a module's MACs and weights scale with
+the kept share of its output channels times that of its input positions, its biases and norm
+parameters with the former. Which channels are kept matters where a group is joined by a
+concatenation (each concatenated part feeds other modules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from gfsprune._inputs import run_model
+from gfsprune.errors import ConfigError
+from gfsprune.surgery import ChannelLayer
+from gfsprune.targets import Budget
+
+__all__ = ["CostModel", "check_reachable"]
+
+
+@dataclass(frozen=True)
+class _Term:
+    macs: float
+    weights: float  # parameters with two or more dimensions
+    vectors: float  # biases and norm parameters
+    out: tuple[int, np.ndarray] | None  # (layer, channels) this module's outputs carry
+    inputs: tuple[tuple[int, np.ndarray, float], ...]  # (layer, channels, share of positions)
+
+
+class CostModel:
+    """Predicts the MACs and parameters of a model pruned to given per-channel keep shares.
+
+    A keep vector per layer holds, for each channel, 1 (kept), 0 (removed) or, for a layer
+    not yet selected, its planned width divided by its full width.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: object, layers: Sequence[ChannelLayer]):
+        flops = _flops_per_module(model, example_inputs)
+        self.widths = np.array([layer.width for layer in layers], dtype=float)
+        outputs: dict[str, tuple[int, np.ndarray]] = {}
+        inputs: dict[str, list[tuple[int, np.ndarray, float]]] = {}
+        for i, layer in enumerate(layers):
+            for p in layer.producers:
+                outputs[p.name] = (i, np.array(p.root))
+            for c in layer.consumers:
+                inputs.setdefault(c.name, []).append((i, c.root.numpy(), float(len(c.index))))
+        self.terms: list[_Term] = []
+        self.fixed_macs = flops.pop("", 0) / 2
+        self.fixed_params = 0.0
+        for name, module in model.named_modules():
+            own = list(module.parameters(recurse=False))
+            macs = flops.get(name, 0) / 2
+            weights = float(sum(p.numel() for p in own if p.dim() > 1))
+            vectors = float(sum(p.numel() for p in own if p.dim() <= 1))
+            size = getattr(module, "in_features", getattr(module, "in_channels", 1))
+            parts = tuple((i, root, n / size) for i, root, n in inputs.get(name, []))
+            if name not in outputs and not parts:
+                self.fixed_macs += macs
+                self.fixed_params += weights + vectors
+            elif own or macs:
+                self.terms.append(_Term(macs, weights, vectors, outputs.get(name), parts))
+        self.full = [np.ones(int(w)) for w in self.widths]
+        self.full_macs, self.full_params = self.predict(self.full)
+
+    def predict(self, keep: Sequence[np.ndarray]) -> tuple[float, float]:
+        """``(macs, params)`` for per-layer keep vectors."""
+        macs, params = self.fixed_macs, self.fixed_params
+        for t in self.terms:
+            out = 1.0 if t.out is None else float(keep[t.out[0]][t.out[1]].mean())
+            inp = 1.0 - sum(share for _, _, share in t.inputs)
+            inp += sum(share * float(keep[i][root].mean()) for i, root, share in t.inputs)
+            macs += t.macs * out * inp
+            params += t.weights * out * inp + t.vectors * out
+        return macs, params
+
+    def ratio(self, keep: Sequence[np.ndarray], budget: Budget) -> float:
+        """The fraction of the original cost (of the budget's kind) for the keep vectors."""
+        return budget.measure(*self.predict(keep)) / budget.measure(
+            self.full_macs, self.full_params
+        )
+
+
+def _flops_per_module(model: nn.Module, example_inputs: object) -> dict[str, int]:
+    """FLOPs of each module's own calls by qualified name; ``""`` holds those of no module."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        run_model(model, example_inputs)
+    counts = counter.get_flop_counts()
+    prefix = type(model).__name__
+    per_module = {
+        key[len(prefix) + 1 :]: sum(ops.values())
+        for key, ops in counts.items()
+        if key.startswith(prefix + ".")
+    }
+    leaves = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
+    leaf_flops = {n: f for n, f in per_module.items() if n in leaves}
+    leaf_flops[""] = counter.get_total_flops() - sum(leaf_flops.values())
+    return leaf_flops
+
+
+def check_reachable(cost: CostModel, budget: Budget) -> None:
+    """Refuse a budget that no choice of widths meets to the nearest channel: below the cost
+    of one channel per layer, or so close to the full model that the nearest width choice is
+    the full model itself (removing any one channel already costs less than asked). The
+    message names the nearest reachable ratio."""
+    name = f"{type(budget).__name__}({budget.ratio})"
+    smallest = cost.ratio([np.full(int(w), 1 / w) for w in cost.widths], budget)
+    if budget.ratio < smallest - 1e-9:
+        raise ConfigError(
+            f"{name} cannot be reached: the layers gfsprune does not prune (ignored ones, the "
+            f"classifier) and one channel per pruned layer already cost {smallest:.4f} of the "
+            f"original; ask for a ratio of at least {smallest:.4f}."
+        )
+    largest = 0.0  # the largest ratio below 1: one channel removed from one layer
+    for i, width in enumerate(cost.widths):
+        if width > 1:
+            keep = [np.ones(int(w)) for w in cost.widths]
+            keep[i][0] = 0.0
+            largest = max(largest, cost.ratio(keep, budget))
+    if budget.ratio > (1 + largest) / 2:
+        raise ConfigError(
+            f"{name} cannot be met to the nearest channel: removing any single channel "
+            f"already leaves {largest:.4f} of the original, and keeping all of them is "
+            f"nothing pruned; ask for a ratio of at most {largest:.4f}."
+        )
