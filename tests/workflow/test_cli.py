@@ -17,7 +17,7 @@ from gfsprune.core import strategies as channels
 from gfsprune.core.counting import count
 from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.cli import main
-from gfsprune.workflow.compare import METHODS
+from gfsprune.workflow.methods import METHODS
 from gfsprune.workflow.train import TrainConfig
 
 FAST = ["--no-progress", "--batch-size", "64"]

@@ -10,14 +10,9 @@ from torch import nn
 from gfsprune import Macs, PruneConfig, prune
 from gfsprune.errors import ConfigError
 from gfsprune.models import get
-from gfsprune.workflow.compare import (
-    CompareConfig,
-    compare,
-    importance_channels,
-    parse_methods,
-    reinitialize,
-)
+from gfsprune.workflow.compare import CompareConfig, compare, parse_methods
 from gfsprune.workflow.data import load_data, make_loader
+from gfsprune.workflow.methods import importance_channels, reinitialize
 from gfsprune.workflow.train import TrainConfig, evaluate, fit
 
 FINETUNE = TrainConfig(epochs=1, batch_size=64, lr=0.01)

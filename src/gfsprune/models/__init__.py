@@ -17,12 +17,13 @@ from torch import nn
 
 from gfsprune.errors import ConfigError
 from gfsprune.models import external
+from gfsprune.models._layers import init_weights
 from gfsprune.models.mobilenet import mobilenet_v2, mobilenet_v3_small, proxylessnas_mobile
 from gfsprune.models.resnet import resnet18, resnet20, resnet34, resnet50, resnet56
 from gfsprune.models.small import digits_cnn
 from gfsprune.models.vgg import vgg16_bn
 
-__all__ = ["get", "names"]
+__all__ = ["get", "init_weights", "names"]
 
 _ZOO: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     {

@@ -23,8 +23,9 @@ from gfsprune.errors import ConfigError, GfsPruneError
 from gfsprune.scoring import EVALUATORS
 from gfsprune.targets import Macs, Params, Target, Tolerance
 from gfsprune.workflow import jobs as workflow
-from gfsprune.workflow.compare import METHODS, CompareConfig, Comparison, parse_methods
+from gfsprune.workflow.compare import CompareConfig, Comparison, parse_methods
 from gfsprune.workflow.data import SPECS
+from gfsprune.workflow.methods import METHODS
 from gfsprune.workflow.report import format_table, summarize
 from gfsprune.workflow.train import TrainConfig
 

@@ -1,67 +1,30 @@
 """The paper's comparisons: one pre-trained network, one pruned architecture, several ways of
-choosing its channels, each fine-tuned the same way.
-
-Greedy forward selection (``gfs``) runs first at a MACs target and fixes the architecture:
-every other method keeps exactly as many channels of each layer as it did, so only *which*
-channels are kept differs. The methods:
-
-- ``gfs``: :func:`gfsprune.prune`, greedy forward selection by loss (with the mean-field
-  rescale folded into the weights);
-- ``l1``, ``bn``, ``taylor``, ``random``: Torch-Pruning's filter L1 magnitude
-  (``GroupMagnitudeImportance(p=1)``), BatchNorm scale (network slimming), first-order Taylor
-  and random importances, each scored on the layer's whole dependency group; the top channels
-  are kept, with no rescale, as Torch-Pruning does;
-- ``backward``: greedy backward elimination by loss (``strategy="backward"``);
-- ``scratch``: the same architecture re-initialised at random and trained from scratch, for
-  as many epochs as pre-training plus fine-tuning.
-"""
+choosing its channels (:mod:`gfsprune.workflow.methods`), each fine-tuned the same way."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-import torch_pruning as tp
 from torch import nn
 from torch.utils.data import DataLoader
 
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
-from gfsprune.errors import ConfigError, ModelError
-from gfsprune.models._layers import init_weights
-from gfsprune.plan import LayerPlan, PruneResult
-from gfsprune.surgery import build_graph, find_layers, prune_channels
-from gfsprune.targets import Macs, Widths
+from gfsprune.errors import ConfigError
+from gfsprune.plan import LayerPlan
+from gfsprune.targets import Macs
 from gfsprune.workflow.data import DataBundle, make_loader
+from gfsprune.workflow.methods import METHODS, MethodContext
+from gfsprune.workflow.seeding import seeded
 from gfsprune.workflow.train import TrainConfig, evaluate, fit
 
-__all__ = [
-    "METHODS",
-    "CompareConfig",
-    "Comparison",
-    "compare",
-    "importance_channels",
-    "parse_methods",
-    "reinitialize",
-    "seeded",
-]
-
-METHODS = ("gfs", "l1", "bn", "taylor", "random", "backward", "scratch")
-_IMPORTANCES: Mapping[str, Callable[[], tp.importance.Importance]] = {
-    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
-    "bn": tp.importance.BNScaleImportance,
-    "taylor": tp.importance.TaylorImportance,
-    "random": tp.importance.RandomImportance,
-}
-# Taylor importance needs gradients; they are summed over this many training mini-batches.
-_GRADIENT_BATCHES = 4
+__all__ = ["CompareConfig", "Comparison", "compare", "parse_methods"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,7 +48,7 @@ class CompareConfig:
     macs: float
     finetune: TrainConfig
     scratch: TrainConfig | None = None
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = tuple(METHODS)
     prune: PruneConfig = PruneConfig()
     batch_size: int = 128
     seed: int = 0
@@ -130,88 +93,6 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return methods
 
 
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's global CPU generator seeded, then restore its state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def importance_channels(
-    model: nn.Module,
-    example_inputs: torch.Tensor,
-    widths: Mapping[str, int],
-    importance: tp.importance.Importance,
-) -> dict[str, list[int]]:
-    """The ``widths[layer]`` channels of each layer that ``importance`` scores highest.
-
-    Each channel layer's importance is computed on its whole Torch-Pruning dependency group
-    (every coupled convolution, BatchNorm and consumer). Gradient-based importances read the
-    ``.grad`` already on the model's parameters.
-    """
-    graph = build_graph(model, example_inputs)
-    layers, _ = find_layers(model, example_inputs, graph=graph)
-    modules = dict(model.named_modules())
-    kept = {}
-    for layer in layers:
-        if layer.name not in widths:
-            continue
-        root = modules[layer.name]
-        handler = graph.get_pruner_of_module(root).prune_out_channels
-        group = graph.get_pruning_group(root, handler, list(range(layer.width)))
-        with torch.no_grad():
-            scores = importance(group)
-        if scores is None or scores.shape != (layer.width,):
-            raise ModelError(
-                f"{type(importance).__name__} gives no score per channel of layer "
-                f"'{layer.name}' ({layer.width} channels); bn needs a BatchNorm in every "
-                "channel layer. Leave that method out of --methods."
-            )
-        kept[layer.name] = sorted(torch.topk(scores, widths[layer.name]).indices.tolist())
-    return kept
-
-
-def reinitialize(model: nn.Module, *, seed: int) -> nn.Module:
-    """A copy of ``model`` with fresh random weights, drawn as the zoo draws them."""
-    device = next(model.parameters()).device
-    fresh = copy.deepcopy(model).cpu()  # drawn on the CPU: seeded the same on every machine
-    with seeded(seed):
-        for module in fresh.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()  # also clears BatchNorm running statistics
-        init_weights(fresh)
-    return fresh.to(device)
-
-
-def _accumulate_gradients(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
-    model.zero_grad(set_to_none=True)
-    for step, (images, labels) in enumerate(loader):
-        if step == _GRADIENT_BATCHES:
-            break
-        F.cross_entropy(model(images.to(device)), labels.to(device)).backward()
-
-
-def _choose_by_importance(
-    model: nn.Module,
-    method: str,
-    widths: Mapping[str, int],
-    loader: DataLoader,
-    *,
-    example_inputs: torch.Tensor,
-    seed: int,
-    device: torch.device,
-) -> nn.Module:
-    work = copy.deepcopy(model).to(device).eval()
-    if method == "taylor":
-        with seeded(seed):
-            _accumulate_gradients(work, loader, device)
-    with seeded(seed):  # RandomImportance draws from torch's global generator
-        kept = importance_channels(work, example_inputs, widths, _IMPORTANCES[method]())
-    work.zero_grad(set_to_none=True)
-    return prune_channels(work, example_inputs, kept)
-
-
 def compare(
     model: nn.Module,
     data: DataBundle,
@@ -219,6 +100,8 @@ def compare(
     *,
     progress: bool = True,
     device: str | torch.device | None = None,
+    done: Mapping[str, dict] | None = None,
+    on_result: Callable[[str, dict], None] | None = None,
 ) -> Comparison:
     """Prune ``model`` to greedy forward selection's widths by every method, fine-tune each.
 
@@ -229,6 +112,11 @@ def compare(
         config: The target, the methods and the training recipes.
         progress: Show progress bars.
         device: Where to prune and train (default: CPU).
+        done: Rows of methods already measured (by an interrupted run with the same
+            config): they are reused, not run again. Greedy selection always runs (it is
+            deterministic and fixes the widths).
+        on_result: Called as ``on_result(method, row)`` as each method finishes, so that a
+            caller can save it at once.
 
     Returns:
         The results table and greedy selection's plan.
@@ -243,7 +131,7 @@ def compare(
         >>> sorted(comparison.results["methods"])
         ['gfs', 'random']
     """
-    if "scratch" in config.methods and config.scratch is None:
+    if any(METHODS[m].from_scratch for m in config.methods) and config.scratch is None:
         raise ConfigError("CompareConfig.scratch (its training recipe) is needed for 'scratch'.")
     device = torch.device(device or "cpu")
     model = copy.deepcopy(model).to(device).eval()
@@ -260,48 +148,49 @@ def compare(
         "base": {"acc": acc, "loss": loss, "macs": macs, "params": params},
         "methods": {},
     }
-
-    def prune_to(target: Macs | Widths, strategy: str) -> PruneResult:
-        options = dataclasses.replace(
-            config.prune, strategy=strategy, seed=config.seed, device=device
-        )
-        with seeded(config.seed):  # the training images' augmentation draws from it
-            return prune(
-                model, loader(), example_inputs, target=target, config=options, progress=progress
-            )
-
+    options = dataclasses.replace(config.prune, seed=config.seed, device=device)
     start = time.perf_counter()
-    greedy = prune_to(Macs(config.macs), "forward")
+    with seeded(config.seed):  # the training images' augmentation draws from it
+        greedy = prune(
+            model,
+            loader(),
+            example_inputs,
+            target=Macs(config.macs),
+            config=options,
+            progress=progress,
+        )
     greedy_seconds = time.perf_counter() - start
-    widths = {p.name: len(p.kept) for p in greedy.plan}
-    for method in config.methods:
+    context = MethodContext(
+        model=model,
+        greedy=greedy,
+        loader=loader,
+        example_inputs=example_inputs,
+        prune=options,
+        seed=config.seed,
+        device=device,
+        progress=progress,
+    )
+    for name in config.methods:
+        if done is not None and name in done:
+            results["methods"][name] = dict(done[name])
+            continue
+        method = METHODS[name]
         start = time.perf_counter()
-        if method == "gfs":
-            pruned = greedy.model
-        elif method == "backward":
-            pruned = prune_to(Widths(widths), "backward").model
-        elif method == "scratch":
-            pruned = reinitialize(greedy.model, seed=config.seed)
-        else:
-            pruned = _choose_by_importance(
-                model,
-                method,
-                widths,
-                loader(),
-                example_inputs=example_inputs,
-                seed=config.seed,
-                device=device,
-            )
-        seconds = greedy_seconds if method == "gfs" else time.perf_counter() - start
-        results["methods"][method] = _finetune_and_score(
+        pruned = method.build(context)
+        seconds = greedy_seconds if name == "gfs" else time.perf_counter() - start
+        recipe = config.scratch if method.from_scratch else config.finetune
+        row = _finetune_and_score(
             pruned,
             data,
-            config.scratch if method == "scratch" else config.finetune,
+            recipe,
             example_inputs=example_inputs,
             seconds=seconds,
             progress=progress,
             device=device,
         )
+        results["methods"][name] = row
+        if on_result is not None:
+            on_result(name, row)
     return Comparison(results=results, plan=greedy.plan)
 
 

@@ -40,8 +40,9 @@ from gfsprune.io.saved import PLAN_FILE, WEIGHTS_FILE, load, read_plan, save
 from gfsprune.plan import LayerPlan, PruneResult
 from gfsprune.targets import Target
 from gfsprune.workflow import report
-from gfsprune.workflow.compare import CompareConfig, Comparison, compare, seeded
+from gfsprune.workflow.compare import CompareConfig, Comparison, compare
 from gfsprune.workflow.data import DataBundle, load_data, make_loader
+from gfsprune.workflow.seeding import seeded
 from gfsprune.workflow.train import CHECKPOINT_NAME, TrainConfig, evaluate, fit, resolve_device
 
 __all__ = [
