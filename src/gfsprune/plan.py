@@ -16,7 +16,9 @@ class LayerPlan:
     Attributes:
         name: Qualified name of the layer's root module.
         width: Its original number of channels.
-        kept: The kept channels, in the order they were picked.
+        kept: The kept channels: in the order picked by forward selection (then any channel
+            added to keep a concatenated part non-empty), ascending after backward
+            elimination.
         scale: The factor folded into the consumers' weights (``width / len(kept)`` with
             rescaling, else 1).
     """
@@ -29,8 +31,17 @@ class LayerPlan:
 
 @dataclass(frozen=True)
 class LayerLog:
-    """The selection trace of one layer: the loss after each pick, and the layer's
-    starting loss (full width) where a tolerance target measured one."""
+    """The selection trace of one layer.
+
+    Attributes:
+        name: Qualified name of the layer's root module.
+        losses: One loss per greedy step: after each pick (forward selection, scored on that
+            step's mini-batch; under ``Tolerance``, on the fixed held-out batches) or after
+            each removal (backward elimination). Channels added afterwards to keep a
+            concatenated part non-empty have no entry.
+        reference: The layer's loss at full width on the held-out batches, where a
+            ``Tolerance`` target measured one.
+    """
 
     name: str
     losses: list[float]
@@ -39,12 +50,12 @@ class LayerLog:
 
 @dataclass
 class PruneResult:
-    """The outcome of :func:`prune`.
+    """The outcome of :func:`gfsprune.prune`.
 
     Attributes:
         model: The physically smaller network (channels removed, not masked).
         plan: Per channel layer, in the order visited.
-        layers: Per channel layer, the loss after each pick.
+        layers: Per channel layer, its selection trace (:class:`LayerLog`).
         macs_before, macs_after, params_before, params_after: Costs of one forward pass.
         example_inputs: The inputs the model was traced with (needed to rebuild it).
         skipped: Channel groups left at full width because they cannot be masked exactly.

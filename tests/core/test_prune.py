@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,13 +76,15 @@ def test_result_is_smaller_and_computes_the_masked_function(chain) -> None:
     assert result.model.c1.out_channels < 6 and result.model.c2.in_channels < 6
     assert result.macs_after < result.macs_before and result.params_after < result.params_before
     assert abs(result.macs_ratio - 0.5) <= 0.02 * 0.5 + 0.05  # 6-channel layers are coarse
-    expected = prune_channels(
-        model,
-        x[:1],
-        {p.name: p.kept for p in result.plan},
-        scales={p.name: p.scale for p in result.plan},
-    )
-    torch.testing.assert_close(result.model(x), expected(x))
+    # The original network with the plan's channels zeroed (and kept ones scaled) by hand.
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for plan, consumer in zip(result.plan, (masked.c2, masked.fc), strict=True):
+            factor = torch.zeros(plan.width)
+            factor[plan.kept] = plan.scale
+            weight = consumer.weight
+            weight.mul_(factor.view(1, -1, *[1] * (weight.dim() - 2)))
+    torch.testing.assert_close(result.model(x), masked(x), rtol=1e-4, atol=1e-5)
     assert [len(p.kept) for p in result.plan] == [len(log.losses) for log in result.layers]
     assert model.c1.out_channels == 6  # not modified
 
@@ -305,18 +310,96 @@ def test_model_without_prunable_layers_is_refused() -> None:
         prune(model, _data((4,), 2), torch.randn(1, 4), target=Macs(0.5), progress=False)
 
 
-def test_public_api_exports() -> None:
-    for name in (
-        "prune",
-        "Macs",
-        "Params",
-        "Tolerance",
-        "count",
-        "save",
-        "load",
-        "export_onnx",
-        "forward_select",
-        "backward_eliminate",
-        "PruneResult",
-    ):
-        assert hasattr(gfsprune, name)
+def test_the_public_api_is_what_the_readme_uses() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    used = set(re.findall(r"gfsprune\.([A-Za-z_]\w*)", readme))
+    used -= {"core", "io", "workflow", "scoring", "surgery", "theory", "models"}  # modules
+    assert used <= set(gfsprune.__all__), used - set(gfsprune.__all__)
+    for name in gfsprune.__all__:
+        assert getattr(gfsprune, name) is not None
+        assert name == "__version__" or getattr(gfsprune, name).__doc__
+
+
+class _MixesChannels(nn.Module):
+    """Subtracts the mean over channels between two convolutions: zeroing a channel at the
+    consumer is then not what removing it does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(2, 6, 3), nn.Conv2d(6, 4, 3), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        x = x - x.mean(1, keepdim=True)
+        return self.fc(torch.relu(self.c2(x)).mean((2, 3)))
+
+
+def test_a_model_that_mixes_channels_outside_conv_and_linear_is_refused() -> None:
+    torch.manual_seed(0)
+    data = _data((2, 7, 7), 3)
+    with pytest.raises(ModelError, match="mixes channels outside Conv/Linear.*'ignore'"):
+        prune(_MixesChannels(), data, data[0][0][:1], target=Macs(0.5), progress=False)
+
+
+def test_a_custom_loss_is_what_selection_minimises(chain) -> None:
+    model, data = chain
+    x = data[0][0]
+    with torch.no_grad():
+        teacher = model(x)  # distillation: the unpruned model's outputs are the targets
+
+    def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return ((outputs - targets) ** 2).mean()
+
+    config = PruneConfig(candidates=None)
+    result = prune(
+        model, [(x, teacher)], x[:1], target=Macs(0.5), loss_fn=mse, config=config, progress=False
+    )
+    with torch.no_grad():
+        final = float(mse(result.model(x), teacher))
+    assert result.layers[-1].losses[-1] == pytest.approx(final, rel=1e-4)
+    cross_entropy = prune(
+        model, [(x, teacher.argmax(1))], x[:1], target=Macs(0.5), config=config, progress=False
+    )
+    assert [p.kept for p in cross_entropy.plan] != [p.kept for p in result.plan]
+
+
+class _TwoInputs(nn.Module):
+    """Takes an image and a per-sample gain, by keyword or position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Chain(width=6)
+
+    def forward(self, image: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        return self.net(image) * gain[:, None]
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+def test_nested_inputs_are_traced_scored_and_pruned(kind: str) -> None:
+    torch.manual_seed(0)
+    model = _TwoInputs().eval()
+    randomize_norms(model)
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(3):
+        image, gain = torch.randn(8, 2, 5, 5, generator=g), torch.rand(8, generator=g) + 0.5
+        inputs = {"image": image, "gain": gain} if kind == "dict" else (image, gain)
+        batches.append((inputs, torch.randint(0, 3, (8,), generator=g)))
+    example = batches[0][0]
+    plans = {
+        e: prune(
+            model,
+            batches,
+            example,
+            target=Macs(0.5),
+            config=PruneConfig(candidates=3, evaluator=e),
+            progress=False,
+        )
+        for e in ("naive", "batched")
+    }
+    assert [p.kept for p in plans["naive"].plan] == [p.kept for p in plans["batched"].plan]
+    pruned = plans["batched"].model
+    args = example if kind == "tuple" else ()
+    kwargs = example if kind == "dict" else {}
+    assert pruned(*args, **kwargs).shape == (8, 3)
+    assert pruned.net.c1.out_channels < 6

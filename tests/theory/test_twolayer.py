@@ -127,9 +127,9 @@ def test_tiny_run_is_deterministic_and_seed_dependent(tiny: dict) -> None:
     assert twolayer.rates_experiment(seed=4, config=TINY)["loss"] != tiny["loss"]
 
 
-def test_backward_curve_ends_near_the_full_network(tiny: dict) -> None:
-    # At n = n_max only N - n_max neurons were removed, greedily: the loss stays at most that of
-    # a random subset of the same size.
+def test_backward_elimination_beats_a_random_subset_at_the_largest_size(tiny: dict) -> None:
+    # At n = n_max only N - n_max neurons were removed, greedily by loss: the loss stays at
+    # most that of a random subset of the same size.
     assert tiny["loss"]["backward"][-1] <= tiny["loss"]["random_subset"][-1]
 
 

@@ -1,7 +1,7 @@
 """``prune``: greedy forward selection of channels, layer by layer, into a smaller network.
 
-The deep version of the paper (section 2 of ``shared/PAPER.md``): layers are visited from
-input to output; within a layer every channel starts off and, at each step, up to
+The deep version of Ye et al. (ICML 2020), as its official code runs it: layers are visited
+from input to output; within a layer every channel starts off and, at each step, up to
 ``candidates`` not-yet-kept channels are scored by the loss of the whole network on a fresh
 mini-batch with the layer restricted to the kept channels plus the candidate; the best one is
 kept. The flow of one call is described in ``docs/ARCHITECTURE.md``.

@@ -1,8 +1,8 @@
 """The paper's two-layer theory, reproduced: training loss against subnetwork size.
 
 A mean-field two-layer network ``f(x) = (1/N) sum_i b_i relu(a_i . x + c_i)`` is fit to a small
-regression data set (PAPER.md section 1). Five curves of training loss against the number of
-neurons ``n`` are measured:
+regression data set (the paper's two-layer setting). Five curves of training loss against the
+number of neurons ``n`` are measured:
 
 - ``greedy_pretrained``: greedy forward selection with repeats (Frank-Wolfe, step 1/n) from a
   wide network pre-trained by gradient descent;
@@ -50,8 +50,8 @@ CURVES = ("greedy_pretrained", "greedy_random", "random_subset", "scratch", "bac
 
 @dataclass(frozen=True)
 class TheoryConfig:
-    """Settings of the two-layer experiment (PAPER.md section 5; docs/RESULTS.md has the
-    calibration behind each default).
+    """Settings of the two-layer experiment (docs/RESULTS.md has the calibration behind each
+    default).
 
     Attributes:
         dim: Input dimension ``d``; inputs lie on the unit sphere.
