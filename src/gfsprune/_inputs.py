@@ -1,4 +1,4 @@
-"""Helpers over a model's nested inputs: a tensor, or dicts/tuples/lists of them."""
+"""Helpers over a model's inputs (a tensor, or dicts/tuples/lists of them) and its device."""
 
 from __future__ import annotations
 
@@ -38,3 +38,10 @@ def run_model(model: nn.Module, inputs: object) -> torch.Tensor:
     if isinstance(inputs, tuple | list):
         return model(*inputs)
     return model(inputs)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any); what
+    ``device=None`` means wherever gfsprune takes a model."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

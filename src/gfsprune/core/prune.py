@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gfsprune import distributed
-from gfsprune._inputs import move, run_model
+from gfsprune._inputs import model_device, move, run_model
 from gfsprune.core.allocate import WidthAllocator
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.cost import CostModel, check_reachable
@@ -232,8 +232,7 @@ def _device(model: nn.Module, device: str | torch.device | None) -> torch.device
                 "use the CPU."
             )
         return device
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+    return model_device(model)
 
 
 def _check_first_batch(model: nn.Module, batch: tuple, loss_fn: LossFn) -> float:

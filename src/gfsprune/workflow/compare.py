@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from gfsprune._inputs import model_device
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
@@ -111,7 +112,7 @@ def compare(
             ``data.test``.
         config: The target, the methods and the training recipes.
         progress: Show progress bars.
-        device: Where to prune and train (default: CPU).
+        device: Where to prune and train (default: the model's device).
         done: Rows of methods already measured (by an interrupted run with the same
             config): they are reused, not run again. Greedy selection always runs (it is
             deterministic and fixes the widths).
@@ -133,7 +134,7 @@ def compare(
     """
     if any(METHODS[m].from_scratch for m in config.methods) and config.scratch is None:
         raise ConfigError("CompareConfig.scratch (its training recipe) is needed for 'scratch'.")
-    device = torch.device(device or "cpu")
+    device = torch.device(device) if device is not None else model_device(model)
     model = copy.deepcopy(model).to(device).eval()
     example_inputs = torch.zeros(1, *data.input_shape, device=device)
 
