@@ -22,10 +22,12 @@ __all__ = ["Budget", "Goal", "Macs", "Params", "Target", "TargetContext", "Toler
 @dataclass(frozen=True)
 class Goal:
     """How far to select one layer: exactly ``width`` channels, or (``width`` None) until the
-    loss is within the relative ``tolerance`` of the layer's loss at full width."""
+    loss is within the relative ``tolerance`` of the layer's loss at full width and the
+    count is a multiple of ``multiple_of`` (or all channels)."""
 
     width: int | None = None
     tolerance: float | None = None
+    multiple_of: int = 1
 
 
 #: ``plan(index, selected)``: the goal of layer ``index`` given the channels kept so far in
@@ -38,6 +40,7 @@ class TargetContext(Protocol):
 
     names: Sequence[str]  # the channel layers, in the order selected
     widths: Sequence[int]  # their full widths
+    round_to: int  # pruned widths are multiples of this (or full)
 
     def check_budget(self, budget: Budget) -> None:
         """Refuse a budget no choice of widths can meet, naming the nearest reachable one."""
@@ -128,7 +131,8 @@ class Tolerance(Target):
             )
 
     def plan(self, context: TargetContext) -> GoalPlan:
-        return lambda index, selected: Goal(tolerance=float(self.eps))
+        goal = Goal(tolerance=float(self.eps), multiple_of=context.round_to)
+        return lambda index, selected: goal
 
 
 @dataclass(frozen=True)

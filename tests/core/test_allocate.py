@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from gfsprune import PruneConfig, prune
-from gfsprune.core.allocate import Uniform, WidthAllocator
+from gfsprune.core.allocate import Uniform, WidthAllocator, allowed_widths, check_reachable
 from gfsprune.core.cost import CostModel
 from gfsprune.core.counting import count
+from gfsprune.errors import ConfigError
 from gfsprune.surgery import find_layers, prune_channels
-from gfsprune.targets import Macs, Params
+from gfsprune.targets import Macs, Params, Tolerance
 from tests.nets import Chain, randomize_norms
 
 
@@ -41,8 +43,8 @@ class _FirstLayerWide(WidthAllocator):
 
     name = "first-wide"
 
-    def allocate(self, cost, budget, selected):
-        widths = Uniform().allocate(cost, budget, selected)
+    def allocate(self, cost, budget, selected, *, round_to=1):
+        widths = Uniform().allocate(cost, budget, selected, round_to=round_to)
         return [int(cost.widths[0]), *widths[1:]]
 
 
@@ -55,3 +57,50 @@ def test_a_new_allocator_is_one_class_passed_in_the_config() -> None:
     assert len(result.plan[0].kept) == 8 and len(result.plan[1].kept) < 8
     uniform = prune(model, data, x[:1], target=Macs(0.6), progress=False)
     assert len(uniform.plan[0].kept) < 8
+
+
+@pytest.mark.parametrize("target", [Macs(0.5), Params(0.35)])
+def test_round_to_gives_multiples_and_still_meets_the_budget(target) -> None:
+    model, x = randomize_norms(Chain(width=64)), torch.randn(1, 2, 6, 6)
+    layers, _ = find_layers(model, x)
+    cost = CostModel(model, x, layers)
+    widths = Uniform().allocate(cost, target, {}, round_to=8)
+    assert all(w % 8 == 0 for w in widths)
+    kept = {layer.name: list(range(w)) for layer, w in zip(layers, widths, strict=True)}
+    macs, params = count(prune_channels(model, x, kept), x)
+    got = target.measure(macs, params) / target.measure(cost.full_macs, cost.full_params)
+
+    # Steps of 8 of 64 channels are coarse: no single step of one layer gets closer.
+    def error(w: list[int]) -> float:
+        return abs(cost.ratio([np.full(64, v / 64) for v in w], target) - target.ratio)
+
+    assert error(widths) == pytest.approx(abs(got - target.ratio), abs=1e-9)
+    for i in range(2):
+        for step in (-8, 8):
+            moved = list(widths)
+            moved[i] += step
+            if 8 <= moved[i] <= 64:
+                assert error(widths) <= error(moved)
+
+
+def test_round_to_through_prune_for_budgets_and_tolerance() -> None:
+    torch.manual_seed(0)
+    model, x = randomize_norms(Chain(width=20)), torch.randn(8, 2, 6, 6)
+    data = [(x, torch.randint(0, 3, (8,)))]
+    config = PruneConfig(round_to=8, candidates=4)
+    result = prune(model, data, x[:1], target=Macs(0.45), config=config, progress=False)
+    assert all(len(p.kept) in (8, 16, 20) for p in result.plan)
+    assert result.macs_ratio == pytest.approx(0.45, abs=0.1)  # steps of 8 of 20 are coarse
+    tolerant = prune(model, data, x[:1], target=Tolerance(0.5), config=config, progress=False)
+    assert all(len(p.kept) in (8, 16, 20) for p in tolerant.plan)
+
+
+def test_round_to_larger_than_a_layer_leaves_it_whole_or_refuses_the_budget() -> None:
+    model, x = randomize_norms(Chain(width=6)), torch.randn(1, 2, 6, 6)
+    layers, _ = find_layers(model, x)
+    cost = CostModel(model, x, layers)
+    with pytest.raises(ConfigError, match="round_to=8 leaves nothing to prune.*widest has 6"):
+        check_reachable(cost, Macs(0.5), round_to=8)
+    with pytest.raises(ConfigError, match="cannot be met to the nearest step.*at most 0\\."):
+        check_reachable(cost, Macs(0.9), round_to=4)
+    assert allowed_widths(6, 8).tolist() == [6]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gfsprune.core.cost import CostModel, check_reachable
+from gfsprune.core.allocate import check_reachable
+from gfsprune.core.cost import CostModel
 from gfsprune.core.counting import count
 from gfsprune.errors import ConfigError
 from gfsprune.surgery import find_layers, prune_channels

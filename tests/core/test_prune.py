@@ -237,7 +237,7 @@ def test_progress_bar_is_silent_when_disabled(chain, capsys) -> None:
     [
         ({"target": 0.5}, ConfigError, "'target' must be gfsprune.Macs"),
         ({"target": Macs(0.001)}, ConfigError, r"cannot be reached.*at least 0\.\d+"),
-        ({"target": Macs(0.99)}, ConfigError, r"nearest channel.*at most 0\.\d+"),
+        ({"target": Macs(0.99)}, ConfigError, r"nearest step.*at most 0\.\d+"),
         ({"target": Macs(0.5), "config": {"x": 1}}, ConfigError, "'config' must be a"),
         ({"target": Macs(0.5), "ignore": ["nope"]}, ConfigError, "'ignore' must name modules"),
         (

@@ -1,9 +1,12 @@
 """Width allocators: how a MACs or parameter budget becomes per-layer widths.
 
-An allocator is one small class behind :class:`WidthAllocator`. ``prune`` asks it again after
-every layer, with that layer's actual picks fixed, so the budget is met even where *which*
-channels are kept changes the cost (a group joined by a concatenation keeps more or fewer
-channels of each concatenated part). Greedy selection decides which channels fill the widths.
+An allocator is one small class behind :class:`WidthAllocator`. Widths come from each
+layer's :func:`allowed_widths`: with ``round_to=N`` every pruned width is a multiple of ``N``
+(or the full width), so that the smaller network keeps sizes fast kernels are made for.
+``prune`` asks the allocator again after every layer, with that layer's actual picks fixed,
+so the budget is met even where *which* channels are kept changes the cost (a group joined by
+a concatenation keeps more or fewer channels of each concatenated part). Greedy selection
+decides which channels fill the widths.
 """
 
 from __future__ import annotations
@@ -15,9 +18,57 @@ from typing import ClassVar
 import numpy as np
 
 from gfsprune.core.cost import CostModel
+from gfsprune.errors import ConfigError
 from gfsprune.targets import Budget
 
-__all__ = ["ALLOCATORS", "Uniform", "WidthAllocator"]
+__all__ = ["ALLOCATORS", "Uniform", "WidthAllocator", "allowed_widths", "check_reachable"]
+
+
+def allowed_widths(width: int, round_to: int = 1) -> np.ndarray:
+    """The widths a layer of ``width`` channels may be pruned to: the multiples of
+    ``round_to`` below ``width``, and ``width`` itself.
+
+    Example:
+        >>> allowed_widths(20, 8).tolist()
+        [8, 16, 20]
+    """
+    return np.array([*range(round_to, width, round_to), width])
+
+
+def check_reachable(cost: CostModel, budget: Budget, *, round_to: int = 1) -> None:
+    """Refuse a budget that no choice of allowed widths meets to the nearest step: below the
+    cost of the narrowest widths, or so close to the full model that the nearest choice is the
+    full model itself. The message names the nearest reachable ratio."""
+    name = f"{type(budget).__name__}({budget.ratio})"
+    grids = [allowed_widths(int(w), round_to) for w in cost.widths]
+    if all(len(g) == 1 for g in grids):
+        raise ConfigError(
+            f"round_to={round_to} leaves nothing to prune: no channel layer is wider than "
+            f"{round_to} channels (the widest has {int(max(cost.widths))}); use a smaller "
+            "round_to."
+        )
+    narrowest = [np.full(int(w), g[0] / w) for w, g in zip(cost.widths, grids, strict=True)]
+    smallest = cost.ratio(narrowest, budget)
+    unit = "one channel" if round_to == 1 else f"{round_to} channels (round_to)"
+    if budget.ratio < smallest - 1e-9:
+        raise ConfigError(
+            f"{name} cannot be reached: the layers gfsprune does not prune (ignored ones, the "
+            f"classifier) and {unit} per pruned layer already cost {smallest:.4f} of the "
+            f"original; ask for a ratio of at least {smallest:.4f}."
+        )
+    largest = 0.0  # the largest ratio below 1: one layer one step below its full width
+    for i, grid in enumerate(grids):
+        if len(grid) > 1:
+            keep = [np.ones(int(w)) for w in cost.widths]
+            keep[i][int(grid[-2]) :] = 0.0
+            largest = max(largest, cost.ratio(keep, budget))
+    if budget.ratio > (1 + largest) / 2:
+        raise ConfigError(
+            f"{name} cannot be met to the nearest step: the smallest reduction (one layer "
+            f"{'one channel' if round_to == 1 else f'one multiple of {round_to}'} narrower) "
+            f"already leaves {largest:.4f} of the original, and keeping every channel prunes "
+            f"nothing; ask for a ratio of at most {largest:.4f}."
+        )
 
 
 class WidthAllocator(ABC):
@@ -28,7 +79,12 @@ class WidthAllocator(ABC):
 
     @abstractmethod
     def allocate(
-        self, cost: CostModel, budget: Budget, selected: Mapping[int, Sequence[int]]
+        self,
+        cost: CostModel,
+        budget: Budget,
+        selected: Mapping[int, Sequence[int]],
+        *,
+        round_to: int = 1,
     ) -> list[int]:
         """A width per layer meeting ``budget.ratio`` as closely as the layers allow.
 
@@ -36,6 +92,7 @@ class WidthAllocator(ABC):
             cost: The model's cost model (its layers in selection order).
             budget: The budget.
             selected: Layer index to the channels already kept there (fixed).
+            round_to: Open layers take widths from :func:`allowed_widths` with this.
 
         Returns:
             A width per layer; for selected layers, the number of kept channels.
@@ -43,15 +100,20 @@ class WidthAllocator(ABC):
 
 
 class Uniform(WidthAllocator):
-    """Every layer still to be selected keeps the same fraction of its channels (rounded, at
-    least one), found by bisection on the cost model; then single channels are added or
-    removed, widest layers first, to land as close to the budget as the layers' granularity
-    allows. The simplest honest baseline."""
+    """Every layer still to be selected keeps the same fraction of its channels (the nearest
+    allowed width), found by bisection on the cost model; then single steps (one channel, or
+    ``round_to`` of them) are added or removed, widest layers first, to land as close to the
+    budget as the layers' granularity allows. The simplest honest baseline."""
 
     name = "uniform"
 
     def allocate(
-        self, cost: CostModel, budget: Budget, selected: Mapping[int, Sequence[int]]
+        self,
+        cost: CostModel,
+        budget: Budget,
+        selected: Mapping[int, Sequence[int]],
+        *,
+        round_to: int = 1,
     ) -> list[int]:
         full = cost.widths
         fixed = {
@@ -69,8 +131,17 @@ class Uniform(WidthAllocator):
         def error(widths: np.ndarray) -> float:
             return cost.ratio(keep_of(widths), budget) - budget.ratio
 
+        grids = [allowed_widths(int(w), round_to) for w in full]
+
         def widths_at(share: float) -> np.ndarray:
-            widths = np.clip(np.round(share * full), 1, full)
+            """The nearest allowed width to ``share`` of each open layer."""
+            if round_to == 1:
+                widths = np.clip(np.round(share * full), 1, full)
+            else:
+                widths = np.array(
+                    [g[np.abs(g - share * w).argmin()] for g, w in zip(grids, full, strict=True)],
+                    dtype=float,
+                )
             for i, keep in fixed.items():
                 widths[i] = keep.sum()
             return widths
@@ -80,15 +151,18 @@ class Uniform(WidthAllocator):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if error(widths_at(mid)) < 0 else (lo, mid)
         widths = widths_at(lo)
-        # Single-channel moves toward the budget, widest layers first.
+        # Single steps on the allowed widths toward the budget, widest layers first.
         by_width = sorted(open_layers, key=lambda i: -full[i])
         current = abs(error(widths))
         while True:
             step = -1 if error(widths) > 0 else 1
             for i in by_width:
+                index = int(np.searchsorted(grids[i], widths[i])) + step
+                if not 0 <= index < len(grids[i]):
+                    continue
                 trial = widths.copy()
-                trial[i] += step
-                if 1 <= trial[i] <= full[i] and abs(error(trial)) < current - 1e-12:
+                trial[i] = grids[i][index]
+                if abs(error(trial)) < current - 1e-12:
                     widths, current = trial, abs(error(trial))
                     break
             else:

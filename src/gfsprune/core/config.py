@@ -61,6 +61,10 @@ class PruneConfig:
         evaluator: How candidates are scored: ``"batched"`` (fast: cached prefix, stacked
             candidates), ``"naive"`` (one forward pass per candidate, the reference), or an
             ``Evaluator`` subclass. Both built-ins give the same losses up to float rounding.
+        round_to: Every pruned width a multiple of this (or the layer's full width), so
+            that the smaller network keeps channel counts fast kernels are made for (8 or 16
+            on most hardware); budgets are still met, to the nearest step. Applies to
+            ``Macs``, ``Params`` and ``Tolerance`` targets (``Widths`` are taken as given).
         device: Where to run (``None``: the device of the model's parameters).
 
     Example:
@@ -74,6 +78,7 @@ class PruneConfig:
     strategy: str | Strategy = "forward"
     allocator: str | WidthAllocator = "uniform"
     evaluator: str | type[Evaluator] = "batched"
+    round_to: int = 1
     device: str | torch.device | None = None
 
     def __post_init__(self) -> None:
@@ -87,6 +92,12 @@ class PruneConfig:
             raise ConfigError(
                 f"The 'seed' option of PruneConfig must be a non-negative integer. Got "
                 f"{self.seed!r} instead."
+            )
+        r = self.round_to
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ConfigError(
+                "The 'round_to' option of PruneConfig must be a positive integer (1: any "
+                f"width). Got {r!r} instead."
             )
         if not isinstance(self.rescale, bool):
             raise ConfigError(
@@ -134,4 +145,5 @@ class PruneConfig:
             "seed": self.seed,
             "strategy": self.make_strategy().name,
             "allocator": self.make_allocator().name,
+            "round_to": self.round_to,
         }

@@ -17,11 +17,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from gfsprune._inputs import run_model
-from gfsprune.errors import ConfigError
 from gfsprune.surgery import ChannelLayer
 from gfsprune.targets import Budget
 
-__all__ = ["CostModel", "check_reachable"]
+__all__ = ["CostModel"]
 
 
 @dataclass(frozen=True)
@@ -101,30 +100,3 @@ def _flops_per_module(model: nn.Module, example_inputs: object) -> dict[str, int
     leaf_flops = {n: f for n, f in per_module.items() if n in leaves}
     leaf_flops[""] = counter.get_total_flops() - sum(leaf_flops.values())
     return leaf_flops
-
-
-def check_reachable(cost: CostModel, budget: Budget) -> None:
-    """Refuse a budget that no choice of widths meets to the nearest channel: below the cost
-    of one channel per layer, or so close to the full model that the nearest width choice is
-    the full model itself (removing any one channel already costs less than asked). The
-    message names the nearest reachable ratio."""
-    name = f"{type(budget).__name__}({budget.ratio})"
-    smallest = cost.ratio([np.full(int(w), 1 / w) for w in cost.widths], budget)
-    if budget.ratio < smallest - 1e-9:
-        raise ConfigError(
-            f"{name} cannot be reached: the layers gfsprune does not prune (ignored ones, the "
-            f"classifier) and one channel per pruned layer already cost {smallest:.4f} of the "
-            f"original; ask for a ratio of at least {smallest:.4f}."
-        )
-    largest = 0.0  # the largest ratio below 1: one channel removed from one layer
-    for i, width in enumerate(cost.widths):
-        if width > 1:
-            keep = [np.ones(int(w)) for w in cost.widths]
-            keep[i][0] = 0.0
-            largest = max(largest, cost.ratio(keep, budget))
-    if budget.ratio > (1 + largest) / 2:
-        raise ConfigError(
-            f"{name} cannot be met to the nearest channel: removing any single channel "
-            f"already leaves {largest:.4f} of the original, and keeping all of them is "
-            f"nothing pruned; ask for a ratio of at most {largest:.4f}."
-        )

@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 
 from gfsprune import distributed
 from gfsprune._inputs import model_device, move, run_model
-from gfsprune.core.allocate import WidthAllocator
+from gfsprune.core.allocate import WidthAllocator, allowed_widths, check_reachable
 from gfsprune.core.config import PruneConfig
-from gfsprune.core.cost import CostModel, check_reachable
+from gfsprune.core.cost import CostModel
 from gfsprune.core.counting import count
 from gfsprune.core.strategies import LayerSearch, select_layer
 from gfsprune.core.stream import BatchStream
@@ -52,9 +52,11 @@ class _Context:
         example_inputs: object,
         layers: Sequence[ChannelLayer],
         allocator: WidthAllocator,
+        round_to: int,
     ) -> None:
         self.names = [layer.name for layer in layers]
         self.widths = [layer.width for layer in layers]
+        self.round_to = round_to
         self._model, self._inputs, self._layers = model, example_inputs, layers
         self._allocator = allocator
         self._cost: CostModel | None = None
@@ -66,10 +68,18 @@ class _Context:
         return self._cost
 
     def check_budget(self, budget: Budget) -> None:
-        check_reachable(self.cost, budget)
+        check_reachable(self.cost, budget, round_to=self.round_to)
 
     def allocate(self, budget: Budget, selected: Mapping[int, Sequence[int]]) -> list[int]:
-        return self._allocator.allocate(self.cost, budget, selected)
+        widths = self._allocator.allocate(self.cost, budget, selected, round_to=self.round_to)
+        for i, (width, full) in enumerate(zip(widths, self.widths, strict=True)):
+            if i not in selected and width not in allowed_widths(full, self.round_to):
+                raise ModelError(
+                    f"The {self._allocator.name!r} allocator gave layer '{self.names[i]}' "
+                    f"{width} of {full} channels, not a multiple of round_to={self.round_to} "
+                    "(or the full width); fix the allocator."
+                )
+        return widths
 
 
 def prune(
@@ -149,7 +159,8 @@ def prune(
             "feeds the output directly, or cannot be masked exactly)."
         )
     macs_before, params_before = count(work, example_inputs)
-    goals = target.plan(_Context(work, example_inputs, layers, config.make_allocator()))
+    context = _Context(work, example_inputs, layers, config.make_allocator(), config.round_to)
+    goals = target.plan(context)
     settings = {
         "model": type(model).__name__,
         "layers": [[layer.name, layer.width] for layer in layers],

@@ -101,6 +101,7 @@ def forward_select(
     candidates: int | None = None,
     repeats: bool = False,
     seed: int = 0,
+    multiple_of: int = 1,
     monitor: Callable[[list[int]], float] | None = None,
     callback: StepCallback | None = None,
 ) -> Selection:
@@ -112,12 +113,15 @@ def forward_select(
         n_items: Items are ``0 .. n_items - 1``.
         steps: Stop after this many picks. Defaults to ``n_items`` when no threshold is
             given; required when ``repeats=True``.
-        tolerance: Stop as soon as the loss is ``<= reference + tolerance``.
+        tolerance: Stop as soon as the loss is ``<= reference + tolerance`` (and the set
+            size is a multiple of ``multiple_of``).
         reference: The reference loss of the threshold (default 0.0).
         candidates: Evaluate a uniformly random subset of this many allowed items at each
             step (``None``: all of them).
         repeats: Allow an item to be picked more than once (the theory's multiset).
         seed: Seeds the candidate sampling.
+        multiple_of: With a threshold, stop only at set sizes that are multiples of this
+            (or at ``n_items``).
         monitor: ``monitor(selected)`` gives the loss recorded after each pick and compared
             with the threshold, instead of the pick's own score (e.g. a fixed held-out batch
             while picks are scored on fresh mini-batches, as in the paper's deep version).
@@ -140,6 +144,7 @@ def forward_select(
             raise ConfigError("'steps' is required when repeats=True; the set has no size limit.")
         steps = n_items
     steps = _check_positive_int("steps", steps)
+    multiple_of = _check_positive_int("multiple_of", multiple_of)
     if not repeats and steps > n_items:
         raise ConfigError(
             f"'steps' must be at most n_items={n_items} when repeats=False. Got {steps} instead."
@@ -160,7 +165,7 @@ def forward_select(
         evaluations += len(cands)
         if callback is not None:
             callback(step, item, loss)
-        if threshold is not None and loss <= threshold:
+        if threshold is not None and loss <= threshold and step % multiple_of == 0:
             break
     return Selection(order=selected, losses=losses, evaluations=evaluations)
 

@@ -128,6 +128,7 @@ class Forward(Strategy):
             reference=reference,
             candidates=search.candidates,
             seed=search.seed,
+            multiple_of=goal.multiple_of,
             monitor=search.held_out_loss if goal.tolerance is not None else None,
             callback=search.on_pick,
         )
