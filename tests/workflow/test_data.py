@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -135,6 +136,31 @@ def test_cifar10_corrupt_batch(cifar_dir: Path) -> None:
     (cifar_dir / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match=r"'.*data_batch_3' is not a readable batch.*replace it"):
         load_data(f"cifar10:{cifar_dir}")
+
+
+def test_cifar10_truncated_batch(cifar_dir: Path) -> None:
+    (cifar_dir / "data_batch_1").write_bytes(b"0123456789")  # ten bytes
+    with pytest.raises(DataError, match=r"'.*data_batch_1' is not a readable batch \(not a data"):
+        load_data(f"cifar10:{cifar_dir}")
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_cifar10_batch_that_would_run_code_is_refused_by_name(cifar_dir: Path) -> None:
+    marker = cifar_dir.parent / "payload-ran"
+    batch = {b"data": _Payload(marker), b"labels": [0]}
+    (cifar_dir / "data_batch_1").write_bytes(pickle.dumps(batch))
+    with pytest.raises(
+        DataError, match=r"data_batch_1' is not a readable batch.*names posix.system"
+    ):
+        load_data(f"cifar10:{cifar_dir}")
+    assert not marker.exists()
 
 
 def test_cifar10_batch_without_labels(cifar_dir: Path) -> None:

@@ -15,7 +15,6 @@ that generator once per epoch, which makes runs and resumed runs repeat exactly.
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from gfsprune.errors import ConfigError, DataError
+from gfsprune.errors import ConfigError, DataError, FileFormatError
+from gfsprune.io.unpickle import load_data_pickle
 
 __all__ = ["DataBundle", "check_labels", "load_data", "make_loader"]
 
@@ -313,12 +313,13 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         )
     try:
         with path.open("rb") as file:
-            batch = pickle.load(file, encoding="bytes")  # the format is a pickle; trust DIR
+            batch = load_data_pickle(file, encoding="bytes")  # refuses anything but data
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, OSError) as err:
+    except (FileFormatError, KeyError, TypeError, ValueError, OverflowError, OSError) as err:
+        reason = err if isinstance(err, FileFormatError) else f"{type(err).__name__}: {err}"
         raise DataError(
-            f"CIFAR-10 file '{path}' is not a readable batch ({type(err).__name__}: {err}); "
+            f"CIFAR-10 file '{path}' is not a readable batch ({reason}); "
             "replace it with the original from cifar-10-python.tar.gz."
         ) from err
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
