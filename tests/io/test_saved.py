@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
 
 from gfsprune import Macs, PruneConfig, export_onnx, load, prune, save
-from gfsprune.errors import ModelError
+from gfsprune.errors import FileFormatError, ModelError
 from tests.nets import Chain, Coupled, randomize_norms
 
 
@@ -53,11 +55,60 @@ def test_incomplete_or_foreign_folders_are_refused(result, tmp_path) -> None:
     with pytest.raises(ModelError, match="model.safetensors.*the save is incomplete"):
         load(tmp_path, Coupled())
     (tmp_path / "plan.json").write_text("{not json")
-    with pytest.raises(ModelError, match="not valid JSON"):
+    with pytest.raises(FileFormatError, match="plan.json' is not valid JSON"):
         load(tmp_path, Coupled())
     (tmp_path / "plan.json").write_text("{}")
-    with pytest.raises(ModelError, match="not a gfsprune plan"):
+    with pytest.raises(FileFormatError, match="plan.json' is not a 'gfsprune-plan' file"):
         load(tmp_path, Coupled())
+
+
+def _damage(plan: dict, where: str, value: object) -> None:
+    """Set (or with ``...`` delete) the field at a dotted path such as ``layers.0.kept``."""
+    *parents, last = where.split(".")
+    for key in parents:
+        plan = plan[int(key)] if key.isdigit() else plan[key]
+    if value is ...:
+        del plan[last]
+    else:
+        plan[last] = value
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        ("layers", ..., "field 'layers' is missing"),
+        ("layers", None, "field 'layers' must be a list, got None"),
+        ("layers", "conv", "field 'layers' must be a list, got 'conv'"),
+        ("layers.0.kept", None, r"field 'layers\[0\].kept' must be a list"),
+        ("layers.0.kept", [0, 0], "must be a non-empty list of distinct channels"),
+        ("layers.0.width", 10**12, r"must be an integer in \[1, 1048576\]"),
+        ("example_inputs.dtype", "evil", "must be a torch dtype name"),
+        ("example_inputs.dtype", ..., "field 'example_inputs.dtype' is missing"),
+        ("example_inputs.shape", [2, -3, 4, 4], r"'example_inputs.shape\[1\]' must be an int"),
+        ("example_inputs.shape", [10**6, 10**6], "with at most 67,108,864 values"),
+        ("macs_after", -1, "field 'macs_after' must be an integer >= 0"),
+        ("metadata", [], "field 'metadata' must be an object"),
+    ],
+)
+def test_a_damaged_plan_is_one_error_naming_the_field(result, tmp_path, where, value, message):
+    save(result, tmp_path)
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    _damage(plan, where, value)
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(FileFormatError, match=message) as caught:
+        load(tmp_path, Coupled())
+    assert str(tmp_path / "plan.json") in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_files_are_written_with_the_umask(result, tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        save(result, tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("plan.json", "model.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "plan.json"]
 
 
 def test_onnx_export_matches_onnxruntime(result, tmp_path) -> None:

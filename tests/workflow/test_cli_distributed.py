@@ -8,8 +8,7 @@ import pytest
 
 from gfsprune.workflow.cli import main
 from tests.launch import torchrun
-
-FAST = ["--no-progress", "--batch-size", "64"]
+from tests.workflow.runs import FAST
 
 
 @pytest.mark.slow

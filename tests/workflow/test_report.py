@@ -60,26 +60,14 @@ def test_sentences_follow_the_numbers() -> None:
 
 def test_write_report_writes_results_settings_markdown_and_figures(tmp_path) -> None:
     results = _results(gfs=_row(0.9, 0.94), bn=_row(0.7, 0.93), scratch=_row(0.1, 0.9))
-    context = {"data": "digits", "test_samples": 450, "config": {"macs": 0.5}}
+    context = {"data": "digits", "test_samples": 450}
     paths = write_report(Comparison(results, PLAN), tmp_path / "out", context=context)
-    assert [p.name for p in paths] == [
-        "results.json",
-        "run.json",
-        "report.md",
-        "accuracy.png",
-        "widths.png",
-    ]
+    assert [p.name for p in paths] == ["results.json", "report.md", "accuracy.png", "widths.png"]
     assert json.loads(paths[0].read_text()) == results
-    run = json.loads(paths[1].read_text())
-    assert run["config"] == {"macs": 0.5}
-    assert run["layers"] == [
-        {"name": "conv1", "width": 16, "kept": 11},
-        {"name": "conv2", "width": 32, "kept": 2},
-    ]
-    report = paths[2].read_text()
+    report = paths[1].read_text()
     assert format_table(results) in report and "data: digits" in report
     assert summarize(results, test_samples=450)[0] in report
-    for png in paths[3:]:
+    for png in paths[2:]:
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 

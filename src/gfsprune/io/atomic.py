@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["write_atomic", "write_json"]
+__all__ = ["write_atomic", "write_json", "write_text"]
 
 
 def _umask() -> int:
@@ -44,7 +44,11 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8), atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def write_json(path: str | os.PathLike, value: object) -> Path:
     """Write ``value`` as indented JSON, atomically."""
-    text = json.dumps(value, indent=1)
-    return write_atomic(path, lambda tmp: tmp.write_text(text))
+    return write_text(path, json.dumps(value, indent=1))

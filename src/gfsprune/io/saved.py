@@ -8,9 +8,8 @@ instance of the original model, then loads the weights, so no code is ever unpic
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,22 @@ from torch import nn
 
 from gfsprune._version import __version__
 from gfsprune.errors import ModelError
+from gfsprune.io.atomic import write_atomic, write_json
+from gfsprune.io.schema import Fields, read_json
 from gfsprune.plan import PruneResult
 from gfsprune.surgery import prune_channels
 
-__all__ = ["save", "load", "read_plan"]
+__all__ = ["save", "load", "read_plan", "write_weights"]
 
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
 _FORMAT = "gfsprune-plan"
+_COSTS = ("macs_before", "macs_after", "params_before", "params_after")
+# Bounds no real plan reaches; beyond them a plan.json is damaged and building its example
+# inputs or channel lists would exhaust memory.
+_MAX_WIDTH = 1 << 20
+_MAX_INPUT = 1 << 26
+_MAX_DEPTH = 8
 
 
 def _describe(inputs: object) -> Any:
@@ -44,23 +51,12 @@ def _describe(inputs: object) -> Any:
 
 
 def _build(spec: Any) -> object:
-    """Zero tensors matching a description written by ``_describe``."""
+    """Zero tensors matching a description written by ``_describe`` (checked by ``_inputs``)."""
     if "kwargs" in spec:
         return {k: _build(v) for k, v in spec["kwargs"].items()}
     if "args" in spec:
         return tuple(_build(v) for v in spec["args"])
     return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
-
-
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save(
@@ -94,28 +90,70 @@ def save(
         "params_after": result.params_after,
         "metadata": dict(metadata or {}),
     }
-    weights = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-    _write_atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
-    text = json.dumps(plan, indent=1)
-    _write_atomic(directory / PLAN_FILE, lambda tmp: Path(tmp).write_text(text))
+    write_weights(directory / WEIGHTS_FILE, result.model)
+    write_json(directory / PLAN_FILE, plan)
     return directory
 
 
+def write_weights(path: str | os.PathLike, model: nn.Module) -> Path:
+    """Write ``model``'s state dict as safetensors (on the CPU, atomically)."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return write_atomic(path, lambda tmp: save_file(weights, tmp))
+
+
 def read_plan(directory: str | os.PathLike) -> dict:
-    """The parsed ``plan.json`` of a saved result, checked for format."""
+    """The ``plan.json`` of a saved result, checked field by field.
+
+    Raises:
+        ModelError: If the folder has no ``plan.json``.
+        FileFormatError: If it is damaged or not a gfsprune plan (naming the field).
+    """
     path = Path(directory) / PLAN_FILE
     if not path.is_file():
         raise ModelError(
             f"No {PLAN_FILE} in '{directory}'; pass a folder written by gfsprune.save "
             "(or `gfsprune prune --out`)."
         )
-    try:
-        plan = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelError(f"'{path}' is not valid JSON ({err}); the file is corrupt.") from err
-    if not isinstance(plan, dict) or plan.get("format") != _FORMAT:
-        raise ModelError(f"'{path}' is not a gfsprune plan (no format '{_FORMAT}').")
-    return plan
+    root = read_json(path, fmt=_FORMAT, fix="Save the result again, or restore the file.")
+    root["version"].integer(1, 1)
+    layers = []
+    for entry in root["layers"].items():
+        width = entry["width"].integer(1, _MAX_WIDTH)
+        kept = [item.integer(0, width - 1) for item in entry["kept"].items(width)]
+        if not kept or len(set(kept)) != len(kept):
+            raise entry["kept"].fail(f"a non-empty list of distinct channels of 0..{width - 1}")
+        scale = entry["scale"].number(positive=True)
+        layers.append({"name": entry["name"].text(), "width": width, "kept": kept, "scale": scale})
+    return {
+        "format": _FORMAT,
+        "version": 1,
+        "gfsprune": root["gfsprune"].text(),
+        "architecture": root["architecture"].text(),
+        "example_inputs": _inputs(root["example_inputs"]),
+        "layers": layers,
+        **{key: root[key].integer(0) for key in _COSTS},
+        "metadata": dict(root["metadata"].require(Mapping, "an object")),
+    }
+
+
+def _inputs(spec: Fields, depth: int = 0) -> dict:
+    """A checked ``example_inputs`` description: a tensor, or args/kwargs of them."""
+    if depth > _MAX_DEPTH:
+        raise spec.fail(f"inputs nested at most {_MAX_DEPTH} deep")
+    spec.require(Mapping, "an object")
+    if spec.get("kwargs") is not None:
+        kwargs = spec["kwargs"]
+        kwargs.require(Mapping, "an object")
+        return {"kwargs": {key: _inputs(kwargs[key], depth + 1) for key in kwargs.value}}
+    if spec.get("args") is not None:
+        return {"args": [_inputs(item, depth + 1) for item in spec["args"].items()]}
+    shape = [item.integer(0, _MAX_INPUT) for item in spec["shape"].items(8)]
+    if math.prod(shape) > _MAX_INPUT:
+        raise spec["shape"].fail(f"sizes with at most {_MAX_INPUT:,} values in all")
+    dtype = spec["dtype"].text()
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise spec["dtype"].fail("a torch dtype name such as 'float32'")
+    return {"shape": shape, "dtype": dtype}
 
 
 def load(directory: str | os.PathLike, base_model: nn.Module) -> nn.Module:

@@ -8,6 +8,7 @@ as one line and exits with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -224,6 +225,7 @@ def _compare(args: argparse.Namespace) -> None:
         args.out,
         config=config,
         data=args.data,
+        resume=args.resume,
         progress=args.progress,
         device=args.device,
     )
@@ -362,6 +364,11 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--macs", type=float, required=True, help="MACs ratio to keep, in (0, 1)")
     p.add_argument("--out", type=Path, required=True, help="folder for the report")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted comparison in --out, reusing its finished methods",
+    )
+    p.add_argument(
         "--methods",
         default=",".join(METHODS),
         help=f"comma-separated subset of {','.join(METHODS)} (default: all)",
@@ -429,6 +436,18 @@ def _set_threads(threads: int | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # The reader of our output (e.g. `| head`) has gone: stop quietly, as `cat` does.
+        # The interpreter's flush at exit would fail again, so stdout goes to devnull.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a command its pipe stopped
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
@@ -441,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             distributed.setup()  # joins the process group under torchrun, else does nothing
         return int(handler(args) or 0)
     except GfsPruneError as err:
-        print(f"gfsprune {args.command_name}: error: {err}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(err).splitlines())
+        print(f"gfsprune {args.command_name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = "; run it again with --resume to continue" if hasattr(args, "resume") else ""

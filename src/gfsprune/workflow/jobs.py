@@ -7,18 +7,21 @@ Folders these jobs read and write:
   and ``train_state.pt`` (what :func:`gfsprune.train.fit` resumes from);
 - a *pruned model* (``prune --out``, ``finetune --out``): the :func:`gfsprune.save` format,
   whose metadata holds the ``model.json`` fields so the base can be rebuilt from the zoo, plus
-  ``progress.json`` (per-layer pruning progress) and ``run.json`` (the options of the run).
+  ``progress.json`` (per-layer pruning progress);
+- a *comparison* (``compare --out``, ``demo --out``): ``results.json`` (rewritten as each
+  method finishes), ``report.md`` and two figures.
 
-A job never silently replaces a run: an existing ``train_state.pt`` or ``progress.json``
-is continued with ``resume=True`` and refused otherwise. Data sets are always loaded with
-their default seed, so every job sees the same train/test split.
+Each also holds ``run.json``: which job wrote it, with which settings
+(:mod:`gfsprune.io.folders`). A job writes only into a new or empty folder, or continues one
+it wrote itself with ``resume=True`` and the same settings; anything else is refused before
+any work starts. Data sets are always loaded with their default seed, so every job sees the
+same train/test split.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import statistics
 import time
@@ -28,22 +31,28 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from gfsprune import distributed, models
+from gfsprune import distributed
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
-from gfsprune.errors import ConfigError, DataError, ModelError
-from gfsprune.io.saved import PLAN_FILE, WEIGHTS_FILE, load, read_plan, save
+from gfsprune.errors import ConfigError, DataError, FileFormatError, ModelError
+from gfsprune.io.atomic import write_json
+from gfsprune.io.folders import Run, claim, write_run
+from gfsprune.io.model_info import FORMAT as MODEL_FORMAT
+from gfsprune.io.model_info import MODEL_FILE, ModelInfo, model_info, read_model_info
+from gfsprune.io.results import RESULTS_FILE, read_results
+from gfsprune.io.saved import PLAN_FILE, WEIGHTS_FILE, load, read_plan, save, write_weights
+from gfsprune.io.schema import Fields
 from gfsprune.plan import LayerPlan, PruneResult
 from gfsprune.targets import Target
 from gfsprune.workflow import report
 from gfsprune.workflow.compare import CompareConfig, Comparison, compare
 from gfsprune.workflow.data import DataBundle, load_data, make_loader
 from gfsprune.workflow.seeding import seeded
-from gfsprune.workflow.train import CHECKPOINT_NAME, TrainConfig, evaluate, fit, resolve_device
+from gfsprune.workflow.train import TrainConfig, evaluate, fit, resolve_device
 
 __all__ = [
     "DEMO",
@@ -59,71 +68,30 @@ __all__ = [
     "train_model",
 ]
 
-MODEL_FILE = "model.json"
 PROGRESS_FILE = "progress.json"
-RUN_FILE = "run.json"
-_FORMAT = "gfsprune-model"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """How to rebuild a zoo model, and what it was trained on.
-
-    Attributes:
-        name: The zoo name (``gfsprune.models.get``).
-        options: Its constructor options (``num_classes``, ``in_channels``, ...).
-        data: The data spec it was trained on.
-        input_shape: ``(C, H, W)`` of one input.
-        pretrain: The pre-training :class:`TrainConfig` fields (``{}`` if unknown).
-    """
-
-    name: str
-    options: dict[str, Any]
-    data: str
-    input_shape: tuple[int, ...]
-    pretrain: dict[str, Any]
-
-    def build(self) -> nn.Module:
-        """A freshly initialised instance of the architecture."""
-        return models.get(self.name, **self.options)
-
-    def example_inputs(self) -> torch.Tensor:
-        """One zero input, ``(1, C, H, W)``, to trace and count with."""
-        return torch.zeros(1, *self.input_shape)
-
-    @classmethod
-    def from_json(cls, fields: dict, where: Path) -> ModelInfo:
-        """Read the fields written by ``dataclasses.asdict``; ModelError naming ``where``."""
-        try:
-            info = cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls)})
-        except (KeyError, TypeError) as err:
-            raise ModelError(
-                f"'{where}' does not describe a gfsprune model (missing {err}); pass a folder "
-                "written by `gfsprune train`, `prune` or `finetune`."
-            ) from err
-        return dataclasses.replace(info, input_shape=tuple(info.input_shape))
-
-
-def _write_json(path: Path, value: object) -> None:
-    """Write ``value`` as JSON atomically: a half-written file never replaces a good one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+# What a folder saved by gfsprune.save from Python needs in its metadata for the command line.
+_SAVE_EXAMPLE = (
+    'gfsprune.save(result, DIR, metadata={"name": "resnet20", "options": {"num_classes": 10}, '
+    '"data": "cifar10:/data/cifar", "input_shape": [3, 32, 32]})'
+)
 
 
 def _check_out(source: str | os.PathLike, out: Path) -> None:
     if out.resolve() == Path(source).resolve():
         raise ConfigError(
             f"the output folder '{out}' is the input folder; writing there would replace the "
-            "input model. Choose another --out."
+            "input model. Choose another output folder (--out)."
         )
 
 
-def _refuse_existing(path: Path, resume: bool) -> None:
-    if path.exists() and not resume:
+def _refuse_torchrun(job: str) -> None:
+    """``compare`` and ``demo`` run in one process: under torchrun each rank would run the
+    whole job and write the same files."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
         raise ConfigError(
-            f"'{path}' holds an earlier run; pass --resume to continue it, or choose another "
-            "output folder (or delete it) to start over."
+            f"{job} runs in a single process, but this is one of {world} torchrun processes; "
+            f"run `gfsprune {job}` without torchrun."
         )
 
 
@@ -161,14 +129,8 @@ def _new_model(
 
 def _save_model(model: nn.Module, info: ModelInfo, out: Path, history: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{WEIGHTS_FILE}.tmp"
-    save_file(weights, tmp)
-    os.replace(tmp, out / WEIGHTS_FILE)
-    _write_json(
-        out / MODEL_FILE,
-        {"format": _FORMAT, **dataclasses.asdict(info), "history": history},
-    )
+    write_weights(out / WEIGHTS_FILE, model)
+    write_json(out / MODEL_FILE, {"format": MODEL_FORMAT, **info.to_json(), "history": history})
 
 
 def train_model(
@@ -187,9 +149,10 @@ def train_model(
     Returns:
         The per-epoch history of :func:`gfsprune.train.fit`.
     """
-    out = Path(out)
-    _refuse_existing(out / CHECKPOINT_NAME, resume)
+    device = resolve_device(device)
     model, info, bundle = _new_model(name, data, config=config, width_mult=width_mult)
+    settings = {"model": name, "data": data, "width_mult": width_mult, **dataclasses.asdict(config)}
+    out = claim(out, Run("train", settings), resume=resume)
     history = fit(
         model, bundle, config, checkpoint_dir=out, resume=resume, progress=progress, device=device
     )
@@ -207,22 +170,16 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
             "`gfsprune train`, `prune` or `finetune`."
         )
     if (directory / PLAN_FILE).is_file():
-        info = ModelInfo.from_json(read_plan(directory)["metadata"], directory / PLAN_FILE)
-        return load(directory, info.build()), info
+        info = _saved_model_info(directory)
+        return load(directory, _build(info, directory / PLAN_FILE)), info
     path = directory / MODEL_FILE
     if not path.is_file():
         raise ModelError(
             f"'{directory}' holds neither {MODEL_FILE} nor {PLAN_FILE}; pass a folder written "
             "by `gfsprune train`, `prune` or `finetune`."
         )
-    try:
-        fields = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelError(f"'{path}' is not valid JSON ({err}); the file is corrupt.") from err
-    if not isinstance(fields, dict) or fields.get("format") != _FORMAT:
-        raise ModelError(f"'{path}' is not a gfsprune model file (no format '{_FORMAT}').")
-    info = ModelInfo.from_json(fields, path)
-    model = info.build()
+    info = read_model_info(path)
+    model = _build(info, path)
     try:
         model.load_state_dict(load_file(directory / WEIGHTS_FILE))
     except (FileNotFoundError, SafetensorError, OSError, RuntimeError) as err:
@@ -231,6 +188,28 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
             f"({str(err).splitlines()[0]}); the checkpoint is incomplete or damaged."
         ) from err
     return model.eval(), info
+
+
+def _saved_model_info(directory: Path) -> ModelInfo:
+    """The zoo model a pruned folder's ``plan.json`` metadata names."""
+    path = directory / PLAN_FILE
+    metadata = read_plan(directory)["metadata"]
+    if not {"name", "options", "data", "input_shape"} & set(metadata):
+        raise ModelError(
+            f"'{path}' does not say which zoo model it prunes (its metadata has no 'name', "
+            "'options', 'data' or 'input_shape'), so the command line cannot rebuild it. Save "
+            f"it with them, e.g. {_SAVE_EXAMPLE}, or load it in Python with "
+            "gfsprune.load(DIR, base_model)."
+        )
+    fix = f"Save it again with the model's description, e.g. {_SAVE_EXAMPLE}."
+    return model_info(Fields(metadata, path, "metadata", fix))
+
+
+def _build(info: ModelInfo, path: Path) -> nn.Module:
+    try:
+        return info.build()
+    except ConfigError as err:
+        raise ModelError(f"'{path}' names a model the zoo cannot build: {err}") from err
 
 
 def _weights_digest(directory: Path) -> str:
@@ -272,19 +251,7 @@ def prune_checkpoint(
         "batch_size": batch_size,
         **config.settings(),
     }
-    _refuse_existing(out / PROGRESS_FILE, resume)
-    if resume and (out / RUN_FILE).is_file():
-        before = json.loads((out / RUN_FILE).read_text())
-        changed = sorted(k for k in settings if before.get(k) != settings[k])
-        if changed:
-            raise ConfigError(
-                f"cannot resume '{out}': the run was started with other {', '.join(changed)} "
-                f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}); resume with the "
-                "same options or choose another --out."
-            )
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / RUN_FILE, settings)
+    claim(out, Run("prune", settings), resume=resume)
     loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=config.seed)
     with seeded(config.seed):  # the training augmentation draws from torch's generator
         result = prune(
@@ -297,7 +264,7 @@ def prune_checkpoint(
             progress=progress,
         )
     if distributed.is_main():
-        save(result, out, metadata=dataclasses.asdict(info))
+        save(result, out, metadata=info.to_json())
     (acc_before, loss_before), (acc_after, loss_after) = (
         evaluate(m, bundle.test, device=device) for m in (model, result.model)
     )
@@ -319,12 +286,19 @@ def finetune_dir(
 
     ``out/train_state.pt`` is written every epoch; ``resume=True`` continues from it.
     """
+    device = resolve_device(device)
     model, info = load_model(directory)
     plan = read_plan(directory)
     bundle = load_bundle(data, info)
     out = Path(out)
     _check_out(directory, out)
-    _refuse_existing(out / CHECKPOINT_NAME, resume)
+    settings = {
+        "source": str(Path(directory).resolve()),
+        "weights": _weights_digest(Path(directory)),
+        "data": bundle.name,
+        **dataclasses.asdict(config),
+    }
+    claim(out, Run("finetune", settings), resume=resume)
     history = fit(
         model, bundle, config, checkpoint_dir=out, resume=resume, progress=progress, device=device
     )
@@ -369,9 +343,10 @@ def evaluate_dir(
     directory: str | os.PathLike, *, data: str | None = None, device: str | None = None
 ) -> dict[str, float]:
     """Accuracy, loss, MACs, params and CPU latency (batch 1 and 64) of a saved model."""
+    device = resolve_device(device)
     model, info = load_model(directory)
     bundle = load_bundle(data, info)
-    accuracy, loss = evaluate(model, bundle.test, device=resolve_device(device))
+    accuracy, loss = evaluate(model, bundle.test, device=device)
     model.cpu()
     macs, params = count(model, info.example_inputs())
     return {
@@ -390,37 +365,93 @@ def compare_checkpoint(
     *,
     config: CompareConfig,
     data: str | None = None,
+    resume: bool = False,
     progress: bool = True,
     device: str | None = None,
 ) -> Comparison:
     """:func:`gfsprune.compare.compare` on a trained checkpoint; writes the report to ``out``.
 
     ``scratch`` trains with the checkpoint's pre-training recipe, for its epochs plus the
-    fine-tuning epochs, unless ``config.scratch`` is given.
+    fine-tuning epochs, unless ``config.scratch`` is given. ``out/results.json`` is rewritten
+    as each method finishes; ``resume=True`` continues an interrupted comparison with the same
+    options, reusing the methods it finished.
     """
+    _refuse_torchrun("compare")
+    device = resolve_device(device)
     model, info = load_model(checkpoint)
     bundle = load_bundle(data, info)
-    if config.scratch is None and "scratch" in config.methods:
-        if not info.pretrain:
-            raise ConfigError(
-                f"'{checkpoint}' does not record its pre-training recipe, which 'scratch' "
-                "repeats; leave scratch out of --methods."
-            )
+    config = _with_scratch(config, info, checkpoint)
+    settings = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "weights": _weights_digest(Path(checkpoint)),
+        "data": bundle.name,
+        **_compare_settings(config),
+    }
+    run = Run("compare", settings)
+    out = claim(out, run, resume=resume)
+    return _compare(model, info, bundle, config, out=out, run=run, progress=progress, device=device)
+
+
+def _with_scratch(config: CompareConfig, info: ModelInfo, checkpoint: Path | str) -> CompareConfig:
+    """``config`` with ``scratch`` set from the checkpoint's pre-training recipe, if needed."""
+    if config.scratch is not None or "scratch" not in config.methods:
+        return config
+    if not info.pretrain:
+        raise ConfigError(
+            f"'{checkpoint}' does not record its pre-training recipe, which 'scratch' "
+            "repeats; leave scratch out of the methods (--methods)."
+        )
+    try:
         recipe = TrainConfig(**info.pretrain)
-        epochs = recipe.epochs + config.finetune.epochs
-        scratch = dataclasses.replace(recipe, epochs=epochs, seed=config.seed)
-        config = dataclasses.replace(config, scratch=scratch)
-    comparison = compare(model, bundle, config, progress=progress, device=resolve_device(device))
+    except (TypeError, ConfigError) as err:
+        raise FileFormatError(
+            f"the pre-training recipe in '{checkpoint}' is damaged ({err}); leave scratch out "
+            "of the methods (--methods) or train the model again."
+        ) from err
+    epochs = recipe.epochs + config.finetune.epochs
+    scratch = dataclasses.replace(recipe, epochs=epochs, seed=config.seed)
+    return dataclasses.replace(config, scratch=scratch)
+
+
+def _compare_settings(config: CompareConfig) -> dict[str, Any]:
+    """The options that decide a comparison's numbers, as JSON."""
+    return {**dataclasses.asdict(config), "prune": config.prune.settings()}
+
+
+def _compare(
+    model: nn.Module,
+    info: ModelInfo,
+    bundle: DataBundle,
+    config: CompareConfig,
+    *,
+    out: Path,
+    run: Run,
+    progress: bool,
+    device: torch.device,
+) -> Comparison:
+    """Compare into the claimed folder ``out``, saving each row as it finishes and reusing
+    the rows an earlier run of ``run`` saved there."""
+    results_path = out / RESULTS_FILE
+    done = read_results(results_path)["methods"] if results_path.exists() else {}
+    rows = dict(done)
+
+    def save_row(method: str, row: dict) -> None:
+        rows[method] = row
+        write_json(results_path, {"methods": rows})
+
+    comparison = compare(
+        model, bundle, config, progress=progress, device=device, done=done, on_result=save_row
+    )
     context = {
-        "checkpoint": str(checkpoint),
         "model": info.name,
         "model_options": info.options,
         "data": bundle.name,
         "test_samples": len(bundle.test),
-        "config": dataclasses.asdict(config),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+    layers = [{"name": p.name, "width": p.width, "kept": len(p.kept)} for p in comparison.plan]
+    write_run(out, dataclasses.replace(run, context={**context, "layers": layers}))
     report.write_report(comparison, out, context=context)
     return comparison
 
@@ -451,14 +482,32 @@ def demo(
     config: DemoConfig | None = None,
     progress: bool = True,
 ) -> Comparison:
-    """Train the demo model into ``out/model`` and compare every method on it into ``out``."""
+    """Train the demo model into ``out/model`` and compare every method on it into ``out``.
+
+    A demo folder of the same seed and settings is continued where it stopped (a finished
+    one is reported again); any other existing folder is refused.
+    """
+    _refuse_torchrun("demo")
     config = config or DEMO
-    out = Path(out)
     pretrain = dataclasses.replace(config.pretrain, seed=seed)
     model, info, bundle = _new_model(config.model, config.data, config=pretrain, width_mult=1.0)
-    history = fit(model, bundle, pretrain, progress=progress, device="cpu")
-    _save_model(model, info, out / "model", history)
     settings = CompareConfig(
         macs=config.macs, finetune=dataclasses.replace(config.finetune, seed=seed), seed=seed
     )
-    return compare_checkpoint(out / "model", out, config=settings, progress=progress, device="cpu")
+    settings = _with_scratch(settings, info, "the demo model")
+    run = Run("demo", {"model": config.model, "data": config.data, **_compare_settings(settings)})
+    out = claim(out, run, resume=True)
+    cpu = torch.device("cpu")
+    history = fit(
+        model,
+        bundle,
+        pretrain,
+        checkpoint_dir=out / "model",
+        resume=True,
+        progress=progress,
+        device=cpu,
+    )
+    _save_model(model, info, out / "model", history)
+    return _compare(
+        model.eval(), info, bundle, settings, out=out, run=run, progress=progress, device=cpu
+    )

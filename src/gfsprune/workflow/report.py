@@ -1,4 +1,4 @@
-"""The comparison's files: ``results.json``, ``run.json``, ``report.md`` and two PNG figures.
+"""The comparison's files: ``results.json``, ``report.md`` and two PNG figures.
 
 The sentences of ``report.md`` are derived from the numbers (which method leads, by how
 much, at what cost), never written in advance. Figures use matplotlib's object-oriented API
@@ -7,19 +7,19 @@ on an Agg canvas (no display, no pyplot state).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from gfsprune.io.atomic import write_atomic, write_json, write_text
+from gfsprune.io.results import RESULTS_FILE
 from gfsprune.plan import LayerPlan
 from gfsprune.workflow.compare import Comparison
 
 __all__ = ["format_table", "plot_accuracy", "plot_widths", "summarize", "write_report"]
 
-RESULTS_FILE = "results.json"
 _LABELS = {
     "gfs": "greedy forward (gfs)",
     "l1": "L1 magnitude",
@@ -208,22 +208,19 @@ def _figure(*, width: float, panels: int):
 
 def _save(fig, path: str | os.PathLike) -> Path:
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def write_report(
     comparison: Comparison, out: str | os.PathLike, *, context: Mapping | None = None
 ) -> list[Path]:
-    """Write ``results.json``, ``run.json`` (settings and architecture), ``report.md``,
-    ``accuracy.png`` and ``widths.png`` into ``out``.
+    """Write ``results.json``, ``report.md``, ``accuracy.png`` and ``widths.png`` into ``out``.
 
     Args:
         comparison: What :func:`gfsprune.compare.compare` returned.
         out: The folder, created if missing.
-        context: JSON-serialisable settings recorded in ``run.json`` and shown in the
-            report; ``test_samples`` there adds the resolution of the accuracies.
+        context: JSON-serialisable settings shown in the report; ``test_samples`` there adds
+            the resolution of the accuracies.
 
     Returns:
         The paths written.
@@ -232,13 +229,10 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     context = dict(context or {})
     results = comparison.results
-    layers = [{"name": p.name, "width": p.width, "kept": len(p.kept)} for p in comparison.plan]
-    paths = [out / RESULTS_FILE, out / "run.json", out / "report.md"]
-    paths[0].write_text(json.dumps(results, indent=1))
-    paths[1].write_text(json.dumps({**context, "layers": layers}, indent=1))
+    written = write_json(out / RESULTS_FILE, results)
     accuracy = plot_accuracy(results, out / "accuracy.png")
     widths = plot_widths(comparison.plan, out / "widths.png")
-    settings = ", ".join(f"{k}: {v}" for k, v in context.items() if k != "config")
+    settings = ", ".join(f"{k}: {v}" for k, v in context.items())
     text = [
         "# Pruning comparison",
         "",
@@ -254,5 +248,4 @@ def write_report(
         f"![accuracy]({accuracy.name}) ![widths]({widths.name})",
         "",
     ]
-    paths[2].write_text("\n".join(text))
-    return [*paths, accuracy, widths]
+    return [written, write_text(out / "report.md", "\n".join(text)), accuracy, widths]

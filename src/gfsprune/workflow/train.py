@@ -15,7 +15,6 @@ bit for bit.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from gfsprune import distributed
 from gfsprune.errors import ConfigError, DataError, LossError, ModelError
+from gfsprune.io.atomic import write_atomic
 from gfsprune.workflow.data import DataBundle, check_labels, make_loader
 
 __all__ = ["TrainConfig", "evaluate", "fit", "param_groups", "resolve_device"]
@@ -88,9 +88,29 @@ class TrainConfig:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a torch.device; None means this process's CUDA device if any, else CPU."""
+    """``device`` as a torch.device; None means this process's CUDA device if any, else CPU.
+
+    Raises:
+        ConfigError: If ``device`` names no torch device, or a CUDA device this machine
+            does not have.
+    """
     if device is not None:
-        return torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ConfigError(
+                f"device must name a torch device such as 'cpu' or 'cuda:0'. Got {device!r} "
+                "instead."
+            ) from err
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0 or (device.index or 0) >= count:
+                have = f"only {count} CUDA device(s)" if count else "no CUDA device"
+                raise ConfigError(
+                    f"device {str(device)!r} was asked for, but this machine has {have}; use "
+                    "device='cpu' (--device cpu)."
+                )
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -404,7 +424,7 @@ def _save_checkpoint(
     config: TrainConfig,
     history: list[dict[str, float]],
 ) -> None:
-    """Write the training state atomically: a half-written file never replaces a good one."""
+    """Write the training state (atomically: a half-written file never replaces a good one)."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -414,9 +434,7 @@ def _save_checkpoint(
         "config": asdict(config),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_checkpoint(
@@ -433,8 +451,12 @@ def _load_checkpoint(
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a damaged file fails in many ways inside the unpickler
         raise ModelError(
-            f"cannot read checkpoint '{path}' ({err}); delete it to start over."
+            f"cannot read checkpoint '{path}' ({str(err).strip().splitlines()[0]}); delete it "
+            "to start over."
         ) from err
+    keys = ("model", "optimizer", "scheduler", "history", "config")
+    if not isinstance(state, dict) or not all(key in state for key in keys):
+        raise ModelError(f"'{path}' is not a training checkpoint; delete it to start over.")
     changed = [
         f"{name}={old!r} (now {getattr(config, name)!r})"
         for name, old in state["config"].items()

@@ -1,0 +1,58 @@
+"""``results.json`` of a comparison: the base model's scores and one row per finished method.
+
+``gfsprune compare`` rewrites it as each method finishes (``base`` is added at the end), so
+an interrupted comparison resumes from the rows it holds. :func:`read_results` is its one
+reader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from gfsprune.io.schema import Fields, read_json
+
+__all__ = ["RESULTS_FILE", "read_results"]
+
+RESULTS_FILE = "results.json"
+_BASE = ("acc", "loss", "macs", "params")
+_ROW = ("macs", "params", "acc_pruned", "loss_pruned", "acc_finetuned", "loss_finetuned", "seconds")
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """The results in ``path``: ``{"methods": {name: row}}``, plus ``"base"`` when complete.
+
+    Raises:
+        FileFormatError: Naming the file and the field that is damaged.
+    """
+    fix = "Delete it to run every method again."
+    root = read_json(path, fix=fix)
+    complete = "base" in root.value
+    root.keys_exactly(*(("base", "methods") if complete else ("methods",)))
+    methods = root["methods"]
+    results: dict[str, Any] = {
+        "methods": {
+            name: _scores(methods[name], _ROW) for name in methods.require(Mapping, "an object")
+        }
+    }
+    if complete:
+        results["base"] = _scores(root["base"], _BASE)
+    return results
+
+
+def _scores(fields: Fields, keys: tuple[str, ...]) -> dict[str, float | int]:
+    """Accuracies in [0, 1], counts as non-negative integers, losses and seconds finite."""
+    fields.keys_exactly(*keys)
+    scores: dict[str, float | int] = {}
+    for key in keys:
+        value = fields[key]
+        if key in ("macs", "params"):
+            scores[key] = value.integer(0)
+        elif key.startswith("acc"):
+            scores[key] = value.number()
+            if not 0 <= scores[key] <= 1:
+                raise value.fail("an accuracy in [0, 1]")
+        else:
+            scores[key] = value.number()
+    return scores

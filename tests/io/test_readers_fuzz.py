@@ -1,0 +1,150 @@
+"""Every reader of a gfsprune file, given mutated JSON, returns a valid object or raises a
+one-line GfsPruneError naming the file; never another exception."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gfsprune import Macs, PruneConfig, prune, save
+from gfsprune.errors import FileFormatError, GfsPruneError
+from gfsprune.io.folders import Run, read_run, write_run
+from gfsprune.io.model_info import ModelInfo, read_model_info
+from gfsprune.io.progress import read_progress, write_progress
+from gfsprune.io.results import read_results
+from gfsprune.io.saved import read_plan
+from tests.nets import Coupled
+
+DELETE = object()
+JUNK = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.sampled_from([-1, 0, 1, 2**31, 10**12, 1e9, -1e9, 1e300, math.inf, math.nan])
+    | st.floats()
+    | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+MUTATIONS = st.lists(
+    st.tuples(st.integers(0, 10**6), st.one_of(st.just(DELETE), JUNK)), min_size=1, max_size=3
+)
+
+
+def _paths(value: object, prefix: tuple = ()) -> list[tuple]:
+    """Every place in a JSON document, the root first."""
+    places = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            places += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            places += _paths(item, (*prefix, index))
+    return places
+
+
+def _mutate(document: object, mutations: list) -> object:
+    document = copy.deepcopy(document)
+    for pick, junk in mutations:
+        places = _paths(document)
+        place = places[pick % len(places)]
+        if not place:
+            document = None if junk is DELETE else junk
+            continue
+        parent = document
+        for key in place[:-1]:
+            parent = parent[key]
+        if junk is DELETE:
+            del parent[place[-1]]
+        else:
+            parent[place[-1]] = junk
+    return document
+
+
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory) -> dict[str, tuple[Path, object, Callable[[Path], object]]]:
+    """For each file format: where to write it, a valid document, and how to read it."""
+    folder = tmp_path_factory.mktemp("valid")
+    data = [(torch.randn(8, 3, 4, 4), torch.randint(0, 4, (8,)))]
+    result = prune(
+        Coupled(),
+        data,
+        data[0][0][:2],
+        target=Macs(0.6),
+        progress=False,
+        config=PruneConfig(candidates=3),
+    )
+    info = ModelInfo(
+        "digits_cnn", {"num_classes": 10, "in_channels": 1}, "digits", (1, 8, 8), {"epochs": 2}
+    )
+    save(result, folder / "plan", metadata=asdict(info))
+    settings_ = {"target": "Macs(0.6)"}
+    layers = [(p.name, p.width) for p in result.plan]
+    write_progress(folder / "progress.json", settings_, result.plan, result.layers, 3)
+    write_run(folder, Run("compare", {"seed": 0}, {"torch": "2"}))
+    row = dict(
+        macs=5,
+        params=2,
+        acc_pruned=0.5,
+        loss_pruned=1.0,
+        acc_finetuned=0.9,
+        loss_finetuned=0.3,
+        seconds=0.1,
+    )
+    results = {"base": {"acc": 0.9, "loss": 0.2, "macs": 10, "params": 4}, "methods": {"gfs": row}}
+    formats = {
+        "model.json": (
+            folder / "model.json",
+            {"format": "gfsprune-model", **asdict(info), "history": []},
+            read_model_info,
+        ),
+        "plan.json": (folder / "plan" / "plan.json", None, lambda path: read_plan(path.parent)),
+        "run.json": (folder / "run.json", None, read_run),
+        "results.json": (folder / "results.json", results, read_results),
+        "progress.json": (
+            folder / "progress.json",
+            None,
+            lambda path: read_progress(path, settings_, layers, max_drawn=100),
+        ),
+    }
+    valid = {}
+    for name, (path, document, reader) in formats.items():
+        if document is None:
+            document = json.loads(path.read_text())
+        path.write_text(json.dumps(document))
+        reader(path)  # the unmutated document reads
+        valid[name] = (path, document, reader)
+    return valid
+
+
+@pytest.mark.parametrize(
+    "name", ["model.json", "plan.json", "run.json", "results.json", "progress.json"]
+)
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(mutations=MUTATIONS)
+def test_mutated_files_give_a_gfsprune_error_or_a_valid_object(documents, name, mutations) -> None:
+    path, document, reader = documents[name]
+    original = path.read_text()
+    path.write_text(json.dumps(_mutate(document, mutations)))
+    try:
+        reader(path)
+    except FileFormatError as err:
+        message = str(err)
+        assert str(path) in message and "\n" not in message, message
+    except GfsPruneError as err:  # progress.json: settings of another run are a ConfigError
+        assert name == "progress.json" and "other settings" in str(err), err
+    finally:
+        path.write_text(original)
