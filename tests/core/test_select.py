@@ -153,3 +153,38 @@ def test_forward_matches_exhaustive_search_when_greedy_is_optimal() -> None:
     sel = forward_select(score, 6, steps=3)
     best = min(itertools.combinations(range(6), 3), key=lambda s: w[list(s)].sum())
     assert sorted(sel.order) == sorted(best)
+
+
+def test_several_picks_per_step_add_the_steps_best_candidates() -> None:
+    weights = [5.0, 1.0, 4.0, 2.0, 3.0, 0.5]
+    seen: list[list[int]] = []
+
+    def score(selected: list[int], cands: list[int]) -> list[float]:
+        seen.append(list(selected))
+        return [weights[c] for c in cands]
+
+    sel = forward_select(score, 6, steps=5, picks=lambda size: size + 1)
+    assert sel.order == [5, 1, 3, 4, 2]  # 1 pick, then 2, then the last 2 of the budget
+    assert seen == [[], [5], [5, 1, 3]]
+    assert sel.losses == [0.5, 1.0, 2.0, 3.0, 4.0]
+    assert sel.evaluations == 6 + 5 + 3
+
+
+def test_a_screen_decides_which_candidates_are_scored() -> None:
+    scored: list[list[int]] = []
+
+    def score(selected: list[int], cands: list[int]) -> list[float]:
+        scored.append(list(cands))
+        return [float(-c) for c in cands]
+
+    sel = forward_select(score, 10, steps=2, screen=lambda selected, allowed: allowed[:3])
+    assert scored == [[0, 1, 2], [0, 1, 3]] and sel.order == [2, 3]
+    with pytest.raises(ConfigError, match="'screen' must return a non-empty subset"):
+        forward_select(score, 10, steps=2, screen=lambda selected, allowed: [])
+
+
+def test_multiple_picks_never_step_over_a_stopping_size() -> None:
+    sel = forward_select(
+        lambda s, c: [0.0 for _ in c], 20, tolerance=0.0, multiple_of=4, picks=lambda n: 10
+    )
+    assert len(sel.order) == 4

@@ -5,7 +5,8 @@ object. Each extension axis takes a name or an instance of its protocol:
 
 - ``strategy``: a :class:`~gfsprune.core.strategies.Strategy` (``"forward"``, ``"backward"``);
 - ``allocator``: a :class:`~gfsprune.core.allocate.WidthAllocator` (``"uniform"``);
-- ``evaluator``: a :class:`~gfsprune.scoring.Evaluator` subclass (``"batched"``, ``"naive"``).
+- ``evaluator``: a :class:`~gfsprune.scoring.Evaluator` subclass (``"batched"``, ``"naive"``);
+- ``schedule``: a :class:`~gfsprune.core.schedules.Schedule` (``"exact"``, ``"fast"``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 
 from gfsprune.core.allocate import ALLOCATORS, WidthAllocator
+from gfsprune.core.schedules import SCHEDULES, Exact, Schedule
 from gfsprune.core.strategies import STRATEGIES, Strategy
 from gfsprune.errors import ConfigError
 from gfsprune.scoring import EVALUATORS, Evaluator
@@ -58,6 +60,11 @@ class PruneConfig:
             (greedy backward elimination by loss; needs a size target), or a ``Strategy``.
         allocator: How a ``Macs``/``Params`` budget becomes per-layer widths: ``"uniform"``
             (the same fraction of every layer) or a ``WidthAllocator``.
+        schedule: How forward selection steps: ``"exact"`` (the paper's rule: one pick per
+            step among ``candidates`` random channels, each scored by its loss) or
+            ``"fast"`` (a first-order screen picks the channels worth scoring, and several
+            are added per step once a layer has some), or a ``Schedule``; ``None`` is
+            ``"exact"``. Backward elimination only runs exactly.
         evaluator: How candidates are scored: ``"batched"`` (fast: cached prefix, stacked
             candidates), ``"naive"`` (one forward pass per candidate, the reference), or an
             ``Evaluator`` subclass. Both built-ins give the same losses up to float rounding.
@@ -77,6 +84,7 @@ class PruneConfig:
     seed: int = 0
     strategy: str | Strategy = "forward"
     allocator: str | WidthAllocator = "uniform"
+    schedule: str | Schedule | None = None
     evaluator: str | type[Evaluator] = "batched"
     round_to: int = 1
     device: str | torch.device | None = None
@@ -104,7 +112,12 @@ class PruneConfig:
                 f"The 'rescale' option of PruneConfig must be True or False. Got "
                 f"{self.rescale!r} instead."
             )
-        self.make_strategy()
+        strategy, schedule = self.make_strategy(), self.make_schedule()
+        if not strategy.uses_schedule and not isinstance(schedule, Exact):
+            raise ConfigError(
+                f"The '{strategy.name}' strategy runs only the exact schedule; leave "
+                f"'schedule' out. Got schedule={self.schedule!r}."
+            )
         self.make_allocator()
         self.evaluator_class()
         if self.device is not None:
@@ -119,6 +132,10 @@ class PruneConfig:
     def make_strategy(self) -> Strategy:
         """The strategy, instantiated where it was given by name."""
         return _resolve("strategy", self.strategy, STRATEGIES, Strategy)
+
+    def make_schedule(self) -> Schedule:
+        """The schedule, instantiated where it was given by name (``None``: exact)."""
+        return _resolve("schedule", self.schedule or "exact", SCHEDULES, Schedule)
 
     def make_allocator(self) -> WidthAllocator:
         """The width allocator, instantiated where it was given by name."""
@@ -146,4 +163,5 @@ class PruneConfig:
             "strategy": self.make_strategy().name,
             "allocator": self.make_allocator().name,
             "round_to": self.round_to,
+            "schedule": self.make_schedule().settings(),
         }

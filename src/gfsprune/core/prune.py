@@ -139,7 +139,7 @@ def prune(
         )
     if not isinstance(config, PruneConfig):
         raise ConfigError(f"'config' must be a gfsprune.PruneConfig. Got {config!r} instead.")
-    strategy = config.make_strategy()
+    strategy, schedule = config.make_strategy(), config.make_schedule()
     if strategy.needs_width and not target.sized:
         raise ConfigError(
             f"The '{strategy.name}' strategy needs a size target (Macs, Params or Widths); "
@@ -183,7 +183,7 @@ def prune(
     stream.skip_to(saved.drawn)
 
     with Masks(work, layers) as masks:
-        evaluate = make_evaluator(config.evaluator_class(), work, masks, loss_fn, graph=graph)
+        evaluator = make_evaluator(config.evaluator_class(), work, masks, loss_fn, graph=graph)
         for layer, done in zip(layers, plan, strict=False):
             masks.set(layer, done.kept, done.scale)
         for index in range(len(plan), len(layers)):
@@ -192,7 +192,8 @@ def prune(
             search = LayerSearch(
                 layer=layer,
                 stream=stream,
-                evaluate=evaluate,
+                evaluator=evaluator,
+                schedule=schedule,
                 held_out=held_out,
                 candidates=config.candidates,
                 rescale=config.rescale,

@@ -20,10 +20,12 @@ import numpy as np
 
 from gfsprune.errors import ConfigError, LossError
 
-__all__ = ["Selection", "ScoreFn", "forward_select", "backward_eliminate"]
+__all__ = ["Selection", "ScoreFn", "ScreenFn", "forward_select", "backward_eliminate"]
 
 #: ``score(current, candidates)`` returns one loss per candidate, in the order given.
 ScoreFn = Callable[[list[int], list[int]], Sequence[float]]
+#: ``screen(selected, allowed)`` returns the allowed items worth scoring at a step.
+ScreenFn = Callable[[list[int], list[int]], list[int]]
 #: ``callback(step, item, loss)`` is called after every pick, ``step`` counting from 1.
 StepCallback = Callable[[int, int, float], None]
 
@@ -72,8 +74,8 @@ def _finite_loss(value: float, name: str, selected: list[int]) -> float:
     return loss
 
 
-def _best(score: ScoreFn, current: list[int], cands: list[int]) -> tuple[int, float]:
-    """The candidate with the lowest loss; ties go to the lowest index (``cands`` is sorted)."""
+def _ranked(score: ScoreFn, current: list[int], cands: list[int]) -> list[tuple[int, float]]:
+    """``(candidate, loss)`` from the lowest loss up; ties go to the lowest index."""
     losses = list(score(list(current), list(cands)))
     if len(losses) != len(cands):
         raise ConfigError(
@@ -87,8 +89,7 @@ def _best(score: ScoreFn, current: list[int], cands: list[int]) -> tuple[int, fl
             f"'score' returned NaN for candidate(s) {bad[:5]} with {len(current)} item(s) "
             f"selected; {_NAN_FIX}"
         )
-    k = min(range(len(cands)), key=lambda i: (values[i], cands[i]))
-    return cands[k], values[k]
+    return sorted(zip(cands, values, strict=True), key=lambda pair: (pair[1], pair[0]))
 
 
 def forward_select(
@@ -102,6 +103,8 @@ def forward_select(
     repeats: bool = False,
     seed: int = 0,
     multiple_of: int = 1,
+    picks: Callable[[int], int] | None = None,
+    screen: ScreenFn | None = None,
     monitor: Callable[[list[int]], float] | None = None,
     callback: StepCallback | None = None,
 ) -> Selection:
@@ -122,6 +125,12 @@ def forward_select(
         seed: Seeds the candidate sampling.
         multiple_of: With a threshold, stop only at set sizes that are multiples of this
             (or at ``n_items``).
+        picks: ``picks(size)``: how many of the step's best candidates to add at once when
+            the set has ``size`` items (default 1, the exact greedy rule). Each added item's
+            recorded loss is its own score (the set before the step plus that item).
+        screen: ``screen(selected, allowed)`` returns the candidates to score at a step
+            (e.g. the best by a cheap first-order estimate), instead of a random subset of
+            ``candidates`` allowed items.
         monitor: ``monitor(selected)`` gives the loss recorded after each pick and compared
             with the threshold, instead of the pick's own score (e.g. a fixed held-out batch
             while picks are scored on fresh mini-batches, as in the paper's deep version).
@@ -153,19 +162,26 @@ def forward_select(
     selected: list[int] = []
     losses: list[float] = []
     evaluations = 0
-    for step in range(1, steps + 1):
+    while len(selected) < steps:
         taken = set(selected)
         allowed = list(range(n_items)) if repeats else [i for i in range(n_items) if i not in taken]
-        cands = _draw(allowed, candidates, rng)
-        item, loss = _best(score, selected, cands)
-        selected.append(item)
-        if monitor is not None:
-            loss = _finite_loss(monitor(list(selected)), "monitor", selected)
-        losses.append(loss)
+        cands = (
+            sorted(screen(list(selected), allowed)) if screen else _draw(allowed, candidates, rng)
+        )
+        count = 1 if picks is None else _check_positive_int("picks", picks(len(selected)))
+        count = min(count, steps - len(selected), len(cands))
+        if threshold is not None:  # never step over a size the threshold may stop at
+            count = min(count, multiple_of - len(selected) % multiple_of)
+        ranked = _ranked(score, selected, cands)[:count]
         evaluations += len(cands)
-        if callback is not None:
-            callback(step, item, loss)
-        if threshold is not None and loss <= threshold and step % multiple_of == 0:
+        for i, (item, loss) in enumerate(ranked):
+            selected.append(item)
+            if monitor is not None and i == len(ranked) - 1:
+                loss = _finite_loss(monitor(list(selected)), "monitor", selected)
+            losses.append(loss)
+            if callback is not None:
+                callback(len(selected), item, loss)
+        if threshold is not None and losses[-1] <= threshold and len(selected) % multiple_of == 0:
             break
     return Selection(order=selected, losses=losses, evaluations=evaluations)
 
@@ -212,7 +228,7 @@ def backward_eliminate(
     evaluations = 0
     for step in range(1, steps + 1):
         cands = _draw(remaining, candidates, rng)
-        item, loss = _best(score_without, remaining, cands)
+        item, loss = _ranked(score_without, remaining, cands)[0]
         remaining.remove(item)
         removed.append(item)
         losses.append(loss)

@@ -10,22 +10,21 @@ that the next layer is selected on top of it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
+from gfsprune.core.schedules import Schedule
 from gfsprune.core.select import backward_eliminate, forward_select
 from gfsprune.core.stream import BatchStream
+from gfsprune.scoring import Evaluator, ShardedEvaluator
 from gfsprune.surgery import ChannelLayer, Masks
 from gfsprune.targets import Goal
 
 __all__ = ["STRATEGIES", "Backward", "Forward", "LayerChoice", "LayerSearch", "Strategy"]
-
-#: ``evaluate(inputs, targets, layer, keep)`` -> one loss per row of ``keep`` (K, width).
-Evaluate = Callable[[object, torch.Tensor, ChannelLayer, torch.Tensor], list[float]]
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,9 @@ class LayerSearch:
     Attributes:
         layer: The channel layer.
         stream: Each greedy step draws its mini-batch from here.
-        evaluate: Scores channel sets on a mini-batch.
+        evaluator: Scores channel sets on a mini-batch (and gives the loss's gradient with
+            respect to the channel factors, for a first-order screen).
+        schedule: How many candidates each step scores and how many it adds.
         held_out: Fixed batches for a tolerance goal.
         candidates: Channels scored per step (a seeded random subset), ``None`` for all.
         rescale: Multiply the kept channels by ``width / kept``.
@@ -63,30 +64,51 @@ class LayerSearch:
 
     layer: ChannelLayer
     stream: BatchStream
-    evaluate: Evaluate
+    evaluator: Evaluator | ShardedEvaluator
+    schedule: Schedule
     held_out: Sequence[tuple]
     candidates: int | None
     rescale: bool
     seed: int
     bar: tqdm
+    _pending: tuple | None = field(default=None, init=False, repr=False)
 
     def factors(self, sets: Sequence[Sequence[int]]) -> torch.Tensor:
         """The ``(K, width)`` channel factors of ``K`` channel sets."""
         size = self.layer.width
         keep = torch.zeros(len(sets), size)
         for row, channels in enumerate(sets):
-            keep[row, list(channels)] = size / len(channels) if self.rescale else 1.0
+            if channels:
+                keep[row, list(channels)] = size / len(channels) if self.rescale else 1.0
         return keep
 
+    def _batch(self, *, hold: bool = False) -> tuple:
+        """The step's mini-batch: the one a screen drew (``hold``) or the next one."""
+        batch = self._pending if self._pending is not None else self.stream.next()
+        self._pending = batch if hold else None
+        return batch
+
     def score(self, sets: Sequence[Sequence[int]]) -> list[float]:
-        """The loss of each channel set on the next mini-batch."""
-        inputs, targets = self.stream.next()
-        return self.evaluate(inputs, targets, self.layer, self.factors(sets))
+        """The loss of each channel set on the step's mini-batch."""
+        inputs, targets = self._batch()
+        return self.evaluator(inputs, targets, self.layer, self.factors(sets))
+
+    def screen(self, selected: Sequence[int], allowed: Sequence[int], count: int) -> list[int]:
+        """The ``count`` allowed channels whose addition to ``selected`` lowers the loss
+        most to first order, on the step's mini-batch (then scored on the same batch).
+
+        Adding channel ``c`` changes its factor from 0 and, with the rescale, every kept
+        channel's factor by the same amount: only ``g_c``, the loss's derivative with respect
+        to ``c``'s factor, differs between candidates.
+        """
+        inputs, targets = self._batch(hold=True)
+        grad = self.evaluator.gradient(inputs, targets, self.layer, self.factors([selected])[0])
+        return sorted(allowed, key=lambda c: (float(grad[c]), c))[:count]
 
     def held_out_loss(self, channels: Sequence[int]) -> float:
         """The mean loss of one channel set over the held-out batches."""
         keep = self.factors([channels])
-        losses = [self.evaluate(x, y, self.layer, keep)[0] for x, y in self.held_out]
+        losses = [self.evaluator(x, y, self.layer, keep)[0] for x, y in self.held_out]
         return sum(losses) / len(losses)
 
     def on_pick(self, step: int, item: int, loss: float) -> None:
@@ -102,6 +124,8 @@ class Strategy(ABC):
     name: ClassVar[str]
     #: Whether it needs a fixed width per layer (a size target), not a tolerance.
     needs_width: ClassVar[bool] = False
+    #: Whether it follows ``PruneConfig.schedule`` (otherwise only the exact one is valid).
+    uses_schedule: ClassVar[bool] = False
 
     @abstractmethod
     def choose(self, search: LayerSearch, goal: Goal) -> LayerChoice:
@@ -113,6 +137,7 @@ class Forward(Strategy):
     addition gives the lowest loss, until the goal's width or tolerance is reached."""
 
     name = "forward"
+    uses_schedule = True
 
     def choose(self, search: LayerSearch, goal: Goal) -> LayerChoice:
         reference = None
@@ -120,6 +145,11 @@ class Forward(Strategy):
         if goal.tolerance is not None:
             reference = search.held_out_loss(range(search.layer.width))
             tolerance = goal.tolerance * abs(reference)
+        schedule = search.schedule
+
+        def screen(selected: list[int], allowed: list[int]) -> list[int]:
+            return search.screen(selected, allowed, schedule.screened(len(selected)) or 1)
+
         selection = forward_select(
             lambda selected, cands: search.score([[*selected, c] for c in cands]),
             search.layer.width,
@@ -129,6 +159,8 @@ class Forward(Strategy):
             candidates=search.candidates,
             seed=search.seed,
             multiple_of=goal.multiple_of,
+            picks=schedule.picks,
+            screen=None if schedule.screened(0) is None else screen,
             monitor=search.held_out_loss if goal.tolerance is not None else None,
             callback=search.on_pick,
         )

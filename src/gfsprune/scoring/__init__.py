@@ -26,6 +26,7 @@ __all__ = [
     "Evaluator",
     "LossFn",
     "NaiveEvaluator",
+    "ShardedEvaluator",
     "make_evaluator",
 ]
 

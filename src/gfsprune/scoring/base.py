@@ -10,7 +10,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from gfsprune._inputs import tensors
+from gfsprune._inputs import run_model, tensors
 from gfsprune.surgery import ChannelLayer, Masks
 
 __all__ = ["Evaluator", "LossFn"]
@@ -58,6 +58,17 @@ class Evaluator(ABC):
             return max(1, _CPU_SAMPLES // batch)
         numel = sum(t[0].numel() for t in found)
         return max(1, self.memory // (64 * 4 * max(numel, 1) * batch))
+
+    def gradient(
+        self, inputs: object, targets: torch.Tensor, layer: ChannelLayer, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """The derivative of the loss with respect to each channel factor of ``layer`` at
+        ``keep`` (``(width,)``), by one forward and backward pass of the masked model."""
+        keep = keep.detach().clone().requires_grad_(True)
+        with torch.enable_grad(), self.masks.candidates(layer, keep[None]):
+            loss = self.loss_fn(run_model(self.model, inputs), targets)
+            (grad,) = torch.autograd.grad(loss, keep)
+        return grad
 
     @abstractmethod
     def __call__(

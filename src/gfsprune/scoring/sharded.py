@@ -29,3 +29,7 @@ class ShardedEvaluator:
         local += [math.nan] * (per_rank - len(local))
         gathered = distributed.all_gather(local).cpu()  # (W, per_rank)
         return [float(gathered[i % world, i // world]) for i in range(keep.shape[0])]
+
+    def gradient(self, inputs, targets, layer, keep):
+        """The inner evaluator's gradient (every process computes the same one)."""
+        return self.inner.gradient(inputs, targets, layer, keep)

@@ -1,0 +1,108 @@
+"""Selection schedules: how many candidates forward selection scores, and how many it adds
+per step.
+
+The exact schedule is the paper's rule: one pick per step among ``candidates`` random
+channels, each scored by a forward pass. It costs (channels kept) x (candidates) passes, so a
+layer with hundreds of channels takes hundreds of steps. The fast schedule scores far fewer:
+
+- a **first-order screen**: one backward pass gives the derivative of the loss with respect
+  to every channel's mask factor at once; adding channel ``c`` changes the loss by about
+  ``g_c`` times its factor (the rescale moves every kept channel's factor by the same amount,
+  a term shared by all candidates), so only the ``screen`` channels with the lowest ``g_c``
+  are scored exactly;
+- **several picks per step**: once ``k`` channels are kept, the best ``growth * k`` of the
+  step's exactly scored candidates are all added, so a layer takes tens of steps, not
+  hundreds.
+
+A schedule is one small class behind :class:`Schedule`; ``PruneConfig(schedule=...)`` takes a
+name or an instance.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from gfsprune.errors import ConfigError
+
+__all__ = ["SCHEDULES", "Exact", "Fast", "Schedule"]
+
+
+class Schedule(ABC):
+    """How forward selection steps through a layer."""
+
+    #: The name ``PruneConfig(schedule=...)`` knows it by.
+    name: ClassVar[str]
+
+    @abstractmethod
+    def picks(self, kept: int) -> int:
+        """Channels added at a step that starts with ``kept`` channels."""
+
+    @abstractmethod
+    def screened(self, kept: int) -> int | None:
+        """Candidates scored exactly at that step, chosen by the first-order screen;
+        ``None``: no screen (a random subset of ``PruneConfig.candidates``)."""
+
+    def settings(self) -> str:
+        """A description that changes whenever the plan would (for resuming)."""
+        return repr(self)
+
+
+@dataclass(frozen=True)
+class Exact(Schedule):
+    """The paper's rule: one pick per step, every candidate scored by its loss."""
+
+    name: ClassVar[str] = "exact"
+
+    def picks(self, kept: int) -> int:
+        return 1
+
+    def screened(self, kept: int) -> int | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Fast(Schedule):
+    """A first-order screen and several picks per step.
+
+    Attributes:
+        growth: Picks per step as a fraction of the channels already kept (at least one):
+            0.25 adds a quarter more each step; 0 picks one per step.
+        screen: Candidates scored exactly per step (at least twice the picks); ``None``
+            scores a random subset of ``PruneConfig.candidates`` instead. ``Fast(growth=0,
+            screen=None)`` is the exact schedule.
+    """
+
+    name: ClassVar[str] = "fast"
+    growth: float = 0.25
+    screen: int | None = 16
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.growth, bool)
+            or not isinstance(self.growth, int | float)
+            or not (math.isfinite(self.growth) and self.growth >= 0)
+        ):
+            raise ConfigError(
+                f"The 'growth' parameter of Fast must be a non-negative number. Got "
+                f"{self.growth!r} instead."
+            )
+        s = self.screen
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 1):
+            raise ConfigError(
+                f"The 'screen' parameter of Fast must be a positive integer or None. Got "
+                f"{self.screen!r} instead."
+            )
+
+    def picks(self, kept: int) -> int:
+        return max(1, int(kept * self.growth))
+
+    def screened(self, kept: int) -> int | None:
+        return None if self.screen is None else max(self.screen, 2 * self.picks(kept))
+
+
+#: The schedules ``PruneConfig(schedule=NAME)`` accepts.
+SCHEDULES: Mapping[str, type[Schedule]] = {s.name: s for s in (Exact, Fast)}
