@@ -85,6 +85,9 @@ class Masks:
 
         def hook(_mod: nn.Module, args: tuple) -> tuple | None:
             if name in self._bypassed:
+                # Only the first call is computed elsewhere: a module applied twice (shared
+                # weights) must have its later calls masked (issue 15).
+                self._bypassed.discard(name)
                 return None
             x = args[0]
             factors = self._batched.get(name)
@@ -132,8 +135,8 @@ class Masks:
         self, layer: ChannelLayer, keep: torch.Tensor, *, bypass: Iterable[str] = ()
     ) -> Iterator[None]:
         """Mask ``layer`` with each row of ``keep`` (``(K, width)`` factors) in one pass.
-        The consumers named in ``bypass`` are left unmasked meanwhile (their outputs are
-        computed from :meth:`factors` elsewhere)."""
+        The consumers named in ``bypass`` are left unmasked for their first call in the pass
+        (its output is computed from :meth:`factors` elsewhere); later calls are masked."""
         try:
             self._batched.update(self.factors(layer, keep))
             self._bypassed.update(bypass)
