@@ -188,3 +188,31 @@ def test_multiple_picks_never_step_over_a_stopping_size() -> None:
         lambda s, c: [0.0 for _ in c], 20, tolerance=0.0, multiple_of=4, picks=lambda n: 10
     )
     assert len(sel.order) == 4
+
+
+def test_near_ties_go_to_the_lowest_index_whatever_their_float_order() -> None:
+    # Issue 15: two channels 2e-8 apart; their float32 order depends on the arithmetic path.
+    for losses in ([2.29170918, 2.29170916], [2.29170916, 2.29170918]):
+        table = dict(zip([11, 51], losses, strict=True))
+
+        def score(selected, cands, table=table):
+            return [table[c] for c in cands]
+
+        pick = forward_select(score, 52, steps=1, screen=lambda s, a: [11, 51], tie=1e-6)
+        assert pick.order == [11]
+    lowest = forward_select(score, 52, steps=1, screen=lambda s, a: [11, 51])
+    assert lowest.order == [11]  # 2.29170916 is table[11] in the last table
+    exact = forward_select(lambda s, c: [2.0 - c * 1e-9 for c in c], 4, steps=1)
+    assert exact.order == [3]  # tie=0: the lowest loss, however close
+
+
+def test_ties_rank_within_a_multi_pick_step_and_in_backward_elimination() -> None:
+    losses = {0: 1.0, 1: 1.0 + 1e-9, 2: 1.0 - 1e-9, 3: 5.0}
+    sel = forward_select(
+        lambda s, c: [losses[i] for i in c], 4, steps=3, picks=lambda n: 3, tie=1e-6
+    )
+    assert sel.order == [0, 1, 2]
+    removed = backward_eliminate(lambda r, c: [losses[i] for i in c], 4, steps=1, tie=1e-6)
+    assert removed.order == [0]
+    with pytest.raises(ConfigError, match="'tie' must be a finite number >= 0"):
+        forward_select(lambda s, c: [0.0] * len(c), 4, steps=1, tie=-1)

@@ -68,6 +68,11 @@ class PruneConfig:
         evaluator: How candidates are scored: ``"batched"`` (fast: cached prefix, stacked
             candidates), ``"naive"`` (one forward pass per candidate, the reference), or an
             ``Evaluator`` subclass. Both built-ins give the same losses up to float rounding.
+        tie: Candidates whose losses are within this relative distance of the step's best
+            are a tie, won by the lowest channel index. The evaluators agree to about 1e-6
+            (float32 on a CPU; docs/RESULTS.md), so with the default 1e-5 the plan does not
+            depend on the arithmetic path (evaluator, torch version, CPU kernels); GPUs with
+            TF32 convolutions differ by up to about 1e-3. 0: the lowest loss always wins.
         round_to: Every pruned width a multiple of this (or the layer's full width), so
             that the smaller network keeps channel counts fast kernels are made for (8 or 16
             on most hardware); budgets are still met, to the nearest step. Applies to
@@ -86,6 +91,7 @@ class PruneConfig:
     allocator: str | WidthAllocator = "uniform"
     schedule: str | Schedule | None = None
     evaluator: str | type[Evaluator] = "batched"
+    tie: float = 1e-5
     round_to: int = 1
     device: str | torch.device | None = None
 
@@ -100,6 +106,12 @@ class PruneConfig:
             raise ConfigError(
                 f"The 'seed' option of PruneConfig must be a non-negative integer. Got "
                 f"{self.seed!r} instead."
+            )
+        t = self.tie
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t < 1:
+            raise ConfigError(
+                "The 'tie' option of PruneConfig must be a number in [0, 1) (a relative loss "
+                f"difference). Got {t!r} instead."
             )
         r = self.round_to
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
@@ -163,5 +175,6 @@ class PruneConfig:
             "strategy": self.make_strategy().name,
             "allocator": self.make_allocator().name,
             "round_to": self.round_to,
+            "tie": self.tie,
             "schedule": self.make_schedule().settings(),
         }

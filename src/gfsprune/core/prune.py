@@ -196,6 +196,7 @@ def prune(
                 schedule=schedule,
                 held_out=held_out,
                 candidates=config.candidates,
+                tie=config.tie,
                 rescale=config.rescale,
                 seed=config.seed + index,
                 bar=tqdm(

@@ -74,8 +74,16 @@ def _finite_loss(value: float, name: str, selected: list[int]) -> float:
     return loss
 
 
-def _ranked(score: ScoreFn, current: list[int], cands: list[int]) -> list[tuple[int, float]]:
-    """``(candidate, loss)`` from the lowest loss up; ties go to the lowest index."""
+def _ranked(
+    score: ScoreFn, current: list[int], cands: list[int], tie: float
+) -> list[tuple[int, float]]:
+    """``(candidate, loss)`` best first: repeatedly, the lowest-index candidate whose loss is
+    within ``tie`` (relative) of the lowest remaining loss.
+
+    Losses that close are a tie: two ways of computing them (evaluators, torch versions,
+    devices) may order them differently by float rounding alone, so the choice must not
+    depend on their order. With ``tie=0`` the lowest loss wins, ties to the lowest index.
+    """
     losses = list(score(list(current), list(cands)))
     if len(losses) != len(cands):
         raise ConfigError(
@@ -89,7 +97,17 @@ def _ranked(score: ScoreFn, current: list[int], cands: list[int]) -> list[tuple[
             f"'score' returned NaN for candidate(s) {bad[:5]} with {len(current)} item(s) "
             f"selected; {_NAN_FIX}"
         )
-    return sorted(zip(cands, values, strict=True), key=lambda pair: (pair[1], pair[0]))
+    pairs = sorted(zip(cands, values, strict=True), key=lambda pair: (pair[1], pair[0]))
+    if tie == 0:
+        return pairs
+    ranked = []
+    while pairs:
+        best = pairs[0][1]
+        window = [pair for pair in pairs if pair[1] <= best + tie * abs(best)]
+        chosen = min(window)  # the lowest index among the tied
+        ranked.append(chosen)
+        pairs.remove(chosen)
+    return ranked
 
 
 def forward_select(
@@ -105,6 +123,7 @@ def forward_select(
     multiple_of: int = 1,
     picks: Callable[[int], int] | None = None,
     screen: ScreenFn | None = None,
+    tie: float = 0.0,
     monitor: Callable[[list[int]], float] | None = None,
     callback: StepCallback | None = None,
 ) -> Selection:
@@ -131,6 +150,8 @@ def forward_select(
         screen: ``screen(selected, allowed)`` returns the candidates to score at a step
             (e.g. the best by a cheap first-order estimate), instead of a random subset of
             ``candidates`` allowed items.
+        tie: Candidates whose losses are within this relative distance of the best are
+            tied; the lowest index among them wins (so that float rounding does not decide).
         monitor: ``monitor(selected)`` gives the loss recorded after each pick and compared
             with the threshold, instead of the pick's own score (e.g. a fixed held-out batch
             while picks are scored on fresh mini-batches, as in the paper's deep version).
@@ -154,6 +175,7 @@ def forward_select(
         steps = n_items
     steps = _check_positive_int("steps", steps)
     multiple_of = _check_positive_int("multiple_of", multiple_of)
+    tie = _check_tie(tie)
     if not repeats and steps > n_items:
         raise ConfigError(
             f"'steps' must be at most n_items={n_items} when repeats=False. Got {steps} instead."
@@ -168,11 +190,15 @@ def forward_select(
         cands = (
             sorted(screen(list(selected), allowed)) if screen else _draw(allowed, candidates, rng)
         )
+        if not cands or not set(cands) <= set(allowed):
+            raise ConfigError(
+                f"'screen' must return a non-empty subset of the allowed items. Got {cands[:5]}."
+            )
         count = 1 if picks is None else _check_positive_int("picks", picks(len(selected)))
         count = min(count, steps - len(selected), len(cands))
         if threshold is not None:  # never step over a size the threshold may stop at
             count = min(count, multiple_of - len(selected) % multiple_of)
-        ranked = _ranked(score, selected, cands)[:count]
+        ranked = _ranked(score, selected, cands, tie)[:count]
         evaluations += len(cands)
         for i, (item, loss) in enumerate(ranked):
             selected.append(item)
@@ -193,6 +219,7 @@ def backward_eliminate(
     steps: int,
     candidates: int | None = None,
     seed: int = 0,
+    tie: float = 0.0,
     callback: StepCallback | None = None,
 ) -> Selection:
     """Greedy backward elimination: shrink the full set by the least harmful removal.
@@ -205,6 +232,7 @@ def backward_eliminate(
         candidates: Evaluate a uniformly random subset of this many remaining items at each
             step (``None``: all of them).
         seed: Seeds the candidate sampling.
+        tie: As in :func:`forward_select`.
         callback: Called as ``callback(step, item, loss)`` after every removal.
 
     Returns:
@@ -219,6 +247,7 @@ def backward_eliminate(
     n_items = _check_positive_int("n_items", n_items)
     candidates = _check_candidates(candidates)
     steps = _check_positive_int("steps", steps)
+    tie = _check_tie(tie)
     if steps > n_items:
         raise ConfigError(f"'steps' must be at most n_items={n_items}. Got {steps} instead.")
     rng = np.random.default_rng(seed)
@@ -228,7 +257,7 @@ def backward_eliminate(
     evaluations = 0
     for step in range(1, steps + 1):
         cands = _draw(remaining, candidates, rng)
-        item, loss = _ranked(score_without, remaining, cands)[0]
+        item, loss = _ranked(score_without, remaining, cands, tie)[0]
         remaining.remove(item)
         removed.append(item)
         losses.append(loss)
@@ -236,6 +265,12 @@ def backward_eliminate(
         if callback is not None:
             callback(step, item, loss)
     return Selection(order=removed, losses=losses, evaluations=evaluations)
+
+
+def _check_tie(tie: object) -> float:
+    if isinstance(tie, bool) or not isinstance(tie, int | float) or not 0 <= tie < math.inf:
+        raise ConfigError(f"'tie' must be a finite number >= 0. Got {tie!r} instead.")
+    return float(tie)
 
 
 def _threshold(tolerance: float | None, reference: float | None) -> float | None:

@@ -57,6 +57,7 @@ class LayerSearch:
         schedule: How many candidates each step scores and how many it adds.
         held_out: Fixed batches for a tolerance goal.
         candidates: Channels scored per step (a seeded random subset), ``None`` for all.
+        tie: Relative loss difference under which candidates are tied (lowest index wins).
         rescale: Multiply the kept channels by ``width / kept``.
         seed: Seeds the candidate sampling.
         bar: Progress bar, advanced after every pick.
@@ -68,6 +69,7 @@ class LayerSearch:
     schedule: Schedule
     held_out: Sequence[tuple]
     candidates: int | None
+    tie: float
     rescale: bool
     seed: int
     bar: tqdm
@@ -158,6 +160,7 @@ class Forward(Strategy):
             reference=reference,
             candidates=search.candidates,
             seed=search.seed,
+            tie=search.tie,
             multiple_of=goal.multiple_of,
             picks=schedule.picks,
             screen=None if schedule.screened(0) is None else screen,
@@ -187,6 +190,7 @@ class Backward(Strategy):
             steps=size - goal.width,
             candidates=search.candidates,
             seed=search.seed,
+            tie=search.tie,
             callback=search.on_pick,
         )
         kept = sorted(set(range(size)) - set(selection.order))
@@ -212,7 +216,9 @@ def select_layer(
             # A concatenated part left empty would leave its module with no output channel:
             # add that part's best channel (one more greedy step, restricted to the part).
             scores = search.score([[*kept, c] for c in segment])
-            kept.append(segment[min(range(len(segment)), key=scores.__getitem__)])
+            best = min(scores)
+            tied = [i for i, v in enumerate(scores) if v <= best + search.tie * abs(best)]
+            kept.append(segment[min(tied, key=lambda i: segment[i])])
     scale = search.layer.width / len(kept) if search.rescale else 1.0
     masks.set(search.layer, kept, scale)
     return LayerChoice(kept, choice.losses, choice.reference), scale
