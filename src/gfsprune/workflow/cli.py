@@ -19,6 +19,7 @@ from gfsprune import distributed
 from gfsprune._version import __version__
 from gfsprune.core.allocate import ALLOCATORS
 from gfsprune.core.config import PruneConfig
+from gfsprune.core.schedules import SCHEDULES
 from gfsprune.core.strategies import STRATEGIES
 from gfsprune.errors import ConfigError, GfsPruneError
 from gfsprune.scoring import EVALUATORS
@@ -114,16 +115,79 @@ def _recipe(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _add_selection(p: argparse.ArgumentParser, *, greedy_only: bool) -> None:
+    """The options of :class:`gfsprune.PruneConfig` (defaults and meanings are its own)."""
+    default = PruneConfig()
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=default.candidates,
+        help=f"channels scored per greedy step, 0 for all (default {default.candidates})",
+    )
+    p.add_argument(
+        "--no-rescale",
+        dest="rescale",
+        action="store_false",
+        help="do not multiply kept channels by width/kept (the paper's mean-field average)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=sorted(SCHEDULES),
+        default=None,
+        help="exact: one pick per step among --candidates random channels (the paper's "
+        "rule); fast: a first-order screen and several picks per step (default exact)",
+    )
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=default.round_to,
+        help="every pruned width a multiple of this, or the full width, e.g. 8 for fast "
+        f"kernels (default {default.round_to}: any width)",
+    )
+    p.add_argument(
+        "--allocator",
+        choices=sorted(ALLOCATORS),
+        default=default.allocator,
+        help=f"how a MACs/params budget becomes per-layer widths (default {default.allocator})",
+    )
+    if greedy_only:
+        return
+    p.add_argument(
+        "--evaluator",
+        choices=sorted(EVALUATORS),
+        default=default.evaluator,
+        help="candidate scoring: batched (fast) or naive (the reference); the same losses",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=sorted(STRATEGIES),
+        default=default.strategy,
+        help="greedy forward selection (default) or backward elimination",
+    )
+
+
+def _selection(args: argparse.Namespace, **options: object) -> PruneConfig:
+    """The :class:`PruneConfig` of the options :func:`_add_selection` added."""
+    if args.candidates < 0:
+        raise ConfigError(
+            f"--candidates must be 0 (all) or a positive integer. Got {args.candidates}."
+        )
+    extra = {k: getattr(args, k) for k in ("evaluator",) if hasattr(args, k)}
+    return PruneConfig(
+        candidates=args.candidates or None,
+        rescale=args.rescale,
+        schedule=args.schedule,
+        round_to=args.round_to,
+        allocator=args.allocator,
+        **extra,
+        **options,
+    )
+
+
 def _target(args: argparse.Namespace) -> Target:
     if args.macs is not None:
         return Macs(args.macs)
     return Params(args.params) if args.params is not None else Tolerance(args.tolerance)
-
-
-def _candidates(value: int) -> int | None:
-    if value < 0:
-        raise ConfigError(f"--candidates must be 0 (all) or a positive integer. Got {value}.")
-    return value or None
 
 
 def _data_help(what: str) -> str:
@@ -149,15 +213,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    config = PruneConfig(
-        candidates=_candidates(args.candidates),
-        seed=args.seed,
-        rescale=args.rescale,
-        evaluator=args.evaluator,
-        strategy=args.strategy,
-        allocator=args.allocator,
-        device=args.device,
-    )
+    config = _selection(args, seed=args.seed, strategy=args.strategy, device=args.device)
     result, scores = workflow.prune_checkpoint(
         args.checkpoint,
         args.out,
@@ -217,7 +273,7 @@ def _compare(args: argparse.Namespace) -> None:
         macs=args.macs,
         finetune=_recipe(args),
         methods=parse_methods(args.methods),
-        prune=PruneConfig(candidates=_candidates(args.candidates), rescale=args.rescale),
+        prune=_selection(args),
         seed=args.seed,
     )
     comparison = workflow.compare_checkpoint(
@@ -286,12 +342,6 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         "increase of the layer's starting loss (the paper's rule)",
     )
     p.add_argument("--out", type=Path, required=True, help="folder for the pruned model")
-    p.add_argument(
-        "--candidates",
-        type=int,
-        default=50,
-        help="channels scored per step, 0 for all (default 50)",
-    )
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seeds batches and candidates")
     p.add_argument(
@@ -300,30 +350,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         help="continue the interrupted run in --out (without it, an existing "
         "progress.json is refused)",
     )
-    p.add_argument(
-        "--no-rescale",
-        dest="rescale",
-        action="store_false",
-        help="do not multiply kept channels by width/kept",
-    )
-    p.add_argument(
-        "--evaluator",
-        choices=sorted(EVALUATORS),
-        default="batched",
-        help="candidate scoring: batched (fast) or naive (reference); same picks",
-    )
-    p.add_argument(
-        "--strategy",
-        choices=sorted(STRATEGIES),
-        default="forward",
-        help="greedy forward selection (default) or backward elimination",
-    )
-    p.add_argument(
-        "--allocator",
-        choices=sorted(ALLOCATORS),
-        default="uniform",
-        help="how a --macs/--params budget becomes per-layer widths (default uniform)",
-    )
+    _add_selection(p, greedy_only=False)
     p.set_defaults(handler=_prune, command_name="prune", distributed=True)
 
     p = sub.add_parser(
@@ -373,18 +400,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         default=",".join(METHODS),
         help=f"comma-separated subset of {','.join(METHODS)} (default: all)",
     )
-    p.add_argument(
-        "--candidates",
-        type=int,
-        default=50,
-        help="channels scored per greedy step, 0 for all (default 50)",
-    )
-    p.add_argument(
-        "--no-rescale",
-        dest="rescale",
-        action="store_false",
-        help="gfs and backward: do not multiply kept channels by width/kept",
-    )
+    _add_selection(p, greedy_only=True)
     _add_recipe(p)
     p.set_defaults(handler=_compare, command_name="compare")
 

@@ -34,6 +34,7 @@ from gfsprune import distributed
 from gfsprune.errors import ConfigError, DataError, LossError, ModelError
 from gfsprune.io.atomic import write_atomic
 from gfsprune.workflow.data import DataBundle, check_labels, make_loader
+from gfsprune.workflow.seeding import seeded
 
 __all__ = ["TrainConfig", "evaluate", "fit", "param_groups", "resolve_device"]
 
@@ -252,7 +253,7 @@ def fit(
         with tqdm(
             total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show
         ) as bar:
-            with _seeded(rng_seed, device):
+            with seeded(rng_seed, device):
                 train_loss, train_acc = _train_epoch(
                     net, loader, bar, optimizer, scheduler, criterion, epoch=epoch, device=device
                 )
@@ -333,17 +334,6 @@ def _epoch_seeds(seed: int, epoch: int) -> tuple[int, int]:
     entropy = [seed, epoch, distributed.rank()]
     order, rest = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64).tolist()
     return order, rest
-
-
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run the block with torch's global CPU (and ``device``'s) generator seeded by ``seed``."""
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        torch.default_generator.manual_seed(seed)
-        if cuda:
-            torch.cuda.manual_seed(seed)
-        yield
 
 
 def _train_loader(
