@@ -171,7 +171,7 @@ def test_save_rates_writes_the_figure_and_the_json(tiny: dict, tmp_path) -> None
 def test_save_rates_checks_before_writing(tiny: dict, tmp_path) -> None:
     file = tmp_path / "a_file"
     file.write_text("")
-    with pytest.raises(ConfigError, match="must be a folder.*a_file"):
+    with pytest.raises(ConfigError, match="output folder .*a_file.* is a file"):
         twolayer.save_rates(tiny, file)
     with pytest.raises(ConfigError, match=r"keys \['slopes'\] are missing"):
         twolayer.save_rates({k: v for k, v in tiny.items() if k != "slopes"}, tmp_path / "x")

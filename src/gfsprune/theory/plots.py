@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gfsprune.io.atomic import write_atomic
+
 __all__ = ["plot_rates"]
 
 _LABELS = {
@@ -75,6 +77,4 @@ def plot_rates(result: dict, path: str | Path) -> Path:
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -31,6 +31,7 @@ import numpy as np
 
 from gfsprune.core.select import ScoreFn, backward_eliminate, forward_select
 from gfsprune.errors import ConfigError, LossError
+from gfsprune.io.atomic import write_text
 from gfsprune.theory.plots import plot_rates
 
 __all__ = [
@@ -389,10 +390,9 @@ def save_rates(result: dict, out: str | Path) -> list[Path]:
         )
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out must be a folder; '{out}' is a file. Pass a folder path.")
+        raise ConfigError(f"the output folder '{out}' is a file; pass a folder path.")
     out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "rates.json"
-    json_path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    json_path = write_text(out / "rates.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     return [plot_rates(result, out / "rates.png"), json_path]
 
 
