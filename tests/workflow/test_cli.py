@@ -368,3 +368,10 @@ def test_a_missing_checkpoint_prints_no_traceback_from_the_shell(tmp_path: Path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert "does not exist" in proc.stderr
+
+
+def test_the_console_script_points_at_the_cli() -> None:
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "gfsprune"]
+    assert script.load() is main
