@@ -24,8 +24,9 @@ __all__ = ["Selection", "ScoreFn", "ScreenFn", "forward_select", "backward_elimi
 
 #: ``score(current, candidates)`` returns one loss per candidate, in the order given.
 ScoreFn = Callable[[list[int], list[int]], Sequence[float]]
-#: ``screen(selected, allowed)`` returns the allowed items worth scoring at a step.
-ScreenFn = Callable[[list[int], list[int]], list[int]]
+#: ``screen(selected, allowed)`` returns the allowed items worth scoring at a step, or
+#: ``None`` for a random subset of ``candidates`` of them.
+ScreenFn = Callable[[list[int], list[int]], list[int] | None]
 #: ``callback(step, item, loss)`` is called after every pick, ``step`` counting from 1.
 StepCallback = Callable[[int, int, float], None]
 
@@ -148,8 +149,8 @@ def forward_select(
             the set has ``size`` items (default 1, the exact greedy rule). Each added item's
             recorded loss is its own score (the set before the step plus that item).
         screen: ``screen(selected, allowed)`` returns the candidates to score at a step
-            (e.g. the best by a cheap first-order estimate), instead of a random subset of
-            ``candidates`` allowed items.
+            (e.g. the best by a cheap first-order estimate), or ``None`` for a random subset
+            of ``candidates`` allowed items (the default at every step).
         tie: Candidates whose losses are within this relative distance of the best are
             tied; the lowest index among them wins (so that float rounding does not decide).
         monitor: ``monitor(selected)`` gives the loss recorded after each pick and compared
@@ -187,9 +188,8 @@ def forward_select(
     while len(selected) < steps:
         taken = set(selected)
         allowed = list(range(n_items)) if repeats else [i for i in range(n_items) if i not in taken]
-        cands = (
-            sorted(screen(list(selected), allowed)) if screen else _draw(allowed, candidates, rng)
-        )
+        screened = screen(list(selected), allowed) if screen else None
+        cands = _draw(allowed, candidates, rng) if screened is None else sorted(screened)
         if not cands or not set(cands) <= set(allowed):
             raise ConfigError(
                 f"'screen' must return a non-empty subset of the allowed items. Got {cands[:5]}."

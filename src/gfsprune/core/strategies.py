@@ -149,8 +149,9 @@ class Forward(Strategy):
             tolerance = goal.tolerance * abs(reference)
         schedule = search.schedule
 
-        def screen(selected: list[int], allowed: list[int]) -> list[int]:
-            return search.screen(selected, allowed, schedule.screened(len(selected)) or 1)
+        def screen(selected: list[int], allowed: list[int]) -> list[int] | None:
+            count = schedule.screened(len(selected))
+            return None if count is None else search.screen(selected, allowed, count)
 
         selection = forward_select(
             lambda selected, cands: search.score([[*selected, c] for c in cands]),
@@ -163,7 +164,7 @@ class Forward(Strategy):
             tie=search.tie,
             multiple_of=goal.multiple_of,
             picks=schedule.picks,
-            screen=None if schedule.screened(0) is None else screen,
+            screen=screen,
             monitor=search.held_out_loss if goal.tolerance is not None else None,
             callback=search.on_pick,
         )
