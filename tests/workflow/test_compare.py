@@ -137,3 +137,10 @@ def test_config_checks_ratio_and_scratch_recipe(trained, digits) -> None:
         CompareConfig(macs=1.5, finetune=FINETUNE)
     with pytest.raises(ConfigError, match="is needed for 'scratch'"):
         compare(trained, digits, CompareConfig(macs=0.5, finetune=FINETUNE), progress=False)
+
+
+def test_fine_tuning_progress_names_the_method(trained, digits, capsys) -> None:
+    config = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("gfs", "random"))
+    compare(trained, digits, config, progress=True)
+    err = capsys.readouterr().err
+    assert "fine-tune gfs: epoch 1/1" in err and "fine-tune random: epoch 1/1" in err

@@ -181,6 +181,7 @@ def compare(
         seconds = greedy_seconds if name == "gfs" else time.perf_counter() - start
         recipe = config.scratch if method.from_scratch else config.finetune
         row = _finetune_and_score(
+            name,
             pruned,
             data,
             recipe,
@@ -196,6 +197,7 @@ def compare(
 
 
 def _finetune_and_score(
+    name: str,
     pruned: nn.Module,
     data: DataBundle,
     recipe: TrainConfig,
@@ -208,7 +210,7 @@ def _finetune_and_score(
     macs, params = count(pruned, example_inputs)
     acc_pruned, loss_pruned = evaluate(pruned, data.test)
     tuned = copy.deepcopy(pruned)
-    fit(tuned, data, recipe, progress=progress, device=device)
+    fit(tuned, data, recipe, progress=progress, device=device, label=f"fine-tune {name}")
     acc_tuned, loss_tuned = evaluate(tuned, data.test)
     return {
         "macs": macs,

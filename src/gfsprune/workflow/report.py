@@ -187,7 +187,8 @@ def plot_widths(plan: Sequence[LayerPlan], path: str | os.PathLike) -> Path:
     ax.set_xticks(
         x, [p.name for p in plan], rotation=60, ha="right", fontsize=8 if len(plan) < 20 else 6
     )
-    ax.set(ylabel="channels", title="Per-layer widths chosen by greedy forward selection")
+    # The widths are the budget's split (the width allocator); selection chose which channels.
+    ax.set(ylabel="channels", title="Channels kept per layer (the MACs budget's split)")
     ax.legend(fontsize=8)
     return _save(fig, path)
 

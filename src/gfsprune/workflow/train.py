@@ -188,6 +188,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     device: str | torch.device | None = None,
+    label: str = "",
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on ``data.train``, evaluating on ``data.test`` every epoch.
 
@@ -205,6 +206,7 @@ def fit(
             none yet); the run must use the same ``config``.
         progress: Show a progress bar per epoch with the running loss and accuracy.
         device: Where to train; None means CUDA when available, else CPU.
+        label: Names the run in the progress bars (e.g. which method is fine-tuned).
 
     Returns:
         One dict per epoch: ``epoch``, ``lr`` (at the epoch's end), ``train_loss``,
@@ -251,7 +253,9 @@ def fit(
         loader = _train_loader(data.train, config, sampler, epoch=epoch, seed=order_seed)
         show = progress and distributed.is_main()
         with tqdm(
-            total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show
+            total=len(loader),
+            desc=f"{label}{': ' if label else ''}epoch {epoch + 1}/{config.epochs}",
+            disable=not show,
         ) as bar:
             with seeded(rng_seed, device):
                 train_loss, train_acc = _train_epoch(
