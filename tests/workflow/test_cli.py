@@ -366,3 +366,10 @@ def test_the_console_script_points_at_the_cli() -> None:
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "gfsprune"]
     assert script.load() is main
+
+
+def test_demo_takes_a_device_and_refuses_one_this_machine_lacks(tmp_path: Path, capsys) -> None:
+    argv = ["demo", "--out", str(tmp_path / "d"), "--no-progress", "--device", "cuda:99"]
+    assert main(argv) == 2
+    assert "cuda:99" in one_line_error(capsys, "demo")
+    assert not (tmp_path / "d").exists()  # refused before any work
