@@ -339,3 +339,18 @@ def test_timm_source_maps_in_channels_and_checks_the_name(
     assert calls == [("resnet18", {"pretrained": False, "in_chans": 1, "num_classes": 10})]
     with pytest.raises(ConfigError, match=r"timm has no model 'nope'"):
         models.get("timm:nope")
+
+
+def test_available_lists_the_zoo_by_pattern_and_refuses_unknown_sources() -> None:
+    assert models.available() == models.names()
+    assert models.available("zoo", "resnet5*") == ["resnet50", "resnet56"]
+    assert models.available("zoo", "nothing*") == []
+    with pytest.raises(ConfigError, match="unknown model source 'hub'"):
+        models.available("hub")
+
+
+def test_gfsprune_models_prints_one_name_per_line(capsys) -> None:
+    from gfsprune.workflow.cli import main
+
+    assert main(["models", "mobilenet*"]) == 0
+    assert capsys.readouterr().out.split() == ["mobilenet_v2", "mobilenet_v3_small"]

@@ -8,6 +8,7 @@ they import.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -23,7 +24,7 @@ from gfsprune.models.resnet import resnet18, resnet20, resnet34, resnet50, resne
 from gfsprune.models.small import digits_cnn
 from gfsprune.models.vgg import vgg16_bn
 
-__all__ = ["get", "init_weights", "names"]
+__all__ = ["available", "get", "init_weights", "names"]
 
 _ZOO: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     {
@@ -54,6 +55,25 @@ def names() -> list[str]:
         True
     """
     return sorted(_ZOO)
+
+
+def available(source: str = "zoo", pattern: str = "*") -> list[str]:
+    """The model specs ``get`` accepts from ``source`` ("zoo", "torchvision" or "timm") whose
+    name matches the shell-style ``pattern``, sorted.
+
+    Example:
+        >>> available("zoo", "resnet5*")
+        ['resnet50', 'resnet56']
+    """
+    if source == "zoo":
+        found = names()
+    elif source in external.SOURCES:
+        found = [f"{source}:{n}" for n in external.list_names(source, zoo=names())]
+    else:
+        raise ConfigError(
+            f"unknown model source {source!r}; choose zoo, {', '.join(external.SOURCES)}"
+        )
+    return [n for n in found if fnmatch.fnmatchcase(n.partition(":")[2] or n, pattern)]
 
 
 def get(name: str, **options: Any) -> nn.Module:

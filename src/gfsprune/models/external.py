@@ -74,3 +74,15 @@ def build(
             f"{source} could not build {name!r} with num_classes={num_classes} and "
             f"options {options}: {err}; check the name and options against {source}'s docs"
         ) from err
+
+
+def list_names(source: str, *, zoo: Sequence[str]) -> list[str]:
+    """The classification models ``source`` ("torchvision" or "timm") can build, sorted.
+
+    Raises:
+        ConfigError: the package does not import here.
+    """
+    package = _import(source, zoo)
+    if source == "torchvision":
+        return sorted(package.models.list_models(module=package.models))
+    return sorted(package.list_models())

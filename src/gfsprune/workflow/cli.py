@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
-from gfsprune import distributed
+from gfsprune import distributed, models
 from gfsprune._version import __version__
 from gfsprune.core.allocate import ALLOCATORS
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.schedules import SCHEDULES
 from gfsprune.core.strategies import STRATEGIES
 from gfsprune.errors import ConfigError, GfsPruneError
+from gfsprune.models.external import SOURCES
 from gfsprune.scoring import EVALUATORS
 from gfsprune.targets import Macs, Params, Target, Tolerance
 from gfsprune.workflow import jobs as workflow
@@ -48,6 +49,28 @@ def _theory(args: argparse.Namespace) -> None:
     paths = twolayer.save_rates(result, args.out)
     print(twolayer.format_slopes(result))
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _models(args: argparse.Namespace) -> None:
+    for name in models.available(args.source, args.pattern):
+        print(name)
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list the models gfsprune can build",
+        description="List the model specs --model accepts: the zoo's names, or torchvision's "
+        "and timm's classifiers where those packages import.",
+    )
+    p.add_argument(
+        "--source",
+        choices=("zoo", *SOURCES),
+        default="zoo",
+        help="where the models come from (default zoo)",
+    )
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    p.set_defaults(handler=_models, command_name="models")
 
 
 def _add_theory(sub: argparse._SubParsersAction) -> None:
@@ -445,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     _add_jobs(sub)
     _add_theory(sub)
+    _add_models(sub)
     return parser
 
 
