@@ -373,3 +373,20 @@ def test_demo_takes_a_device_and_refuses_one_this_machine_lacks(tmp_path: Path, 
     assert main(argv) == 2
     assert "cuda:99" in one_line_error(capsys, "demo")
     assert not (tmp_path / "d").exists()  # refused before any work
+
+
+def test_the_default_thread_count_leaves_a_core_on_small_machines(monkeypatch) -> None:
+    from gfsprune.workflow import cli
+
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+        assert cli.default_threads() == 1
+        monkeypatch.setattr(cli.os, "cpu_count", lambda: 16)
+        assert cli.default_threads() == 2  # torch's own default, not more
+        monkeypatch.setattr(cli.os, "cpu_count", lambda: None)
+        assert cli.default_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
