@@ -101,8 +101,11 @@ def documents(tmp_path_factory) -> dict[str, tuple[Path, object, Callable[[Path]
         acc_finetuned=0.9,
         loss_finetuned=0.3,
         seconds=0.1,
+        latency_b1=1e-3,
+        latency_b64=2e-2,
     )
-    results = {"base": {"acc": 0.9, "loss": 0.2, "macs": 10, "params": 4}, "methods": {"gfs": row}}
+    base = {"acc": 0.9, "loss": 0.2, "macs": 10, "params": 4, "latency_b1": 2e-3}
+    results = {"base": {**base, "latency_b64": 4e-2}, "methods": {"gfs": row}}
     formats = {
         "model.json": (
             folder / "model.json",

@@ -4,6 +4,7 @@ after an interruption; bad input rejected in one line with exit status 2."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -83,6 +84,10 @@ def test_prune_prints_costs_and_accuracy_and_saves_a_loadable_model(
     plan = json.loads((out / "plan.json").read_text())
     assert f"{plan['params_before']:,}" in printed and f"{plan['params_after']:,}" in printed
     assert "accuracy" in printed and "MACs" in printed
+    speedups = re.findall(r"ms b=(1|64) +([\d.]+) +([\d.]+) +([\d.]+)x", printed)
+    assert [b for b, *_ in speedups] == ["1", "64"]
+    for _, before, after, ratio in speedups:
+        assert float(ratio) == pytest.approx(float(before) / float(after), rel=0.02)
     assert plan["metadata"]["name"] == "digits_cnn"
     model, info = workflow.load_model(out)
     assert count(model, info.example_inputs()) == (plan["macs_after"], plan["params_after"])
@@ -171,7 +176,8 @@ def test_compare_writes_results_report_and_plots(checkpoint: Path, tmp_path: Pat
     )
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"base", "methods"}
-    assert set(results["base"]) == {"acc", "loss", "macs", "params"}
+    latency = {"latency_b1", "latency_b64"}
+    assert set(results["base"]) == {"acc", "loss", "macs", "params", *latency}
     assert list(results["methods"]) == list(METHODS)
     keys = {
         "macs",
@@ -181,9 +187,10 @@ def test_compare_writes_results_report_and_plots(checkpoint: Path, tmp_path: Pat
         "acc_finetuned",
         "loss_finetuned",
         "seconds",
+        *latency,
     }
     for row in results["methods"].values():
-        assert set(row) == keys
+        assert set(row) == keys and all(row[k] > 0 for k in latency)
         assert (row["macs"], row["params"]) == (
             results["methods"]["gfs"]["macs"],
             results["methods"]["gfs"]["params"],
@@ -210,8 +217,9 @@ def test_demo_is_deterministic_for_its_seed(tmp_path: Path, monkeypatch, capsys)
     for name in ("a", "b"):
         assert main(["demo", "--out", str(tmp_path / name), "--no-progress"]) == 0
         results = json.loads((tmp_path / name / "results.json").read_text())
-        for row in results["methods"].values():
-            row.pop("seconds")
+        for row in [results["base"], *results["methods"].values()]:
+            for timing in ("seconds", "latency_b1", "latency_b64"):
+                row.pop(timing, None)  # measured, not deterministic
         runs.append(results)
     assert runs[0] == runs[1]
     assert list(runs[0]["methods"]) == list(METHODS)

@@ -34,7 +34,10 @@ def test_the_table_has_a_row_per_method_after_the_base() -> None:
     assert table[0].split("|")[1].strip() == "method" and set(table[1]) <= set("|-:")
     assert [line.split("|")[1].strip() for line in table[2:]] == ["base", "gfs", "random"]
     assert "| 1,000 |" in table[2] and "95.00%" in table[2]
-    assert table[4].split("|")[4].strip() == "30.00%" and table[4].endswith("0.01 |")
+    cells = [cell.strip() for cell in table[4].split("|")[1:-1]]
+    assert cells[3] == "30.00%" and cells[7] == "0.01" and cells[8] == ""  # no latency given
+    with_latency = {**_row(0.3, 0.93), "latency_b64": 0.0125}
+    assert format_table(_results(gfs=with_latency)).splitlines()[3].endswith(" 12.50 |")
     assert len({len(line) for line in table}) == 1  # aligned columns
 
 

@@ -16,8 +16,18 @@ from gfsprune.io.schema import Fields, read_json
 __all__ = ["RESULTS_FILE", "read_results"]
 
 RESULTS_FILE = "results.json"
-_BASE = ("acc", "loss", "macs", "params")
-_ROW = ("macs", "params", "acc_pruned", "loss_pruned", "acc_finetuned", "loss_finetuned", "seconds")
+_LATENCY = ("latency_b1", "latency_b64")
+_BASE = ("acc", "loss", "macs", "params", *_LATENCY)
+_ROW = (
+    "macs",
+    "params",
+    "acc_pruned",
+    "loss_pruned",
+    "acc_finetuned",
+    "loss_finetuned",
+    "seconds",
+    *_LATENCY,
+)
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
@@ -42,7 +52,7 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _scores(fields: Fields, keys: tuple[str, ...]) -> dict[str, float | int]:
-    """Accuracies in [0, 1], counts as non-negative integers, losses and seconds finite."""
+    """Accuracies in [0, 1], counts as non-negative integers, losses and times finite."""
     fields.keys_exactly(*keys)
     scores: dict[str, float | int] = {}
     for key in keys:

@@ -266,6 +266,12 @@ def _prune(args: argparse.Namespace) -> None:
         "   (test split, before fine-tuning)"
     )
     _say(f"{'loss':9}{scores['loss_before']:>12.4f}{scores['loss_after']:>12.4f}")
+    for batch in (1, 64):
+        before, after = (1e3 * scores[f"latency_b{batch}_{w}"] for w in ("before", "after"))
+        _say(
+            f"{f'ms b={batch}':9}{before:>12.3f}{after:>12.3f}{before / after:>8.2f}x"
+            f"   (CPU latency, median, {torch.get_num_threads()} thread(s))"
+        )
     _say(f"wrote {args.out}")
 
 

@@ -21,6 +21,7 @@ from gfsprune.errors import ConfigError
 from gfsprune.plan import LayerPlan
 from gfsprune.targets import Macs
 from gfsprune.workflow.data import DataBundle, make_loader
+from gfsprune.workflow.latency import latencies
 from gfsprune.workflow.methods import METHODS, MethodContext
 from gfsprune.workflow.seeding import seeded
 from gfsprune.workflow.train import TrainConfig, evaluate, fit
@@ -66,10 +67,12 @@ class Comparison:
     """What :func:`compare` measured.
 
     Attributes:
-        results: ``{"base": {acc, loss, macs, params}, "methods": {name: {macs, params,
-            acc_pruned, loss_pruned, acc_finetuned, loss_finetuned, seconds}}}``; ``seconds``
-            is the time to choose the channels and build the pruned model (for ``scratch``,
-            to re-initialise it), without evaluation or fine-tuning.
+        results: ``{"base": {acc, loss, macs, params, latency_b1, latency_b64}, "methods":
+            {name: {macs, params, acc_pruned, loss_pruned, acc_finetuned, loss_finetuned,
+            seconds, latency_b1, latency_b64}}}``; ``seconds`` is the time to choose the
+            channels and build the pruned model (for ``scratch``, to re-initialise it),
+            without evaluation or fine-tuning; latencies are CPU seconds per forward pass at
+            batch 1 and 64 (median), with torch's current thread count.
         plan: The layers greedy forward selection pruned, their widths and kept channels.
     """
 
@@ -146,7 +149,13 @@ def compare(
     acc, loss = evaluate(model, data.test)
     macs, params = count(model, example_inputs)
     results: dict = {
-        "base": {"acc": acc, "loss": loss, "macs": macs, "params": params},
+        "base": {
+            "acc": acc,
+            "loss": loss,
+            "macs": macs,
+            "params": params,
+            **latencies(model, data.input_shape),
+        },
         "methods": {},
     }
     options = dataclasses.replace(config.prune, seed=config.seed, device=device)
@@ -208,6 +217,7 @@ def _finetune_and_score(
     device: torch.device,
 ) -> dict:
     macs, params = count(pruned, example_inputs)
+    speed = latencies(pruned, data.input_shape)
     acc_pruned, loss_pruned = evaluate(pruned, data.test)
     tuned = copy.deepcopy(pruned)
     fit(tuned, data, recipe, progress=progress, device=device, label=f"fine-tune {name}")
@@ -220,4 +230,5 @@ def _finetune_and_score(
         "acc_finetuned": acc_tuned,
         "loss_finetuned": loss_tuned,
         "seconds": seconds,
+        **speed,
     }

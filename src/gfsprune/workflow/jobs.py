@@ -23,8 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,7 @@ from gfsprune.targets import Target
 from gfsprune.workflow import report
 from gfsprune.workflow.compare import CompareConfig, Comparison, compare
 from gfsprune.workflow.data import DataBundle, load_data, make_loader
+from gfsprune.workflow.latency import latencies
 from gfsprune.workflow.seeding import seeded
 from gfsprune.workflow.train import TrainConfig, evaluate, fit, resolve_device
 
@@ -63,7 +62,6 @@ __all__ = [
     "evaluate_dir",
     "finetune_dir",
     "load_model",
-    "measure_latency",
     "prune_checkpoint",
     "train_model",
 ]
@@ -234,7 +232,8 @@ def prune_checkpoint(
 
     Returns:
         The result, and the test accuracy and loss before and right after pruning
-        (``acc_before``, ``loss_before``, ``acc_after``, ``loss_after``).
+        (``acc_before``, ``loss_before``, ``acc_after``, ``loss_after``) and the measured CPU
+        latency before and after (``latency_b1_before``, ``latency_b64_after``, ...).
     """
     config = config or PruneConfig()
     device = resolve_device(config.device)
@@ -269,7 +268,10 @@ def prune_checkpoint(
         evaluate(m, bundle.test, device=device) for m in (model, result.model)
     )
     scores = {"acc_before": acc_before, "loss_before": loss_before}
-    return result, {**scores, "acc_after": acc_after, "loss_after": loss_after}
+    scores |= {"acc_after": acc_after, "loss_after": loss_after}
+    for when, net in (("before", model), ("after", result.model)):
+        scores |= {f"{k}_{when}": v for k, v in latencies(net, info.input_shape).items()}
+    return result, scores
 
 
 def finetune_dir(
@@ -323,22 +325,6 @@ def finetune_dir(
     return history
 
 
-def measure_latency(
-    model: nn.Module, input_shape: tuple[int, ...], batch_size: int, *, repeats: int = 5
-) -> float:
-    """Median seconds of a forward pass on the CPU at ``batch_size``, after two warm-up runs."""
-    model = model.cpu().eval()
-    inputs = torch.randn(batch_size, *input_shape)
-    times = []
-    with torch.inference_mode():
-        for step in range(repeats + 2):
-            start = time.perf_counter()
-            model(inputs)
-            if step >= 2:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def evaluate_dir(
     directory: str | os.PathLike, *, data: str | None = None, device: str | None = None
 ) -> dict[str, float]:
@@ -354,8 +340,7 @@ def evaluate_dir(
         "loss": loss,
         "macs": macs,
         "params": params,
-        "latency_b1": measure_latency(model, info.input_shape, 1),
-        "latency_b64": measure_latency(model, info.input_shape, 64),
+        **latencies(model, info.input_shape),
     }
 
 

@@ -38,8 +38,9 @@ def format_table(results: Mapping) -> str:
         >>> row = {"macs": 5, "params": 2, "acc_pruned": 0.5, "loss_pruned": 1.0,
         ...        "acc_finetuned": 0.9, "loss_finetuned": 0.3, "seconds": 0.1}
         >>> base = {"acc": 0.95, "loss": 0.2, "macs": 10, "params": 4}
-        >>> print(format_table({"base": base, "methods": {"gfs": row}}).splitlines()[3])
-        | gfs    |    5 |      2 |     50.00% | 1.0000 |         90.00% | 0.3000 |    0.10 |
+        >>> table = format_table({"base": base, "methods": {"gfs": {**row, "latency_b64": 2e-3}}})
+        >>> [cell.strip() for cell in table.splitlines()[3].split("|")[1:-1]]
+        ['gfs', '5', '2', '50.00%', '1.0000', '90.00%', '0.3000', '0.10', '2.00']
     """
     base = results["base"]
     rows = [
@@ -52,6 +53,7 @@ def format_table(results: Mapping) -> str:
             "",
             "",
             "",
+            _ms(base),
         ]
     ]
     for name, r in results["methods"].items():
@@ -65,9 +67,20 @@ def format_table(results: Mapping) -> str:
                 _pct(r["acc_finetuned"]),
                 f"{r['loss_finetuned']:.4f}",
                 f"{r['seconds']:.2f}",
+                _ms(r),
             ]
         )
-    header = ["method", "MACs", "params", "acc pruned", "loss", "acc fine-tuned", "loss", "seconds"]
+    header = [
+        "method",
+        "MACs",
+        "params",
+        "acc pruned",
+        "loss",
+        "acc fine-tuned",
+        "loss",
+        "seconds",
+        "ms b=64 (CPU)",
+    ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -83,6 +96,11 @@ def format_table(results: Mapping) -> str:
         + "|"
     )
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def _ms(row: Mapping) -> str:
+    """The measured batch-64 CPU latency in milliseconds ("" where not measured)."""
+    return f"{1e3 * row['latency_b64']:.2f}" if "latency_b64" in row else ""
 
 
 def _pct(value: float) -> str:
