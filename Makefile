@@ -16,9 +16,11 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/gfsprune demo
 
+# Two pytest workers, one torch thread each (conftest.py): the suite uses both cores of a
+# 2-core machine without oversubscribing them.
 test: $(VENV)/.installed
 	$(PY) -m ruff check src tests benchmarks conftest.py
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests benchmarks conftest.py
