@@ -355,6 +355,8 @@ def test_bad_input_exits_2_with_one_line(
             "argument --macs: invalid float value: 'half'",
         ),
         (["finetune"], "the following arguments are required: dir, --epochs"),
+        (["theory", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+        (["theory", "--quick", "--fast"], "unrecognized arguments: --fast"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv: list[str], message: str, capsys) -> None:

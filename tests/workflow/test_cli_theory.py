@@ -22,21 +22,6 @@ def test_theory_quick_writes_the_rates_and_prints_the_slopes(tmp_path, capsys) -
     assert "greedy_pretrained" in printed and f"wrote {out / 'rates.png'}" in printed
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["theory", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
-        (["theory", "--quick", "--fast"], "unrecognized arguments: --fast"),
-    ],
-)
-def test_bad_arguments_exit_2_with_one_line(argv: list[str], message: str, capsys) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
-
-
 def test_bad_arguments_print_no_traceback_from_the_shell() -> None:
     assert "invalid int value: 'abc'" in shell_error("theory", "--seed", "abc")
 
