@@ -1,12 +1,13 @@
 # Two entry points: `make demo` (the main job) and `make test` (the whole suite).
-# torch==2.13.0 is installed first so that pip takes the local CPU wheel instead of
-# resolving the open range in pyproject.toml to the newest CUDA build.
+# torch and torchvision are pinned and installed first (a matching pair that imports on this
+# kind of machine and lies on its disk) so that pip does not resolve the open ranges in
+# pyproject.toml to the newest builds; the package and its extras follow.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
