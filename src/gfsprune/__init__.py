@@ -15,6 +15,7 @@ from gfsprune._version import __version__
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
+from gfsprune.core.recalibrate import recalibrate_bn
 from gfsprune.core.select import Selection, backward_eliminate, forward_select
 from gfsprune.errors import (
     ConfigError,
@@ -54,5 +55,6 @@ __all__ = [
     "load",
     "models",
     "prune",
+    "recalibrate_bn",
     "save",
 ]

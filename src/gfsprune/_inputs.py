@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from gfsprune.errors import DataError
+
 
 def map_tensors(obj: object, fn: Callable[[torch.Tensor], torch.Tensor]) -> object:
     """``obj`` with ``fn`` applied to every tensor, the nesting kept."""
@@ -45,3 +47,17 @@ def model_device(model: nn.Module) -> torch.device:
     ``device=None`` means wherever gfsprune takes a model."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def model_inputs(batch: object, *, labelled: bool) -> object:
+    """The model's inputs in one mini-batch: ``batch`` itself, or its first element when
+    ``labelled`` (an ``(inputs, labels)`` pair whose labels are not needed)."""
+    if not labelled:
+        return batch
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        size = f" of length {len(batch)}" if isinstance(batch, tuple | list) else ""
+        raise DataError(
+            f"labelled=True needs (inputs, labels) mini-batches; got a {type(batch).__name__}"
+            f"{size}. Pass labelled=False where every batch holds only the model's inputs."
+        )
+    return batch[0]
