@@ -14,6 +14,7 @@ from gfsprune import models
 from gfsprune._version import __version__
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
+from gfsprune.core.losses import distill
 from gfsprune.core.prune import prune
 from gfsprune.core.recalibrate import recalibrate_bn
 from gfsprune.core.select import Selection, backward_eliminate, forward_select
@@ -50,6 +51,7 @@ __all__ = [
     "Widths",
     "backward_eliminate",
     "count",
+    "distill",
     "export_onnx",
     "forward_select",
     "load",
