@@ -16,7 +16,8 @@ class LayerPlan:
     Attributes:
         name: Qualified name of the layer's root module.
         width: Its original number of channels.
-        kept: The kept channels: in the order picked by forward selection (then any channel
+        kept: The kept channels, whole items (a head's or a grouped-convolution offset's
+            channels together): in the order picked by forward selection (then any item
             added to keep a concatenated part non-empty), ascending after backward
             elimination.
         scale: The factor folded into the consumers' weights (``width / len(kept)`` with
@@ -35,10 +36,10 @@ class LayerLog:
 
     Attributes:
         name: Qualified name of the layer's root module.
-        losses: One loss per greedy step: after each pick (forward selection, scored on that
-            step's mini-batch; under ``Tolerance``, on the fixed held-out batches) or after
-            each removal (backward elimination). Channels added afterwards to keep a
-            concatenated part non-empty have no entry.
+        losses: One loss per greedy step (one item): after each pick (forward selection,
+            scored on that step's mini-batch; under ``Tolerance``, on the fixed held-out
+            batches) or after each removal (backward elimination). Items added afterwards to
+            keep a concatenated part non-empty have no entry.
         reference: The layer's loss at full width on the held-out batches, where a
             ``Tolerance`` target measured one.
     """
@@ -58,7 +59,8 @@ class PruneResult:
         layers: Per channel layer, its selection trace (:class:`LayerLog`).
         macs_before, macs_after, params_before, params_after: Costs of one forward pass.
         example_inputs: The inputs the model was traced with (needed to rebuild it).
-        skipped: Channel groups left at full width because they cannot be masked exactly.
+        skipped: Channel groups and attention modules left at full width because they
+            cannot be masked exactly, each as ``"name (reason)"``.
     """
 
     model: nn.Module

@@ -2,7 +2,8 @@
 
 An allocator is one small class behind :class:`WidthAllocator`. Widths come from each
 layer's :func:`allowed_widths`: with ``round_to=N`` every pruned width is a multiple of ``N``
-(or the full width), so that the smaller network keeps sizes fast kernels are made for.
+(or the full width), so that the smaller network keeps sizes fast kernels are made for, and
+of the layer's item size (heads, grouped-convolution offsets), so that whole items are kept.
 ``prune`` asks the allocator again after every layer, with that layer's actual picks fixed,
 so the budget is met even where *which* channels are kept changes the cost (a group joined by
 a concatenation keeps more or fewer channels of each concatenated part). Greedy selection
@@ -11,6 +12,7 @@ decides which channels fill the widths.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -24,15 +26,19 @@ from gfsprune.targets import Budget
 __all__ = ["ALLOCATORS", "Uniform", "WidthAllocator", "allowed_widths", "check_reachable"]
 
 
-def allowed_widths(width: int, round_to: int = 1) -> np.ndarray:
-    """The widths a layer of ``width`` channels may be pruned to: the multiples of
-    ``round_to`` below ``width``, and ``width`` itself.
+def allowed_widths(width: int, round_to: int = 1, item_size: int = 1) -> np.ndarray:
+    """The widths a layer of ``width`` channels in items of ``item_size`` may be pruned to:
+    the common multiples of ``round_to`` and ``item_size`` below ``width``, and ``width``
+    itself.
 
     Example:
         >>> allowed_widths(20, 8).tolist()
         [8, 16, 20]
+        >>> allowed_widths(12, 2, item_size=3).tolist()
+        [6, 12]
     """
-    return np.array([*range(round_to, width, round_to), width])
+    step = math.lcm(round_to, item_size)
+    return np.array([*range(step, width, step), width])
 
 
 def check_reachable(cost: CostModel, budget: Budget, *, round_to: int = 1) -> None:
@@ -40,7 +46,7 @@ def check_reachable(cost: CostModel, budget: Budget, *, round_to: int = 1) -> No
     cost of the narrowest widths, or so close to the full model that the nearest choice is the
     full model itself. The message names the nearest reachable ratio."""
     name = f"{type(budget).__name__}({budget.ratio})"
-    grids = [allowed_widths(int(w), round_to) for w in cost.widths]
+    grids = _grids(cost, round_to)
     if all(len(g) == 1 for g in grids):
         raise ConfigError(
             f"round_to={round_to} leaves nothing to prune: no channel layer is wider than "
@@ -71,6 +77,14 @@ def check_reachable(cost: CostModel, budget: Budget, *, round_to: int = 1) -> No
         )
 
 
+def _grids(cost: CostModel, round_to: int) -> list[np.ndarray]:
+    """Each layer's :func:`allowed_widths`."""
+    return [
+        allowed_widths(int(w), round_to, int(s))
+        for w, s in zip(cost.widths, cost.sizes, strict=True)
+    ]
+
+
 class WidthAllocator(ABC):
     """Splits a budget into per-layer widths."""
 
@@ -92,7 +106,8 @@ class WidthAllocator(ABC):
             cost: The model's cost model (its layers in selection order).
             budget: The budget.
             selected: Layer index to the channels already kept there (fixed).
-            round_to: Open layers take widths from :func:`allowed_widths` with this.
+            round_to: Open layers take widths from :func:`allowed_widths` with this (and
+                their item size, ``cost.sizes``).
 
         Returns:
             A width per layer; for selected layers, the number of kept channels.
@@ -131,11 +146,11 @@ class Uniform(WidthAllocator):
         def error(widths: np.ndarray) -> float:
             return cost.ratio(keep_of(widths), budget) - budget.ratio
 
-        grids = [allowed_widths(int(w), round_to) for w in full]
+        grids = _grids(cost, round_to)
 
         def widths_at(share: float) -> np.ndarray:
             """The nearest allowed width to ``share`` of each open layer."""
-            if round_to == 1:
+            if round_to == 1 and (cost.sizes == 1).all():
                 widths = np.clip(np.round(share * full), 1, full)
             else:
                 widths = np.array(

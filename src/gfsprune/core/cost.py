@@ -3,12 +3,14 @@
 It is exact for convolutions, linear layers and norms: a module's MACs and weights scale with
 the kept share of its output channels times that of its input positions, its biases and norm
 parameters with the former. Which channels are kept matters where a group is joined by a
-concatenation (each concatenated part feeds other modules).
+concatenation (each concatenated part feeds other modules). An attention module's own
+products (no module of their own) scale with its kept heads: it is a producer of its head
+layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +42,11 @@ class CostModel:
     """
 
     def __init__(self, model: nn.Module, example_inputs: object, layers: Sequence[ChannelLayer]):
-        flops = _flops_per_module(model, example_inputs)
+        producers = {p.name for layer in layers for p in layer.producers}
+        flops = _flops_per_module(model, example_inputs, producers)
         self.widths = np.array([layer.width for layer in layers], dtype=float)
+        #: Channels per selection item of each layer (widths are multiples of it).
+        self.sizes = np.array([layer.item_size for layer in layers], dtype=float)
         outputs: dict[str, tuple[int, np.ndarray]] = {}
         inputs: dict[str, list[tuple[int, np.ndarray, float]]] = {}
         for i, layer in enumerate(layers):
@@ -85,8 +90,11 @@ class CostModel:
         )
 
 
-def _flops_per_module(model: nn.Module, example_inputs: object) -> dict[str, int]:
-    """FLOPs of each module's own calls by qualified name; ``""`` holds those of no module."""
+def _flops_per_module(
+    model: nn.Module, example_inputs: object, containers: Iterable[str] = ()
+) -> dict[str, int]:
+    """FLOPs of each leaf module's calls, and of the ``containers``' own operations (outside
+    their leaves), by qualified name; ``""`` holds the rest."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         run_model(model, example_inputs)
     counts = counter.get_flop_counts()
@@ -98,5 +106,8 @@ def _flops_per_module(model: nn.Module, example_inputs: object) -> dict[str, int
     }
     leaves = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
     leaf_flops = {n: f for n, f in per_module.items() if n in leaves}
+    for name in set(containers) - leaves:
+        inner = sum(f for n, f in leaf_flops.items() if n.startswith(name + "."))
+        leaf_flops[name] = per_module.get(name, 0) - inner
     leaf_flops[""] = counter.get_total_flops() - sum(leaf_flops.values())
     return leaf_flops

@@ -32,7 +32,7 @@ from gfsprune.io.progress import read_progress, write_progress
 from gfsprune.plan import LayerLog, LayerPlan, PruneResult
 from gfsprune.scoring import make_evaluator
 from gfsprune.surgery import ChannelLayer, Masks, build_graph, find_layers, prune_channels
-from gfsprune.targets import Budget, Target
+from gfsprune.targets import Budget, Goal, Target
 
 __all__ = ["prune"]
 
@@ -56,6 +56,7 @@ class _Context:
     ) -> None:
         self.names = [layer.name for layer in layers]
         self.widths = [layer.width for layer in layers]
+        self._sizes = [layer.item_size for layer in layers]
         self.round_to = round_to
         self._model, self._inputs, self._layers = model, example_inputs, layers
         self._allocator = allocator
@@ -72,12 +73,12 @@ class _Context:
 
     def allocate(self, budget: Budget, selected: Mapping[int, Sequence[int]]) -> list[int]:
         widths = self._allocator.allocate(self.cost, budget, selected, round_to=self.round_to)
-        for i, (width, full) in enumerate(zip(widths, self.widths, strict=True)):
-            if i not in selected and width not in allowed_widths(full, self.round_to):
+        for i, (width, full, size) in enumerate(zip(widths, self.widths, self._sizes, strict=True)):
+            if i not in selected and width not in allowed_widths(full, self.round_to, size):
                 raise ModelError(
                     f"The {self._allocator.name!r} allocator gave layer '{self.names[i]}' "
                     f"{width} of {full} channels, not a multiple of round_to={self.round_to} "
-                    "(or the full width); fix the allocator."
+                    f"and of its item size {size} (or the full width); fix the allocator."
                 )
         return widths
 
@@ -167,8 +168,8 @@ def prune(
         "target": repr(target),
         **config.settings(),
     }
-    # Each step draws one batch; a layer takes at most width + segments steps.
-    max_drawn = _HELD_OUT_BATCHES + sum(1 + layer.width + len(layer.segments) for layer in layers)
+    # Each step draws one batch; a layer takes at most items + segments steps.
+    max_drawn = _HELD_OUT_BATCHES + sum(1 + layer.n_items + len(layer.segments) for layer in layers)
     saved = read_progress(
         checkpoint, settings, [(layer.name, layer.width) for layer in layers], max_drawn=max_drawn
     )
@@ -188,7 +189,7 @@ def prune(
             masks.set(layer, done.kept, done.scale)
         for index in range(len(plan), len(layers)):
             layer = layers[index]
-            goal = goals(index, {i: p.kept for i, p in enumerate(plan)})
+            goal = _in_items(goals(index, {i: p.kept for i, p in enumerate(plan)}), layer)
             search = LayerSearch(
                 layer=layer,
                 stream=stream,
@@ -200,7 +201,7 @@ def prune(
                 rescale=config.rescale,
                 seed=config.seed + index,
                 bar=tqdm(
-                    total=goal.width or layer.width,
+                    total=goal.width or layer.n_items,
                     desc=f"[{index + 1}/{len(layers)}] {layer.name}",
                     disable=not progress or not distributed.is_main(),
                     leave=False,
@@ -232,6 +233,24 @@ def prune(
         params_after=params_after,
         example_inputs=example_inputs,
         skipped=skipped,
+    )
+
+
+def _in_items(goal: Goal, layer: ChannelLayer) -> Goal:
+    """``goal`` (widths in channels) counted in the items of ``layer``."""
+    size = layer.item_size
+    if size == 1:
+        return goal
+    if goal.width is not None and goal.width % size:
+        raise ConfigError(
+            f"Layer '{layer.name}' is selected in items of {size} channels (attention heads, "
+            f"or offsets of a grouped convolution); its width must be a multiple of {size}. "
+            f"Got {goal.width}."
+        )
+    return Goal(
+        width=None if goal.width is None else goal.width // size,
+        tolerance=goal.tolerance,
+        multiple_of=goal.multiple_of // math.gcd(goal.multiple_of, size),
     )
 
 
@@ -286,8 +305,16 @@ def _resolve_ignore(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list
 
 def check_equivalent(pruned: nn.Module, example_inputs: object, expected: torch.Tensor) -> None:
     """Refuse a pruned network that does not compute what the masked one did."""
-    with torch.no_grad():
-        got = run_model(pruned.eval(), example_inputs)
+    try:
+        with torch.no_grad():
+            got = run_model(pruned.eval(), example_inputs)
+    except RuntimeError as err:  # e.g. a reshape that still expects the original sizes
+        reason = (str(err).splitlines() or [""])[0]
+        raise ModelError(
+            f"The physically pruned model no longer runs ({reason}); the model has an "
+            "operation that depends on its channel counts outside Conv/Linear layers. Add "
+            "the modules around it to 'ignore'."
+        ) from err
     # Float32 on a CPU agrees to ~1e-6; GPUs use TF32 convolutions by default (~1e-3).
     scale = float(expected.abs().max()) + 1.0
     tol = scale * (1e-4 if expected.device.type == "cpu" else 1e-2)

@@ -1,10 +1,12 @@
-"""Selection strategies: how the channels of one layer are chosen by loss.
+"""Selection strategies: how the items of one layer are chosen by loss.
 
 A strategy is one small class behind :class:`Strategy`. It gets a :class:`LayerSearch` (the
 layer, the batches, the evaluator, the sampling options) and the layer's
-:class:`~gfsprune.targets.Goal`, and returns the kept channels. :func:`select_layer` wraps
-it: it keeps every concatenated part non-empty and leaves the layer's masks at the choice, so
-that the next layer is selected on top of it.
+:class:`~gfsprune.targets.Goal` counted in items (channels, or heads and grouped-convolution
+offsets: :class:`~gfsprune.surgery.ChannelLayer`), and returns the kept items.
+:func:`select_layer` wraps it: it keeps every concatenated part non-empty, leaves the layer's
+masks at the choice, so that the next layer is selected on top of it, and returns the kept
+channels.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ class LayerChoice:
     """What a strategy chose for one layer.
 
     Attributes:
-        kept: The kept channels: in the order picked for forward selection, ascending for
-            backward elimination.
+        kept: The kept items (channels, from :func:`select_layer`): in the order picked for
+            forward selection, ascending for backward elimination.
         losses: The loss after each pick (each removal, for backward elimination), scored
             on that step's mini-batch, or on the held-out batches under a tolerance goal.
         reference: The layer's loss at full width on the held-out batches, where a
@@ -47,7 +49,7 @@ class LayerChoice:
 
 @dataclass
 class LayerSearch:
-    """Everything a strategy needs to score channel sets of one layer.
+    """Everything a strategy needs to score item sets of one layer.
 
     Attributes:
         layer: The channel layer.
@@ -56,7 +58,7 @@ class LayerSearch:
             respect to the channel factors, for a first-order screen).
         schedule: How many candidates each step scores and how many it adds.
         held_out: Fixed batches for a tolerance goal.
-        candidates: Channels scored per step (a seeded random subset), ``None`` for all.
+        candidates: Items scored per step (a seeded random subset), ``None`` for all.
         tie: Relative loss difference under which candidates are tied (lowest index wins).
         rescale: Multiply the kept channels by ``width / kept``.
         seed: Seeds the candidate sampling.
@@ -76,12 +78,13 @@ class LayerSearch:
     _pending: tuple | None = field(default=None, init=False, repr=False)
 
     def factors(self, sets: Sequence[Sequence[int]]) -> torch.Tensor:
-        """The ``(K, width)`` channel factors of ``K`` channel sets."""
+        """The ``(K, width)`` channel factors of ``K`` item sets."""
         size = self.layer.width
         keep = torch.zeros(len(sets), size)
-        for row, channels in enumerate(sets):
+        for row, items in enumerate(sets):
+            channels = self.layer.channels(items)
             if channels:
-                keep[row, list(channels)] = size / len(channels) if self.rescale else 1.0
+                keep[row, channels] = size / len(channels) if self.rescale else 1.0
         return keep
 
     def _batch(self, *, hold: bool = False) -> tuple:
@@ -91,25 +94,26 @@ class LayerSearch:
         return batch
 
     def score(self, sets: Sequence[Sequence[int]]) -> list[float]:
-        """The loss of each channel set on the step's mini-batch."""
+        """The loss of each item set on the step's mini-batch."""
         inputs, targets = self._batch()
         return self.evaluator(inputs, targets, self.layer, self.factors(sets))
 
     def screen(self, selected: Sequence[int], allowed: Sequence[int], count: int) -> list[int]:
-        """The ``count`` allowed channels whose addition to ``selected`` lowers the loss
-        most to first order, on the step's mini-batch (then scored on the same batch).
+        """The ``count`` allowed items whose addition to ``selected`` lowers the loss most
+        to first order, on the step's mini-batch (then scored on the same batch).
 
-        Adding channel ``c`` changes its factor from 0 and, with the rescale, every kept
-        channel's factor by the same amount: only ``g_c``, the loss's derivative with respect
-        to ``c``'s factor, differs between candidates.
+        Adding item ``c`` changes its channels' factors from 0 and, with the rescale, every
+        kept channel's factor by the same amount: only ``g_c``, the sum of the loss's
+        derivatives with respect to ``c``'s channel factors, differs between candidates.
         """
         inputs, targets = self._batch(hold=True)
         grad = self.evaluator.gradient(inputs, targets, self.layer, self.factors([selected])[0])
-        return sorted(allowed, key=lambda c: (float(grad[c]), c))[:count]
+        per_item = grad[self.layer.item_index].sum(1)  # (items,)
+        return sorted(allowed, key=lambda c: (float(per_item[c]), c))[:count]
 
-    def held_out_loss(self, channels: Sequence[int]) -> float:
-        """The mean loss of one channel set over the held-out batches."""
-        keep = self.factors([channels])
+    def held_out_loss(self, items: Sequence[int]) -> float:
+        """The mean loss of one item set over the held-out batches."""
+        keep = self.factors([items])
         losses = [self.evaluator(x, y, self.layer, keep)[0] for x, y in self.held_out]
         return sum(losses) / len(losses)
 
@@ -120,7 +124,7 @@ class LayerSearch:
 
 
 class Strategy(ABC):
-    """Chooses the channels of one layer."""
+    """Chooses the items of one layer."""
 
     #: The name ``PruneConfig(strategy=...)`` knows it by.
     name: ClassVar[str]
@@ -131,11 +135,11 @@ class Strategy(ABC):
 
     @abstractmethod
     def choose(self, search: LayerSearch, goal: Goal) -> LayerChoice:
-        """The channels to keep in ``search.layer`` for ``goal``."""
+        """The items to keep in ``search.layer`` for ``goal`` (counted in items)."""
 
 
 class Forward(Strategy):
-    """Greedy forward selection (the paper): from no channel, add the candidate whose
+    """Greedy forward selection (the paper): from no item, add the candidate whose
     addition gives the lowest loss, until the goal's width or tolerance is reached."""
 
     name = "forward"
@@ -145,7 +149,7 @@ class Forward(Strategy):
         reference = None
         tolerance = None
         if goal.tolerance is not None:
-            reference = search.held_out_loss(range(search.layer.width))
+            reference = search.held_out_loss(range(search.layer.n_items))
             tolerance = goal.tolerance * abs(reference)
         schedule = search.schedule
 
@@ -155,7 +159,7 @@ class Forward(Strategy):
 
         selection = forward_select(
             lambda selected, cands: search.score([[*selected, c] for c in cands]),
-            search.layer.width,
+            search.layer.n_items,
             steps=goal.width,
             tolerance=tolerance,
             reference=reference,
@@ -173,13 +177,13 @@ class Forward(Strategy):
 
 class Backward(Strategy):
     """Greedy backward elimination by loss (the approach the paper argues against): from all
-    channels, remove the candidate whose removal gives the lowest loss, down to the width."""
+    items, remove the candidate whose removal gives the lowest loss, down to the width."""
 
     name = "backward"
     needs_width = True
 
     def choose(self, search: LayerSearch, goal: Goal) -> LayerChoice:
-        size = search.layer.width
+        size = search.layer.n_items
         assert goal.width is not None  # prune() refuses width-free targets up front
         if goal.width == size:
             return LayerChoice(list(range(size)), [])
@@ -205,21 +209,24 @@ STRATEGIES: Mapping[str, type[Strategy]] = {s.name: s for s in (Forward, Backwar
 def select_layer(
     strategy: Strategy, search: LayerSearch, goal: Goal, masks: Masks
 ) -> tuple[LayerChoice, float]:
-    """Choose the channels of ``search.layer`` by ``strategy`` and leave its masks at the
-    choice. Returns the choice and the scale folded into the kept channels."""
+    """Choose the items of ``search.layer`` by ``strategy`` (``goal`` counted in items) and
+    leave its masks at the choice. Returns the choice, its kept items given as their
+    channels, and the scale folded into the kept channels."""
+    layer = search.layer
     try:
         choice = strategy.choose(search, goal)
     finally:
         search.bar.close()
     kept = list(choice.kept)
-    for segment in search.layer.segments:
+    for segment in (layer.items_of(channels) for channels in layer.segments):
         if not set(segment) & set(kept):
             # A concatenated part left empty would leave its module with no output channel:
-            # add that part's best channel (one more greedy step, restricted to the part).
+            # add that part's best item (one more greedy step, restricted to the part).
             scores = search.score([[*kept, c] for c in segment])
             best = min(scores)
             tied = [i for i, v in enumerate(scores) if v <= best + search.tie * abs(best)]
             kept.append(segment[min(tied, key=lambda i: segment[i])])
-    scale = search.layer.width / len(kept) if search.rescale else 1.0
-    masks.set(search.layer, kept, scale)
-    return LayerChoice(kept, choice.losses, choice.reference), scale
+    channels = layer.channels(kept)
+    scale = layer.width / len(channels) if search.rescale else 1.0
+    masks.set(layer, channels, scale)
+    return LayerChoice(channels, choice.losses, choice.reference), scale

@@ -5,11 +5,17 @@ residual adds, concatenations and depthwise convolutions that must be kept or re
 Its channels are numbered in the index space of the group's root module. Its *consumers* are
 the convolutions (not depthwise) and linear layers that mix the group's channels into new
 ones: masking there is exactly what removal does (see :mod:`gfsprune.surgery.masks`).
+
+Selection picks *items*, tuples of a layer's channels kept or removed together: one channel
+each, except where a grouped convolution reads or writes the layer (item ``j``: offset ``j``
+of every group, so that every group keeps the same offsets, which is what Torch-Pruning can
+remove) and in attention, where an item is a head (a layer of its own, found by
+:mod:`gfsprune.surgery.heads`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +24,7 @@ from torch import nn
 
 from gfsprune._inputs import run_model
 from gfsprune.errors import ModelError
+from gfsprune.surgery.heads import AttentionHeads, HeadLayout, find_heads
 
 __all__ = ["ChannelLayer", "Consumer", "Producer", "build_graph", "find_layers"]
 
@@ -56,19 +63,55 @@ class Producer:
 
 @dataclass(frozen=True)
 class ChannelLayer:
-    """One selection layer: a group of coupled channels.
+    """One selection layer: a group of coupled channels, selected in items.
 
     Attributes:
-        name: Qualified name of the group's root module (the index space of its channels).
+        name: Qualified name of the group's root module (the index space of its channels), or
+            of the attention module for a head layer.
         width: Number of channels in the group.
         producers: Modules whose outputs carry the group's channels (convolutions, norms).
         consumers: Where the group's channels enter channel-mixing modules.
+        items: The channels of each item, all of one size; ``None``: one item per channel.
+        heads: For a head layer, the handler that removes its heads (items); ``None`` for a
+            Torch-Pruning group.
     """
 
     name: str
     width: int
     producers: tuple[Producer, ...]
     consumers: tuple[Consumer, ...]
+    items: tuple[tuple[int, ...], ...] | None = None
+    heads: type[AttentionHeads] | None = None
+
+    @property
+    def n_items(self) -> int:
+        """Number of items."""
+        return self.width if self.items is None else len(self.items)
+
+    @property
+    def item_size(self) -> int:
+        """Channels per item."""
+        return 1 if self.items is None else len(self.items[0])
+
+    @property
+    def item_index(self) -> torch.Tensor:
+        """The channels of every item, ``(n_items, item_size)``."""
+        if self.items is None:
+            return torch.arange(self.width)[:, None]
+        return torch.as_tensor(self.items)
+
+    def channels(self, items: Iterable[int]) -> list[int]:
+        """The channels of ``items``, item by item in the order given."""
+        if self.items is None:
+            return list(items)
+        return [c for i in items for c in self.items[i]]
+
+    def items_of(self, channels: Iterable[int]) -> list[int]:
+        """The items with a channel among ``channels``, ascending."""
+        if self.items is None:
+            return sorted(set(channels))
+        wanted = set(channels)
+        return [i for i, item in enumerate(self.items) if wanted & set(item)]
 
     @property
     def segments(self) -> list[tuple[int, ...]]:
@@ -117,6 +160,52 @@ def build_graph(model: nn.Module, example_inputs: object) -> tp.DependencyGraph:
         ) from err
 
 
+def _is_grouped(module: nn.Module) -> bool:
+    """A convolution with groups that is not depthwise (in and out channels coupled)."""
+    return (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and module.groups > 1
+        and module.groups != module.out_channels
+    )
+
+
+def _grouped_items(
+    width: int, reads: Sequence[tuple[str, int, int, dict[int, int]]]
+) -> tuple[tuple[int, ...], ...] | None | str:
+    """Items for a layer that grouped convolutions read or write: ``reads`` holds, per such
+    convolution, its name, its groups, its channels on the layer's side (inputs or outputs)
+    and the layer channel at each of those positions; the layer must cover them all.
+
+    Offset ``j`` of every group is one item (joined across convolutions), so that every
+    group keeps the same offsets: the index sets Torch-Pruning removes correctly. ``None``
+    where every channel is its own item; a reason where no such items exist."""
+    parent = list(range(width))
+
+    def find(c: int) -> int:
+        while parent[c] != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+
+    for name, groups, size, root_of in reads:
+        per_group = size // groups
+        for j in range(per_group):
+            roots = [root_of.get(g * per_group + j) for g in range(groups)]
+            if None in roots:
+                return f"grouped convolution '{name}' reads it together with other channels"
+            for r in roots[1:]:
+                parent[find(r)] = find(roots[0])
+    members: dict[int, list[int]] = {}
+    for c in range(width):
+        members.setdefault(find(c), []).append(c)
+    items = sorted(tuple(m) for m in members.values())
+    if len(items) == width:
+        return None
+    if len({len(item) for item in items}) > 1:
+        return "grouped convolutions split it into items of different sizes"
+    return tuple(items)
+
+
 def find_layers(
     model: nn.Module,
     example_inputs: object,
@@ -127,15 +216,18 @@ def find_layers(
     """Find the channel layers of ``model`` in input-to-output order.
 
     The module that produces the network's output (the classifier) is never pruned, and
-    neither is any group that touches a module in ``ignore``.
+    neither is any group that touches a module in ``ignore``. Attention modules of a type
+    :mod:`gfsprune.surgery.heads` knows become head layers in place of the groups through
+    their projections.
 
     Returns:
-        The prunable layers, and the names of groups skipped because they cannot be masked
-        exactly (they pass through normalisations or attention across channels).
+        The prunable layers, and the groups (and attention modules) skipped because they
+        cannot be masked exactly, each as ``"name (reason)"``.
     """
     graph = graph or build_graph(model, example_inputs)
     order = _execution_order(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
+    modules = dict(model.named_modules())
     weighted = [m for m in order if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
     if not weighted:
         raise ModelError(
@@ -144,36 +236,77 @@ def find_layers(
         )
     last = max(weighted, key=order.__getitem__)
     ignored = [last, *ignore]
+    heads, refused = find_heads(model)
+    skipped = [f"{name} ({reason})" for name, reason in refused.items()]
     layers: list[tuple[int, ChannelLayer]] = []
-    skipped: list[str] = []
+    for name, (handler, layout) in heads.items():
+        members = [modules[n] for n, _ in layout.producers] + [modules[layout.consumer]]
+        if modules[name] in order and not set(members) & set(ignored):
+            layers.append((order[modules[name]], _head_layer(name, handler, layout)))
+    head_outputs = {n for _, layout in heads.values() for n, _ in layout.producers}
+    head_inputs = {layout.consumer for _, layout in heads.values()}
     for group in graph.get_all_groups(ignored_layers=ignored):
         root = group[0].dep.target.module
         producers: list[Producer] = []
         consumers: list[Consumer] = []
+        reads: list[tuple[str, int, int, dict[int, int]]] = []
         first = len(order)
-        unmaskable = False
+        unmaskable = None
         for item in group:
             module = item.dep.target.module
             if isinstance(module, (nn.Parameter, *_UNMASKABLE)):
-                unmaskable = True
+                unmaskable = unmaskable or type(module).__name__
             if module not in names:
                 continue  # a Torch-Pruning op node (add, concat, reshape), not a module
+            roots = [int(i) for i in item.root_idxs]
+            positions = dict(zip((int(i) for i in item.idxs), roots, strict=True))
             if graph.is_out_channel_pruning_fn(item.dep.handler):
-                producers.append(Producer(names[module], tuple(int(i) for i in item.root_idxs)))
+                producers.append(Producer(names[module], tuple(roots)))
                 first = min(first, order.get(module, len(order)))
+                if _is_grouped(module):
+                    reads.append((names[module], module.groups, module.out_channels, positions))
             elif _is_mixing(module):
                 consumers.append(
                     Consumer(
                         name=names[module],
                         index=torch.as_tensor(list(item.idxs), dtype=torch.long),
-                        root=torch.as_tensor(list(item.root_idxs), dtype=torch.long),
+                        root=torch.as_tensor(roots, dtype=torch.long),
                     )
                 )
-        if unmaskable or not consumers:
-            skipped.append(names[root])
+                if _is_grouped(module):
+                    reads.append((names[module], module.groups, module.in_channels, positions))
+        if {p.name for p in producers} & head_outputs or {c.name for c in consumers} & head_inputs:
+            continue  # through an attention module's projections: its head layer covers it
+        width = int(graph.get_pruner_of_module(root).get_out_channels(root))
+        reached = set().union(*(c.root.tolist() for c in consumers))
+        items = _grouped_items(width, reads)
+        if unmaskable:
+            reason = f"it passes through a {unmaskable}, which mixes its channels"
+        elif not consumers:
+            reason = "no Conv or Linear layer reads it"
+        elif len(reached) < width:
+            reason = f"{width - len(reached)} channels reach no Conv or Linear layer (attention?)"
+        elif isinstance(items, str):
+            reason = items
+        else:
+            layer = ChannelLayer(names[root], width, tuple(producers), tuple(consumers), items)
+            layers.append((first, layer))
             continue
-        width = graph.get_pruner_of_module(root).get_out_channels(root)
-        layer = ChannelLayer(names[root], int(width), tuple(producers), tuple(consumers))
-        layers.append((first, layer))
+        skipped.append(f"{names[root]} ({reason})")
     layers.sort(key=lambda pair: pair[0])
     return [layer for _, layer in layers], skipped
+
+
+def _head_layer(name: str, handler: type[AttentionHeads], layout: HeadLayout) -> ChannelLayer:
+    """The head layer of one attention module: the inputs of its output projection."""
+    size = layout.head_dim
+    width = layout.num_heads * size
+    everything = torch.arange(width)
+    return ChannelLayer(
+        name=name,
+        width=width,
+        producers=tuple(Producer(n, roots) for n, roots in layout.producers),
+        consumers=(Consumer(layout.consumer, everything, everything),),
+        items=tuple(tuple(range(h * size, (h + 1) * size)) for h in range(layout.num_heads)),
+        heads=handler,
+    )

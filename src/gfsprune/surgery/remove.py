@@ -1,4 +1,5 @@
-"""Physical removal of channels through Torch-Pruning's dependency graph.
+"""Physical removal of channels through Torch-Pruning's dependency graph (attention heads
+through their handler, :mod:`gfsprune.surgery.heads`).
 
 The mean-field rescale of a layer is folded into its consumers' weights before the channels
 are removed, so the smaller network computes what the masked one did.
@@ -10,6 +11,7 @@ import copy
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from gfsprune.errors import ModelError
@@ -79,15 +81,42 @@ def prune_channels(
                 f"Layer '{name}' has {width} channels; the kept channels must be a non-empty "
                 f"subset of 0..{width - 1}. Got {keep_sets[name][:10]}."
             )
+        layer = by_name[name]
+        whole = sorted(layer.channels(layer.items_of(keep_sets[name])))
+        if whole != keep_sets[name]:
+            raise ModelError(
+                f"Layer '{name}' is kept or removed in items of {layer.item_size} channels "
+                f"(heads or offsets of a grouped convolution); the kept channels "
+                f"{keep_sets[name][:10]} split one. Keep whole items, e.g. "
+                f"{list(layer.items[0]) if layer.items else [0]}."
+            )
     # Fold every scale first: consumer positions shift once any group is removed.
     for name, keep in keep_sets.items():
         scale = float(scales.get(name, 1.0))
         for c in by_name[name].consumers if scale != 1.0 else ():
             _fold_scale(modules[c.name], c.index[torch.isin(c.root, torch.as_tensor(keep))], scale)
     for name, keep in keep_sets.items():
-        remove = sorted(set(range(by_name[name].width)) - set(keep))
-        if remove:
-            root = modules[name]
-            handler = graph.get_pruner_of_module(root).prune_out_channels
-            graph.get_pruning_group(root, handler, remove).prune()
+        layer = by_name[name]
+        remove = sorted(set(range(layer.width)) - set(keep))
+        if remove and layer.heads is None:
+            _remove_group(graph, name, modules[name], remove)
+    # Heads last: their handlers edit projections the graph was traced with.
+    for name, keep in keep_sets.items():
+        layer = by_name[name]
+        if layer.heads is not None and len(keep) < layer.width:
+            layer.heads.remove(modules[name], layer.items_of(keep))
     return pruned
+
+
+def _remove_group(graph: tp.DependencyGraph, name: str, root: nn.Module, remove: list[int]) -> None:
+    """Remove the channels ``remove`` of the group rooted at ``root`` (named ``name``)."""
+    handler = graph.get_pruner_of_module(root).prune_out_channels
+    try:
+        graph.get_pruning_group(root, handler, remove).prune()
+    except Exception as err:  # Torch-Pruning's removal runs per-op code; name where it failed
+        reason = (str(err).splitlines() or [""])[0]
+        raise ModelError(
+            f"Torch-Pruning could not remove {len(remove)} channels of '{name}' "
+            f"({type(root).__name__}): {type(err).__name__}: {reason}. Add the module to "
+            "'ignore'."
+        ) from err
