@@ -45,12 +45,8 @@ import gfsprune
 from gfsprune import LayerPlan, Macs, PruneConfig, count, models, prune
 from gfsprune.surgery import prune_channels
 from gfsprune.workflow.data import DataBundle, load_data, make_loader
+from gfsprune.workflow.methods import match_macs
 from gfsprune.workflow.train import TrainConfig, evaluate, fit
-
-# Relative tolerance on Torch-Pruning's achieved MACs ratio, and the bisection's step limit
-# (2**-12 in pruning ratio, finer than one channel of the 128-channel layer).
-_MACS_TOLERANCE = 0.01
-_BISECTION_STEPS = 12
 
 
 def train_model(
@@ -92,23 +88,6 @@ def tp_l1(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
     return pruned
 
 
-def bisect_tp_ratio(model: nn.Module, example: torch.Tensor, budget: float) -> tuple[float, int]:
-    """The pruning ratio whose MACs ratio is closest to ``budget``, and the steps taken."""
-    macs = count(model, example)[0]
-    low, high = 0.0, 1.0  # MACs ratio falls as the pruning ratio grows
-    best, best_gap = 0.0, float("inf")
-    for step in range(1, _BISECTION_STEPS + 1):
-        middle = (low + high) / 2
-        achieved = count(tp_l1(model, example, middle), example)[0] / macs
-        gap = abs(achieved - budget)
-        if gap < best_gap:
-            best, best_gap = middle, gap
-        if gap <= _MACS_TOLERANCE * budget:
-            return best, step
-        low, high = (middle, high) if achieved > budget else (low, middle)
-    return best, _BISECTION_STEPS
-
-
 def measure(pruned: nn.Module, seconds: float, bundle: DataBundle, macs: int, **extra) -> dict:
     """Test accuracy and loss of ``pruned``, its MACs as a fraction of ``macs``, and extras."""
     acc, loss = evaluate(pruned, bundle.test)
@@ -143,7 +122,8 @@ def run_budget(
         pruned = random_channels(model, example, plans[True], seed=seed, rescale=rescale)
         row[method] = measure(pruned, time.perf_counter() - start, bundle, macs)
     start = time.perf_counter()
-    ratio, steps = bisect_tp_ratio(model, example, budget)
+    matched = match_macs(lambda r: tp_l1(model, example, r), example, macs=macs, target=budget)
+    ratio, steps = matched.ratio, matched.steps
     bisect_s = time.perf_counter() - start
     start = time.perf_counter()
     pruned = tp_l1(model, example, ratio)

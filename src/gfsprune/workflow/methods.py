@@ -1,9 +1,10 @@
 """The comparison methods: ways of choosing a pruned network's channels, one class each.
 
-Greedy forward selection (``gfs``) runs first and fixes the architecture: every other method
-keeps exactly as many channels of each layer as it did, so only *which* channels are kept
-differs (``scratch`` re-initialises the architecture instead). A method is one small class
-behind :class:`Method`: it builds the pruned network from a :class:`MethodContext`.
+Greedy forward selection (``gfs``) runs first and fixes the architecture. Most methods keep
+exactly as many channels of each layer as it did, so only *which* channels are kept differs
+(``scratch`` re-initialises the architecture instead); Torch-Pruning's own pipelines choose
+their own widths at the same MACs. A method is one small class behind :class:`Method`: it
+builds the pruned network from a :class:`MethodContext`.
 
 - ``gfs``: :func:`gfsprune.prune`, greedy forward selection by loss;
 - ``l1``, ``bn``, ``taylor``, ``random``: Torch-Pruning's filter L1 magnitude
@@ -11,7 +12,12 @@ behind :class:`Method`: it builds the pruned network from a :class:`MethodContex
   and random importances, each scored on the layer's whole dependency group; the top channels
   are kept, with no rescale, as Torch-Pruning does;
 - ``backward``: greedy backward elimination by loss;
-- ``scratch``: the same architecture re-initialised at random and trained from scratch.
+- ``scratch``: the same architecture re-initialised at random and trained from scratch;
+- ``tp-l1``, ``tp-l2-global``, ``tp-taylor-global``, ``tp-lamp-global``: Torch-Pruning's
+  ``MetaPruner`` as its users run it, choosing its own widths: uniform L1 magnitude, and
+  global L2 magnitude, Taylor and LAMP ranking (scores normalised per group, one threshold
+  for the network), each with its pruning ratio bisected to gfs's MACs (:func:`match_macs`).
+  It prunes the channel layers gfs prunes (never the classifier).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from gfsprune.core.config import PruneConfig
+from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
 from gfsprune.errors import ModelError
 from gfsprune.models import init_weights
@@ -43,15 +50,22 @@ __all__ = [
     "Backward",
     "Greedy",
     "Importance",
+    "Matched",
     "Method",
     "MethodContext",
     "Scratch",
+    "TorchPruning",
     "importance_channels",
+    "match_macs",
     "reinitialize",
 ]
 
 # Taylor importance needs gradients; they are summed over this many training mini-batches.
 _GRADIENT_BATCHES = 4
+# Torch-Pruning's pipelines must reach gfs's MACs within this relative tolerance; 12 halvings
+# of the pruning ratio (2**-12) are finer than one channel of a 1024-channel layer.
+MACS_TOLERANCE = 0.01
+BISECTION_STEPS = 12
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,7 @@ class MethodContext:
 
 
 class Method(ABC):
-    """One way of choosing the channels at greedy selection's widths."""
+    """One way of choosing a pruned network's channels."""
 
     #: The name ``--methods`` and the results table use.
     name: ClassVar[str]
@@ -141,16 +155,148 @@ class Importance(Method):
         self.gradients = gradients
 
     def build(self, context: MethodContext) -> nn.Module:
-        work = copy.deepcopy(context.model).to(context.device).eval()
-        if self.gradients:
-            with seeded(context.seed):
-                _accumulate_gradients(work, context.loader(), context.device)
+        work = _working_copy(context, gradients=self.gradients)
         with seeded(context.seed):  # RandomImportance draws from torch's global generator
             kept = importance_channels(
                 work, context.example_inputs, context.widths, self.importance()
             )
         work.zero_grad(set_to_none=True)
         return prune_channels(work, context.example_inputs, kept)
+
+
+class TorchPruning(Method):
+    """Torch-Pruning's ``MetaPruner`` with its own widths, at gfs's MACs.
+
+    The pruning ratio (a share of every layer's channels, or of all of them with
+    ``global_pruning``) is bisected until :func:`gfsprune.count` measures greedy selection's
+    MACs ratio within :data:`MACS_TOLERANCE` (relative), or as close as the channel steps
+    allow: the MACs in the results row then show by how much it missed. Only the channel
+    layers greedy selection prunes are pruned (ignoring the classifier, as gfs does), with
+    the comparison's ``round_to``. Gradient-based importances read gradients summed over a
+    few training batches of the unpruned model.
+
+    Args:
+        name: The method's name.
+        importance: Makes the importance (called once per pruning).
+        global_pruning: Rank all layers' channels together (Torch-Pruning's
+            ``global_pruning``) instead of pruning the same share of each layer.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        importance: Callable[[], tp.importance.Importance],
+        *,
+        global_pruning: bool,
+    ) -> None:
+        self.name = name  # type: ignore[misc]  # one class, several named instances
+        self.importance = importance
+        self.global_pruning = global_pruning
+
+    def build(self, context: MethodContext) -> nn.Module:
+        gradients = isinstance(self.importance(), tp.importance.GroupTaylorImportance)
+        work = _working_copy(context, gradients=gradients)
+        layers, _ = find_layers(work, context.example_inputs)
+        pruned = {p.name for layer in layers for p in layer.producers}
+        ignored = [
+            name
+            for name, m in work.named_modules()
+            if isinstance(m, nn.Linear | nn.modules.conv._ConvNd) and name not in pruned
+        ]
+        round_to = context.prune.round_to if context.prune.round_to > 1 else None
+
+        def prune_at(ratio: float) -> nn.Module:
+            trial = _copy_with_gradients(work)
+            modules = dict(trial.named_modules())
+            pruner = tp.pruner.MetaPruner(
+                trial,
+                context.example_inputs,
+                importance=self.importance(),
+                global_pruning=self.global_pruning,
+                pruning_ratio=ratio,
+                ignored_layers=[modules[name] for name in ignored],
+                round_to=round_to,
+            )
+            pruner.step()
+            trial.zero_grad(set_to_none=True)
+            return trial
+
+        matched = match_macs(
+            prune_at,
+            context.example_inputs,
+            macs=count(work, context.example_inputs)[0],
+            target=context.greedy.macs_ratio,
+        )
+        return matched.model
+
+
+@dataclass(frozen=True)
+class Matched:
+    """What :func:`match_macs` found.
+
+    Attributes:
+        model: The pruned model at ``ratio``.
+        ratio: The pruning ratio.
+        macs_ratio: Its MACs over the unpruned model's, as :func:`gfsprune.count` measures.
+        steps: Prunings tried.
+        within: Whether ``macs_ratio`` is within the tolerance of the target.
+    """
+
+    model: nn.Module
+    ratio: float
+    macs_ratio: float
+    steps: int
+    within: bool
+
+
+def match_macs(
+    prune_at: Callable[[float], nn.Module],
+    example_inputs: object,
+    *,
+    macs: int,
+    target: float,
+    tolerance: float = MACS_TOLERANCE,
+    steps: int = BISECTION_STEPS,
+) -> Matched:
+    """Bisect a pruning ratio in [0, 1) until the pruned model keeps ``target`` of ``macs``.
+
+    The MACs ratio falls as the pruning ratio grows, except where Torch-Pruning leaves a
+    group whole rather than empty it: a ratio whose model has more MACs than a smaller
+    ratio's is treated as too large.
+
+    Args:
+        prune_at: Prunes a fresh copy of the model at a ratio.
+        example_inputs: Inputs for counting.
+        macs: The unpruned model's MACs.
+        target: The MACs ratio to reach, in (0, 1).
+        tolerance: Stop once within ``tolerance * target`` of it.
+        steps: Stop after this many prunings.
+
+    Returns:
+        The closest model found (the first within the tolerance).
+
+    Example:
+        >>> keep = lambda r: nn.Linear(10, 10 - int(10 * r), bias=False)
+        >>> match_macs(keep, torch.zeros(1, 10), macs=100, target=0.3).macs_ratio
+        0.3
+    """
+    low, high, low_ratio = 0.0, 1.0, 1.0  # low_ratio: the MACs ratio at ``low``
+    best: Matched | None = None
+    for step in range(1, steps + 1):
+        middle = (low + high) / 2
+        model = prune_at(middle)
+        achieved = count(model, example_inputs)[0] / macs
+        within = abs(achieved - target) <= tolerance * target
+        if best is None or abs(achieved - target) < abs(best.macs_ratio - target):
+            best = Matched(model, middle, achieved, step, within)
+        if within:
+            break
+        if target < achieved <= low_ratio:
+            low, low_ratio = middle, achieved
+        else:
+            high = middle
+    assert best is not None  # steps >= 1
+    return dataclasses.replace(best, steps=step)
 
 
 class Scratch(Method):
@@ -163,17 +309,26 @@ class Scratch(Method):
         return reinitialize(context.greedy.model, seed=context.seed)
 
 
+def _group_norm(p: int) -> Callable[[], tp.importance.Importance]:
+    """Torch-Pruning's group magnitude importance with the L``p`` norm."""
+    return lambda: tp.importance.GroupMagnitudeImportance(p=p)
+
+
 #: Every comparison method by name, in the order the report lists them.
 METHODS: Mapping[str, Method] = {
     m.name: m
     for m in (
         Greedy(),
-        Importance("l1", lambda: tp.importance.GroupMagnitudeImportance(p=1), gradients=False),
+        Importance("l1", _group_norm(1), gradients=False),
         Importance("bn", tp.importance.BNScaleImportance, gradients=False),
         Importance("taylor", tp.importance.TaylorImportance, gradients=True),
         Importance("random", tp.importance.RandomImportance, gradients=False),
         Backward(),
         Scratch(),
+        TorchPruning("tp-l1", _group_norm(1), global_pruning=False),
+        TorchPruning("tp-l2-global", _group_norm(2), global_pruning=True),
+        TorchPruning("tp-taylor-global", tp.importance.GroupTaylorImportance, global_pruning=True),
+        TorchPruning("tp-lamp-global", tp.importance.LAMPImportance, global_pruning=True),
     )
 }
 
@@ -212,6 +367,16 @@ def importance_channels(
     return kept
 
 
+def _copy_with_gradients(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters carry copies of its gradients
+    (``copy.deepcopy`` drops ``.grad``)."""
+    twin = copy.deepcopy(model)
+    for source, target in zip(model.parameters(), twin.parameters(), strict=True):
+        if source.grad is not None:
+            target.grad = source.grad.clone()
+    return twin
+
+
 def reinitialize(model: nn.Module, *, seed: int) -> nn.Module:
     """A copy of ``model`` with fresh random weights, drawn as the zoo draws them."""
     device = next(model.parameters()).device
@@ -222,6 +387,16 @@ def reinitialize(model: nn.Module, *, seed: int) -> nn.Module:
                 module.reset_parameters()  # also clears BatchNorm running statistics
         init_weights(fresh)
     return fresh.to(device)
+
+
+def _working_copy(context: MethodContext, *, gradients: bool) -> nn.Module:
+    """A copy of the unpruned model to score, with gradients summed over a few training
+    batches on its parameters if ``gradients``."""
+    work = copy.deepcopy(context.model).to(context.device).eval()
+    if gradients:
+        with seeded(context.seed):
+            _accumulate_gradients(work, context.loader(), context.device)
+    return work
 
 
 def _accumulate_gradients(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
