@@ -261,9 +261,12 @@ def test_get_drops_image_size_for_globally_pooled_models() -> None:
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
-def test_unknown_name_lists_the_zoo() -> None:
-    with pytest.raises(ConfigError, match=r"unknown model 'resnet21'; choose one of digits_cnn, "):
+def test_unknown_name_gives_close_matches_and_lists_the_zoo() -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown model 'resnet21'; did you mean resnet20, .*choose one of dig"
+    ) as info:
         models.get("resnet21")
+    assert "\n" not in str(info.value)
 
 
 def test_unknown_option_names_the_accepted_ones() -> None:
@@ -316,7 +319,9 @@ def test_torchvision_source_passes_options_through(monkeypatch: pytest.MonkeyPat
         calls.append((name, kwargs))
         return nn.Linear(2, 2)
 
-    _fake_package(monkeypatch, "torchvision", models=types.SimpleNamespace(get_model=get_model))
+    names = lambda module: ["resnet18"]  # noqa: E731
+    fake = types.SimpleNamespace(get_model=get_model, list_models=names)
+    _fake_package(monkeypatch, "torchvision", models=fake)
     models.get("torchvision:resnet18", num_classes=10, image_size=32, zero_init_residual=True)
     assert calls == [("resnet18", {"weights": None, "num_classes": 10, "zero_init_residual": True})]
     with pytest.raises(ConfigError, match=r"torchvision models take 3 input channels, got"):
@@ -333,12 +338,16 @@ def test_timm_source_maps_in_channels_and_checks_the_name(
         return nn.Linear(2, 2)
 
     _fake_package(
-        monkeypatch, "timm", create_model=create_model, is_model=lambda name: name == "resnet18"
+        monkeypatch,
+        "timm",
+        create_model=create_model,
+        is_model=lambda name: name == "resnet18",
+        list_models=lambda: ["resnet18"],
     )
     models.get("timm:resnet18", num_classes=10, in_channels=1)
     assert calls == [("resnet18", {"pretrained": False, "in_chans": 1, "num_classes": 10})]
-    with pytest.raises(ConfigError, match=r"timm has no model 'nope'"):
-        models.get("timm:nope")
+    with pytest.raises(ConfigError, match=r"unknown timm model 'resnet81'; did you mean resnet18?"):
+        models.get("timm:resnet81")
 
 
 def test_available_lists_the_zoo_by_pattern_and_refuses_unknown_sources() -> None:

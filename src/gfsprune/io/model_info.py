@@ -1,9 +1,11 @@
-"""How to rebuild a zoo model: ``model.json`` of a trained checkpoint, and the same fields in
+"""How to rebuild a model: ``model.json`` of a trained checkpoint, and the same fields in
 the metadata of a pruned model's ``plan.json``.
 
 :func:`read_model_info` and :func:`model_info` are the one reader of these fields: every size
 is bounded before a network is built, so a damaged file fails in one line instead of
-allocating a billion-class classifier.
+allocating a billion-class classifier. A recorded spec that runs code (``file.py:callable``,
+``module:callable``) is never built on the file's word: :meth:`ModelInfo.build` refuses it
+unless the caller names the spec itself.
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from gfsprune import models
+from gfsprune.errors import ModelError
 from gfsprune.io.schema import Fields, read_json
 
-__all__ = ["MODEL_FILE", "ModelInfo", "model_info", "read_model_info"]
+__all__ = ["MODEL_FILE", "ModelInfo", "model_info", "read_model_info", "saved_model_info"]
 
 MODEL_FILE = "model.json"
 FORMAT = "gfsprune-model"
@@ -32,31 +37,60 @@ _MAX_SIZE = 1 << 16
 _MAX_INPUT = 1 << 24
 _MAX_WIDTH_MULT = 4
 _SIZE_OPTIONS = ("num_classes", "in_channels", "image_size")
+_MAX_SPEC = 4096  # characters of a model or data spec (a path and a name)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _FIX = "Pass a folder written by `gfsprune train`, `prune` or `finetune`."
+# What a folder saved by gfsprune.save from Python needs in its metadata to be rebuilt.
+_SAVE_EXAMPLE = (
+    'gfsprune.save(result, DIR, metadata={"name": "resnet20", "options": {"num_classes": 10}, '
+    '"data": "cifar10:/data/cifar"})'
+)
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """How to rebuild a zoo model, and what it was trained on.
+    """How to rebuild a model, and what it was trained on.
 
     Attributes:
-        name: The zoo name (``gfsprune.models.get``).
+        name: The model spec (``gfsprune.models.get``): a zoo name, ``timm:NAME``, ...
         options: Its constructor options (``num_classes``, ``in_channels``, ...).
-        data: The data spec it was trained on.
+        data: The data spec it was trained or pruned on (``None``: unknown, pass one).
         input_shape: ``(C, H, W)`` of one input.
         pretrain: The pre-training ``TrainConfig`` fields (``{}`` if unknown; optional in
             the file).
+        weights: The SHA-256 of the weights file the model started from (``None``: freshly
+            initialised or trained by gfsprune; optional in the file).
+        mean: Per-channel mean the images are normalised with (``None``: the data set's own;
+            optional in the file, as is ``std``).
+        std: Per-channel standard deviation, with ``mean``.
     """
 
     name: str
     options: dict[str, Any]
-    data: str
+    data: str | None
     input_shape: tuple[int, ...]
     pretrain: dict[str, Any]
+    weights: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
-    def build(self) -> nn.Module:
-        """A freshly initialised instance of the architecture."""
-        return models.get(self.name, **self.options)
+    def build(self, *, spec: str | None = None) -> nn.Module:
+        """A freshly initialised instance of the architecture.
+
+        Args:
+            spec: Build from this spec instead of :attr:`name`, with the recorded options: the
+                user's own naming of a spec that runs code, which is never built otherwise.
+
+        Raises:
+            ModelError: :attr:`name` runs code and ``spec`` is not given.
+        """
+        if spec is None and models.runs_code(self.name):
+            raise ModelError(
+                f"the model is recorded as {self.name!r}, the user's own code, which gfsprune "
+                f"does not run because a file names it; pass --model {self.name} (model= in "
+                "Python) to run it"
+            )
+        return models.get(spec or self.name, **self.options)
 
     def example_inputs(self) -> torch.Tensor:
         """One zero input, ``(1, C, H, W)``, to trace and count with."""
@@ -72,9 +106,38 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     return model_info(read_json(path, fmt=FORMAT, fix=_FIX))
 
 
-def model_info(fields: Fields) -> ModelInfo:
-    """The :class:`ModelInfo` fields of a JSON object (extra fields are ignored)."""
-    options = fields["options"]
+def saved_model_info(plan: Mapping[str, Any], path: Path) -> ModelInfo:
+    """The model a saved result was pruned from, as its plan's metadata records it.
+
+    Args:
+        plan: What ``gfsprune.io.saved.read_plan`` returned (the input shape defaults to its
+            example inputs').
+        path: The ``plan.json`` it came from, named in errors.
+
+    Raises:
+        ModelError: the metadata does not say which model (it was saved without it).
+        FileFormatError: a field is damaged.
+    """
+    metadata = plan["metadata"]
+    if not {"name", "options", "data", "input_shape"} & set(metadata):
+        raise ModelError(
+            f"'{path}' does not say which model it prunes (its metadata has no 'name'), so "
+            f"it cannot be rebuilt from the folder alone. Save it with the model spec, e.g. "
+            f"{_SAVE_EXAMPLE}, or pass the base: gfsprune.load(DIR, base_model)."
+        )
+    shape = plan["example_inputs"].get("shape")
+    fix = f"Save it again with the model's description, e.g. {_SAVE_EXAMPLE}."
+    return model_info(Fields(metadata, path, "metadata", fix), input_shape=shape and shape[1:])
+
+
+def model_info(fields: Fields, *, input_shape: Sequence[int] | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` fields of a JSON object (extra fields are ignored).
+
+    Args:
+        fields: The object.
+        input_shape: The input shape where the object has none (a plan's example inputs).
+    """
+    options = fields.get("options") or Fields({}, fields.path, "options", fields.fix)
     for key, value in options.require(Mapping, "an object").items():
         option = options[key]
         if key in _SIZE_OPTIONS:
@@ -84,16 +147,53 @@ def model_info(fields: Fields) -> ModelInfo:
                 raise option.fail(f"a number in (0, {_MAX_WIDTH_MULT}]")
         elif value is not None:
             option.require((str, int, float, bool), "a string, number or boolean")
-    shape = tuple(item.integer(1, _MAX_SIZE) for item in fields["input_shape"].items(4))
+    shape_field = fields.get("input_shape")
+    if shape_field is None and input_shape is None:
+        shape_field = fields["input_shape"]  # missing: the error names it
+    if shape_field is not None:
+        shape = tuple(item.integer(1, _MAX_SIZE) for item in shape_field.items(4))
+    else:
+        shape = tuple(input_shape or ())
     if not shape or math.prod(shape) > _MAX_INPUT:
-        raise fields["input_shape"].fail(f"1 to 4 sizes with at most {_MAX_INPUT:,} values")
+        raise (shape_field or fields).fail(f"1 to 4 sizes with at most {_MAX_INPUT:,} values")
     pretrain = fields.get("pretrain") or Fields({}, fields.path, "pretrain", fields.fix)
     for key in pretrain.require(Mapping, "an object"):
         pretrain[key].require((int, float, bool), "a number or boolean (a training option)")
     return ModelInfo(
-        name=fields["name"].text(),
+        name=_spec(fields["name"]),
         options=dict(options.value),
-        data=fields["data"].text(),
+        data=_optional(fields, "data", _spec),
         input_shape=shape,
         pretrain=dict(pretrain.value),
+        weights=_optional(fields, "weights", _digest),
+        mean=_optional(fields, "mean", lambda f: _stats(f, shape, positive=False)),
+        std=_optional(fields, "std", lambda f: _stats(f, shape, positive=True)),
     )
+
+
+def _optional(fields: Fields, key: str, read: Callable[[Fields], Any]) -> Any:
+    """``read`` of the field ``key``, or ``None`` where it is absent or null."""
+    field = fields.get(key)
+    return None if field is None or field.value is None else read(field)
+
+
+def _spec(field: Fields) -> str:
+    text = field.text()
+    if not text or len(text) > _MAX_SPEC:
+        raise field.fail(f"a spec of 1 to {_MAX_SPEC} characters")
+    return text
+
+
+def _digest(field: Fields) -> str:
+    text = field.text()
+    if not _SHA256.fullmatch(text):
+        raise field.fail("a SHA-256 digest (64 lowercase hex digits)")
+    return text
+
+
+def _stats(field: Fields, shape: tuple[int, ...], *, positive: bool) -> tuple[float, ...]:
+    """A per-channel statistic: one finite number per input channel (``shape[0]``)."""
+    values = tuple(item.number(positive=positive) for item in field.items(_MAX_SIZE))
+    if len(values) != shape[0]:
+        raise field.fail(f"{shape[0]} numbers, one per input channel")
+    return values

@@ -22,6 +22,7 @@ from torch import nn
 from gfsprune._version import __version__
 from gfsprune.errors import ModelError
 from gfsprune.io.atomic import write_atomic, write_json
+from gfsprune.io.model_info import saved_model_info
 from gfsprune.io.schema import Fields, read_json
 from gfsprune.plan import PruneResult
 from gfsprune.surgery import prune_channels
@@ -156,20 +157,29 @@ def _inputs(spec: Fields, depth: int = 0) -> dict:
     return {"shape": shape, "dtype": dtype}
 
 
-def load(directory: str | os.PathLike, base_model: nn.Module) -> nn.Module:
+def load(
+    directory: str | os.PathLike, base_model: nn.Module | None = None, *, model: str | None = None
+) -> nn.Module:
     """Rebuild a saved pruned model on ``base_model`` and load its weights.
 
     Args:
         directory: A folder written by :func:`save`.
         base_model: A fresh instance of the original (unpruned) architecture; not modified.
+            Without it, the base is built from the model spec in the plan's metadata (what
+            ``gfsprune prune`` records, or ``save(..., metadata={"name": SPEC, ...})``).
+        model: Build the base from this spec instead of the recorded one; a recorded spec
+            that runs code (``file.py:callable``) is only built when named here.
 
     Returns:
         The pruned model, in eval mode.
 
     Raises:
-        ModelError: If the folder is incomplete or the base does not match the plan.
+        ModelError: If the folder is incomplete, the base does not match the plan, or the
+            plan does not say which model to build.
     """
     plan = read_plan(directory)
+    if base_model is None:
+        base_model = saved_model_info(plan, Path(directory) / PLAN_FILE).build(spec=model)
     if type(base_model).__name__ != plan["architecture"]:
         raise ModelError(
             f"The plan in '{directory}' was made for a {plan['architecture']}, but the base "

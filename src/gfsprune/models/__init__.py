@@ -1,50 +1,84 @@
-"""The model zoo: ``get(name, **options)`` builds a freshly initialised network by name.
+"""Model sources: ``get(spec, **options)`` builds a freshly initialised network from a spec.
 
-Every zoo model is a plain ``nn.Module`` of conv+BN layers ending in an ``nn.Linear``
-classifier, traceable by Torch-Pruning; its initialisation follows the caller's
-``torch.manual_seed``. ``torchvision:NAME`` and ``timm:NAME`` build from those packages when
-they import.
+Specs:
+    ``NAME``                     a zoo model (``resnet20``, ``digits_cnn``, ...; see ``names()``).
+    ``torchvision:NAME``         a torchvision classifier, random weights.
+    ``timm:NAME``                a timm model, random weights.
+    ``hf:DIR``                   a local Hugging Face folder (``config.json`` + weights), offline.
+    ``module.path:callable``     the user's own code: import the module, call the callable.
+    ``path/to/file.py:callable`` the same from a file. These two **run the user's code**.
+
+Each source is one :class:`ModelSource` registered by its prefix, so a new source is one class
+added to ``_SOURCES``. Trained weights load with ``get(spec, weights=FILE)`` or
+:func:`load_weights`.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import inspect
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 from torch import nn
 
 from gfsprune.errors import ConfigError
-from gfsprune.models import external
 from gfsprune.models._layers import init_weights
-from gfsprune.models.mobilenet import mobilenet_v2, mobilenet_v3_small, proxylessnas_mobile
-from gfsprune.models.resnet import resnet18, resnet20, resnet34, resnet50, resnet56
-from gfsprune.models.small import digits_cnn
-from gfsprune.models.vgg import vgg16_bn
+from gfsprune.models._source import ModelSource
+from gfsprune.models.code import UserCode
+from gfsprune.models.external import Timm, Torchvision
+from gfsprune.models.hf import HuggingFace
+from gfsprune.models.weights import load_weights, read_state_dict
+from gfsprune.models.zoo import Zoo
 
-__all__ = ["available", "get", "init_weights", "names"]
+__all__ = [
+    "ModelSource",
+    "available",
+    "data_config",
+    "get",
+    "init_weights",
+    "load_weights",
+    "names",
+    "read_state_dict",
+    "runs_code",
+    "source_of",
+]
 
-_ZOO: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
-    {
-        builder.__name__: builder
-        for builder in (
-            digits_cnn,
-            mobilenet_v2,
-            mobilenet_v3_small,
-            proxylessnas_mobile,
-            resnet18,
-            resnet20,
-            resnet34,
-            resnet50,
-            resnet56,
-            vgg16_bn,
-        )
-    }
+_SOURCES: Mapping[str, ModelSource] = MappingProxyType(
+    {source.prefix: source for source in (Zoo(), Torchvision(), Timm(), HuggingFace(), UserCode())}
 )
-
+#: The sources ``available`` and ``gfsprune models --source`` list.
+LISTABLE = tuple(prefix for prefix, source in _SOURCES.items() if source.listable)
 _SIZE_OPTIONS = ("num_classes", "in_channels", "image_size")
+
+
+def source_of(spec: str) -> tuple[ModelSource, str]:
+    """The source a spec names and the name it asks that source for.
+
+    A registered prefix picks its source; any other ``TARGET:CALLABLE`` is user code; a spec
+    without a colon is a zoo name.
+
+    Example:
+        >>> source, name = source_of("timm:resnet18")
+        >>> source.prefix, name
+        ('timm', 'resnet18')
+    """
+    prefix, colon, rest = spec.partition(":")
+    if not colon:
+        return _SOURCES["zoo"], spec
+    if prefix in _SOURCES:
+        return _SOURCES[prefix], rest
+    return _SOURCES["code"], spec
+
+
+def runs_code(spec: str) -> bool:
+    """Whether building ``spec`` runs code the spec names (a file or module of the user's).
+
+    Example:
+        >>> runs_code("timm:resnet18"), runs_code("my_models.py:build")
+        (False, True)
+    """
+    return source_of(spec)[0].runs_code
 
 
 def names() -> list[str]:
@@ -54,33 +88,47 @@ def names() -> list[str]:
         >>> "resnet20" in names()
         True
     """
-    return sorted(_ZOO)
+    return _SOURCES["zoo"].names()
 
 
 def available(source: str = "zoo", pattern: str = "*") -> list[str]:
-    """The model specs ``get`` accepts from ``source`` ("zoo", "torchvision" or "timm") whose
-    name matches the shell-style ``pattern``, sorted.
+    """The model specs ``get`` accepts from ``source`` (``LISTABLE``: "zoo", "torchvision" or
+    "timm") whose name matches the shell-style ``pattern``, sorted.
 
     Example:
         >>> available("zoo", "resnet5*")
         ['resnet50', 'resnet56']
     """
-    if source == "zoo":
-        found = names()
-    elif source in external.SOURCES:
-        found = [f"{source}:{n}" for n in external.list_names(source, zoo=names())]
-    else:
-        raise ConfigError(
-            f"unknown model source {source!r}; choose zoo, {', '.join(external.SOURCES)}"
-        )
-    return [n for n in found if fnmatch.fnmatchcase(n.partition(":")[2] or n, pattern)]
+    if source not in LISTABLE:
+        raise ConfigError(f"unknown model source {source!r}; choose {', '.join(LISTABLE)}")
+    found = _SOURCES[source].matching(pattern)
+    return found if source == "zoo" else [f"{source}:{n}" for n in found]
 
 
-def get(name: str, **options: Any) -> nn.Module:
-    """Build the model ``name`` with ``options`` (``num_classes``, ``in_channels``, ...).
+def data_config(spec: str) -> dict[str, Any]:
+    """What the model ``spec`` expects of its inputs where its source knows it: any of
+    ``input_size`` (C, H, W), ``mean`` and ``std``, e.g. from timm's ``pretrained_cfg``.
 
-    ``image_size`` is accepted by every model so that callers can pass the data's shape
-    uniformly; models that pool globally do not need it and drop it.
+    Example:
+        >>> data_config("resnet20")
+        {}
+    """
+    source, name = source_of(spec)
+    return source.data_config(name)
+
+
+def get(spec: str, *, weights: str | os.PathLike | None = None, **options: Any) -> nn.Module:
+    """Build the model ``spec`` with ``options`` (``num_classes``, ``in_channels``, ...).
+
+    ``image_size`` is accepted by every source so that callers can pass the data's shape
+    uniformly; models that do not need it drop it. A ``module:callable`` or
+    ``file.py:callable`` spec imports and runs that code.
+
+    Args:
+        spec: What to build (see the module docstring).
+        weights: A ``.safetensors`` file or PyTorch checkpoint to load (:func:`load_weights`);
+            without it the weights are freshly initialised (never downloaded).
+        **options: The source's constructor options.
 
     Example:
         >>> import torch
@@ -88,8 +136,10 @@ def get(name: str, **options: Any) -> nn.Module:
         torch.Size([2, 10])
 
     Raises:
-        ConfigError: unknown name, unknown option, a size that is not a positive integer, or
-            ``torchvision:``/``timm:`` asked for where that package does not import.
+        ConfigError: unknown name (with close matches), unknown option, a size that is not a
+            positive integer, or a source whose package does not import.
+        FileFormatError: ``weights`` is missing or damaged.
+        ModelError: ``weights`` do not fit the model (naming the keys).
     """
     for key in _SIZE_OPTIONS:
         value = options.get(key)
@@ -100,21 +150,6 @@ def get(name: str, **options: Any) -> nn.Module:
                 f"model option {key} must be a positive integer, got {value!r}; "
                 f"pass the size of your data, e.g. {key}=10"
             )
-    source, colon, external_name = name.partition(":")
-    if colon and source in external.SOURCES:
-        return external.build(source, external_name, zoo=names(), **options)
-    builder = _ZOO.get(name)
-    if builder is None:
-        raise ConfigError(
-            f"unknown model {name!r}; choose one of {', '.join(names())}, "
-            "or 'torchvision:NAME' / 'timm:NAME'"
-        )
-    accepted = inspect.signature(builder).parameters
-    if "image_size" not in accepted:
-        options.pop("image_size", None)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"model {name!r} has no option {unknown[0]!r}; its options are {', '.join(accepted)}"
-        )
-    return builder(**options)
+    source, name = source_of(spec)
+    model = source.build(name, **options)
+    return model if weights is None else load_weights(model, weights)

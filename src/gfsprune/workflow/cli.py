@@ -22,12 +22,12 @@ from gfsprune.core.config import PruneConfig
 from gfsprune.core.schedules import SCHEDULES
 from gfsprune.core.strategies import STRATEGIES
 from gfsprune.errors import ConfigError, GfsPruneError
-from gfsprune.models.external import SOURCES
 from gfsprune.scoring import EVALUATORS
 from gfsprune.targets import Macs, Params, Target, Tolerance
 from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.compare import CompareConfig, Comparison, parse_methods
 from gfsprune.workflow.data import SPECS
+from gfsprune.workflow.jobs import ModelSpec, Source
 from gfsprune.workflow.methods import METHODS
 from gfsprune.workflow.report import format_table, summarize
 from gfsprune.workflow.train import TrainConfig
@@ -65,7 +65,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--source",
-        choices=("zoo", *SOURCES),
+        choices=models.LISTABLE,
         default="zoo",
         help="where the models come from (default zoo)",
     )
@@ -220,7 +220,109 @@ def _target(args: argparse.Namespace) -> Target:
 
 
 def _data_help(what: str) -> str:
-    return f"data spec: {', '.join(SPECS)} (default: the data {what} was trained on)"
+    return (
+        f"data spec: {', '.join(SPECS)} (default: the data {what} was trained on; "
+        "required with --model)"
+    )
+
+
+_MODEL_HELP = (
+    "build the model from a spec instead of a folder: a zoo name, torchvision:NAME, "
+    "timm:NAME (random weights, pass --weights), hf:DIR (a local Hugging Face folder, "
+    "offline), or your own code as module.path:callable or path/to/file.py:callable. "
+    "The last two IMPORT AND RUN THAT CODE; gfsprune never runs code a folder merely "
+    "records, so name it here again to rebuild such a folder"
+)
+_MODEL_ONLY = ("weights", "num_classes", "input_size", "mean", "std")
+
+
+def _numbers(kind: type, count: int, text: str) -> tuple:
+    """``count`` comma-separated numbers of ``kind`` (an argparse type)."""
+    try:
+        values = tuple(kind(item) for item in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(
+            f"expected {count} comma-separated {kind.__name__}s, got {text!r}"
+        )
+    return values
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """--weights, --num-classes, --input-size, --mean, --std (what goes with --model), --data."""
+    p.add_argument("--data", help=_data_help("the model"))
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="with --model: a .safetensors file or PyTorch checkpoint (read with "
+        "torch.load(weights_only=True); a bare state dict or one under 'state_dict'/'model', "
+        "'module.'/'model.' prefixes stripped); without it, freshly initialised (seeded) weights",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        help="with --model: classifier outputs (default: the data's class count)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=lambda text: _numbers(int, 3, text),
+        metavar="C,H,W",
+        help="with --model: one input's shape; cifar10 and imagefolder images are resized to "
+        "it (default: the model's own where known, e.g. timm's pretrained_cfg, else the data's)",
+    )
+    p.add_argument(
+        "--mean",
+        type=lambda text: _numbers(float, 3, text),
+        metavar="R,G,B",
+        help="with --model: per-channel mean that cifar10 and imagefolder images are "
+        "normalised with, together with --std (default: the model's own where known, e.g. "
+        "timm's pretrained_cfg, else ImageNet's); the output folder records both",
+    )
+    p.add_argument(
+        "--std",
+        type=lambda text: _numbers(float, 3, text),
+        metavar="R,G,B",
+        help="with --model: per-channel standard deviation, together with --mean",
+    )
+
+
+def _model_spec(args: argparse.Namespace) -> ModelSpec | None:
+    """The --model request, or None; model-only options without --model are refused."""
+    if args.model is None:
+        given = [f"--{key.replace('_', '-')}" for key in _MODEL_ONLY if getattr(args, key)]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} go(es) with --model; a folder records the model's weights "
+                "and sizes itself"
+            )
+        return None
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ConfigError(f"--num-classes must be a positive integer. Got {args.num_classes}.")
+    return ModelSpec(
+        args.model,
+        weights=args.weights,
+        num_classes=args.num_classes,
+        input_shape=args.input_size,
+        mean=args.mean,
+        std=args.std,
+    )
+
+
+def _folder_or_spec(args: argparse.Namespace) -> tuple[Source, str | None]:
+    """eval's and finetune's model: DIR, --model SPEC, or DIR rebuilt with --model SPEC."""
+    if args.dir is None and args.model is None:
+        raise ConfigError("pass a folder (DIR) written by gfsprune, or --model SPEC")
+    if args.dir is None:
+        return _model_spec(args), None
+    if args.model is not None:
+        given = [f"--{key.replace('_', '-')}" for key in _MODEL_ONLY if getattr(args, key)]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} cannot change a folder's model; leave them out (DIR "
+                "records them), or give --model without DIR"
+            )
+    return args.dir, args.model
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -244,7 +346,7 @@ def _train(args: argparse.Namespace) -> None:
 def _prune(args: argparse.Namespace) -> None:
     config = _selection(args, seed=args.seed, strategy=args.strategy, device=args.device)
     result, scores = workflow.prune_checkpoint(
-        args.checkpoint,
+        _model_spec(args) or args.checkpoint,
         args.out,
         target=_target(args),
         config=config,
@@ -276,15 +378,19 @@ def _prune(args: argparse.Namespace) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
+    source, model_spec = _folder_or_spec(args)
+    if args.out is None and args.dir is None:
+        raise ConfigError("pass --out: with --model alone there is no DIR to write DIR/finetuned")
     out = args.out or Path(args.dir) / "finetuned"
     history = workflow.finetune_dir(
-        args.dir,
+        source,
         out,
         config=_recipe(args),
         data=args.data,
         resume=args.resume,
         progress=args.progress,
         device=args.device,
+        model_spec=model_spec,
     )
     last = history[-1]
     _say(
@@ -294,7 +400,10 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    scores = workflow.evaluate_dir(args.dir, data=args.data, device=args.device)
+    source, model_spec = _folder_or_spec(args)
+    scores = workflow.evaluate_dir(
+        source, data=args.data, device=args.device, model_spec=model_spec
+    )
     print(f"accuracy      {scores['acc']:.2%}")
     print(f"loss          {scores['loss']:.4f}")
     print(f"MACs          {scores['macs']:,}")
@@ -312,7 +421,7 @@ def _compare(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     comparison = workflow.compare_checkpoint(
-        args.checkpoint,
+        _model_spec(args) or args.checkpoint,
         args.out,
         config=config,
         data=args.data,
@@ -341,6 +450,27 @@ def _say(text: str) -> None:
         print(text)
 
 
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    """--checkpoint DIR or --model SPEC (one of them), the model options and --data."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="folder written by `gfsprune train`")
+    source.add_argument("--model", metavar="SPEC", help=_MODEL_HELP)
+    _add_model_options(p)
+
+
+def _add_folder_or_spec(p: argparse.ArgumentParser, written_by: str) -> None:
+    """DIR or --model SPEC (or both: DIR's model rebuilt from SPEC), the model options, --data."""
+    p.add_argument(
+        "dir",
+        type=Path,
+        nargs="?",
+        help=f"folder written by {written_by}; or give --model instead (with DIR, --model "
+        "rebuilds DIR's model from SPEC: how to consent to running your own code)",
+    )
+    p.add_argument("--model", metavar="SPEC", help=_MODEL_HELP)
+    _add_model_options(p)
+
+
 def _add_jobs(sub: argparse._SubParsersAction) -> None:
     common = _common()
     p = sub.add_parser(
@@ -365,8 +495,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         description="Greedy forward selection of channels, layer by layer, on "
         "the training split; saves progress after every layer.",
     )
-    p.add_argument("--checkpoint", required=True, help="folder written by `gfsprune train`")
-    p.add_argument("--data", help=_data_help("the model"))
+    _add_model_source(p)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--macs", type=float, help="keep this fraction of the MACs, in (0, 1)")
     target.add_argument("--params", type=float, help="keep this fraction of the parameters")
@@ -395,8 +524,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         description="Fine-tune the pruned model in DIR with the paper's recipe; "
         "checkpoints every epoch.",
     )
-    p.add_argument("dir", type=Path, help="folder written by `gfsprune prune`")
-    p.add_argument("--data", help=_data_help("the model"))
+    _add_folder_or_spec(p, "`gfsprune prune` (or train)")
     p.add_argument("--out", type=Path, help="folder to write (default DIR/finetuned)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     _add_recipe(p)
@@ -409,8 +537,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         description="Test accuracy and loss, MACs, parameters and measured CPU "
         "latency (median of 5 runs after 2 warm-ups) at batch 1 and 64.",
     )
-    p.add_argument("dir", type=Path, help="folder written by train, prune or finetune")
-    p.add_argument("--data", help=_data_help("the model"))
+    _add_folder_or_spec(p, "train, prune or finetune")
     p.set_defaults(handler=_eval, command_name="eval")
 
     p = sub.add_parser(
@@ -421,8 +548,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         "every method, fine-tune each the same way, write results.json, "
         "report.md and plots.",
     )
-    p.add_argument("--checkpoint", required=True, help="folder written by `gfsprune train`")
-    p.add_argument("--data", help=_data_help("the model"))
+    _add_model_source(p)
     p.add_argument("--macs", type=float, required=True, help="MACs ratio to keep, in (0, 1)")
     p.add_argument("--out", type=Path, required=True, help="folder for the report")
     p.add_argument(

@@ -6,6 +6,10 @@ Specs:
     ``cifar10:DIR``       the CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) in DIR.
     ``imagefolder:DIR``   ImageNet layout: ``DIR/train/CLASS/*.jpg|png`` and ``DIR/val/CLASS/*``.
 
+The last two are *resizable* (:func:`resizable`): their images are resized to the model's
+input size (``image_size``) and normalised with the model's ``mean`` and ``std`` where given,
+else with the data set's own (CIFAR-10's, ImageNet's).
+
 Every data set yields ``(image, label)`` with ``image`` a normalised float tensor (C, H, W) and
 ``labels`` available as one tensor on the data set. Training augmentation (random crops and
 flips) draws from torch's global generator, as torchvision's does; ``gfsprune.train.fit`` seeds
@@ -15,7 +19,7 @@ that generator once per epoch, which makes runs and resumed runs repeat exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -30,15 +34,25 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from gfsprune.errors import ConfigError, DataError, FileFormatError
 from gfsprune.io.unpickle import load_data_pickle
 
-__all__ = ["DataBundle", "check_labels", "load_data", "make_loader"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DataBundle",
+    "check_labels",
+    "load_data",
+    "make_loader",
+    "resizable",
+]
 
 SPECS = ("digits", "synthetic[:N]", "cifar10:DIR", "imagefolder:DIR")
+_RESIZABLE = ("cifar10", "imagefolder")
 
 # Per-channel (mean, std) of the CIFAR-10 and ImageNet training sets, as in torchvision's
 # recipes, shaped (3, 1, 1) to broadcast over an image; built once, they cost a third of the
 # time of a CIFAR sample when built per call.
 _CIFAR_STATS = torch.tensor([[0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]]).view(2, 3, 1, 1)
-_IMAGENET_STATS = torch.tensor([[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]).view(2, 3, 1, 1)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_IMAGENET_STATS = torch.tensor([IMAGENET_MEAN, IMAGENET_STD]).view(2, 3, 1, 1)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 # Image folders up to this many files are opened once at load time so that a bad file is
 # reported before training starts; bigger ones are checked as each image is read.
@@ -109,16 +123,36 @@ class _ImageFolder(Dataset):
                 pass
 
 
+def resizable(spec: str) -> bool:
+    """Whether ``spec``'s images take ``image_size``, ``mean`` and ``std`` (cifar10, imagefolder).
+
+    Example:
+        >>> resizable("cifar10:/data/cifar"), resizable("digits")
+        (True, False)
+    """
+    return spec.partition(":")[0] in _RESIZABLE
+
+
 def load_data(
-    spec: str, *, seed: int = 0, image_size: int | None = None, verify: bool | None = None
+    spec: str,
+    *,
+    seed: int = 0,
+    image_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    verify: bool | None = None,
 ) -> DataBundle:
     """Load the data set that ``spec`` names (see the module docstring for the specs).
 
     Args:
         spec: ``digits``, ``synthetic[:N]``, ``cifar10:DIR`` or ``imagefolder:DIR``.
         seed: Seeds the digits train/test split and the synthetic generator.
-        image_size: Side of the square crops of ``imagefolder`` (default 224); not accepted
-            for the other specs, whose images have a fixed size.
+        image_size: Side of the square images of ``cifar10`` (default 32, its own) and
+            ``imagefolder`` (default 224); not accepted for the other specs, whose images
+            have a fixed size.
+        mean: Per-channel mean to normalise ``cifar10`` and ``imagefolder`` images with
+            (default: CIFAR-10's and ImageNet's own); with ``std``.
+        std: Per-channel standard deviation, with ``mean``.
         verify: Open every ``imagefolder`` file up front (True), only when read (False), or up
             front for folders of at most 5,000 files (None).
 
@@ -128,20 +162,27 @@ def load_data(
         ((1, 8, 8), 10)
     """
     name, sep, arg = spec.partition(":")
-    if image_size is not None and name != "imagefolder":
+    given = {"image_size": image_size, "mean": mean, "std": std}
+    given = {key: value for key, value in given.items() if value is not None}
+    if given and not resizable(spec):
+        key, value = next(iter(given.items()))
         raise ConfigError(
-            f"image_size applies to 'imagefolder:DIR' data only; got image_size={image_size} "
-            f"with {spec!r}. Leave it out: these images have a fixed size."
+            f"{key} applies to 'cifar10:DIR' and 'imagefolder:DIR' data only; got "
+            f"{key}={value!r} with {spec!r}. Leave it out: these images have a fixed size "
+            "and normalisation."
         )
     if name == "digits" and not sep:
         return _load_digits(seed)
     if name == "synthetic":
         return _load_synthetic(_parse_count(spec, arg) if sep else _SYNTHETIC_DEFAULT, seed)
     if name == "cifar10" and arg:
-        return _load_cifar10(spec, _existing_dir(arg, spec))
+        size = 32 if image_size is None else _check_image_size(image_size)
+        stats = _check_stats(mean, std, _CIFAR_STATS)
+        return _load_cifar10(spec, _existing_dir(arg, spec), size, stats)
     if name == "imagefolder" and arg:
         size = 224 if image_size is None else _check_image_size(image_size)
-        return _load_imagefolder(spec, _existing_dir(arg, spec), size, verify)
+        stats = _check_stats(mean, std, _IMAGENET_STATS)
+        return _load_imagefolder(spec, _existing_dir(arg, spec), size, stats, verify)
     raise DataError(f"unknown data spec {spec!r}; valid specs are {', '.join(SPECS)}.")
 
 
@@ -228,6 +269,31 @@ def _check_image_size(size: int) -> int:
     return size
 
 
+def _check_stats(
+    mean: Sequence[float] | None, std: Sequence[float] | None, default: torch.Tensor
+) -> torch.Tensor:
+    """(mean, std) shaped (2, 3, 1, 1): the given ones, checked, or ``default``."""
+    if mean is None and std is None:
+        return default
+    if mean is None or std is None:
+        raise ConfigError(f"give mean and std together; got mean={mean!r}, std={std!r}.")
+    rows = [tuple(float(v) for v in values) for values in (mean, std)]
+    if any(len(row) != 3 or not all(math.isfinite(v) for v in row) for row in rows):
+        raise ConfigError(
+            f"mean and std must be 3 finite numbers each (RGB). Got {mean!r} and {std!r}."
+        )
+    if min(rows[1]) <= 0:
+        raise ConfigError(f"std must be positive. Got {std!r}.")
+    return torch.tensor(rows).view(2, 3, 1, 1)
+
+
+def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A (C, H, W) image resized to (C, size, size), bilinear, antialiased when shrinking."""
+    if image.shape[-2:] == (size, size):
+        return image
+    return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True)[0]
+
+
 def _normalize(image: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     """Per-channel ``(image - mean) / std`` with ``stats`` = (mean, std), each (3, 1, 1)."""
     return (image - stats[0]) / stats[1]
@@ -288,19 +354,20 @@ def _load_synthetic(count: int, seed: int) -> DataBundle:
 # CIFAR-10 python batches
 
 
-def _load_cifar10(spec: str, root: Path) -> DataBundle:
+def _load_cifar10(spec: str, root: Path, size: int, stats: torch.Tensor) -> DataBundle:
     if not (root / "data_batch_1").exists() and (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"  # the folder the official archive unpacks to
     train = [_read_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
     test_images, test_labels = _read_cifar_batch(root / "test_batch")
     train_images = torch.cat([images for images, _ in train])
     train_labels = torch.cat([labels for _, labels in train])
+    transform = partial(_cifar_transform, size=size, stats=stats)
     return DataBundle(
         name=spec,
-        train=_InMemory(train_images, train_labels, partial(_cifar_transform, augment=True)),
-        test=_InMemory(test_images, test_labels, partial(_cifar_transform, augment=False)),
+        train=_InMemory(train_images, train_labels, partial(transform, augment=True)),
+        test=_InMemory(test_images, test_labels, partial(transform, augment=False)),
         num_classes=10,
-        input_shape=(3, 32, 32),
+        input_shape=(3, size, size),
     )
 
 
@@ -336,21 +403,26 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(labels)
 
 
-def _cifar_transform(image: torch.Tensor, *, augment: bool) -> torch.Tensor:
-    """uint8 (3, 32, 32) to normalised float; augment: random crop with 4-pixel padding, flip."""
+def _cifar_transform(
+    image: torch.Tensor, *, augment: bool, size: int, stats: torch.Tensor
+) -> torch.Tensor:
+    """uint8 (3, 32, 32) to normalised float (3, size, size); augment: random crop with
+    4-pixel padding, flip (at 32x32, before the resize)."""
     image = image.float().div_(255)
     if augment:
         padded = F.pad(image, (4, 4, 4, 4))  # (3, 40, 40), zero (black) border
         top, left = torch.randint(0, 9, (2,)).tolist()
         image = _random_flip(padded[:, top : top + 32, left : left + 32])
-    return _normalize(image, _CIFAR_STATS)
+    return _normalize(_resize(image, size), stats)
 
 
 # ---------------------------------------------------------------------------------------------
 # ImageNet-style folders
 
 
-def _load_imagefolder(spec: str, root: Path, size: int, verify: bool | None) -> DataBundle:
+def _load_imagefolder(
+    spec: str, root: Path, size: int, stats: torch.Tensor, verify: bool | None
+) -> DataBundle:
     train_files = _scan_split(root, "train")
     val_files = _scan_split(root, "val")
     if train_files.keys() != val_files.keys():
@@ -361,8 +433,10 @@ def _load_imagefolder(spec: str, root: Path, size: int, verify: bool | None) -> 
             f"{only_train}, only in val: {only_val}); give both splits the same classes."
         )
     classes = sorted(train_files)
-    train = _ImageFolder(_samples(train_files, classes), partial(_train_image, size=size))
-    test = _ImageFolder(_samples(val_files, classes), partial(_eval_image, size=size))
+    train = _ImageFolder(
+        _samples(train_files, classes), partial(_train_image, size=size, stats=stats)
+    )
+    test = _ImageFolder(_samples(val_files, classes), partial(_eval_image, size=size, stats=stats))
     if verify or (verify is None and len(train) + len(test) <= _VERIFY_LIMIT):
         train.verify()
         test.verify()
@@ -414,21 +488,21 @@ def _read_rgb(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def _train_image(image: Image.Image, *, size: int) -> torch.Tensor:
+def _train_image(image: Image.Image, *, size: int, stats: torch.Tensor) -> torch.Tensor:
     """Random resized crop (scale 0.08..1, aspect 3/4..4/3) to ``size``, then a random flip."""
     box = _random_box(image.width, image.height)
     image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    return _normalize(_random_flip(_to_tensor(image)), _IMAGENET_STATS)
+    return _normalize(_random_flip(_to_tensor(image)), stats)
 
 
-def _eval_image(image: Image.Image, *, size: int) -> torch.Tensor:
+def _eval_image(image: Image.Image, *, size: int, stats: torch.Tensor) -> torch.Tensor:
     """Resize the short side to ``size * 256 / 224`` and crop the ``size`` square centre."""
     side = min(image.width, image.height) * 224 / 256  # the centre crop, in source pixels
     left, top = (image.width - side) / 2, (image.height - side) / 2
     image = image.resize(
         (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
     )
-    return _normalize(_to_tensor(image), _IMAGENET_STATS)
+    return _normalize(_to_tensor(image), stats)
 
 
 def _random_box(width: int, height: int) -> tuple[int, int, int, int]:

@@ -1,13 +1,16 @@
 """The command line's jobs as functions: train, prune, fine-tune, evaluate, compare, demo.
 
-Folders these jobs read and write:
+A job's model comes from a folder these jobs wrote, or from a :class:`ModelSpec` (the
+command line's ``--model``: any source of :func:`gfsprune.models.get`, with the user's
+weights); see :mod:`gfsprune.workflow.loading`. Folders these jobs read and write:
 
-- a *trained checkpoint* (``train --out``): ``model.json`` (zoo name, constructor options,
-  data spec, input shape, pre-training recipe and history), ``model.safetensors`` (weights)
-  and ``train_state.pt`` (what :func:`gfsprune.train.fit` resumes from);
-- a *pruned model* (``prune --out``, ``finetune --out``): the :func:`gfsprune.save` format,
-  whose metadata holds the ``model.json`` fields so the base can be rebuilt from the zoo, plus
-  ``progress.json`` (per-layer pruning progress);
+- a *trained checkpoint* (``train --out``, or ``finetune --out`` of a ``ModelSpec``):
+  ``model.json`` (model spec, constructor options, data spec, input shape, normalisation,
+  weights digest, pre-training recipe and history), ``model.safetensors`` (weights) and
+  ``train_state.pt`` (what :func:`gfsprune.train.fit` resumes from);
+- a *pruned model* (``prune --out``, ``finetune --out`` of a pruned folder): the
+  :func:`gfsprune.save` format, whose metadata holds the ``model.json`` fields so the base can
+  be rebuilt from its spec, plus ``progress.json`` (per-layer pruning progress);
 - a *comparison* (``compare --out``, ``demo --out``): ``results.json`` (rewritten as each
   method finishes), ``report.md`` and two figures.
 
@@ -21,35 +24,32 @@ same train/test split.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from gfsprune import distributed
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
-from gfsprune.errors import ConfigError, DataError, FileFormatError, ModelError
+from gfsprune.errors import ConfigError, FileFormatError
 from gfsprune.io.atomic import write_json
 from gfsprune.io.folders import Run, claim, write_run
 from gfsprune.io.model_info import FORMAT as MODEL_FORMAT
-from gfsprune.io.model_info import MODEL_FILE, ModelInfo, model_info, read_model_info
+from gfsprune.io.model_info import MODEL_FILE, ModelInfo
 from gfsprune.io.results import RESULTS_FILE, read_results
-from gfsprune.io.saved import PLAN_FILE, WEIGHTS_FILE, load, read_plan, save, write_weights
-from gfsprune.io.schema import Fields
+from gfsprune.io.saved import PLAN_FILE, WEIGHTS_FILE, read_plan, save, write_weights
 from gfsprune.plan import LayerPlan, PruneResult
 from gfsprune.targets import Target
 from gfsprune.workflow import report
 from gfsprune.workflow.compare import CompareConfig, Comparison, compare
 from gfsprune.workflow.data import DataBundle, load_data, make_loader
 from gfsprune.workflow.latency import latencies
+from gfsprune.workflow.loading import ModelSpec, file_digest, load_bundle, load_model, open_spec
 from gfsprune.workflow.seeding import seeded
 from gfsprune.workflow.train import TrainConfig, evaluate, fit, resolve_device
 
@@ -57,6 +57,7 @@ __all__ = [
     "DEMO",
     "DemoConfig",
     "ModelInfo",
+    "ModelSpec",
     "compare_checkpoint",
     "demo",
     "evaluate_dir",
@@ -66,15 +67,37 @@ __all__ = [
     "train_model",
 ]
 
+
 PROGRESS_FILE = "progress.json"
-# What a folder saved by gfsprune.save from Python needs in its metadata for the command line.
-_SAVE_EXAMPLE = (
-    'gfsprune.save(result, DIR, metadata={"name": "resnet20", "options": {"num_classes": 10}, '
-    '"data": "cifar10:/data/cifar", "input_shape": [3, 32, 32]})'
-)
+#: Where a job's model comes from: a folder gfsprune wrote, or a model spec.
+Source = str | os.PathLike | ModelSpec
 
 
-def _check_out(source: str | os.PathLike, out: Path) -> None:
+def _open(
+    source: Source, *, data: str | None, seed: int = 0, model_spec: str | None = None
+) -> tuple[nn.Module, ModelInfo, DataBundle]:
+    """The model ``source`` names, its description and its data (``data``, else its own)."""
+    if isinstance(source, ModelSpec):
+        return open_spec(source, data=data, seed=seed)
+    model, info = load_model(source, model=model_spec)
+    return model, info, load_bundle(data, info)
+
+
+def _source_settings(source: Source, info: ModelInfo) -> dict[str, Any]:
+    """What identifies a job's model in its ``run.json``: the folder and its weights, or the
+    spec with its options, weights and input handling."""
+    if isinstance(source, ModelSpec):
+        fields = ("name", "options", "weights", "input_shape", "mean", "std")
+        return {f"model_{key}": value for key, value in info.to_json().items() if key in fields}
+    return {
+        "checkpoint": str(Path(source).resolve()),
+        "weights": file_digest(Path(source) / WEIGHTS_FILE),
+    }
+
+
+def _check_out(source: Source, out: Path) -> None:
+    if isinstance(source, ModelSpec):
+        return
     if out.resolve() == Path(source).resolve():
         raise ConfigError(
             f"the output folder '{out}' is the input folder; writing there would replace the "
@@ -91,19 +114,6 @@ def _refuse_torchrun(job: str) -> None:
             f"{job} runs in a single process, but this is one of {world} torchrun processes; "
             f"run `gfsprune {job}` without torchrun."
         )
-
-
-def load_bundle(spec: str | None, info: ModelInfo) -> DataBundle:
-    """The data set ``spec`` (default: the model's own), checked to fit the model."""
-    bundle = load_data(spec or info.data)
-    classes = info.options.get("num_classes")
-    if tuple(bundle.input_shape) != tuple(info.input_shape) or bundle.num_classes != classes:
-        raise DataError(
-            f"data {bundle.name!r} has inputs {tuple(bundle.input_shape)} in "
-            f"{bundle.num_classes} classes but the model takes {tuple(info.input_shape)} in "
-            f"{classes}; pass data like the model's own ({info.data!r})."
-        )
-    return bundle
 
 
 def _new_model(
@@ -159,63 +169,8 @@ def train_model(
     return history
 
 
-def load_model(directory: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
-    """The model in a trained checkpoint or a pruned folder, on the CPU in eval mode."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ModelError(
-            f"model folder '{directory}' does not exist; pass a folder written by "
-            "`gfsprune train`, `prune` or `finetune`."
-        )
-    if (directory / PLAN_FILE).is_file():
-        info = _saved_model_info(directory)
-        return load(directory, _build(info, directory / PLAN_FILE)), info
-    path = directory / MODEL_FILE
-    if not path.is_file():
-        raise ModelError(
-            f"'{directory}' holds neither {MODEL_FILE} nor {PLAN_FILE}; pass a folder written "
-            "by `gfsprune train`, `prune` or `finetune`."
-        )
-    info = read_model_info(path)
-    model = _build(info, path)
-    try:
-        model.load_state_dict(load_file(directory / WEIGHTS_FILE))
-    except (FileNotFoundError, SafetensorError, OSError, RuntimeError) as err:
-        raise ModelError(
-            f"cannot load the weights in '{directory / WEIGHTS_FILE}' "
-            f"({str(err).splitlines()[0]}); the checkpoint is incomplete or damaged."
-        ) from err
-    return model.eval(), info
-
-
-def _saved_model_info(directory: Path) -> ModelInfo:
-    """The zoo model a pruned folder's ``plan.json`` metadata names."""
-    path = directory / PLAN_FILE
-    metadata = read_plan(directory)["metadata"]
-    if not {"name", "options", "data", "input_shape"} & set(metadata):
-        raise ModelError(
-            f"'{path}' does not say which zoo model it prunes (its metadata has no 'name', "
-            "'options', 'data' or 'input_shape'), so the command line cannot rebuild it. Save "
-            f"it with them, e.g. {_SAVE_EXAMPLE}, or load it in Python with "
-            "gfsprune.load(DIR, base_model)."
-        )
-    fix = f"Save it again with the model's description, e.g. {_SAVE_EXAMPLE}."
-    return model_info(Fields(metadata, path, "metadata", fix))
-
-
-def _build(info: ModelInfo, path: Path) -> nn.Module:
-    try:
-        return info.build()
-    except ConfigError as err:
-        raise ModelError(f"'{path}' names a model the zoo cannot build: {err}") from err
-
-
-def _weights_digest(directory: Path) -> str:
-    return hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()
-
-
 def prune_checkpoint(
-    checkpoint: str | os.PathLike,
+    checkpoint: Source,
     out: str | os.PathLike,
     *,
     target: Target,
@@ -225,7 +180,8 @@ def prune_checkpoint(
     resume: bool = False,
     progress: bool = True,
 ) -> tuple[PruneResult, dict[str, float]]:
-    """Prune the trained model in ``checkpoint`` on its training data and save it to ``out``.
+    """Prune the trained model in ``checkpoint`` (a folder or a :class:`ModelSpec`) on its
+    training data (``data`` where given) and save it to ``out``.
 
     Progress is saved to ``out/progress.json`` after every layer; ``resume=True`` continues
     an interrupted run with the same options to the same plan.
@@ -238,13 +194,11 @@ def prune_checkpoint(
     config = config or PruneConfig()
     device = resolve_device(config.device)
     config = dataclasses.replace(config, device=device)
-    model, info = load_model(checkpoint)
-    bundle = load_bundle(data, info)
+    model, info, bundle = _open(checkpoint, data=data, seed=config.seed)
     out = Path(out)
     _check_out(checkpoint, out)
     settings = {
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "weights": _weights_digest(Path(checkpoint)),
+        **_source_settings(checkpoint, info),
         "data": bundle.name,
         "target": repr(target),
         "batch_size": batch_size,
@@ -275,7 +229,7 @@ def prune_checkpoint(
 
 
 def finetune_dir(
-    directory: str | os.PathLike,
+    directory: Source,
     out: str | os.PathLike,
     *,
     config: TrainConfig,
@@ -283,28 +237,35 @@ def finetune_dir(
     resume: bool = False,
     progress: bool = True,
     device: str | None = None,
+    model_spec: str | None = None,
 ) -> list[dict[str, float]]:
-    """Fine-tune the pruned model in ``directory`` and save it, in the same format, to ``out``.
+    """Fine-tune the model in ``directory`` and save it, in the same format, to ``out``.
 
-    ``out/train_state.pt`` is written every epoch; ``resume=True`` continues from it.
+    A pruned folder gives a pruned folder; a trained checkpoint or a :class:`ModelSpec` gives
+    a trained checkpoint. ``out/train_state.pt`` is written every epoch; ``resume=True``
+    continues from it. ``model_spec`` builds a folder's base from that spec instead of the
+    recorded one (needed where the recorded spec runs the user's code).
     """
     device = resolve_device(device)
-    model, info = load_model(directory)
-    plan = read_plan(directory)
-    bundle = load_bundle(data, info)
+    model, info, bundle = _open(directory, data=data, seed=config.seed, model_spec=model_spec)
     out = Path(out)
     _check_out(directory, out)
     settings = {
-        "source": str(Path(directory).resolve()),
-        "weights": _weights_digest(Path(directory)),
+        **_source_settings(directory, info),
         "data": bundle.name,
         **dataclasses.asdict(config),
     }
+    if "checkpoint" in settings:  # the name this job's run.json has always used
+        settings["source"] = settings.pop("checkpoint")
     claim(out, Run("finetune", settings), resume=resume)
     history = fit(
         model, bundle, config, checkpoint_dir=out, resume=resume, progress=progress, device=device
     )
-    if distributed.is_main():
+    pruned = not isinstance(directory, ModelSpec) and (Path(directory) / PLAN_FILE).is_file()
+    if distributed.is_main() and not pruned:
+        _save_model(model, info, out, history)
+    elif distributed.is_main():
+        plan = read_plan(directory)
         result = PruneResult(
             model=model.cpu(),
             plan=[LayerPlan(**layer) for layer in plan["layers"]],
@@ -326,12 +287,16 @@ def finetune_dir(
 
 
 def evaluate_dir(
-    directory: str | os.PathLike, *, data: str | None = None, device: str | None = None
+    directory: Source,
+    *,
+    data: str | None = None,
+    device: str | None = None,
+    model_spec: str | None = None,
 ) -> dict[str, float]:
-    """Accuracy, loss, MACs, params and CPU latency (batch 1 and 64) of a saved model."""
+    """Accuracy, loss, MACs, params and CPU latency (batch 1 and 64) of a saved model or a
+    :class:`ModelSpec` (``model_spec``: as in :func:`finetune_dir`)."""
     device = resolve_device(device)
-    model, info = load_model(directory)
-    bundle = load_bundle(data, info)
+    model, info, bundle = _open(directory, data=data, model_spec=model_spec)
     accuracy, loss = evaluate(model, bundle.test, device=device)
     model.cpu()
     macs, params = count(model, info.example_inputs())
@@ -345,7 +310,7 @@ def evaluate_dir(
 
 
 def compare_checkpoint(
-    checkpoint: str | os.PathLike,
+    checkpoint: Source,
     out: str | os.PathLike,
     *,
     config: CompareConfig,
@@ -363,12 +328,12 @@ def compare_checkpoint(
     """
     _refuse_torchrun("compare")
     device = resolve_device(device)
-    model, info = load_model(checkpoint)
-    bundle = load_bundle(data, info)
-    config = _with_scratch(config, info, checkpoint)
+    model, info, bundle = _open(checkpoint, data=data, seed=config.seed)
+    config = _with_scratch(
+        config, info, info.name if isinstance(checkpoint, ModelSpec) else checkpoint
+    )
     settings = {
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "weights": _weights_digest(Path(checkpoint)),
+        **_source_settings(checkpoint, info),
         "data": bundle.name,
         **_compare_settings(config),
     }
