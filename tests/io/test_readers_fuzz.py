@@ -98,11 +98,10 @@ def documents(tmp_path_factory) -> dict[str, tuple[Path, object, Callable[[Path]
         params=2,
         acc_pruned=0.5,
         loss_pruned=1.0,
-        acc_finetuned=0.9,
-        loss_finetuned=0.3,
         seconds=0.1,
         latency_b1=1e-3,
         latency_b64=2e-2,
+        epochs={"0": {"acc": 0.5, "loss": 1.0}, "1": {"acc": 0.9, "loss": 0.3}},
     )
     base = {"acc": 0.9, "loss": 0.2, "macs": 10, "params": 4, "latency_b1": 2e-3}
     results = {"base": {**base, "latency_b64": 4e-2}, "methods": {"gfs": row}}

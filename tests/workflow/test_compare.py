@@ -10,7 +10,7 @@ from torch import nn
 from gfsprune import Macs, PruneConfig, prune
 from gfsprune.errors import ConfigError
 from gfsprune.models import get
-from gfsprune.workflow.compare import CompareConfig, compare, parse_methods
+from gfsprune.workflow.compare import CompareConfig, compare, parse_epochs, parse_methods
 from gfsprune.workflow.data import load_data, make_loader
 from gfsprune.workflow.methods import importance_channels, reinitialize
 from gfsprune.workflow.train import TrainConfig, evaluate, fit
@@ -140,6 +140,53 @@ def test_config_checks_ratio_and_scratch_recipe(trained, digits) -> None:
         CompareConfig(macs=1.5, finetune=FINETUNE)
     with pytest.raises(ConfigError, match="is needed for 'scratch'"):
         compare(trained, digits, CompareConfig(macs=0.5, finetune=FINETUNE), progress=False)
+
+
+def test_every_budget_is_its_own_fine_tuning_from_the_recalibrated_model(trained, digits) -> None:
+    def rows(**options) -> dict:
+        config = CompareConfig(
+            macs=0.5,
+            finetune=FINETUNE,
+            methods=("gfs", "tp-l1"),
+            prune=PruneConfig(candidates=4),
+            **options,
+        )
+        return compare(trained, digits, config, progress=False).results["methods"]
+
+    both = rows(epochs=(2, 1), recalibrate=True)
+    one = rows(epochs=1, recalibrate=True)
+    plain = rows(epochs=1)
+    for name in ("gfs", "tp-l1"):
+        assert set(both[name]["epochs"]) == {"0", "1", "2"}
+        assert both[name]["epochs"]["1"] == one[name]["epochs"]["1"]  # not a prefix of 2
+        assert plain[name]["epochs"]["0"] == {
+            "acc": plain[name]["acc_pruned"],
+            "loss": plain[name]["loss_pruned"],
+        }
+        assert one[name]["acc_pruned"] == plain[name]["acc_pruned"]
+        assert one[name]["epochs"]["0"]["loss"] != one[name]["loss_pruned"]  # recalibrated
+        assert one[name]["epochs"]["1"] != plain[name]["epochs"]["1"]
+
+
+def test_budgets_are_normalised_and_checked(digits) -> None:
+    assert CompareConfig(macs=0.5, finetune=FINETUNE).epochs == (0, 1)
+    assert CompareConfig(macs=0.5, finetune=FINETUNE, epochs=5).epochs == (0, 5)
+    assert CompareConfig(macs=0.5, finetune=FINETUNE, epochs=(5, 0, 1, 5)).epochs == (0, 1, 5)
+    assert parse_epochs("0, 1,5") == (0, 1, 5)
+    for text in ("", "1,-2", "1.5", "a"):
+        with pytest.raises(ConfigError, match="non-negative whole numbers of epochs"):
+            parse_epochs(text)
+    with pytest.raises(ConfigError, match="'epochs' must be a non-negative integer.*Got -1"):
+        CompareConfig(macs=0.5, finetune=FINETUNE, epochs=-1)
+    warm = TrainConfig(epochs=3, warmup_epochs=1)
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        CompareConfig(macs=0.5, finetune=warm, epochs=(1, 3))
+    with pytest.raises(ConfigError, match="largest fine-tuning budget"):
+        CompareConfig(macs=0.5, finetune=FINETUNE, epochs=0, methods=("gfs", "scratch"))
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    config = CompareConfig(macs=0.5, finetune=FINETUNE, methods=("gfs",), recalibrate=True)
+    with pytest.raises(ConfigError, match="Sequential has no BatchNorm layer"):
+        compare(flat, digits, config, progress=False)
 
 
 def test_fine_tuning_progress_names_the_method(trained, digits, capsys) -> None:

@@ -13,15 +13,19 @@ from gfsprune.workflow.report import format_table, summarize, write_report
 PLAN = [LayerPlan("conv1", 16, list(range(11)), 16 / 11), LayerPlan("conv2", 32, [0, 5], 16.0)]
 
 
-def _row(acc_pruned: float, acc_finetuned: float, seconds: float = 1.0) -> dict:
+def _row(acc_pruned: float, acc_finetuned: float, seconds: float = 1.0, *, macs: int = 500) -> dict:
+    """A row fine-tuned for 2 epochs (its accuracy after 1 epoch halfway)."""
+    middle = (acc_pruned + acc_finetuned) / 2
     return {
-        "macs": 500,
+        "macs": macs,
         "params": 60,
         "acc_pruned": acc_pruned,
         "loss_pruned": 1.0 - acc_pruned,
-        "acc_finetuned": acc_finetuned,
-        "loss_finetuned": 1.0 - acc_finetuned,
         "seconds": seconds,
+        "epochs": {
+            str(e): {"acc": acc, "loss": 1.0 - acc}
+            for e, acc in ((0, acc_pruned), (1, middle), (2, acc_finetuned))
+        },
     }
 
 
@@ -35,18 +39,34 @@ def test_the_table_has_a_row_per_method_after_the_base() -> None:
     assert [line.split("|")[1].strip() for line in table[2:]] == ["base", "gfs", "random"]
     assert "| 1,000 |" in table[2] and "95.00%" in table[2]
     cells = [cell.strip() for cell in table[4].split("|")[1:-1]]
-    assert cells[3] == "30.00%" and cells[7] == "0.01" and cells[8] == ""  # no latency given
+    assert cells[3:] == ["30.00%", "61.50%", "93.00%", "0.01", ""]  # no latency given
+    assert table[0].split("|")[4:7] == [" acc 0 ep ", " acc 1 ep ", " acc 2 ep "]
     with_latency = {**_row(0.3, 0.93), "latency_b64": 0.0125}
     assert format_table(_results(gfs=with_latency)).splitlines()[3].endswith(" 12.50 |")
     assert len({len(line) for line in table}) == 1  # aligned columns
 
 
+def test_the_table_shows_recalibration_and_marks_macs_away_from_gfs() -> None:
+    recalibrated = _row(0.5, 0.9)
+    recalibrated["epochs"]["0"]["acc"] = 0.7
+    results = _results(gfs=_row(0.9, 0.94), tp=_row(0.3, 0.9, macs=506), near=recalibrated)
+    table = format_table(results).splitlines()
+    assert table[0].split("|")[4].strip() == "acc pruned"
+    cells = {line.split("|")[1].strip(): line.split("|") for line in table[2:]}
+    assert cells["tp"][2].strip() == "506*" and cells["near"][2].strip() == "500"
+    assert [c.strip() for c in cells["near"][4:6]] == ["50.00%", "70.00%"]
+    text = " ".join(summarize(results))
+    assert "choose their own widths at gfs's MACs: tp 50.6% of the base MACs." in text
+
+
 def test_sentences_follow_the_numbers() -> None:
     leads = " ".join(summarize(_results(gfs=_row(0.9, 0.94), l1=_row(0.6, 0.95)), test_samples=400))
-    assert "keeps 50.0% of its MACs and 60.0% of its parameters" in leads
+    assert "keep 50.0% of its MACs and 60.0% of its parameters (gfs's)." in leads
     assert "One test sample is 0.25 points" in leads
     assert "Right after pruning, ranked by accuracy: gfs 90.00%, l1 60.00%." in leads
     assert "Greedy forward selection leads the best other method (l1) by 30.00 points." in leads
+    assert "After 1 epochs of fine-tuning, ranked by accuracy: gfs 92.00%, l1 77.50%." in leads
+    assert "After 2 epochs of fine-tuning, ranked by accuracy: l1 95.00%, gfs 94.00%." in leads
     assert "trails the best other method (l1) by 1.00 points." in leads
 
     text = " ".join(
@@ -57,8 +77,9 @@ def test_sentences_follow_the_numbers() -> None:
         )
     )
     assert "scratch 10.00%" not in text  # untrained: not ranked right after pruning
-    assert "gives -2.00 points against training the same architecture from scratch" in text
-    assert "90.00% vs 92.00% right after pruning" in text and "in 2.00 s vs 8.00 s" in text
+    assert "for 2 epochs gives -2.00 points against training the same architecture" in text
+    assert "90.00% vs 92.00% right after pruning, 94.00% vs 94.00% after 2 epochs" in text
+    assert "in 2.00 s vs 8.00 s" in text
 
 
 def test_write_report_writes_results_settings_markdown_and_figures(tmp_path) -> None:

@@ -18,16 +18,10 @@ __all__ = ["RESULTS_FILE", "read_results"]
 RESULTS_FILE = "results.json"
 _LATENCY = ("latency_b1", "latency_b64")
 _BASE = ("acc", "loss", "macs", "params", *_LATENCY)
-_ROW = (
-    "macs",
-    "params",
-    "acc_pruned",
-    "loss_pruned",
-    "acc_finetuned",
-    "loss_finetuned",
-    "seconds",
-    *_LATENCY,
-)
+_ROW = ("macs", "params", "acc_pruned", "loss_pruned", "seconds", *_LATENCY)
+# per fine-tuning budget (epochs, as text): accuracy and loss
+_EPOCHS = "epochs"
+_SCORE = ("acc", "loss")
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
@@ -42,18 +36,32 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
     root.keys_exactly(*(("base", "methods") if complete else ("methods",)))
     methods = root["methods"]
     results: dict[str, Any] = {
-        "methods": {
-            name: _scores(methods[name], _ROW) for name in methods.require(Mapping, "an object")
-        }
+        "methods": {name: _row(methods[name]) for name in methods.require(Mapping, "an object")}
     }
     if complete:
         results["base"] = _scores(root["base"], _BASE)
     return results
 
 
-def _scores(fields: Fields, keys: tuple[str, ...]) -> dict[str, float | int]:
-    """Accuracies in [0, 1], counts as non-negative integers, losses and times finite."""
-    fields.keys_exactly(*keys)
+def _row(fields: Fields) -> dict[str, Any]:
+    """One method's row: its scores, and ``epochs``: ``{budget: {acc, loss}}`` per
+    fine-tuning budget (a count of epochs, as text)."""
+    row: dict[str, Any] = _scores(fields, _ROW, extra=(_EPOCHS,))
+    budgets = fields[_EPOCHS]
+    row[_EPOCHS] = {}
+    for budget in budgets.require(Mapping, "an object of fine-tuning budgets"):
+        if not budget.isdigit():
+            raise budgets[budget].fail("under a key that is a number of epochs")
+        row[_EPOCHS][budget] = _scores(budgets[budget], _SCORE)
+    return row
+
+
+def _scores(
+    fields: Fields, keys: tuple[str, ...], *, extra: tuple[str, ...] = ()
+) -> dict[str, float | int]:
+    """Accuracies in [0, 1], counts as non-negative integers, losses and times finite; the
+    ``extra`` fields must be there too, and are read by the caller."""
+    fields.keys_exactly(*keys, *extra)
     scores: dict[str, float | int] = {}
     for key in keys:
         value = fields[key]

@@ -1,5 +1,14 @@
-"""The paper's comparisons: one pre-trained network, one pruned architecture, several ways of
-choosing its channels (:mod:`gfsprune.workflow.methods`), each fine-tuned the same way."""
+"""The paper's comparisons: one pre-trained network, several ways of choosing a pruned network's
+channels at the same MACs (:mod:`gfsprune.workflow.methods`), each fine-tuned the same way at
+every fine-tuning budget.
+
+Each budget is a separate fine-tuning run from the pruned (and, with ``recalibrate``,
+BatchNorm-recalibrated) model, not a continuation of the previous budget's: the recipe's
+cosine learning rate falls to 0 over the run's own epochs, so the state after epoch 1 of a
+5-epoch run (learning rate still near its peak) is not what a 1-epoch budget gives, and a
+finished 1-epoch run (learning rate 0) cannot be continued on the 5-epoch schedule. The cost
+is the sum of the budgets instead of the largest.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ from gfsprune._inputs import model_device
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
+from gfsprune.core.recalibrate import batch_norms, recalibrate_bn
 from gfsprune.errors import ConfigError
 from gfsprune.plan import LayerPlan
 from gfsprune.targets import Macs
@@ -26,7 +36,7 @@ from gfsprune.workflow.methods import METHODS, MethodContext
 from gfsprune.workflow.seeding import seeded
 from gfsprune.workflow.train import TrainConfig, evaluate, fit
 
-__all__ = ["CompareConfig", "Comparison", "compare", "parse_methods"]
+__all__ = ["CompareConfig", "Comparison", "compare", "parse_epochs", "parse_methods"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,9 +45,17 @@ class CompareConfig:
 
     Attributes:
         macs: The MACs ratio greedy forward selection prunes to, in (0, 1).
-        finetune: The fine-tuning every pruned model gets (its ``seed`` included).
+        finetune: The fine-tuning every pruned model gets (its ``seed`` included); its
+            ``epochs`` is replaced by each budget of ``epochs``.
+        epochs: The fine-tuning budgets, in epochs: an int or a tuple of them; stored as a
+            sorted tuple that always starts with 0 (right after pruning, measured anyway).
+            None means ``finetune.epochs`` alone.
+        recalibrate: Re-estimate every pruned model's BatchNorm statistics on training
+            batches (:func:`gfsprune.recalibrate_bn`) before it is measured and fine-tuned;
+            the row keeps the accuracy before it too.
         scratch: The training of ``scratch`` (pre-training recipe, pre-training plus
-            fine-tuning epochs); required when ``scratch`` is among the methods.
+            the largest budget's epochs), reported under the largest budget; required when
+            ``scratch`` is among the methods.
         methods: Which methods to run and report, in order; ``gfs`` always runs first
             (it fixes the widths) but is reported only when listed.
         prune: How ``gfs`` and ``backward`` select (its ``strategy`` and ``seed`` are set
@@ -49,6 +67,8 @@ class CompareConfig:
 
     macs: float
     finetune: TrainConfig
+    epochs: int | tuple[int, ...] | None = None
+    recalibrate: bool = False
     scratch: TrainConfig | None = None
     methods: tuple[str, ...] = tuple(METHODS)
     prune: PruneConfig = PruneConfig()
@@ -60,6 +80,21 @@ class CompareConfig:
         parse_methods(",".join(self.methods))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"'seed' must be a non-negative integer. Got {self.seed!r} instead.")
+        epochs = self.finetune.epochs if self.epochs is None else self.epochs
+        budgets = (epochs,) if isinstance(epochs, int) else tuple(epochs)
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in budgets):
+            raise ConfigError(
+                "'epochs' must be a non-negative integer or a tuple of them. "
+                f"Got {self.epochs!r} instead."
+            )
+        object.__setattr__(self, "epochs", tuple(sorted({0, *budgets})))  # frozen: normalise
+        for budget in self.epochs[1:]:
+            dataclasses.replace(self.finetune, epochs=budget)  # validates warmup_epochs < it
+        if any(METHODS[m].from_scratch for m in self.methods) and self.epochs == (0,):
+            raise ConfigError(
+                "'scratch' is reported after the largest fine-tuning budget; give 'epochs' one "
+                "above 0, or leave scratch out of the methods."
+            )
 
 
 @dataclass
@@ -68,11 +103,14 @@ class Comparison:
 
     Attributes:
         results: ``{"base": {acc, loss, macs, params, latency_b1, latency_b64}, "methods":
-            {name: {macs, params, acc_pruned, loss_pruned, acc_finetuned, loss_finetuned,
-            seconds, latency_b1, latency_b64}}}``; ``seconds`` is the time to choose the
-            channels and build the pruned model (for ``scratch``, to re-initialise it),
-            without evaluation or fine-tuning; latencies are CPU seconds per forward pass at
-            batch 1 and 64 (median), with torch's current thread count.
+            {name: {macs, params, acc_pruned, loss_pruned, seconds, latency_b1, latency_b64,
+            epochs: {budget: {acc, loss}}}}}``; ``acc_pruned`` and ``loss_pruned`` are right
+            after pruning, ``epochs["0"]`` after the comparison's BatchNorm recalibration (the
+            same without it) and ``epochs[str(e)]`` after ``e`` more epochs of fine-tuning;
+            ``seconds`` is the time to choose the channels and build the pruned model (for
+            ``scratch``, to re-initialise it), without evaluation or fine-tuning; latencies
+            are CPU seconds per forward pass at batch 1 and 64 (median), with torch's current
+            thread count.
         plan: The layers greedy forward selection pruned, their widths and kept channels.
     """
 
@@ -97,6 +135,22 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return methods
 
 
+def parse_epochs(text: str) -> tuple[int, ...]:
+    """``"0,1,5"`` -> ``(0, 1, 5)``: fine-tuning budgets, comma-separated.
+
+    Example:
+        >>> parse_epochs("5, 1")
+        (5, 1)
+    """
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ConfigError(
+            "epochs must be non-negative whole numbers of epochs, comma-separated (e.g. 0,1,5). "
+            f"Got {text!r} instead."
+        )
+    return tuple(int(p) for p in parts)
+
+
 def compare(
     model: nn.Module,
     data: DataBundle,
@@ -107,7 +161,7 @@ def compare(
     done: Mapping[str, dict] | None = None,
     on_result: Callable[[str, dict], None] | None = None,
 ) -> Comparison:
-    """Prune ``model`` to greedy forward selection's widths by every method, fine-tune each.
+    """Prune ``model`` to greedy forward selection's MACs by every method, fine-tune each.
 
     Args:
         model: The pre-trained network; not modified.
@@ -137,6 +191,11 @@ def compare(
     """
     if any(METHODS[m].from_scratch for m in config.methods) and config.scratch is None:
         raise ConfigError("CompareConfig.scratch (its training recipe) is needed for 'scratch'.")
+    if config.recalibrate and not batch_norms(model):
+        raise ConfigError(
+            f"recalibrate=True re-estimates BatchNorm statistics, but {type(model).__name__} has "
+            "no BatchNorm layer; leave recalibrate off."
+        )
     device = torch.device(device) if device is not None else model_device(model)
     model = copy.deepcopy(model).to(device).eval()
     example_inputs = torch.zeros(1, *data.input_shape, device=device)
@@ -188,12 +247,12 @@ def compare(
         start = time.perf_counter()
         pruned = method.build(context)
         seconds = greedy_seconds if name == "gfs" else time.perf_counter() - start
-        recipe = config.scratch if method.from_scratch else config.finetune
         row = _finetune_and_score(
             name,
             pruned,
             data,
-            recipe,
+            config,
+            calibration=loader,
             example_inputs=example_inputs,
             seconds=seconds,
             progress=progress,
@@ -209,26 +268,39 @@ def _finetune_and_score(
     name: str,
     pruned: nn.Module,
     data: DataBundle,
-    recipe: TrainConfig,
+    config: CompareConfig,
     *,
+    calibration: Callable[[], DataLoader],
     example_inputs: torch.Tensor,
     seconds: float,
     progress: bool,
     device: torch.device,
 ) -> dict:
+    """One method's row: costs, scores right after pruning and at every budget."""
     macs, params = count(pruned, example_inputs)
     speed = latencies(pruned, data.input_shape)
     acc_pruned, loss_pruned = evaluate(pruned, data.test)
-    tuned = copy.deepcopy(pruned)
-    fit(tuned, data, recipe, progress=progress, device=device, label=f"fine-tune {name}")
-    acc_tuned, loss_tuned = evaluate(tuned, data.test)
+    start = copy.deepcopy(pruned)
+    if config.recalibrate:
+        recalibrate_bn(start, calibration(), labelled=True)
+    acc, loss = evaluate(start, data.test)
+    scores = {"0": {"acc": acc, "loss": loss}}
+    if METHODS[name].from_scratch:
+        recipes = {config.epochs[-1]: config.scratch}
+    else:
+        recipes = {e: dataclasses.replace(config.finetune, epochs=e) for e in config.epochs[1:]}
+    for budget, recipe in recipes.items():
+        tuned = copy.deepcopy(start)
+        history = fit(
+            tuned, data, recipe, progress=progress, device=device, label=f"fine-tune {name}"
+        )
+        scores[str(budget)] = {"acc": history[-1]["test_acc"], "loss": history[-1]["test_loss"]}
     return {
         "macs": macs,
         "params": params,
         "acc_pruned": acc_pruned,
         "loss_pruned": loss_pruned,
-        "acc_finetuned": acc_tuned,
-        "loss_finetuned": loss_tuned,
         "seconds": seconds,
         **speed,
+        "epochs": scores,
     }

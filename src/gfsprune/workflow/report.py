@@ -18,7 +18,14 @@ from gfsprune.io.results import RESULTS_FILE
 from gfsprune.plan import LayerPlan
 from gfsprune.workflow.compare import Comparison
 
-__all__ = ["format_table", "plot_accuracy", "plot_widths", "summarize", "write_report"]
+__all__ = [
+    "budgets",
+    "format_table",
+    "plot_accuracy",
+    "plot_widths",
+    "summarize",
+    "write_report",
+]
 
 _LABELS = {
     "gfs": "greedy forward (gfs)",
@@ -28,59 +35,54 @@ _LABELS = {
     "random": "random",
     "backward": "greedy backward",
     "scratch": "from scratch",
+    "tp-l1": "TP uniform L1",
+    "tp-l2-global": "TP global L2",
+    "tp-taylor-global": "TP global Taylor",
+    "tp-lamp-global": "TP global LAMP",
 }
+# A method's MACs further than this (relative) from gfs's are marked in the table.
+_MACS_TOLERANCE = 0.01
+
+
+def budgets(results: Mapping) -> list[int]:
+    """The fine-tuning budgets (epochs) any row was measured at, in increasing order.
+
+    Example:
+        >>> budgets({"methods": {"gfs": {"epochs": {"0": {}, "5": {}, "1": {}}}}})
+        [0, 1, 5]
+    """
+    return sorted({int(e) for row in results["methods"].values() for e in row["epochs"]})
 
 
 def format_table(results: Mapping) -> str:
-    """The results as a Markdown table, one row per method after a row for the base model.
+    """The results as a Markdown table: a row per method after the base model's, a column of
+    test accuracy per fine-tuning budget, and before those the accuracy right after pruning
+    where BatchNorm recalibration changed it. A ``*`` marks MACs more than 1% (relative) from
+    gfs's (a pipeline whose channel steps could not match them).
 
     Example:
         >>> row = {"macs": 5, "params": 2, "acc_pruned": 0.5, "loss_pruned": 1.0,
-        ...        "acc_finetuned": 0.9, "loss_finetuned": 0.3, "seconds": 0.1}
+        ...        "seconds": 0.1, "epochs": {"0": {"acc": 0.5, "loss": 1.0},
+        ...        "2": {"acc": 0.9, "loss": 0.3}}}
         >>> base = {"acc": 0.95, "loss": 0.2, "macs": 10, "params": 4}
         >>> table = format_table({"base": base, "methods": {"gfs": {**row, "latency_b64": 2e-3}}})
         >>> [cell.strip() for cell in table.splitlines()[3].split("|")[1:-1]]
-        ['gfs', '5', '2', '50.00%', '1.0000', '90.00%', '0.3000', '0.10', '2.00']
+        ['gfs', '5', '2', '50.00%', '90.00%', '0.10', '2.00']
     """
-    base = results["base"]
-    rows = [
-        [
-            "base",
-            f"{base['macs']:,}",
-            f"{base['params']:,}",
-            _pct(base["acc"]),
-            f"{base['loss']:.4f}",
-            "",
-            "",
-            "",
-            _ms(base),
-        ]
-    ]
-    for name, r in results["methods"].items():
-        rows.append(
-            [
-                name,
-                f"{r['macs']:,}",
-                f"{r['params']:,}",
-                _pct(r["acc_pruned"]),
-                f"{r['loss_pruned']:.4f}",
-                _pct(r["acc_finetuned"]),
-                f"{r['loss_finetuned']:.4f}",
-                f"{r['seconds']:.2f}",
-                _ms(r),
-            ]
-        )
-    header = [
-        "method",
-        "MACs",
-        "params",
-        "acc pruned",
-        "loss",
-        "acc fine-tuned",
-        "loss",
-        "seconds",
-        "ms b=64 (CPU)",
-    ]
+    base, methods = results["base"], results["methods"]
+    epochs = budgets(results)
+    recalibrated = any(r["acc_pruned"] != r["epochs"]["0"]["acc"] for r in methods.values())
+    header = ["method", "MACs", "params", *(["acc pruned"] if recalibrated else [])]
+    header += [f"acc {e} ep" for e in epochs] + ["seconds", "ms b=64 (CPU)"]
+    rows = [["base", f"{base['macs']:,}", f"{base['params']:,}"]]
+    rows[0] += [_pct(base["acc"])] + [""] * (len(header) - 5) + [_ms(base)]
+    reference = methods.get("gfs", {}).get("macs")
+    for name, r in methods.items():
+        off = reference and abs(r["macs"] - reference) > _MACS_TOLERANCE * reference
+        row = [name, f"{r['macs']:,}{'*' if off else ''}", f"{r['params']:,}"]
+        row += [_pct(r["acc_pruned"])] if recalibrated else []
+        row += [_pct(r["epochs"][str(e)]["acc"]) if str(e) in r["epochs"] else "" for e in epochs]
+        rows.append([*row, f"{r['seconds']:.2f}", _ms(r)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -107,36 +109,51 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+def _acc(row: Mapping, epochs: int) -> float | None:
+    """The row's test accuracy after ``epochs`` of fine-tuning, None where not measured."""
+    score = row["epochs"].get(str(epochs))
+    return None if score is None else score["acc"]
+
+
 def summarize(results: Mapping, *, test_samples: int | None = None) -> list[str]:
     """Sentences that say what the table shows, computed from its numbers."""
     base, methods = results["base"], results["methods"]
     sentences = []
     if methods:
-        any_row = next(iter(methods.values()))
+        reference = methods.get("gfs", next(iter(methods.values())))
         sentences.append(
-            f"The base model has {_pct(base['acc'])} test accuracy; every pruned model keeps "
-            f"{any_row['macs'] / base['macs']:.1%} of its MACs and "
-            f"{any_row['params'] / base['params']:.1%} of its parameters."
+            f"The base model has {_pct(base['acc'])} test accuracy; the pruned models keep "
+            f"{reference['macs'] / base['macs']:.1%} of its MACs and "
+            f"{reference['params'] / base['params']:.1%} of its parameters"
+            + (" (gfs's)." if "gfs" in methods else ".")
         )
+        off = [m for m, r in methods.items() if r["macs"] != reference["macs"]]
+        if "gfs" in methods and off:
+            sentences.append(
+                "Torch-Pruning's pipelines choose their own widths at gfs's MACs: "
+                + ", ".join(f"{m} {methods[m]['macs'] / base['macs']:.1%}" for m in off)
+                + " of the base MACs."
+            )
     if test_samples:
         sentences.append(
             f"One test sample is {100 / test_samples:.2f} points of accuracy; smaller "
             "differences are not differences."
         )
-    pruned = {k: v for k, v in methods.items() if k != "scratch"}
-    for stage, key in (
-        ("Right after pruning", "acc_pruned"),
-        ("After fine-tuning", "acc_finetuned"),
-    ):
-        pool = pruned if key == "acc_pruned" else methods
+    epochs = budgets(results) if methods else []
+    for budget in epochs:
+        pool = {m: a for m, r in methods.items() if (a := _acc(r, budget)) is not None}
+        if budget == 0:
+            pool.pop("scratch", None)  # untrained: not ranked
         if len(pool) < 2:
             continue
-        ranked = sorted(pool, key=lambda m: -pool[m][key])
-        order = ", ".join(f"{m} {_pct(pool[m][key])}" for m in ranked)
-        sentence = f"{stage}, ranked by accuracy: {order}."
+        stage = "Right after pruning" if budget == 0 else f"After {budget} epochs of fine-tuning"
+        ranked = sorted(pool, key=lambda m: -pool[m])
+        sentence = (
+            f"{stage}, ranked by accuracy: {', '.join(f'{m} {_pct(pool[m])}' for m in ranked)}."
+        )
         if "gfs" in pool:
-            best_other = max((m for m in pool if m != "gfs"), key=lambda m: pool[m][key])
-            gap = 100 * (pool["gfs"][key] - pool[best_other][key])
+            best_other = max((m for m in pool if m != "gfs"), key=pool.__getitem__)
+            gap = 100 * (pool["gfs"] - pool[best_other])
             if gap == 0:
                 sentence += f" Greedy forward selection ties with the best other ({best_other})."
             else:
@@ -146,51 +163,49 @@ def summarize(results: Mapping, *, test_samples: int | None = None) -> list[str]
                     f"by {abs(gap):.2f} points."
                 )
         sentences.append(sentence)
-    if "gfs" in methods and "scratch" in methods:
-        gap = 100 * (methods["gfs"]["acc_finetuned"] - methods["scratch"]["acc_finetuned"])
+    last = epochs[-1] if epochs else 0
+    if last and "gfs" in methods and "scratch" in methods:
+        tuned, scratch = _acc(methods["gfs"], last), _acc(methods["scratch"], last)
         sentences.append(
-            f"Fine-tuning greedy selection's subnetwork gives {gap:+.2f} points against "
-            "training the same architecture from scratch for pre-training plus fine-tuning "
-            f"epochs ({_pct(methods['scratch']['acc_finetuned'])})."
+            f"Fine-tuning greedy selection's subnetwork for {last} epochs gives "
+            f"{100 * (tuned - scratch):+.2f} points against training the same architecture "
+            f"from scratch for pre-training plus fine-tuning epochs ({_pct(scratch)})."
         )
     if "gfs" in methods and "backward" in methods:
         fwd, bwd = methods["gfs"], methods["backward"]
+        tuned = (
+            f", {_pct(_acc(fwd, last))} vs {_pct(_acc(bwd, last))} after {last} epochs"
+            if last
+            else ""
+        )
         sentences.append(
-            f"Forward against backward selection: {_pct(fwd['acc_pruned'])} vs "
-            f"{_pct(bwd['acc_pruned'])} right after pruning, {_pct(fwd['acc_finetuned'])} vs "
-            f"{_pct(bwd['acc_finetuned'])} after fine-tuning, in {fwd['seconds']:.2f} s vs "
+            f"Forward against backward selection: {_pct(_acc(fwd, 0))} vs "
+            f"{_pct(_acc(bwd, 0))} right after pruning{tuned}, in {fwd['seconds']:.2f} s vs "
             f"{bwd['seconds']:.2f} s of selection."
         )
     return sentences
 
 
 def plot_accuracy(results: Mapping, path: str | os.PathLike) -> Path:
-    """Each method's test accuracy right after pruning (left, full scale) and after
-    fine-tuning (right, zoomed to the spread of the values), against the unpruned model."""
-    names = list(results["methods"])
+    """Each method's test accuracy against its fine-tuning epochs (0: right after pruning),
+    one line per method, with the unpruned model's as a dashed line."""
     base = 100 * results["base"]["acc"]
-    fig, axes = _figure(width=max(8.0, 1.2 * len(names) + 3), panels=2)
-    panels = (
-        ("right after pruning", "acc_pruned", "tab:gray"),
-        ("after fine-tuning", "acc_finetuned", "tab:red"),
+    fig, (ax,) = _figure(width=8.0, panels=1)
+    for name, row in results["methods"].items():
+        points = sorted((int(e), 100 * score["acc"]) for e, score in row["epochs"].items())
+        x, y = zip(*points, strict=True)
+        style = {"linewidth": 2.5, "color": "tab:red"} if name == "gfs" else {"linewidth": 1.2}
+        ax.plot(x, y, marker="o", label=_LABELS.get(name, name), **style)
+    ax.axhline(base, color="black", linestyle="--", linewidth=1, label=f"unpruned {base:.1f}")
+    epochs = budgets(results)
+    ax.set_xticks(epochs)
+    ax.set(
+        xlabel="fine-tuning epochs",
+        ylabel="test accuracy (%)",
+        title="Accuracy against fine-tuning, at the same MACs",
+        ylim=(0.0, min(100.5, base + 2)),
     )
-    for ax, (title, key, color) in zip(axes, panels, strict=True):
-        values = [100 * results["methods"][n][key] for n in names]
-        bars = ax.bar(np.arange(len(names)), values, 0.7, color=color)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-        ax.axhline(base, color="black", linestyle="--", linewidth=1, label=f"unpruned {base:.1f}")
-        ax.set_xticks(
-            np.arange(len(names)),
-            [_LABELS.get(n, n) for n in names],
-            rotation=25,
-            ha="right",
-            fontsize=8,
-        )
-        low = 0.0 if key == "acc_pruned" else max(0.0, min(values + [base]) - 3)
-        ax.set(title=title, ylim=(low, min(100.5, max(values + [base]) + 2)))
-        ax.legend(fontsize=8, loc="lower right")
-    axes[0].set_ylabel("test accuracy (%)")
-    fig.suptitle("Same pruned architecture, different channel choices", fontsize=11)
+    ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
 
 
@@ -259,8 +274,9 @@ def write_report(
         "",
         format_table(results),
         "",
-        "Accuracy and loss are on the test split; `seconds` is the time to choose the channels "
-        "(for `scratch`, to re-initialise).",
+        "Accuracy is on the test split (losses are in results.json), after each number of "
+        "epochs of fine-tuning; `seconds` is the time to choose the channels (for `scratch`, "
+        "to re-initialise).",
         "",
         " ".join(summarize(results, test_samples=context.get("test_samples"))),
         "",
