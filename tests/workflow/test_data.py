@@ -92,10 +92,49 @@ def test_unknown_spec_lists_the_valid_ones(spec: str) -> None:
         load_data(spec)
 
 
-def test_image_size_only_for_imagefolder() -> None:
-    match = "image_size applies to 'imagefolder:DIR'.*got image_size=32"
+@pytest.mark.parametrize(
+    ("option", "value"), [("image_size", 32), ("mean", (0.5, 0.5, 0.5)), ("std", (1, 1, 1))]
+)
+def test_size_and_normalisation_only_for_image_data(option: str, value: object) -> None:
+    match = rf"^{option} applies to 'cifar10:DIR' and 'imagefolder:DIR' data only; got {option}="
     with pytest.raises(ConfigError, match=match):
-        load_data("digits", image_size=32)
+        load_data("digits", **{option: value})
+
+
+def test_cifar10_resizes_and_normalises_to_the_model(cifar_dir: Path) -> None:
+    own = load_data(f"cifar10:{cifar_dir}", mean=(0, 0, 0), std=(1, 1, 1))
+    sized = load_data(f"cifar10:{cifar_dir}", image_size=16, mean=(0.5, 0.5, 0.5), std=(2, 2, 2))
+    assert sized.input_shape == (3, 16, 16)
+    raw, image = own.test[0][0], sized.test[0][0]  # raw: the [0, 1] pixels
+    assert image.shape == (3, 16, 16)
+    expected = torch.nn.functional.interpolate(raw[None], size=16, mode="bilinear", antialias=True)
+    torch.testing.assert_close(image, (expected[0] - 0.5) / 2)
+
+
+def test_imagefolder_normalises_with_the_given_statistics(folder_dir: Path) -> None:
+    spec = f"imagefolder:{folder_dir}"
+    default = load_data(spec, image_size=8).test[0][0]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, the default
+    torch.testing.assert_close(
+        load_data(spec, image_size=8, mean=mean, std=std).test[0][0], default
+    )
+    flat = load_data(spec, image_size=8, mean=(0, 0, 0), std=(1, 1, 1)).test[0][0]
+    torch.testing.assert_close(
+        default, (flat - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "message"),
+    [
+        ((0.5, 0.5, 0.5), None, "give mean and std together"),
+        ((0.5, 0.5), (1, 1), "mean and std must be 3 finite numbers each"),
+        ((0.5, 0.5, 0.5), (1, 0, 1), "std must be positive"),
+    ],
+)
+def test_bad_statistics_are_refused(folder_dir: Path, mean, std, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_data(f"imagefolder:{folder_dir}", mean=mean, std=std)
 
 
 def test_cifar10_loads_with_augmentation(cifar_dir: Path) -> None:
