@@ -211,7 +211,7 @@ def test_a_folder_saved_from_python_says_what_to_add(tmp_path: Path, capsys) -> 
     save(result, tmp_path / "saved")
     assert main(["eval", str(tmp_path / "saved")]) == 2
     err = one_line_error(capsys, "eval")
-    assert "does not say which zoo model it prunes" in err
+    assert "does not say which model it prunes" in err
     assert 'metadata={"name": "resnet20", "options": {"num_classes": 10}' in err
     options = {"num_classes": 10}
     info = {"name": "digits_cnn", "options": options, "data": "digits", "input_shape": [1, 8, 8]}

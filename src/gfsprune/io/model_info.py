@@ -103,7 +103,9 @@ class ModelInfo:
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """The model described by a ``model.json``; FileFormatError naming the file and field."""
-    return model_info(read_json(path, fmt=FORMAT, fix=_FIX))
+    fields = read_json(path, fmt=FORMAT, fix=_FIX)
+    fields["data"].text()  # optional in a plan's metadata only: a checkpoint was trained on data
+    return model_info(fields)
 
 
 def saved_model_info(plan: Mapping[str, Any], path: Path) -> ModelInfo:

@@ -9,6 +9,7 @@ that runs the user's code is rebuilt only when the user names it again (``model=
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
@@ -100,14 +101,12 @@ def open_spec(
         "in_channels": shape[0],
         "image_size": shape[-1],
     }
-    digest = None if request.weights is None else _weights_digest(request.weights)
     info = ModelInfo(
         request.spec,
         options,
         data,
         shape,
         {},
-        weights=digest,
         mean=None if mean is None else tuple(mean),
         std=None if std is None else tuple(std),
     )
@@ -115,7 +114,8 @@ def open_spec(
     with seeded(seed):
         model = info.build(spec=request.spec)  # the user named it: consent to run its code
     if request.weights is not None:
-        models.load_weights(model, request.weights)
+        models.load_weights(model, request.weights)  # first: its errors name a missing file
+        info = dataclasses.replace(info, weights=_weights_digest(request.weights))
     return model.eval(), info, bundle
 
 
