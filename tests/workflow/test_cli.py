@@ -17,6 +17,7 @@ from gfsprune.workflow.cli import main
 from gfsprune.workflow.methods import METHODS, TorchPruning
 from gfsprune.workflow.train import TrainConfig
 from tests.workflow.runs import FAST, one_line_error, shell_error
+from tests.workflow.test_cli_models import SPEC_ARGUMENT_ERRORS, SPEC_REFUSALS
 
 
 def test_train_writes_a_checkpoint_that_rebuilds_the_model(checkpoint: Path) -> None:
@@ -333,6 +334,7 @@ def test_demo_is_deterministic_for_its_seed(tmp_path: Path, monkeypatch, capsys)
             "train",
             "'epochs' must be an integer >= 1",
         ),
+        *SPEC_REFUSALS,
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -361,6 +363,7 @@ def test_bad_input_exits_2_with_one_line(
         (["finetune"], "the following arguments are required: --epochs"),
         (["theory", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
         (["theory", "--quick", "--fast"], "unrecognized arguments: --fast"),
+        *SPEC_ARGUMENT_ERRORS,
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv: list[str], message: str, capsys) -> None:

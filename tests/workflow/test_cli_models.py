@@ -142,64 +142,47 @@ def test_a_folder_saved_from_python_with_a_model_spec_is_read_by_the_cli(
     assert main(["eval", str(tmp_path / "saved"), "--data", f"imagefolder:{data}"]) == 0
 
 
-@pytest.mark.parametrize(
-    ("argv", "command", "message"),
-    [
-        (["eval"], "eval", "pass a folder (DIR) written by gfsprune, or --model SPEC"),
-        (["eval", "--model", "resnet20"], "eval", "needs data to work on; pass --data"),
-        (
-            ["eval", "{tmp}", "--model", "resnet20", "--weights", "w.pth"],
-            "eval",
-            "--weights cannot change a folder's model",
-        ),
-        (
-            ["prune", "--checkpoint", "{tmp}", "--num-classes", "3", "--macs", "0.5", "--out", "o"],
-            "prune",
-            "--num-classes go(es) with --model",
-        ),
-        (
-            ["eval", "--model", "timm:resnet81", "--data", "digits"],
-            "eval",
-            "unknown timm model 'resnet81'; did you mean resnet18",
-        ),
-        (
-            ["eval", "--model", "resnet20", "--data", "digits", "--num-classes", "3"],
-            "eval",
-            "asked for 3 classes (num_classes, --num-classes) but data 'digits' has 10",
-        ),
-        (
-            ["eval", "--model", "resnet20", "--data", "digits", "--weights", "{tmp}/none.pth"],
-            "eval",
-            "does not exist; check the path",
-        ),
-        (
-            ["finetune", "--model", "resnet20", "--data", "digits", "--epochs", "1"],
-            "finetune",
-            "pass --out",
-        ),
-    ],
-)
-def test_model_spec_refusals_are_one_line(
-    argv: list[str], command: str, message: str, tmp_path: Path, capsys
-) -> None:
-    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
-    assert message in one_line_error(capsys, command)
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["prune", "--macs", "0.5", "--out", "o"], "one of the arguments --checkpoint --model is"),
-        (
-            ["prune", "--checkpoint", "c", "--model", "m", "--macs", "0.5", "--out", "o"],
-            "argument --model: not allowed with argument --checkpoint",
-        ),
-        (["eval", "--model", "m", "--input-size", "3,32"], "expected 3 comma-separated ints"),
-    ],
-)
-def test_model_argument_errors_exit_2_with_one_line(argv: list[str], message: str, capsys) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
+# The refusals of --model and its options join the command-line tables of tests/workflow/
+# test_cli.py, whose tests run them: (argv, command, message) and (argv, message).
+SPEC_REFUSALS = [
+    (["eval"], "eval", "pass a folder (DIR) written by gfsprune, or --model SPEC"),
+    (["eval", "--model", "resnet20"], "eval", "needs data to work on; pass --data"),
+    (
+        ["eval", "{tmp}", "--model", "resnet20", "--weights", "w.pth"],
+        "eval",
+        "--weights cannot change a folder's model",
+    ),
+    (
+        ["prune", "--checkpoint", "{tmp}", "--num-classes", "3", "--macs", "0.5", "--out", "o"],
+        "prune",
+        "--num-classes go(es) with --model",
+    ),
+    (
+        ["eval", "--model", "timm:resnet81", "--data", "digits"],
+        "eval",
+        "unknown timm model 'resnet81'; did you mean resnet18",
+    ),
+    (
+        ["eval", "--model", "resnet20", "--data", "digits", "--num-classes", "3"],
+        "eval",
+        "asked for 3 classes (num_classes, --num-classes) but data 'digits' has 10",
+    ),
+    (
+        ["eval", "--model", "resnet20", "--data", "digits", "--weights", "{tmp}/none.pth"],
+        "eval",
+        "does not exist; check the path",
+    ),
+    (
+        ["finetune", "--model", "resnet20", "--data", "digits", "--epochs", "1"],
+        "finetune",
+        "pass --out",
+    ),
+]
+SPEC_ARGUMENT_ERRORS = [
+    (["prune", "--macs", "0.5", "--out", "o"], "one of the arguments --checkpoint --model is"),
+    (
+        ["prune", "--checkpoint", "c", "--model", "m", "--macs", "0.5", "--out", "o"],
+        "argument --model: not allowed with argument --checkpoint",
+    ),
+    (["eval", "--model", "m", "--input-size", "3,32"], "expected 3 comma-separated ints"),
+]
