@@ -165,7 +165,7 @@ def test_compare_writes_results_report_and_plots(checkpoint: Path, tmp_path: Pat
                 "--macs",
                 "0.5",
                 "--epochs",
-                "1",
+                "0,1",
                 "--out",
                 str(out),
                 "--candidates",
@@ -209,6 +209,23 @@ def test_compare_writes_results_report_and_plots(checkpoint: Path, tmp_path: Pat
     run = json.loads((out / "run.json").read_text())
     assert run["job"] == "compare" and run["context"]["layers"][0]["width"] == 8
     assert run["settings"]["scratch"]["epochs"] == 2 + 1  # pre-training plus fine-tuning
+
+
+def test_compare_recalibrates_every_method_and_reports_each_budget(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "compare"
+    argv = ["compare", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(out)]
+    options = ["--epochs", "2,0", "--methods", "gfs,l1", "--recalibrate", "--candidates", "4"]
+    assert main([*argv, *options, *FAST]) == 0
+    rows = json.loads((out / "results.json").read_text())["methods"]
+    assert list(rows) == ["gfs", "l1"]
+    for row in rows.values():
+        assert set(row["epochs"]) == {"0", "2"}
+        # Recalibrated statistics change the loss measured before any fine-tuning.
+        assert row["epochs"]["0"]["loss"] != row["loss_pruned"]
+    report = (out / "report.md").read_text()
+    assert "acc 0 ep" in report and "acc 2 ep" in report
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from gfsprune.errors import ConfigError, GfsPruneError
 from gfsprune.scoring import EVALUATORS
 from gfsprune.targets import Macs, Params, Target, Tolerance
 from gfsprune.workflow import jobs as workflow
-from gfsprune.workflow.compare import CompareConfig, Comparison, parse_methods
+from gfsprune.workflow.compare import CompareConfig, Comparison, parse_epochs, parse_methods
 from gfsprune.workflow.data import SPECS
 from gfsprune.workflow.jobs import ModelSpec, Source
 from gfsprune.workflow.methods import METHODS
@@ -107,10 +107,20 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def _add_recipe(p: argparse.ArgumentParser) -> None:
-    """The training options of train, finetune and compare (defaults: the paper's recipe)."""
+def _add_recipe(p: argparse.ArgumentParser, *, budgets: bool = False) -> None:
+    """The training options of train, finetune and compare (defaults: the paper's recipe);
+    with ``budgets``, ``--epochs`` is a comma-separated list of fine-tuning budgets."""
     defaults = TrainConfig()
-    p.add_argument("--epochs", type=int, required=True, help="passes over the training set")
+    if budgets:
+        p.add_argument(
+            "--epochs",
+            type=parse_epochs,
+            required=True,
+            help="fine-tuning budgets in epochs, comma-separated (e.g. 0,1,5): each method "
+            "is fine-tuned once per budget and the report has a column per budget",
+        )
+    else:
+        p.add_argument("--epochs", type=int, required=True, help="passes over the training set")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -133,9 +143,9 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
 
 
-def _recipe(args: argparse.Namespace) -> TrainConfig:
+def _recipe(args: argparse.Namespace, *, epochs: int | None = None) -> TrainConfig:
     return TrainConfig(
-        epochs=args.epochs,
+        epochs=args.epochs if epochs is None else epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
@@ -415,7 +425,9 @@ def _eval(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     config = CompareConfig(
         macs=args.macs,
-        finetune=_recipe(args),
+        finetune=_recipe(args, epochs=max(max(args.epochs), 1)),  # sizes scratch's training
+        epochs=args.epochs,
+        recalibrate=args.recalibrate,
         methods=parse_methods(args.methods),
         prune=_selection(args),
         seed=args.seed,
@@ -561,8 +573,14 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         default=",".join(METHODS),
         help=f"comma-separated subset of {','.join(METHODS)} (default: all)",
     )
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="re-estimate every pruned model's BatchNorm statistics on training batches "
+        "before it is measured and fine-tuned (every method alike)",
+    )
     _add_selection(p, greedy_only=True)
-    _add_recipe(p)
+    _add_recipe(p, budgets=True)
     p.set_defaults(handler=_compare, command_name="compare")
 
     p = sub.add_parser(
