@@ -254,8 +254,10 @@ def find_layers(
         unmaskable = None
         for item in group:
             module = item.dep.target.module
-            if isinstance(module, (nn.Parameter, *_UNMASKABLE)):
-                unmaskable = unmaskable or type(module).__name__
+            if isinstance(module, nn.Parameter):
+                unmaskable = unmaskable or "bare parameter (an embedding or a bias table)"
+            elif isinstance(module, _UNMASKABLE):
+                unmaskable = unmaskable or f"{type(module).__name__}, which mixes its channels"
             if module not in names:
                 continue  # a Torch-Pruning op node (add, concat, reshape), not a module
             roots = [int(i) for i in item.root_idxs]
@@ -281,7 +283,7 @@ def find_layers(
         reached = set().union(*(c.root.tolist() for c in consumers))
         items = _grouped_items(width, reads)
         if unmaskable:
-            reason = f"it passes through a {unmaskable}, which mixes its channels"
+            reason = f"it passes through a {unmaskable}"
         elif not consumers:
             reason = "no Conv or Linear layer reads it"
         elif len(reached) < width:
