@@ -116,9 +116,10 @@ class WidthAllocator(ABC):
 
 class Uniform(WidthAllocator):
     """Every layer still to be selected keeps the same fraction of its channels (the nearest
-    allowed width), found by bisection on the cost model; then single steps (one channel, or
-    ``round_to`` of them) are added or removed, widest layers first, to land as close to the
-    budget as the layers' granularity allows. The simplest honest baseline."""
+    allowed width), found by bisection on the cost model; then single steps (to the next
+    allowed width: one channel or item, or ``round_to`` channels) are added or removed,
+    widest layers first, to land as close to the budget as the layers' granularity allows.
+    The simplest honest baseline."""
 
     name = "uniform"
 
