@@ -51,3 +51,22 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model.eval()
+
+
+class GroupedBlock(nn.Module):
+    """A ResNeXt-like bottleneck: 1x1, grouped 3x3 (3 groups of 4), 1x1, residual add."""
+
+    def __init__(self, width: int = 12, groups: int = 3, classes: int = 4) -> None:
+        super().__init__()
+        self.stem, self.b0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c1, self.b1 = nn.Conv2d(8, width, 1), nn.BatchNorm2d(width)
+        self.c2 = nn.Conv2d(width, width, 3, padding=1, groups=groups)
+        self.b2 = nn.BatchNorm2d(width)
+        self.c3, self.b3 = nn.Conv2d(width, 8, 1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b0(self.stem(x)))
+        y = torch.relu(self.b1(self.c1(x)))
+        y = torch.relu(self.b2(self.c2(y)))
+        return self.fc(torch.relu(self.b3(self.c3(y)) + x).mean((2, 3)))

@@ -11,26 +11,7 @@ import gfsprune
 from gfsprune import PruneConfig, Widths, prune
 from gfsprune.errors import ConfigError, ModelError
 from gfsprune.surgery import Masks, find_layers, prune_channels
-from tests.nets import randomize_norms
-
-
-class GroupedBlock(nn.Module):
-    """A ResNeXt-like bottleneck: 1x1, grouped 3x3 (3 groups of 4), 1x1, residual add."""
-
-    def __init__(self, width: int = 12, groups: int = 3, classes: int = 4) -> None:
-        super().__init__()
-        self.stem, self.b0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.c1, self.b1 = nn.Conv2d(8, width, 1), nn.BatchNorm2d(width)
-        self.c2 = nn.Conv2d(width, width, 3, padding=1, groups=groups)
-        self.b2 = nn.BatchNorm2d(width)
-        self.c3, self.b3 = nn.Conv2d(width, 8, 1), nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.b0(self.stem(x)))
-        y = torch.relu(self.b1(self.c1(x)))
-        y = torch.relu(self.b2(self.c2(y)))
-        return self.fc(torch.relu(self.b3(self.c3(y)) + x).mean((2, 3)))
+from tests.nets import GroupedBlock, randomize_norms
 
 
 @pytest.fixture

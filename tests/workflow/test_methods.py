@@ -6,12 +6,21 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch_pruning.pruner.importance import GroupMagnitudeImportance
 
 from gfsprune import Macs, PruneConfig, count, prune
 from gfsprune.models import get
+from gfsprune.surgery import find_layers, prune_channels
 from gfsprune.workflow.data import load_data, make_loader
-from gfsprune.workflow.methods import METHODS, MethodContext, TorchPruning, match_macs
+from gfsprune.workflow.methods import (
+    METHODS,
+    MethodContext,
+    TorchPruning,
+    importance_channels,
+    match_macs,
+)
 from gfsprune.workflow.train import TrainConfig, fit
+from tests.nets import GroupedBlock, randomize_norms
 
 EXAMPLE = torch.zeros(1, 10)
 EXAMPLE_IMAGE = torch.zeros(1, 1, 8, 8)
@@ -100,3 +109,30 @@ def test_torch_pruning_pipelines_reach_greedy_selections_macs(context, name) -> 
     if name == "tp-l1":  # uniform: the same share of every layer, to a channel
         shares = [w / f for w, f in zip(widths, full, strict=True)]
         assert max(shares) - min(shares) <= 1 / min(full)
+
+
+def test_importance_keeps_whole_items_of_grouped_convolutions() -> None:
+    torch.manual_seed(0)
+    model, x = randomize_norms(GroupedBlock()).eval(), torch.randn(2, 3, 6, 6)
+    grouped = next(layer for layer in find_layers(model, x)[0] if layer.item_size > 1)
+    width = grouped.width // 2 // grouped.item_size * grouped.item_size
+    kept = importance_channels(model, x, {grouped.name: width}, GroupMagnitudeImportance(p=1))
+    assert len(kept[grouped.name]) == width
+    assert set(kept[grouped.name]) == set(grouped.channels(grouped.items_of(kept[grouped.name])))
+    pruned = prune_channels(model, x, kept)  # a split item would be refused here
+    assert pruned(x).shape == model(x).shape
+
+
+def test_importance_scores_attention_heads_whole() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=8, embed_dim=24, depth=1, num_heads=4, num_classes=5
+    ).eval()
+    x = torch.randn(2, 3, 16, 16)
+    heads = next(layer for layer in find_layers(model, x)[0] if layer.heads is not None)
+    widths = {heads.name: 2 * heads.item_size}
+    kept = importance_channels(model, x, widths, GroupMagnitudeImportance(p=1))
+    assert len(heads.items_of(kept[heads.name])) == 2
+    pruned = prune_channels(model, x, kept)
+    assert pruned.blocks[0].attn.num_heads == 2 and pruned(x).shape == (2, 5)

@@ -41,7 +41,7 @@ from gfsprune.core.prune import prune
 from gfsprune.errors import ModelError
 from gfsprune.models import init_weights
 from gfsprune.plan import PruneResult
-from gfsprune.surgery import build_graph, find_layers, prune_channels
+from gfsprune.surgery import ChannelLayer, build_graph, find_layers, prune_channels
 from gfsprune.targets import Widths
 from gfsprune.workflow.seeding import seeded
 
@@ -197,7 +197,9 @@ class TorchPruning(Method):
         gradients = isinstance(self.importance(), tp.importance.GroupTaylorImportance)
         work = _working_copy(context, gradients=gradients)
         layers, _ = find_layers(work, context.example_inputs)
-        pruned = {p.name for layer in layers for p in layer.producers}
+        # Torch-Pruning prunes attention heads only when told each module's head count, so
+        # head layers are left whole here (only gfs and the same-widths methods prune them).
+        pruned = {p.name for layer in layers if layer.heads is None for p in layer.producers}
         ignored = [
             name
             for name, m in work.named_modules()
@@ -347,24 +349,46 @@ def importance_channels(
     """
     graph = build_graph(model, example_inputs)
     layers, _ = find_layers(model, example_inputs, graph=graph)
-    modules = dict(model.named_modules())
     kept = {}
     for layer in layers:
         if layer.name not in widths:
             continue
-        root = modules[layer.name]
-        handler = graph.get_pruner_of_module(root).prune_out_channels
-        group = graph.get_pruning_group(root, handler, list(range(layer.width)))
+        group, positions = _scored_group(graph, model, layer)
         with torch.no_grad():
             scores = importance(group)
-        if scores is None or scores.shape != (layer.width,):
+        if scores is None or scores.shape != (len(positions),):
             raise ModelError(
                 f"{type(importance).__name__} gives no score per channel of layer "
                 f"'{layer.name}' ({layer.width} channels); bn needs a BatchNorm in every "
                 "channel layer. Leave that method out of the comparison."
             )
-        kept[layer.name] = sorted(torch.topk(scores, widths[layer.name]).indices.tolist())
+        channel_scores = torch.zeros(layer.width, dtype=scores.dtype)
+        channel_scores[positions] = scores.detach().cpu()
+        # Items (a head, or one offset of every group of a grouped convolution) are kept or
+        # removed whole: an item scores the sum of its channels' scores.
+        item_scores = channel_scores[layer.item_index].sum(dim=1)
+        top = torch.topk(item_scores, widths[layer.name] // layer.item_size).indices
+        kept[layer.name] = sorted(layer.channels(top.tolist()))
     return kept
+
+
+def _scored_group(
+    graph: tp.DependencyGraph, model: nn.Module, layer: ChannelLayer
+) -> tuple[tp.Group, torch.Tensor]:
+    """The Torch-Pruning group an importance scores for ``layer``, and the layer channel of
+    each of its scores: the root's whole group for a channel layer; for a head layer (its
+    attention module is no group root) the group of its consumer's input positions."""
+    modules = dict(model.named_modules())
+    if layer.heads is None:
+        root = modules[layer.name]
+        handler = graph.get_pruner_of_module(root).prune_out_channels
+        return graph.get_pruning_group(root, handler, list(range(layer.width))), torch.arange(
+            layer.width
+        )
+    consumer = layer.consumers[0]
+    module = modules[consumer.name]
+    handler = graph.get_pruner_of_module(module).prune_in_channels
+    return graph.get_pruning_group(module, handler, consumer.index.tolist()), consumer.root
 
 
 def _copy_with_gradients(model: nn.Module) -> nn.Module:
