@@ -4,9 +4,14 @@ Every model is built with random weights (seed 0, 10 classes: a user's own data 
 the issue's ``--num-classes 10`` command), fed a small input (64x64 where the model runs on
 it; else the constructor's size option at 64, ``img_size`` for timm or ``image_size`` for
 torchvision; else the model's own size: timm's ``pretrained_cfg`` ``input_size``,
-torchvision's weights' crop size), given three random batches of eight labelled by the
-unpruned model's own argmax, and pruned to ``Macs(0.5)`` with a fast setting
-(``PruneConfig(schedule="fast", candidates=4)``). Per model it records:
+torchvision's weights' crop size), given three random batches of two labelled by the
+unpruned model's own argmax, and pruned to ``Macs(0.5)``. Selection is the cheapest that runs
+the real code: ``--selection greedy`` (default) is forward selection with the ``Doubling``
+schedule (each step doubles the kept channels, scoring as many as it adds);
+``--selection one-shot`` keeps each layer's best channels by one first-order screen
+(``OneShot``: no loss scored, everything else as in greedy). Which channels are kept does not
+matter for coverage; the input batches are small because every candidate costs a pass.
+Per model it records:
 
 - status: ``ok``, ``refused`` (a ``gfsprune`` error: one line), ``crash`` (any other
   exception: its type, first line and innermost frame) or ``timeout`` (``--timeout``
