@@ -134,7 +134,7 @@ def test_an_interrupted_compare_keeps_its_rows_and_resumes(
         capsys, "compare"
     )
     assert main([*argv, "--epochs", "2", "--resume"]) == 2
-    assert "other finetune" in one_line_error(capsys, "compare")
+    assert "started with other epochs, finetune" in one_line_error(capsys, "compare")
     assert main([*argv, "--resume"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results["methods"]) == ["gfs", "random"]
