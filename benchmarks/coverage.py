@@ -417,6 +417,9 @@ def main() -> None:
     parser.add_argument("--memory", type=float, default=6, help="GiB per model (0: no cap)")
     parser.add_argument("--json", metavar="FILE", help="write the rows after every model")
     parser.add_argument("--resume", action="store_true", help="keep the rows --json has")
+    parser.add_argument(
+        "--report", action="store_true", help="print the rows --json has; run nothing"
+    )
     parser.add_argument("--pick-timm", action="store_true", help="print TIMM_MODELS by its rule")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -442,6 +445,9 @@ def main() -> None:
         "size": args.size,
         "selection": args.selection,
     }
+    if args.report:
+        rows = json.loads(path.read_text())["rows"] if path else []
+        specs = [s for s in specs if s in {r["model"] for r in rows}]
     done = {r["model"] for r in rows}
     for i, spec in enumerate(specs):
         if spec in done:
