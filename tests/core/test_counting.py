@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -21,3 +22,16 @@ def test_macs_scale_with_batch_and_mode_is_restored() -> None:
     model = nn.Linear(4, 2).train()
     assert count(model, torch.zeros(3, 4))[0] == 3 * count(model, torch.zeros(1, 4))[0]
     assert model.training
+
+
+def test_counts_a_model_whose_forward_fails_under_no_grad_counting() -> None:
+    # timm's CaiT: torch's FLOP counter under no_grad raised "Expected gradient function to
+    # be set" from its module tracker.
+    cait = pytest.importorskip("timm.models.cait")
+    model = cait.Cait(
+        img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, depth_token_only=1,
+        num_classes=3,
+    ).eval()
+    macs, params = count(model, torch.zeros(1, 3, 16, 16))
+    assert macs > 0 and params == sum(p.numel() for p in model.parameters())
+    assert not model.training

@@ -31,7 +31,9 @@ def count(model: nn.Module, example_inputs: object) -> tuple[int, int]:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # Under no_grad, the counter's module tracker fails on some models (timm CaiT:
+        # "Expected gradient function to be set"); counting one batch with autograd is cheap.
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
             run_model(model, example_inputs)
     finally:
         model.train(was_training)

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from gfsprune._version import __version__
-from gfsprune.errors import ModelError
+from gfsprune.errors import FileFormatError, ModelError
 from gfsprune.io.atomic import write_atomic, write_json
 from gfsprune.io.model_info import saved_model_info
 from gfsprune.io.schema import Fields, read_json
+from gfsprune.models.weights import load_weights
 from gfsprune.plan import PruneResult
 from gfsprune.surgery import prune_channels
 
@@ -197,15 +197,12 @@ def load(
         raise ModelError(f"The base model does not match the plan in '{directory}': {err}") from err
     weights_path = Path(directory) / WEIGHTS_FILE
     try:
-        weights = load_file(weights_path)
-    except (FileNotFoundError, SafetensorError, OSError) as err:
-        raise ModelError(f"Cannot read '{weights_path}' ({err}); the save is incomplete.") from err
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        load_weights(model, weights_path)
+    except FileFormatError as err:
+        raise ModelError(f"{err}: the save is incomplete or damaged") from err
+    except ModelError as err:
         raise ModelError(
-            f"The weights in '{weights_path}' do not fit the base model with the plan applied "
-            f"({first}); was it built with the same constructor arguments (classes, width)?"
+            f"{err}; the base model does not fit the save with the plan applied: was it built "
+            "with the same constructor arguments (classes, width)?"
         ) from err
     return model.eval()

@@ -118,7 +118,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"{'; '.join(problems)}. Build the model the weights were trained as (the same "
             "architecture and num_classes)"
         )
-    model.load_state_dict(weights, strict=True)
+    # The model's own state dict carries ``_metadata`` (module versions) that some modules'
+    # loaders read (torchvision MNASNet); a file's state dict may not, so fill in its values.
+    own.update(weights)
+    model.load_state_dict(own, strict=True)
     return model
 
 

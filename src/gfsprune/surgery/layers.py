@@ -160,6 +160,21 @@ def build_graph(model: nn.Module, example_inputs: object) -> tp.DependencyGraph:
         ) from err
 
 
+def _all_groups(
+    graph: tp.DependencyGraph, model: nn.Module, ignored: list[nn.Module]
+) -> list[tp.Group]:
+    """Torch-Pruning's dependency groups, with its failures to map channels through an op
+    (a reshape or split it cannot follow) made one readable error."""
+    try:
+        return list(graph.get_all_groups(ignored_layers=ignored))
+    except Exception as err:  # raised inside Torch-Pruning's index mappings
+        raise ModelError(
+            f"Torch-Pruning traced {type(model).__name__} but could not map its channels "
+            f"through one of its ops ({type(err).__name__}: {err}); gfsprune cannot prune this "
+            "model yet. Pass the modules around that op in ignore=[...] or prune another model."
+        ) from err
+
+
 def _is_grouped(module: nn.Module) -> bool:
     """A convolution with groups that is not depthwise (in and out channels coupled)."""
     return (
@@ -245,7 +260,7 @@ def find_layers(
             layers.append((order[modules[name]], _head_layer(name, handler, layout)))
     head_outputs = {n for _, layout in heads.values() for n, _ in layout.producers}
     head_inputs = {layout.consumer for _, layout in heads.values()}
-    for group in graph.get_all_groups(ignored_layers=ignored):
+    for group in _all_groups(graph, model, ignored):
         root = group[0].dep.target.module
         producers: list[Producer] = []
         consumers: list[Consumer] = []
