@@ -69,18 +69,53 @@ class CostModel:
                 self.fixed_params += weights + vectors
             elif own or macs:
                 self.terms.append(_Term(macs, weights, vectors, outputs.get(name), parts))
+        self._vectorize()
         self.full = [np.ones(int(w)) for w in self.widths]
         self.full_macs, self.full_params = self.predict(self.full)
 
+    def _vectorize(self) -> None:
+        """Index arrays that let :meth:`predict` evaluate every term at once (the allocator
+        calls it thousands of times on networks of hundreds of layers)."""
+        offsets = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(np.int64)
+        references: list[np.ndarray] = []  # flat channel positions of each mean taken
+
+        def reference(layer: int, root: np.ndarray) -> int:
+            references.append(offsets[layer] + np.asarray(root, dtype=np.int64))
+            return len(references) - 1
+
+        terms = self.terms
+        self._out = np.array([-1 if t.out is None else reference(*t.out) for t in terms])
+        inputs = [
+            (k, reference(i, root), share)
+            for k, t in enumerate(terms)
+            for i, root, share in t.inputs
+        ]
+        self._in_term = np.array([k for k, _, _ in inputs], dtype=np.int64)
+        self._in_ref = np.array([r for _, r, _ in inputs], dtype=np.int64)
+        self._in_share = np.array([share for _, _, share in inputs], dtype=float)
+        self._in_base = 1.0 - np.bincount(
+            self._in_term, weights=self._in_share, minlength=len(terms)
+        )
+        lengths = np.array([len(r) for r in references], dtype=np.int64)
+        self._gather = np.concatenate(references) if references else np.zeros(0, np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self._lengths = lengths.astype(float)
+        self._macs = np.array([t.macs for t in terms], dtype=float)
+        self._weights = np.array([t.weights for t in terms], dtype=float)
+        self._vectors = np.array([t.vectors for t in terms], dtype=float)
+
     def predict(self, keep: Sequence[np.ndarray]) -> tuple[float, float]:
         """``(macs, params)`` for per-layer keep vectors."""
-        macs, params = self.fixed_macs, self.fixed_params
-        for t in self.terms:
-            out = 1.0 if t.out is None else float(keep[t.out[0]][t.out[1]].mean())
-            inp = 1.0 - sum(share for _, _, share in t.inputs)
-            inp += sum(share * float(keep[i][root].mean()) for i, root, share in t.inputs)
-            macs += t.macs * out * inp
-            params += t.weights * out * inp + t.vectors * out
+        if not self.terms:
+            return self.fixed_macs, self.fixed_params
+        flat = np.concatenate([np.asarray(k, dtype=float) for k in keep])
+        means = np.add.reduceat(flat[self._gather], self._starts) / self._lengths
+        out = np.where(self._out >= 0, means[np.maximum(self._out, 0)], 1.0)
+        inp = self._in_base + np.bincount(
+            self._in_term, weights=self._in_share * means[self._in_ref], minlength=len(self.terms)
+        )
+        macs = self.fixed_macs + float((self._macs * out * inp).sum())
+        params = self.fixed_params + float(((self._weights * inp + self._vectors) * out).sum())
         return macs, params
 
     def ratio(self, keep: Sequence[np.ndarray], budget: Budget) -> float:
@@ -95,7 +130,9 @@ def _flops_per_module(
 ) -> dict[str, int]:
     """FLOPs of each leaf module's calls, and of the ``containers``' own operations (outside
     their leaves), by qualified name; ``""`` holds the rest."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # With autograd on, as gfsprune.count does (the counter's module tracker fails under
+    # no_grad on some models).
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         run_model(model, example_inputs)
     counts = counter.get_flop_counts()
     prefix = type(model).__name__
