@@ -585,7 +585,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="train, prune and compare on digits (about 15 s on a CPU)",
+        help="train, prune and compare on digits (under a minute on a CPU)",
         description="Train a small CNN on scikit-learn digits, compare every "
         "method at 50% MACs, print the table and write the report.",
     )
