@@ -1,0 +1,129 @@
+"""MACs ratio against measured CPU speed-up, with and without ``round_to=8`` (issue 14).
+
+For every model and MACs budget the model (random weights: latency does not depend on them) is
+pruned twice with the same selection settings, once with ``round_to=1`` and once with
+``round_to=8`` (every pruned width a multiple of 8); then the unpruned model and both pruned
+models are timed on the CPU at batch 1 and batch 64. The three models are timed in turns, one
+forward each per round, after warm-up rounds, and the median per model is kept, so that a
+change of machine load during the run touches all three alike. Which channels are kept does not
+change the latency, only how many, so selection uses a fast setting (``schedule="fast"``, a few
+candidates, two random batches).
+
+    .venv/bin/python benchmarks/round_to.py                    # the default models, 1 thread
+    .venv/bin/python benchmarks/round_to.py --models resnet20 torchvision:resnet18 --size 112
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import gfsprune
+from gfsprune import Macs, PruneConfig, models, prune
+
+# (spec, input side) of the default models: two zoo CIFAR-shape networks and two torchvision
+# ImageNet networks at a reduced input.
+_DEFAULT_MODELS = (
+    ("resnet56", 32),
+    ("mobilenet_v2", 32),
+    ("torchvision:resnet18", 112),
+    ("torchvision:mobilenet_v3_large", 112),
+)
+
+
+def _timings(
+    variants: dict[str, nn.Module], shape: tuple[int, ...], batch: int, rounds: int
+) -> dict[str, float]:
+    """Median seconds of one forward per variant at ``batch``, the variants timed in turns."""
+    inputs = torch.randn(batch, *shape)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for step in range(rounds + 2):  # two warm-up rounds
+            for name, model in variants.items():
+                start = time.perf_counter()
+                model(inputs)
+                if step >= 2:
+                    times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _prune(model: nn.Module, side: int, ratio: float, round_to: int, seed: int) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    data = [
+        (torch.randn(16, 3, side, side, generator=g), torch.randint(0, 10, (16,), generator=g))
+        for _ in range(2)
+    ]
+    config = PruneConfig(schedule="fast", candidates=4, seed=seed, round_to=round_to)
+    result = prune(
+        model, data, data[0][0][:1], target=Macs(ratio), config=config, progress=False
+    )
+    return result.model.eval(), result.macs_after / result.macs_before
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", help="model specs (default: four models)")
+    parser.add_argument("--size", type=int, help="input side for --models (default: 32)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.25])
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per batch size")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cases = [(m, args.size or 32) for m in args.models] if args.models else _DEFAULT_MODELS
+    print(
+        f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, "
+        f"gfsprune {gfsprune.__version__}, {args.threads} thread(s), CPU"
+    )
+    print(
+        "| model | input | MACs target | round_to | MACs ratio | b=1 ms | speed-up b=1 "
+        "| b=64 ms | speed-up b=64 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for spec, side in cases:
+        torch.manual_seed(args.seed)
+        base = models.get(spec, num_classes=10, image_size=side).eval()
+        shape = (3, side, side)
+        for ratio in args.ratios:
+            variants, macs = {"full": base}, {"full": 1.0}
+            for round_to in (1, 8):
+                variants[f"r{round_to}"], macs[f"r{round_to}"] = _prune(
+                    base, side, ratio, round_to, args.seed
+                )
+            timing = {b: _timings(variants, shape, b, args.rounds) for b in (1, 64)}
+            for name in ("r1", "r8"):
+                row = {
+                    "model": spec,
+                    "input": side,
+                    "target": ratio,
+                    "round_to": int(name[1:]),
+                    "macs_ratio": macs[name],
+                    **{
+                        f"speedup_b{b}": timing[b]["full"] / timing[b][name] for b in (1, 64)
+                    },
+                    **{f"ms_b{b}": 1e3 * timing[b][name] for b in (1, 64)},
+                    **{f"full_ms_b{b}": 1e3 * timing[b]["full"] for b in (1, 64)},
+                }
+                rows.append(row)
+                print(
+                    f"| {spec} | {side} | {ratio:.0%} | {row['round_to']} | "
+                    f"{row['macs_ratio']:.3f} | {row['ms_b1']:.2f} | {row['speedup_b1']:.2f}x "
+                    f"| {row['ms_b64']:.1f} | {row['speedup_b64']:.2f}x |",
+                    flush=True,
+                )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
