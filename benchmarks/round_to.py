@@ -61,9 +61,7 @@ def _prune(model: nn.Module, side: int, ratio: float, round_to: int, seed: int) 
         for _ in range(2)
     ]
     config = PruneConfig(schedule="fast", candidates=4, seed=seed, round_to=round_to)
-    result = prune(
-        model, data, data[0][0][:1], target=Macs(ratio), config=config, progress=False
-    )
+    result = prune(model, data, data[0][0][:1], target=Macs(ratio), config=config, progress=False)
     return result.model.eval(), result.macs_after / result.macs_before
 
 
@@ -107,9 +105,7 @@ def main() -> None:
                     "target": ratio,
                     "round_to": int(name[1:]),
                     "macs_ratio": macs[name],
-                    **{
-                        f"speedup_b{b}": timing[b]["full"] / timing[b][name] for b in (1, 64)
-                    },
+                    **{f"speedup_b{b}": timing[b]["full"] / timing[b][name] for b in (1, 64)},
                     **{f"ms_b{b}": 1e3 * timing[b][name] for b in (1, 64)},
                     **{f"full_ms_b{b}": 1e3 * timing[b]["full"] for b in (1, 64)},
                 }
