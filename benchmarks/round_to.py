@@ -6,8 +6,8 @@ pruned twice with the same selection settings, once with ``round_to=1`` and once
 models are timed on the CPU at batch 1 and batch 64. The three models are timed in turns, one
 forward each per round, after warm-up rounds, and the median per model is kept, so that a
 change of machine load during the run touches all three alike. Which channels are kept does not
-change the latency, only how many, so selection uses a fast setting (``schedule="fast"``, a few
-candidates, two random batches).
+change the latency, only how many, so selection uses the cheapest setting (one random candidate
+per step, two random batches).
 
     .venv/bin/python benchmarks/round_to.py                    # the default models, 1 thread
     .venv/bin/python benchmarks/round_to.py --models resnet20 torchvision:resnet18 --size 112
@@ -60,7 +60,7 @@ def _prune(model: nn.Module, side: int, ratio: float, round_to: int, seed: int) 
         (torch.randn(16, 3, side, side, generator=g), torch.randint(0, 10, (16,), generator=g))
         for _ in range(2)
     ]
-    config = PruneConfig(schedule="fast", candidates=4, seed=seed, round_to=round_to)
+    config = PruneConfig(candidates=1, seed=seed, round_to=round_to)
     result = prune(model, data, data[0][0][:1], target=Macs(ratio), config=config, progress=False)
     return result.model.eval(), result.macs_after / result.macs_before
 
