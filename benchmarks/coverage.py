@@ -52,6 +52,7 @@ from torch import nn
 import gfsprune
 from gfsprune.core.schedules import Schedule
 from gfsprune.core.strategies import LayerChoice, LayerSearch, Strategy
+from gfsprune.errors import first_line
 from gfsprune.targets import Goal
 
 RATIO = 0.5
@@ -231,10 +232,6 @@ def build(spec: str, side: int) -> tuple[nn.Module, dict, int]:
     return model, {}, _native_side(spec, model)
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [""])[0][:300]
-
-
 def _where(err: BaseException) -> str:
     """The innermost frame of the traceback, and the innermost one in gfsprune."""
     frames = traceback.extract_tb(err.__traceback__)
@@ -292,7 +289,7 @@ def check_model(
                 gfsprune.export_onnx(pruned, xs[0][:1], Path(tmp) / "model.onnx")
                 row["onnx"] = True
     except Exception as err:  # noqa: BLE001 - the benchmark records every failure
-        line = _first_line(err)
+        line = first_line(err)[:300]
         if stage in ("build", "prune"):
             refused = isinstance(err, gfsprune.GfsPruneError)
             row["status"] = "refused" if refused else "crash"

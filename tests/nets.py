@@ -70,3 +70,15 @@ class GroupedBlock(nn.Module):
         y = torch.relu(self.b1(self.c1(x)))
         y = torch.relu(self.b2(self.c2(y)))
         return self.fc(torch.relu(self.b3(self.c3(y)) + x).mean((2, 3)))
+
+
+def tiny_vit(**options) -> nn.Module:
+    """A timm VisionTransformer on 16x16 inputs (patches of 8, 4 heads of 6 channels, two
+    blocks, 5 classes) in eval mode, seeded; ``options`` override any of these. Needs timm."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    settings = dict(
+        img_size=16, patch_size=8, embed_dim=24, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=5
+    )
+    torch.manual_seed(0)
+    return VisionTransformer(**{**settings, **options}).eval()

@@ -25,3 +25,14 @@ class LossError(GfsPruneError, ValueError):
 
 class FileFormatError(GfsPruneError, ValueError):
     """A file gfsprune reads is missing, damaged, or not of the expected kind."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (``""`` for an empty one), for one-line errors
+    that quote what a library raised.
+
+    Example:
+        >>> first_line(RuntimeError("size mismatch" + chr(10) + "  details"))
+        'size mismatch'
+    """
+    return (str(err).strip().splitlines() or [""])[0]

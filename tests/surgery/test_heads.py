@@ -10,25 +10,10 @@ from torch import nn
 import gfsprune
 from gfsprune import Macs, PruneConfig, prune
 from gfsprune.surgery import Masks, find_layers, prune_channels
+from tests.nets import tiny_vit
 
 timm = pytest.importorskip("timm")
 from timm.layers import Attention  # noqa: E402
-from timm.models.vision_transformer import VisionTransformer  # noqa: E402
-
-
-def _vit(**options) -> nn.Module:
-    torch.manual_seed(0)
-    model = VisionTransformer(
-        img_size=16,
-        patch_size=8,
-        embed_dim=24,
-        depth=2,
-        num_heads=4,
-        mlp_ratio=2.0,
-        num_classes=5,
-        **options,
-    )
-    return model.eval()
 
 
 class Tokens(nn.Module):
@@ -45,7 +30,7 @@ class Tokens(nn.Module):
 
 
 def test_heads_of_timm_attention_form_one_layer_each() -> None:
-    model, x = _vit(), torch.randn(2, 3, 16, 16)
+    model, x = tiny_vit(), torch.randn(2, 3, 16, 16)
     layers, skipped = find_layers(model, x)
     heads = [layer for layer in layers if layer.heads is not None]
     assert [layer.name for layer in heads] == ["blocks.0.attn", "blocks.1.attn"]
@@ -61,7 +46,11 @@ def test_heads_of_timm_attention_form_one_layer_each() -> None:
 
 @pytest.mark.parametrize(
     ("make", "shape"),
-    [(_vit, (2, 3, 16, 16)), (lambda: _vit(qk_norm=True), (2, 3, 16, 16)), (Tokens, (2, 5, 6))],
+    [
+        (tiny_vit, (2, 3, 16, 16)),
+        (lambda: tiny_vit(qk_norm=True), (2, 3, 16, 16)),
+        (Tokens, (2, 5, 6)),
+    ],
 )
 def test_masked_heads_equal_removed_heads(make, shape) -> None:
     model, x = make().eval(), torch.randn(*shape)
@@ -83,7 +72,7 @@ def test_masked_heads_equal_removed_heads(make, shape) -> None:
 
 
 def test_vit_is_pruned_to_whole_heads_and_reloads(tmp_path) -> None:
-    model, x = _vit(), torch.randn(4, 3, 16, 16)
+    model, x = tiny_vit(), torch.randn(4, 3, 16, 16)
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 5, (4,), generator=g))]
     result = prune(
@@ -103,13 +92,13 @@ def test_vit_is_pruned_to_whole_heads_and_reloads(tmp_path) -> None:
     heads = [p for p in result.plan if p.name.endswith(".attn")]
     assert heads and all(len(p.kept) % 6 == 0 for p in heads)
     gfsprune.save(result, tmp_path)
-    loaded = gfsprune.load(tmp_path, _vit())
+    loaded = gfsprune.load(tmp_path, tiny_vit())
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result.model(x))
 
 
 def test_attention_with_a_norm_across_heads_is_skipped_and_named() -> None:
-    model, x = _vit(scale_attn_norm=True), torch.randn(2, 3, 16, 16)
+    model, x = tiny_vit(scale_attn_norm=True), torch.randn(2, 3, 16, 16)
     layers, skipped = find_layers(model, x)
     assert all(layer.heads is None for layer in layers)
     assert "blocks.0.attn (Attention heads: LayerNorm across all heads before proj)" in skipped

@@ -20,7 +20,7 @@ from gfsprune.workflow.methods import (
     match_macs,
 )
 from gfsprune.workflow.train import TrainConfig, fit
-from tests.nets import GroupedBlock, randomize_norms
+from tests.nets import GroupedBlock, randomize_norms, tiny_vit
 
 EXAMPLE = torch.zeros(1, 10)
 EXAMPLE_IMAGE = torch.zeros(1, 1, 8, 8)
@@ -124,11 +124,8 @@ def test_importance_keeps_whole_items_of_grouped_convolutions() -> None:
 
 
 def test_importance_scores_attention_heads_whole() -> None:
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.models.vision_transformer.VisionTransformer(
-        img_size=16, patch_size=8, embed_dim=24, depth=1, num_heads=4, num_classes=5
-    ).eval()
+    pytest.importorskip("timm")
+    model = tiny_vit(depth=1)
     x = torch.randn(2, 3, 16, 16)
     heads = next(layer for layer in find_layers(model, x)[0] if layer.heads is not None)
     widths = {heads.name: 2 * heads.item_size}

@@ -14,11 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from gfsprune._inputs import run_model
+from gfsprune.core.counting import count_flops
 from gfsprune.surgery import ChannelLayer
 from gfsprune.targets import Budget
 
@@ -130,10 +128,7 @@ def _flops_per_module(
 ) -> dict[str, int]:
     """FLOPs of each leaf module's calls, and of the ``containers``' own operations (outside
     their leaves), by qualified name; ``""`` holds the rest."""
-    # With autograd on, as gfsprune.count does (the counter's module tracker fails under
-    # no_grad on some models).
-    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-        run_model(model, example_inputs)
+    counter = count_flops(model, example_inputs)
     counts = counter.get_flop_counts()
     prefix = type(model).__name__
     per_module = {

@@ -8,7 +8,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gfsprune._inputs import run_model
 
-__all__ = ["count"]
+__all__ = ["count", "count_flops"]
+
+
+def count_flops(model: nn.Module, example_inputs: object) -> FlopCounterMode:
+    """The FLOP counter after one forward pass of ``model`` (in its current mode).
+
+    Autograd stays on: under no_grad the counter's module tracker fails on some models (timm
+    CaiT: "Expected gradient function to be set"), and one batch with autograd is cheap.
+    """
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        run_model(model, example_inputs)
+    return counter
 
 
 def count(model: nn.Module, example_inputs: object) -> tuple[int, int]:
@@ -31,10 +42,7 @@ def count(model: nn.Module, example_inputs: object) -> tuple[int, int]:
     was_training = model.training
     model.eval()
     try:
-        # Under no_grad, the counter's module tracker fails on some models (timm CaiT:
-        # "Expected gradient function to be set"); counting one batch with autograd is cheap.
-        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-            run_model(model, example_inputs)
+        counter = count_flops(model, example_inputs)
     finally:
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())

@@ -27,7 +27,7 @@ from gfsprune.core.cost import CostModel
 from gfsprune.core.counting import count
 from gfsprune.core.strategies import LayerSearch, select_layer
 from gfsprune.core.stream import BatchStream
-from gfsprune.errors import ConfigError, DataError, ModelError
+from gfsprune.errors import ConfigError, DataError, ModelError, first_line
 from gfsprune.io.progress import read_progress, write_progress
 from gfsprune.plan import LayerLog, LayerPlan, PruneResult
 from gfsprune.scoring import make_evaluator
@@ -274,7 +274,7 @@ def _check_first_batch(model: nn.Module, batch: tuple, loss_fn: LossFn) -> float
             loss = float(loss_fn(run_model(model, inputs), targets))
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as err:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        reason = first_line(err) or type(err).__name__
         raise DataError(
             f"The model and loss could not run on the first mini-batch (inputs {shape}): "
             f"{reason}. Check that the data's shape and labels match the model and "
@@ -309,7 +309,7 @@ def check_equivalent(pruned: nn.Module, example_inputs: object, expected: torch.
         with torch.no_grad():
             got = run_model(pruned.eval(), example_inputs)
     except RuntimeError as err:  # e.g. a reshape that still expects the original sizes
-        reason = (str(err).splitlines() or [""])[0]
+        reason = first_line(err)
         raise ModelError(
             f"The physically pruned model no longer runs ({reason}); the model has an "
             "operation that depends on its channel counts outside Conv/Linear layers. Add "

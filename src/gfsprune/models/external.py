@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from gfsprune.errors import ConfigError
+from gfsprune.errors import ConfigError, first_line
 from gfsprune.models._source import ModelSource, unknown_name
 
 __all__ = ["Timm", "Torchvision"]
@@ -28,7 +28,7 @@ def _import(package: str) -> ModuleType:
     except (ImportError, RuntimeError, OSError, AttributeError) as err:
         from gfsprune.models.zoo import Zoo  # the fix names the zoo, which always builds
 
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        reason = first_line(err) or type(err).__name__
         raise ConfigError(
             f"{package} is not importable here ({reason}); install a {package} build matching "
             f"your torch (pip install 'gfsprune[vision]'), or use a zoo model: "

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from gfsprune.errors import ConfigError
+from gfsprune.errors import ConfigError, first_line
 from gfsprune.models._source import ModelSource
 
 __all__ = ["HuggingFace"]
@@ -90,7 +90,7 @@ class HuggingFace(ModelSource):
                 **options,
             )
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
-            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            reason = first_line(err) or type(err).__name__
             raise ConfigError(
                 f"transformers could not load hf:{name} ({reason}); pass a folder written by "
                 "save_pretrained"
@@ -150,7 +150,7 @@ def _config(transformers: Any, folder: Path) -> Any:
             folder, local_files_only=True, trust_remote_code=False
         )
     except (OSError, ValueError, KeyError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        reason = first_line(err) or type(err).__name__
         raise ConfigError(f"cannot read '{folder / 'config.json'}' ({reason})") from err
     if getattr(config, "auto_map", None):
         raise ConfigError(

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from gfsprune.errors import FileFormatError, ModelError
+from gfsprune.errors import FileFormatError, ModelError, first_line
 
 __all__ = ["load_weights", "read_state_dict"]
 
@@ -52,12 +52,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        reason = first_line(err) or type(err).__name__
         raise FileFormatError(
             f"weights file '{path}' is damaged or not weights ({reason}); {fix}"
         ) from err
     except (RuntimeError, OSError, ValueError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        reason = first_line(err) or type(err).__name__
         raise FileFormatError(f"cannot read weights file '{path}' ({reason}); {fix}") from err
     if isinstance(loaded, Mapping):
         nested = next((loaded[k] for k in _NESTED if isinstance(loaded.get(k), Mapping)), None)

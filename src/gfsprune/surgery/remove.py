@@ -14,7 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from gfsprune.errors import ModelError
+from gfsprune.errors import ModelError, first_line
 from gfsprune.surgery.layers import build_graph, find_layers
 
 __all__ = ["prune_channels"]
@@ -114,7 +114,7 @@ def _remove_group(graph: tp.DependencyGraph, name: str, root: nn.Module, remove:
     try:
         graph.get_pruning_group(root, handler, remove).prune()
     except Exception as err:  # Torch-Pruning's removal runs per-op code; name where it failed
-        reason = (str(err).splitlines() or [""])[0]
+        reason = first_line(err)
         raise ModelError(
             f"Torch-Pruning could not remove {len(remove)} channels of '{name}' "
             f"({type(root).__name__}): {type(err).__name__}: {reason}. Add the module to "

@@ -15,14 +15,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from gfsprune import models
-from gfsprune.errors import ConfigError, DataError, ModelError
+from gfsprune.errors import ConfigError, DataError, FileFormatError, ModelError
 from gfsprune.io.model_info import MODEL_FILE, ModelInfo, read_model_info, saved_model_info
 from gfsprune.io.saved import PLAN_FILE, WEIGHTS_FILE, load, read_plan
+from gfsprune.models.weights import load_weights
 from gfsprune.workflow.data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, load_data, resizable
 from gfsprune.workflow.seeding import seeded
 
@@ -195,12 +194,9 @@ def load_model(
     info = read_model_info(path)
     net = _build(info, path, model)
     try:
-        net.load_state_dict(load_file(directory / WEIGHTS_FILE))
-    except (FileNotFoundError, SafetensorError, OSError, RuntimeError) as err:
-        raise ModelError(
-            f"cannot load the weights in '{directory / WEIGHTS_FILE}' "
-            f"({str(err).splitlines()[0]}); the checkpoint is incomplete or damaged."
-        ) from err
+        load_weights(net, directory / WEIGHTS_FILE)
+    except (FileFormatError, ModelError) as err:
+        raise ModelError(f"{err}; the checkpoint is incomplete or damaged.") from err
     return net.eval(), info
 
 

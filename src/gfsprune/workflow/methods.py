@@ -349,11 +349,12 @@ def importance_channels(
     """
     graph = build_graph(model, example_inputs)
     layers, _ = find_layers(model, example_inputs, graph=graph)
+    modules = dict(model.named_modules())
     kept = {}
     for layer in layers:
         if layer.name not in widths:
             continue
-        group, positions = _scored_group(graph, model, layer)
+        group, positions = _scored_group(graph, modules, layer)
         with torch.no_grad():
             scores = importance(group)
         if scores is None or scores.shape != (len(positions),):
@@ -373,12 +374,11 @@ def importance_channels(
 
 
 def _scored_group(
-    graph: tp.DependencyGraph, model: nn.Module, layer: ChannelLayer
+    graph: tp.DependencyGraph, modules: Mapping[str, nn.Module], layer: ChannelLayer
 ) -> tuple[tp.Group, torch.Tensor]:
     """The Torch-Pruning group an importance scores for ``layer``, and the layer channel of
     each of its scores: the root's whole group for a channel layer; for a head layer (its
     attention module is no group root) the group of its consumer's input positions."""
-    modules = dict(model.named_modules())
     if layer.heads is None:
         root = modules[layer.name]
         handler = graph.get_pruner_of_module(root).prune_out_channels

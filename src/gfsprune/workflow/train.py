@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from gfsprune import distributed
-from gfsprune.errors import ConfigError, DataError, LossError, ModelError
+from gfsprune.errors import ConfigError, DataError, LossError, ModelError, first_line
 from gfsprune.io.atomic import write_atomic
 from gfsprune.workflow.data import DataBundle, check_labels, make_loader
 from gfsprune.workflow.seeding import seeded
@@ -303,7 +303,7 @@ def _count_outputs(model: nn.Module, data: DataBundle, device: torch.device) -> 
     except RuntimeError as err:
         raise ModelError(
             f"the model cannot take {data.name!r} images of shape {data.input_shape} "
-            f"({str(err).splitlines()[0]}); build it for that input shape."
+            f"({first_line(err)}); build it for that input shape."
         ) from err
     if logits.ndim != 2:
         raise ModelError(
@@ -445,7 +445,7 @@ def _load_checkpoint(
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a damaged file fails in many ways inside the unpickler
         raise ModelError(
-            f"cannot read checkpoint '{path}' ({str(err).strip().splitlines()[0]}); delete it "
+            f"cannot read checkpoint '{path}' ({first_line(err)}); delete it "
             "to start over."
         ) from err
     keys = ("model", "optimizer", "scheduler", "history", "config")
@@ -465,7 +465,7 @@ def _load_checkpoint(
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise ModelError(
-            f"checkpoint '{path}' does not fit this model ({str(err).splitlines()[0]}); "
+            f"checkpoint '{path}' does not fit this model ({first_line(err)}); "
             "resume with the model it was trained from."
         ) from err
     optimizer.load_state_dict(state["optimizer"])
