@@ -5,7 +5,8 @@
 inputs with random labels (``torch.Generator`` seeded by the seed), pruned to ``Macs(0.5)``
 with the default options, once with ``evaluator="batched"`` and once with ``"naive"``. Prints
 per seed whether the plans are identical, the largest relative difference between the two
-runs' per-pick losses, and the seconds of each.
+runs' per-pick losses, how many candidates each run re-scored in float64 (the near-ties at
+the tie window's edge, ``Evaluator.precise``), and the seconds of each.
 
     .venv/bin/python benchmarks/evaluator_agreement.py --seeds 0 1 2
 """
@@ -19,6 +20,7 @@ import torch
 
 import gfsprune
 from gfsprune import Macs, PruneConfig, models, prune
+from gfsprune.scoring import Evaluator
 from gfsprune.workflow.data import load_data
 from gfsprune.workflow.train import TrainConfig, fit
 
@@ -39,6 +41,15 @@ def _model(seed: int, trained: bool, epochs: int) -> torch.nn.Module:
     return model.eval()
 
 
+_PRECISE = Evaluator.precise
+_rescored = [0]
+
+
+def _counting_precise(self, inputs, targets, layer, keep):
+    _rescored[0] += len(keep)
+    return _PRECISE(self, inputs, targets, layer, keep)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -47,9 +58,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    Evaluator.precise = _counting_precise
     print(f"torch {torch.__version__}, gfsprune {gfsprune.__version__}, {args.threads} thread(s)")
-    print("| seed | weights | identical plans | max rel. loss difference | batched s | naive s |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| seed | weights | identical plans | max rel. loss difference "
+        "| float64 re-scored (batched/naive) | batched s | naive s |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for seed in args.seeds:
         model = _model(seed, args.trained, args.epochs)
         side = 16 if args.trained else 32
@@ -58,8 +73,9 @@ def main() -> None:
             (torch.randn(64, 3, side, side, generator=g), torch.randint(0, 10, (64,), generator=g))
             for _ in range(8)
         ]
-        runs, seconds = {}, {}
+        runs, seconds, rescored = {}, {}, {}
         for evaluator in ("batched", "naive"):
+            _rescored[0] = 0
             start = time.perf_counter()
             runs[evaluator] = prune(
                 model,
@@ -70,6 +86,7 @@ def main() -> None:
                 progress=False,
             )
             seconds[evaluator] = time.perf_counter() - start
+            rescored[evaluator] = _rescored[0]
         same = [p.kept for p in runs["batched"].plan] == [p.kept for p in runs["naive"].plan]
         diff = max(
             abs(a - b) / abs(b)
@@ -79,6 +96,7 @@ def main() -> None:
         weights = "trained" if args.trained else "random"
         print(
             f"| {seed} | {weights} | {'yes' if same else 'NO'} | {diff:.1e} "
+            f"| {rescored['batched']}/{rescored['naive']} "
             f"| {seconds['batched']:.0f} | {seconds['naive']:.0f} |",
             flush=True,
         )

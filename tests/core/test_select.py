@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gfsprune.core.select import backward_eliminate, forward_select
+from gfsprune.core.select import backward_eliminate, forward_select, rank
 from gfsprune.errors import ConfigError, LossError
 
 
@@ -216,3 +216,59 @@ def test_ties_rank_within_a_multi_pick_step_and_in_backward_elimination() -> Non
     assert removed.order == [0]
     with pytest.raises(ConfigError, match="'tie' must be a finite number >= 0"):
         forward_select(lambda s, c: [0.0] * len(c), 4, steps=1, tie=-1)
+
+
+def test_a_gap_at_the_tie_windows_edge_is_decided_on_the_precise_losses() -> None:
+    # Issue 15, trained seed 3: channel 2 lay 9.943e-6 above the best under one evaluator and
+    # 1.004e-5 under the other, so the 1e-5 window took it for one and not the other.
+    precise = {2: 1.0 + 0.99e-5, 58: 1.0, 7: 1.1}
+    calls = []
+
+    def refine(selected, cands):
+        calls.append(sorted(cands))
+        return [precise[c] for c in cands]
+
+    orders = []
+    for gap in (0.9943e-5, 1.004e-5):
+        scores = {2: 1.0 + gap, 58: 1.0, 7: 1.1}
+        pick = forward_select(
+            lambda s, c, scores=scores: [scores[i] for i in c],
+            60,
+            steps=1,
+            screen=lambda s, a: [2, 7, 58],
+            tie=1e-5,
+            refine=refine,
+        )
+        orders.append(pick.order)
+    assert orders == [[2], [2]]
+    assert calls == [[2, 58], [2, 58]]  # only the candidates near the window, not 7
+    unrefined = forward_select(
+        lambda s, c: [{2: 1.0 + 1.004e-5, 58: 1.0, 7: 1.1}[i] for i in c],
+        60,
+        steps=1,
+        screen=lambda s, a: [2, 7, 58],
+        tie=1e-5,
+    )
+    assert unrefined.order == [58]  # without refine, the float window decides
+
+
+def test_refine_is_not_asked_when_no_gap_lies_near_the_tie_window() -> None:
+    asked = []
+    losses = {0: 1.0 + 2e-6, 1: 1.0, 2: 1.0 + 1e-3}
+    ranked = rank(
+        lambda s, c: [losses[i] for i in c],
+        [],
+        [0, 1, 2],
+        tie=1e-5,
+        refine=lambda s, c: asked.append(c) or [losses[i] for i in c],
+    )
+    assert [c for c, _ in ranked] == [0, 1, 2]
+    assert asked == []
+    with pytest.raises(ConfigError, match="'refine' must return one loss per candidate"):
+        rank(
+            lambda s, c: [1.0, 1.0 + 1e-5],
+            [],
+            [0, 1],
+            tie=1e-5,
+            refine=lambda s, c: [1.0],
+        )

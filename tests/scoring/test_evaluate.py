@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -93,6 +94,34 @@ def test_batched_losses_equal_naive_losses_for_every_layer(net, shape, kind: str
         for layer in layers:
             keep = _rows(kind, layer.width)
             assert batched(x, y, layer, keep) == pytest.approx(naive(x, y, layer, keep), rel=1e-5)
+
+
+def test_precise_losses_are_float64_and_the_same_whichever_evaluator_asks() -> None:
+    torch.manual_seed(0)
+    model = randomize_norms(Coupled())
+    x, y = torch.randn(6, 3, 4, 4), torch.randint(0, 3, (6,))
+    layers, _ = find_layers(model, x[:1])
+    loss = nn.functional.cross_entropy
+    with Masks(model, layers) as masks:
+        naive = make_evaluator(NaiveEvaluator, model, masks, loss)
+        batched = make_evaluator(BatchedEvaluator, model, masks, loss)
+        for layer in layers:
+            keep = _rows("forward", layer.width)
+            precise = batched.precise(x, y, layer, keep)
+            assert precise == naive.precise(x, y, layer, keep)  # one path: bit for bit
+            assert precise == pytest.approx(naive(x, y, layer, keep), rel=1e-5)
+            row = keep[0]
+            with masks.suspended():
+                net = copy.deepcopy(model).double()
+            for name, factors in masks.factors(layer, row[None]).items():
+                module = net.get_submodule(name)
+                shape = [-1] if isinstance(module, nn.Linear) else [-1, 1, 1]
+                scale = factors[0].double().view(shape)
+                module.register_forward_pre_hook(lambda m, a, f=scale: (a[0] * f,))
+            with torch.no_grad():  # the masked model in float64, by hand
+                manual = float(loss(net(x.double()), y))
+            assert precise[0] == pytest.approx(manual, rel=1e-12, abs=0)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # a copy was used
 
 
 def test_prefix_tiles_only_the_tensors_read_outside_the_cached_calls() -> None:

@@ -61,8 +61,9 @@ class DistillLoss:
             )
         if self.kind == "mse":
             return F.mse_loss(outputs, targets)
-        student = F.log_softmax(outputs.float() / self.temperature, dim=-1)
-        teacher = F.log_softmax(targets.float() / self.temperature, dim=-1)
+        dtype = torch.promote_types(outputs.dtype, torch.float32)  # float64 stays float64
+        student = F.log_softmax(outputs.to(dtype) / self.temperature, dim=-1)
+        teacher = F.log_softmax(targets.to(dtype) / self.temperature, dim=-1)
         # sum over the classes of p_t (log p_t - log p_s), averaged over the other positions
         per_position = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
         return per_position.mean() * self.temperature**2

@@ -20,7 +20,7 @@ import numpy as np
 
 from gfsprune.errors import ConfigError, LossError
 
-__all__ = ["Selection", "ScoreFn", "ScreenFn", "forward_select", "backward_eliminate"]
+__all__ = ["Selection", "ScoreFn", "ScreenFn", "backward_eliminate", "forward_select", "rank"]
 
 #: ``score(current, candidates)`` returns one loss per candidate, in the order given.
 ScoreFn = Callable[[list[int], list[int]], Sequence[float]]
@@ -75,35 +75,72 @@ def _finite_loss(value: float, name: str, selected: list[int]) -> float:
     return loss
 
 
-def _ranked(
-    score: ScoreFn, current: list[int], cands: list[int], tie: float
-) -> list[tuple[int, float]]:
-    """``(candidate, loss)`` best first: repeatedly, the lowest-index candidate whose loss is
-    within ``tie`` (relative) of the lowest remaining loss.
-
-    Losses that close are a tie: two ways of computing them (evaluators, torch versions,
-    devices) may order them differently by float rounding alone, so the choice must not
-    depend on their order. With ``tie=0`` the lowest loss wins, ties to the lowest index.
-    """
-    losses = list(score(list(current), list(cands)))
-    if len(losses) != len(cands):
-        raise ConfigError(
-            f"'score' must return one loss per candidate: asked for {len(cands)}, "
-            f"got {len(losses)}."
-        )
+def _checked(
+    losses: Sequence[float], cands: list[int], current: list[int], name: str
+) -> list[float]:
+    """``losses`` as floats, one per candidate and none NaN."""
     values = [float(v) for v in losses]
+    if len(values) != len(cands):
+        raise ConfigError(
+            f"'{name}' must return one loss per candidate: asked for {len(cands)}, "
+            f"got {len(values)}."
+        )
     bad = [c for c, v in zip(cands, values, strict=True) if math.isnan(v)]
     if bad:
         raise LossError(
-            f"'score' returned NaN for candidate(s) {bad[:5]} with {len(current)} item(s) "
+            f"'{name}' returned NaN for candidate(s) {bad[:5]} with {len(current)} item(s) "
             f"selected; {_NAN_FIX}"
         )
-    pairs = sorted(zip(cands, values, strict=True), key=lambda pair: (pair[1], pair[0]))
+    return values
+
+
+def rank(
+    score: ScoreFn,
+    current: list[int],
+    cands: list[int],
+    *,
+    tie: float = 0.0,
+    count: int | None = None,
+    refine: ScoreFn | None = None,
+) -> list[tuple[int, float]]:
+    """The ``count`` best ``(candidate, loss)`` pairs (all by default), best first.
+
+    With ``tie > 0``, candidates whose losses are within ``tie`` (relative) of the lowest
+    remaining loss are tied and the lowest index among them comes first: two ways of computing
+    the losses (evaluators, torch versions, devices) may order such candidates differently by
+    float rounding alone. A candidate whose distance to the best lies near ``tie`` itself
+    (between ``tie / 2`` and ``3 * tie / 2``) could fall on either side of the window by
+    rounding too; then every candidate within ``3 * tie / 2`` of the best is re-scored by
+    ``refine`` (the same losses computed precisely, e.g. in float64) and the window is decided
+    on those. So two scorers whose losses are each within about ``tie / 4`` of the precise ones
+    rank alike, even where float rounding orders them differently. With
+    ``tie=0`` the lowest loss wins, ties to the lowest index, and ``refine`` is not used.
+    """
+    losses = _checked(score(list(current), list(cands)), cands, current, "score")
+    pairs = sorted(zip(cands, losses, strict=True), key=lambda pair: (pair[1], pair[0]))
+    count = len(pairs) if count is None else count
     if tie == 0:
-        return pairs
-    ranked = []
-    while pairs:
+        return pairs[:count]
+    refined: set[int] = set()
+    ranked: list[tuple[int, float]] = []
+    while pairs and len(ranked) < count:
         best = pairs[0][1]
+        near = [c for c, v in pairs if v <= best + 1.5 * tie * abs(best)]
+        edge = [c for c, v in pairs if best + 0.5 * tie * abs(best) < v and c in near]
+        if refine is not None and set(edge) - refined:
+            todo = [c for c in near if c not in refined]
+            precise = dict(
+                zip(
+                    todo,
+                    _checked(refine(list(current), todo), todo, current, "refine"),
+                    strict=True,
+                )
+            )
+            refined.update(todo)
+            pairs = sorted(
+                ((c, precise.get(c, v)) for c, v in pairs), key=lambda pair: (pair[1], pair[0])
+            )
+            best = pairs[0][1]
         window = [pair for pair in pairs if pair[1] <= best + tie * abs(best)]
         chosen = min(window)  # the lowest index among the tied
         ranked.append(chosen)
@@ -125,6 +162,7 @@ def forward_select(
     picks: Callable[[int], int] | None = None,
     screen: ScreenFn | None = None,
     tie: float = 0.0,
+    refine: ScoreFn | None = None,
     monitor: Callable[[list[int]], float] | None = None,
     callback: StepCallback | None = None,
 ) -> Selection:
@@ -152,7 +190,10 @@ def forward_select(
             (e.g. the best by a cheap first-order estimate), or ``None`` for a random subset
             of ``candidates`` allowed items (the default at every step).
         tie: Candidates whose losses are within this relative distance of the best are
-            tied; the lowest index among them wins (so that float rounding does not decide).
+            tied; the lowest index among them wins (so that float rounding does not decide;
+            see :func:`rank`).
+        refine: Like ``score``, but precise (e.g. float64): re-scores the candidates near the
+            edge of the tie window, where rounding could decide (see :func:`rank`).
         monitor: ``monitor(selected)`` gives the loss recorded after each pick and compared
             with the threshold, instead of the pick's own score (e.g. a fixed held-out batch
             while picks are scored on fresh mini-batches, as in the paper's deep version).
@@ -198,7 +239,7 @@ def forward_select(
         count = min(count, steps - len(selected), len(cands))
         if threshold is not None:  # never step over a size the threshold may stop at
             count = min(count, multiple_of - len(selected) % multiple_of)
-        ranked = _ranked(score, selected, cands, tie)[:count]
+        ranked = rank(score, selected, cands, tie=tie, count=count, refine=refine)
         evaluations += len(cands)
         for i, (item, loss) in enumerate(ranked):
             selected.append(item)
@@ -220,6 +261,7 @@ def backward_eliminate(
     candidates: int | None = None,
     seed: int = 0,
     tie: float = 0.0,
+    refine: ScoreFn | None = None,
     callback: StepCallback | None = None,
 ) -> Selection:
     """Greedy backward elimination: shrink the full set by the least harmful removal.
@@ -233,6 +275,7 @@ def backward_eliminate(
             step (``None``: all of them).
         seed: Seeds the candidate sampling.
         tie: As in :func:`forward_select`.
+        refine: Like ``score_without``, but precise (see :func:`rank`).
         callback: Called as ``callback(step, item, loss)`` after every removal.
 
     Returns:
@@ -257,7 +300,7 @@ def backward_eliminate(
     evaluations = 0
     for step in range(1, steps + 1):
         cands = _draw(remaining, candidates, rng)
-        item, loss = _ranked(score_without, remaining, cands, tie)[0]
+        ((item, loss),) = rank(score_without, remaining, cands, tie=tie, count=1, refine=refine)
         remaining.remove(item)
         removed.append(item)
         losses.append(loss)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gfsprune.core.schedules import Schedule
-from gfsprune.core.select import backward_eliminate, forward_select
+from gfsprune.core.select import ScoreFn, backward_eliminate, forward_select, rank
 from gfsprune.core.stream import BatchStream
 from gfsprune.scoring import Evaluator, ShardedEvaluator
 from gfsprune.surgery import ChannelLayer, Masks
@@ -76,6 +76,7 @@ class LayerSearch:
     seed: int
     bar: tqdm
     _pending: tuple | None = field(default=None, init=False, repr=False)
+    _step: tuple | None = field(default=None, init=False, repr=False)
 
     def factors(self, sets: Sequence[Sequence[int]]) -> torch.Tensor:
         """The ``(K, width)`` channel factors of ``K`` item sets."""
@@ -95,8 +96,20 @@ class LayerSearch:
 
     def score(self, sets: Sequence[Sequence[int]]) -> list[float]:
         """The loss of each item set on the step's mini-batch."""
-        inputs, targets = self._batch()
+        inputs, targets = self._step = self._batch()
         return self.evaluator(inputs, targets, self.layer, self.factors(sets))
+
+    def refine(self, sets: Sequence[Sequence[int]]) -> list[float]:
+        """The float64 loss of each item set on the mini-batch of the last :meth:`score`
+        (for the near-ties of :func:`~gfsprune.core.select.rank`)."""
+        assert self._step is not None, "refine() follows score() on the same step"
+        inputs, targets = self._step
+        return self.evaluator.precise(inputs, targets, self.layer, self.factors(sets))
+
+    def adding(self, precise: bool = False) -> ScoreFn:
+        """The engine's ``score(selected, candidates)``: each candidate added to the set."""
+        fn = self.refine if precise else self.score
+        return lambda selected, cands: fn([[*selected, c] for c in cands])
 
     def screen(self, selected: Sequence[int], allowed: Sequence[int], count: int) -> list[int]:
         """The ``count`` allowed items whose addition to ``selected`` lowers the loss most
@@ -158,7 +171,7 @@ class Forward(Strategy):
             return None if count is None else search.screen(selected, allowed, count)
 
         selection = forward_select(
-            lambda selected, cands: search.score([[*selected, c] for c in cands]),
+            search.adding(),
             search.layer.n_items,
             steps=goal.width,
             tolerance=tolerance,
@@ -166,6 +179,7 @@ class Forward(Strategy):
             candidates=search.candidates,
             seed=search.seed,
             tie=search.tie,
+            refine=search.adding(precise=True),
             multiple_of=goal.multiple_of,
             picks=schedule.picks,
             screen=screen,
@@ -187,15 +201,18 @@ class Backward(Strategy):
         assert goal.width is not None  # prune() refuses width-free targets up front
         if goal.width == size:
             return LayerChoice(list(range(size)), [])
+
+        def removing(fn):
+            return lambda remaining, cands: fn([[i for i in remaining if i != c] for c in cands])
+
         selection = backward_eliminate(
-            lambda remaining, cands: search.score(
-                [[i for i in remaining if i != c] for c in cands]
-            ),
+            removing(search.score),
             size,
             steps=size - goal.width,
             candidates=search.candidates,
             seed=search.seed,
             tie=search.tie,
+            refine=removing(search.refine),
             callback=search.on_pick,
         )
         kept = sorted(set(range(size)) - set(selection.order))
@@ -222,10 +239,15 @@ def select_layer(
         if not set(segment) & set(kept):
             # A concatenated part left empty would leave its module with no output channel:
             # add that part's best item (one more greedy step, restricted to the part).
-            scores = search.score([[*kept, c] for c in segment])
-            best = min(scores)
-            tied = [i for i, v in enumerate(scores) if v <= best + search.tie * abs(best)]
-            kept.append(segment[min(tied, key=lambda i: segment[i])])
+            ((best, _),) = rank(
+                search.adding(),
+                kept,
+                list(segment),
+                tie=search.tie,
+                count=1,
+                refine=search.adding(precise=True),
+            )
+            kept.append(best)
     channels = layer.channels(kept)
     scale = layer.width / len(channels) if search.rescale else 1.0
     masks.set(layer, channels, scale)

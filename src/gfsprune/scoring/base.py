@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from gfsprune._inputs import run_model, tensors
+from gfsprune._inputs import map_tensors, run_model, tensors
 from gfsprune.surgery import ChannelLayer, Masks
 
 __all__ = ["Evaluator", "LossFn"]
@@ -45,6 +46,7 @@ class Evaluator(ABC):
     graph: tp.DependencyGraph | None = None
     max_batch: int | None = None
     memory: int = 1 << 30
+    _float64: nn.Module | None = field(default=None, init=False, repr=False)
 
     def chunk_size(self, inputs: object, batch: int) -> int:
         """Candidates per forward pass. Without ``max_batch``: on a CPU, passes of about
@@ -70,8 +72,32 @@ class Evaluator(ABC):
             (grad,) = torch.autograd.grad(loss, keep)
         return grad
 
+    @torch.no_grad()
+    def precise(
+        self, inputs: object, targets: torch.Tensor, layer: ChannelLayer, keep: torch.Tensor
+    ) -> list[float]:
+        """The loss for each row of ``keep``, as :meth:`__call__` gives it but in float64: one
+        plain forward pass per row of a float64 copy of the masked model (made on first
+        use). Every evaluator shares this one path, so the tie rule
+        (:func:`gfsprune.core.select.rank`) decides near-ties on the same numbers whichever
+        evaluator scored the step."""
+        if self._float64 is None:
+            with self.masks.suspended():  # a copy of the hooks would mask twice
+                net = copy.deepcopy(self.model).double()
+            self._float64 = self.masks.attach(net)
+        inputs, targets = map_tensors((inputs, targets), _as_float64)
+        losses = []
+        for row in keep:
+            with self.masks.candidates(layer, row[None]):
+                losses.append(float(self.loss_fn(run_model(self._float64, inputs), targets)))
+        return losses
+
     @abstractmethod
     def __call__(
         self, inputs: torch.Tensor, targets: torch.Tensor, layer: ChannelLayer, keep: torch.Tensor
     ) -> list[float]:
         """The loss for each row of ``keep`` (``(K, width)`` channel factors)."""
+
+
+def _as_float64(t: torch.Tensor) -> torch.Tensor:
+    return t.double() if t.is_floating_point() else t

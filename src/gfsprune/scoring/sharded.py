@@ -30,6 +30,11 @@ class ShardedEvaluator:
         gathered = distributed.all_gather(local).cpu()  # (W, per_rank)
         return [float(gathered[i % world, i // world]) for i in range(keep.shape[0])]
 
+    def precise(self, inputs, targets, layer, keep) -> list[float]:
+        """The inner evaluator's float64 losses (every process computes all of them: they are
+        asked for only at the rare near-ties)."""
+        return self.inner.precise(inputs, targets, layer, keep)
+
     def gradient(self, inputs, targets, layer, keep):
         """The inner evaluator's gradient (every process computes the same one)."""
         return self.inner.gradient(inputs, targets, layer, keep)
