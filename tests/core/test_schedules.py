@@ -10,7 +10,7 @@ from torch import nn
 from gfsprune import Macs, PruneConfig, Tolerance, prune
 from gfsprune.core.schedules import Exact, Fast
 from gfsprune.errors import ConfigError
-from gfsprune.scoring import NaiveEvaluator
+from gfsprune.scoring import BatchedEvaluator, NaiveEvaluator
 from gfsprune.surgery import Masks, find_layers
 from tests.nets import Chain, randomize_norms
 
@@ -78,11 +78,34 @@ def test_the_first_order_screen_ranks_like_finite_differences(chain) -> None:
     assert torch.equal(grad.argsort()[:6], finite.argsort()[:6])
 
 
+def test_the_batched_gradient_equals_the_whole_networks(chain) -> None:
+    model, data = chain
+    x, y = data[0]
+    layers, _ = find_layers(model, x[:1])
+    with Masks(model, layers) as masks:
+        masks.set(layers[0], [0, 2, 4], 2.0)  # an earlier layer already pruned
+        naive = NaiveEvaluator(model, masks, nn.functional.cross_entropy)
+        batched = BatchedEvaluator(model, masks, nn.functional.cross_entropy)
+        for layer in layers[1:]:
+            keep = torch.zeros(layer.width)
+            keep[[1, 3, 6]] = layer.width / 3
+            suffix_only = batched.gradient(x, y, layer, keep)
+            torch.testing.assert_close(suffix_only, naive.gradient(x, y, layer, keep))
+
+
+def test_warmup_picks_one_per_step_then_grows() -> None:
+    fast = Fast(growth=0.25, warmup=8)
+    assert [fast.picks(k) for k in (0, 7, 8, 40)] == [1, 1, 2, 10]
+    assert Fast().picks(8) == 2  # no warm-up by default
+
+
 def test_schedule_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="'growth' parameter of Fast"):
         Fast(growth=-1)
     with pytest.raises(ConfigError, match="'screen' parameter of Fast"):
         Fast(screen=0)
+    with pytest.raises(ConfigError, match="'warmup' parameter of Fast"):
+        Fast(warmup=-1)
     with pytest.raises(ConfigError, match="'schedule' option of PruneConfig must be one of"):
         PruneConfig(schedule="quick")
     with pytest.raises(ConfigError, match="'backward' strategy runs only the exact schedule"):

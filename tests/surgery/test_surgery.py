@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gfsprune.errors import ModelError
+from gfsprune.errors import ConfigError, ModelError
 from gfsprune.surgery import Masks, build_graph, find_layers, fold_batchnorms, prune_channels
 from tests.nets import Chain, Coupled, randomize_norms
 
@@ -31,8 +31,9 @@ def test_coupled_channels_form_one_layer_in_input_order(coupled) -> None:
     assert fc.root.tolist() == [i // 16 for i in range(80)]  # flatten maps channel -> 16 features
 
 
+@pytest.mark.parametrize("into", ["batchnorm", "weights"])
 @pytest.mark.parametrize("scale", [1.0, 2.5])
-def test_masked_network_equals_physically_pruned_one(coupled, scale: float) -> None:
+def test_masked_network_equals_physically_pruned_one(coupled, scale: float, into: str) -> None:
     model, x = coupled
     layers, _ = find_layers(model, x)
     kept = {"dw": [0, 2, 9, 13], "c4": [1, 3]}
@@ -41,11 +42,41 @@ def test_masked_network_equals_physically_pruned_one(coupled, scale: float) -> N
             masks.set(layer, kept[layer.name], scale)
         with torch.no_grad():
             masked = model(x)
-    pruned = prune_channels(model, x, kept, scales=dict.fromkeys(kept, scale))
+    pruned = prune_channels(model, x, kept, scales=dict.fromkeys(kept, scale), into=into)
     assert pruned.c1.out_channels == 2 and pruned.c3.out_channels == 2 and pruned.dw.groups == 4
     assert pruned.fc.in_features == 2 * 16
     torch.testing.assert_close(pruned(x), masked, rtol=1e-4, atol=1e-5)
     assert model.c1.out_channels == 8  # the original is untouched
+    # c2 reads only the rescaled residual stream and feeds only b2: with into="batchnorm"
+    # its weights stay as they were and b2 holds the factor; c3 has no BatchNorm after it.
+    c2 = model.c2.weight[[0, 2]][:, [0, 2]]  # its outputs are the residual stream too
+    folded = 1.0 if into == "batchnorm" else scale
+    torch.testing.assert_close(pruned.c2.weight, c2 * folded)
+    c3 = model.c3.weight[[1, 5]][:, [0, 2]]  # its outputs are channels 8..13 of the layer
+    torch.testing.assert_close(pruned.c3.weight, c3 * scale)
+
+
+def test_rescale_in_batchnorm_keeps_the_function_of_a_biased_convolution() -> None:
+    torch.manual_seed(0)
+    model, x = randomize_norms(Chain(width=8)), torch.randn(4, 2, 5, 5)
+    layers, _ = find_layers(model, x)
+    kept = {"c1": [0, 3, 5], "c2": [1, 2, 4, 6]}
+    scales = {"c1": 8 / 3, "c2": 2.0}
+    with Masks(model, layers) as masks:
+        for layer in layers:
+            masks.set(layer, kept[layer.name], scales[layer.name])
+        with torch.no_grad():
+            masked = model(x)
+    pruned = prune_channels(model, x, kept, scales=scales, into="batchnorm")
+    torch.testing.assert_close(pruned(x), masked, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(pruned.c2.bias, model.c2.bias[[1, 2, 4, 6]] / scales["c1"])
+    torch.testing.assert_close(pruned.fc.weight, model.fc.weight[:, [1, 2, 4, 6]] * 2.0)
+    # In training mode the BatchNorm normalises by the batch: the pruned model then computes
+    # what the unscaled (rescale=False) one does.
+    plain = prune_channels(model, x, kept, scales={"c2": 2.0}, into="batchnorm")
+    torch.testing.assert_close(pruned.train()(x), plain.train()(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="'into' must be 'batchnorm' or 'weights'"):
+        prune_channels(model, x, kept, into="bias")
 
 
 def test_masks_are_removed_on_exit(coupled) -> None:

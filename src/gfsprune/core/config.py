@@ -54,7 +54,14 @@ class PruneConfig:
         candidates: Channels scored per greedy step, a seeded random subset of those not yet
             kept (``None``: all). The official code scores 50.
         rescale: Multiply kept channels by ``width / kept`` (the paper's mean-field average)
-            and fold the factor into the pruned model's weights.
+            and fold the factor into the pruned model (see ``rescale_into``).
+        rescale_into: Where the pruned model holds that factor: ``"batchnorm"`` (the running
+            statistics of the BatchNorm right after a consumer, where there is one and all
+            its kept inputs carry the same factor; the consumers' weights elsewhere) or
+            ``"weights"`` (always the consumers' weights). Both compute the same function;
+            a factor in the weights before a BatchNorm slows their fine-tuning (it divides
+            their effective learning rate by about its square), one in the statistics does
+            not.
         seed: Seeds the candidate sampling (layer ``i`` uses ``seed + i``).
         strategy: ``"forward"`` (greedy forward selection, the paper), ``"backward"``
             (greedy backward elimination by loss; needs a size target), or a ``Strategy``.
@@ -86,6 +93,7 @@ class PruneConfig:
 
     candidates: int | None = 50
     rescale: bool = True
+    rescale_into: str = "batchnorm"
     seed: int = 0
     strategy: str | Strategy = "forward"
     allocator: str | WidthAllocator = "uniform"
@@ -123,6 +131,11 @@ class PruneConfig:
             raise ConfigError(
                 f"The 'rescale' option of PruneConfig must be True or False. Got "
                 f"{self.rescale!r} instead."
+            )
+        if self.rescale_into not in ("batchnorm", "weights"):
+            raise ConfigError(
+                "The 'rescale_into' option of PruneConfig must be 'batchnorm' or 'weights'. "
+                f"Got {self.rescale_into!r} instead."
             )
         strategy, schedule = self.make_strategy(), self.make_schedule()
         if not strategy.uses_schedule and not isinstance(schedule, Exact):
@@ -167,7 +180,8 @@ class PruneConfig:
 
     def settings(self) -> dict[str, Any]:
         """The options that decide the plan, as JSON (for resuming with the same options).
-        The evaluator and device are left out: they change the speed, not the picks."""
+        The evaluator, device and ``rescale_into`` are left out: they do not change the
+        picks."""
         return {
             "candidates": self.candidates,
             "rescale": self.rescale,

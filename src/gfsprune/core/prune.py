@@ -220,6 +220,7 @@ def prune(
         example_inputs,
         {p.name: p.kept for p in plan},
         scales={p.name: p.scale for p in plan},
+        into=config.rescale_into,
     )
     check_equivalent(pruned, example_inputs, masked_out)
     macs_after, params_after = count(pruned, example_inputs)

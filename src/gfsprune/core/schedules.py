@@ -46,6 +46,12 @@ class Schedule(ABC):
         """Candidates scored exactly at that step, chosen by the first-order screen;
         ``None``: no screen (a random subset of ``PruneConfig.candidates``)."""
 
+    def rescored(self) -> int | None:
+        """With several picks per step, how many of the step's next-ranked candidates are
+        scored again before each pick after the first (``None``: the ranking is taken as
+        it is; see :func:`~gfsprune.core.select.forward_select`)."""
+        return None
+
     def settings(self) -> str:
         """A description that changes whenever the plan would (for resuming)."""
         return repr(self)
@@ -79,6 +85,8 @@ class Fast(Schedule):
     name: ClassVar[str] = "fast"
     growth: float = 0.25
     screen: int | None = 16
+    warmup: int = 0
+    rescore: int | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -90,15 +98,26 @@ class Fast(Schedule):
                 f"The 'growth' parameter of Fast must be a non-negative number. Got "
                 f"{self.growth!r} instead."
             )
-        s = self.screen
-        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 1):
-            raise ConfigError(
-                f"The 'screen' parameter of Fast must be a positive integer or None. Got "
-                f"{self.screen!r} instead."
-            )
+        for option, least, optional in (
+            ("screen", 1, True),
+            ("warmup", 0, False),
+            ("rescore", 1, True),
+        ):
+            value = getattr(self, option)
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                kind = "a positive integer" if least else "a non-negative integer"
+                raise ConfigError(
+                    f"The '{option}' parameter of Fast must be {kind}"
+                    f"{' or None' if optional else ''}. Got {value!r} instead."
+                )
+
+    def rescored(self) -> int | None:
+        return self.rescore
 
     def picks(self, kept: int) -> int:
-        return max(1, int(kept * self.growth))
+        return 1 if kept < self.warmup else max(1, int(kept * self.growth))
 
     def screened(self, kept: int) -> int | None:
         return None if self.screen is None else max(self.screen, 2 * self.picks(kept))

@@ -160,6 +160,7 @@ def forward_select(
     seed: int = 0,
     multiple_of: int = 1,
     picks: Callable[[int], int] | None = None,
+    rescore: int | None = None,
     screen: ScreenFn | None = None,
     tie: float = 0.0,
     refine: ScoreFn | None = None,
@@ -186,6 +187,10 @@ def forward_select(
         picks: ``picks(size)``: how many of the step's best candidates to add at once when
             the set has ``size`` items (default 1, the exact greedy rule). Each added item's
             recorded loss is its own score (the set before the step plus that item).
+        rescore: With several picks per step, each pick after the first scores again the
+            ``rescore`` best remaining candidates of the step's ranking, on top of the picks
+            so far, and adds the best of them (so that a candidate that only repeats what
+            was just added loses its place); ``None``: the step's ranking is taken as it is.
         screen: ``screen(selected, allowed)`` returns the candidates to score at a step
             (e.g. the best by a cheap first-order estimate), or ``None`` for a random subset
             of ``candidates`` allowed items (the default at every step).
@@ -239,8 +244,18 @@ def forward_select(
         count = min(count, steps - len(selected), len(cands))
         if threshold is not None:  # never step over a size the threshold may stop at
             count = min(count, multiple_of - len(selected) % multiple_of)
-        ranked = rank(score, selected, cands, tie=tie, count=count, refine=refine)
+        ranked = rank(
+            score,
+            selected,
+            cands,
+            tie=tie,
+            count=count if rescore is None else None,
+            refine=refine,
+        )
         evaluations += len(cands)
+        if rescore is not None:
+            ranked, more = _rescored(score, selected, ranked, count, rescore, tie, refine)
+            evaluations += more
         for i, (item, loss) in enumerate(ranked):
             selected.append(item)
             if monitor is not None and i == len(ranked) - 1:
@@ -251,6 +266,30 @@ def forward_select(
         if threshold is not None and losses[-1] <= threshold and len(selected) % multiple_of == 0:
             break
     return Selection(order=selected, losses=losses, evaluations=evaluations)
+
+
+def _rescored(
+    score: ScoreFn,
+    selected: list[int],
+    ranked: list[tuple[int, float]],
+    count: int,
+    rescore: int,
+    tie: float,
+    refine: ScoreFn | None,
+) -> tuple[list[tuple[int, float]], int]:
+    """``count`` picks from a step's full ``ranked`` list: the first as ranked, each later one
+    the best of the ``rescore`` next-ranked candidates scored with the picks so far. Returns
+    the picks and how many candidates were scored again."""
+    rescore = _check_positive_int("rescore", rescore)
+    chosen, rest, evaluations = list(ranked[:1]), list(ranked[1:]), 0
+    while len(chosen) < count and rest:
+        current = selected + [item for item, _ in chosen]
+        top = sorted(item for item, _ in rest[:rescore])
+        best = rank(score, current, top, tie=tie, count=1, refine=refine)[0]
+        evaluations += len(top)
+        chosen.append(best)
+        rest = [pair for pair in rest if pair[0] != best[0]]
+    return chosen, evaluations
 
 
 def backward_eliminate(

@@ -182,6 +182,7 @@ class Forward(Strategy):
             refine=search.adding(precise=True),
             multiple_of=goal.multiple_of,
             picks=schedule.picks,
+            rescore=schedule.rescored(),
             screen=screen,
             monitor=search.held_out_loss if goal.tolerance is not None else None,
             callback=search.on_pick,

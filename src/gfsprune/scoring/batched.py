@@ -57,15 +57,38 @@ class BatchedEvaluator(Evaluator):
         with torch.inference_mode():
             return self._score(net, inputs, targets, layer, keep)
 
+    def gradient(self, inputs, targets, layer, keep):
+        """As :meth:`Evaluator.gradient`, on the scoring copy, through the part of the
+        network after the layer only: the prefix runs once without autograd."""
+        net = self._scoring_net(inputs)
+        if self._channels_last:
+            inputs = map_tensors(inputs, _channels_last)
+        prefix = self._prefix(net, inputs, layer)
+        with torch.no_grad():  # not inference mode: the outputs enter an autograd graph
+            outputs, _ = prefix.capture(net, inputs)
+        keep = keep.detach().clone().requires_grad_(True)
+        with (
+            torch.enable_grad(),
+            self.masks.candidates(layer, keep[None]),
+            prefix.replay(outputs, inputs, 1) as tiled,
+        ):
+            loss = self.loss_fn(run_model(net, tiled), targets)
+            (grad,) = torch.autograd.grad(loss, keep)
+        return grad
+
+    def _prefix(self, net: nn.Module, inputs: object, layer) -> Prefix:
+        prefix = self._prefixes.get(layer.name)
+        if prefix is None:
+            consumers = {net.get_submodule(c.name): c.name for c in layer.consumers}
+            prefix = self._prefixes[layer.name] = Prefix(net, inputs, consumers)
+        return prefix
+
     def _score(self, net, inputs, targets, layer, keep) -> list[float]:
         if self._channels_last:
             inputs = map_tensors(inputs, _channels_last)
         batch = targets.shape[0]
         chunk = self.chunk_size(inputs, batch)
-        prefix = self._prefixes.get(layer.name)
-        if prefix is None:
-            consumers = {net.get_submodule(c.name): c.name for c in layer.consumers}
-            prefix = self._prefixes[layer.name] = Prefix(net, inputs, consumers)
+        prefix = self._prefix(net, inputs, layer)
         outputs, first_input = prefix.capture(net, inputs)
         factors = self.masks.factors(layer, keep)[prefix.first_name]
         shared = SharedPlusDelta.build(prefix.first, first_input, factors)

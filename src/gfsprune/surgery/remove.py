@@ -1,8 +1,12 @@
 """Physical removal of channels through Torch-Pruning's dependency graph (attention heads
 through their handler, :mod:`gfsprune.surgery.heads`).
 
-The mean-field rescale of a layer is folded into its consumers' weights before the channels
-are removed, so the smaller network computes what the masked one did.
+The mean-field rescale of a layer is folded into the pruned network before the channels are
+removed, so the smaller network computes what the masked one did: into the running
+statistics of the BatchNorm right after a consumer whose inputs all carry the same factor
+(``into="batchnorm"``), else into the consumers' weights. A BatchNorm normalises its input
+in training, so a factor held in its statistics does not change fine-tuning, while a factor
+in the weights before it divides their effective learning rate by about its square.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from gfsprune.errors import ModelError, first_line
+from gfsprune.errors import ConfigError, ModelError, first_line
+from gfsprune.surgery.fold import batchnorm_after
 from gfsprune.surgery.layers import build_graph, find_layers
 
 __all__ = ["prune_channels"]
@@ -34,6 +39,21 @@ def _fold_scale(module: nn.Module, index: torch.Tensor, scale: float) -> None:
             module.weight[rows, i % per_group_in] *= scale
 
 
+def _fold_into_batchnorm(conv: nn.Module, norm: nn.Module, scale: float) -> None:
+    """Make ``norm(conv(x))`` compute what ``norm(conv(scale * x))`` did, leaving ``conv``'s
+    weights alone. ``conv(scale * x) = scale * (W x + bias / scale)`` and the BatchNorm
+    computes ``(z - mean) / sqrt(var + eps)``, so dividing the bias and the running mean by
+    ``scale`` and ``var + eps`` by its square gives the same result. The running variance
+    may come out negative where it was below ``eps * (scale**2 - 1)``; ``var + eps`` stays
+    positive, and training overwrites it.
+    """
+    with torch.no_grad():
+        if conv.bias is not None:
+            conv.bias /= scale
+        norm.running_mean /= scale
+        norm.running_var.copy_((norm.running_var + norm.eps) / scale**2 - norm.eps)
+
+
 def prune_channels(
     model: nn.Module,
     example_inputs: object,
@@ -41,6 +61,7 @@ def prune_channels(
     *,
     scales: Mapping[str, float] | None = None,
     widths: Mapping[str, int] | None = None,
+    into: str = "batchnorm",
 ) -> nn.Module:
     """A physically smaller copy of ``model`` with only the ``kept`` channels of each layer.
 
@@ -48,12 +69,17 @@ def prune_channels(
         model: The network; it is not modified.
         example_inputs: Inputs for tracing.
         kept: Layer (root module) name to the channels to keep.
-        scales: Layer name to the factor folded into its consumers' weights (default 1).
+        scales: Layer name to the factor its kept channels are multiplied by (default 1).
         widths: Layer name to its expected full width; a mismatch is refused.
+        into: Where the factors go: ``"batchnorm"`` (a consumer's following BatchNorm
+            where every input it keeps carries the same factor, its weights elsewhere) or
+            ``"weights"`` (always the consumers' weights).
 
     Returns:
         The pruned copy.
     """
+    if into not in ("batchnorm", "weights"):
+        raise ConfigError(f"'into' must be 'batchnorm' or 'weights'. Got {into!r} instead.")
     pruned = copy.deepcopy(model)
     graph = build_graph(pruned, example_inputs)
     layers, _ = find_layers(pruned, example_inputs, graph=graph)
@@ -91,10 +117,18 @@ def prune_channels(
                 f"{list(layer.items[0]) if layer.items else [0]}."
             )
     # Fold every scale first: consumer positions shift once any group is removed.
-    for name, keep in keep_sets.items():
-        scale = float(scales.get(name, 1.0))
-        for c in by_name[name].consumers if scale != 1.0 else ():
-            _fold_scale(modules[c.name], c.index[torch.isin(c.root, torch.as_tensor(keep))], scale)
+    norms = batchnorm_after(pruned, graph) if into == "batchnorm" else {}
+    for consumer, factors in _input_factors(by_name, keep_sets, scales, modules).items():
+        kept_factors = factors[~torch.isnan(factors)]
+        uniform = bool((kept_factors == kept_factors[0]).all()) if len(kept_factors) else False
+        if consumer in norms and uniform:
+            _fold_into_batchnorm(
+                modules[consumer], modules[norms[consumer]], float(kept_factors[0])
+            )
+            continue
+        for value in kept_factors.unique().tolist():
+            if value != 1.0:
+                _fold_scale(modules[consumer], (factors == value).nonzero().flatten(), value)
     for name, keep in keep_sets.items():
         layer = by_name[name]
         remove = sorted(set(range(layer.width)) - set(keep))
@@ -106,6 +140,31 @@ def prune_channels(
         if layer.heads is not None and len(keep) < layer.width:
             layer.heads.remove(modules[name], layer.items_of(keep))
     return pruned
+
+
+def _input_factors(
+    layers: Mapping[str, object],
+    keep_sets: Mapping[str, list[int]],
+    scales: Mapping[str, float],
+    modules: Mapping[str, nn.Module],
+) -> dict[str, torch.Tensor]:
+    """Per consumer of a rescaled layer, the factor on each of its input positions (1 where
+    no layer of the plan feeds it; NaN where the position is removed)."""
+    factors: dict[str, torch.Tensor] = {}
+    rescaled = {name for name in keep_sets if float(scales.get(name, 1.0)) != 1.0}
+    consumers = {c.name for name in rescaled for c in layers[name].consumers}
+    for name, keep in keep_sets.items():
+        scale = float(scales.get(name, 1.0))
+        for c in layers[name].consumers:
+            if c.name not in consumers:
+                continue
+            module = modules[c.name]
+            size = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+            row = factors.setdefault(c.name, torch.ones(size, dtype=torch.float64))
+            kept = torch.isin(c.root, torch.as_tensor(keep))
+            row[c.index[kept]] = scale
+            row[c.index[~kept]] = float("nan")
+    return factors
 
 
 def _remove_group(graph: tp.DependencyGraph, name: str, root: nn.Module, remove: list[int]) -> None:
