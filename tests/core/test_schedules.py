@@ -46,6 +46,9 @@ def test_fast_is_deterministic_and_meets_the_widths(chain) -> None:
     model, data = chain
     fast = _plan(model, data, schedule="fast")
     assert fast == _plan(model, data, schedule=Fast())
+    # The batched evaluator reuses the screen's prefix for the step's scores; the naive one
+    # computes everything afresh.
+    assert fast == _plan(model, data, schedule="fast", evaluator="naive")
     assert [len(k) for k in fast] == [len(k) for k in _plan(model, data)]
     assert all(len(set(k)) == len(k) for k in fast)
     tolerant = prune(

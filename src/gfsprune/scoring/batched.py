@@ -39,6 +39,7 @@ class BatchedEvaluator(Evaluator):
     _net: nn.Module | None = field(default=None, init=False, repr=False)
     _channels_last: bool = field(default=False, init=False, repr=False)
     _prefixes: dict[str, Prefix] = field(default_factory=dict, init=False, repr=False)
+    _captured: tuple | None = field(default=None, init=False, repr=False)
 
     def _scoring_net(self, inputs: object) -> nn.Module:
         if self._net is None:
@@ -54,18 +55,27 @@ class BatchedEvaluator(Evaluator):
 
     def __call__(self, inputs, targets, layer, keep):
         net = self._scoring_net(inputs)  # tracing needs autograd: not in inference mode
+        captured, self._captured = self._captured, None
+        if captured is not None and (
+            captured[0] != layer.name
+            or captured[1] is not inputs
+            or captured[2] != self.masks.version
+        ):
+            captured = None
         with torch.inference_mode():
-            return self._score(net, inputs, targets, layer, keep)
+            return self._score(net, inputs, targets, layer, keep, captured)
 
     def gradient(self, inputs, targets, layer, keep):
         """As :meth:`Evaluator.gradient`, on the scoring copy, through the part of the
         network after the layer only: the prefix runs once without autograd."""
-        net = self._scoring_net(inputs)
+        net, raw = self._scoring_net(inputs), inputs
         if self._channels_last:
             inputs = map_tensors(inputs, _channels_last)
         prefix = self._prefix(net, inputs, layer)
         with torch.no_grad():  # not inference mode: the outputs enter an autograd graph
-            outputs, _ = prefix.capture(net, inputs)
+            outputs, first_input = prefix.capture(net, inputs)
+        # A screen scores the same batch right after: keep the prefix's outputs for it.
+        self._captured = (layer.name, raw, self.masks.version, outputs, first_input)
         keep = keep.detach().clone().requires_grad_(True)
         with (
             torch.enable_grad(),
@@ -83,13 +93,16 @@ class BatchedEvaluator(Evaluator):
             prefix = self._prefixes[layer.name] = Prefix(net, inputs, consumers)
         return prefix
 
-    def _score(self, net, inputs, targets, layer, keep) -> list[float]:
+    def _score(self, net, inputs, targets, layer, keep, captured) -> list[float]:
         if self._channels_last:
             inputs = map_tensors(inputs, _channels_last)
         batch = targets.shape[0]
         chunk = self.chunk_size(inputs, batch)
         prefix = self._prefix(net, inputs, layer)
-        outputs, first_input = prefix.capture(net, inputs)
+        if captured is None:
+            outputs, first_input = prefix.capture(net, inputs)
+        else:  # the gradient's capture of the same batch under the same masks
+            outputs, first_input = captured[3:]
         factors = self.masks.factors(layer, keep)[prefix.first_name]
         shared = SharedPlusDelta.build(prefix.first, first_input, factors)
         losses: list[float] = []

@@ -40,6 +40,9 @@ class Masks:
                 param = next(module.parameters())
                 self._base.setdefault(c.name, torch.ones(size, device=param.device))
         self._full = set(self._base)  # consumers whose mask is all ones: left untouched
+        #: Counts the calls of :meth:`set`: what was computed under the same version saw the
+        #: same masks.
+        self.version = 0
         self._bypassed: set[str] = set()
         self._models: list[nn.Module] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -109,6 +112,7 @@ class Masks:
 
     def set(self, layer: ChannelLayer, kept: Sequence[int], scale: float) -> None:
         """Keep only ``kept`` channels of ``layer``, each multiplied by ``scale``."""
+        self.version += 1
         keep = torch.zeros(1, layer.width)
         keep[0, list(kept)] = scale
         for c in layer.consumers:
