@@ -7,9 +7,16 @@ import pytest
 import torch
 
 from gfsprune import PruneConfig, prune
-from gfsprune.core.allocate import Uniform, WidthAllocator, allowed_widths, check_reachable
+from gfsprune.core.allocate import (
+    Curves,
+    Uniform,
+    WidthAllocator,
+    allowed_widths,
+    check_reachable,
+)
 from gfsprune.core.cost import CostModel
 from gfsprune.core.counting import count
+from gfsprune.core.curves import LossCurve
 from gfsprune.errors import ConfigError
 from gfsprune.surgery import find_layers, prune_channels
 from gfsprune.targets import Macs, Params, Tolerance
@@ -36,6 +43,54 @@ def test_selected_layers_are_held_fixed() -> None:
     widths = Uniform().allocate(cost, Macs(0.5), {0: list(range(35))})
     # MACs ~ 2*w0 + w0*w1 (in units of 9*36): 70 + 35 * w1 = 0.5 * (80 + 1600) gives w1 = 22
     assert widths == [35, 22]
+
+
+def _curve(full: int, steepness: float) -> LossCurve:
+    """A loss falling as ``steepness / width`` towards full width."""
+    widths = np.arange(1, full + 1, dtype=float)
+    return LossCurve(widths, 1.0 + steepness * (1 / widths - 1 / full))
+
+
+@pytest.mark.parametrize("steep", [0, 1])
+def test_curves_give_the_steeper_layer_more_width_and_meet_the_budget(steep: int) -> None:
+    model, x = randomize_norms(Chain(width=32)), torch.randn(1, 2, 6, 6)
+    layers, _ = find_layers(model, x)
+    cost = CostModel(model, x, layers)
+    curves = [_curve(32, 1.0), _curve(32, 1.0)]
+    curves[steep] = _curve(32, 8.0)
+    widths = Curves().allocate(cost, Macs(0.5), {}, curves=curves)
+    uniform = Uniform().allocate(cost, Macs(0.5), {})
+    assert widths[steep] > uniform[steep] and widths[1 - steep] < uniform[1 - steep]
+    kept = {layer.name: list(range(w)) for layer, w in zip(layers, widths, strict=True)}
+    macs, _ = count(prune_channels(model, x, kept), x)
+    assert macs / cost.full_macs == pytest.approx(0.5, rel=0.02)
+    # After the first layer is pruned, the second takes what the budget leaves.
+    narrower = Curves().allocate(cost, Macs(0.5), {0: list(range(widths[0] - 3))}, curves=curves)
+    assert narrower[0] == widths[0] - 3 and narrower[1] >= widths[1]
+    with pytest.raises(ConfigError, match="'curves' allocator needs one loss curve per layer"):
+        Curves().allocate(cost, Macs(0.5), {}, curves=curves[:1])
+    with pytest.raises(ConfigError, match="'steps' parameter of Curves"):
+        Curves(steps=0)
+
+
+def test_a_loss_curve_is_read_non_increasing_in_the_width() -> None:
+    curve = LossCurve(np.array([1.0, 2.0, 4.0]), np.array([3.0, 1.0, 2.0]))
+    assert curve.at(np.array([1.0, 1.5, 3.0, 4.0, 8.0])).tolist() == [3.0, 2.0, 1.0, 1.0, 1.0]
+
+
+def test_the_curves_allocator_through_prune_meets_the_budget_and_repeats() -> None:
+    torch.manual_seed(0)
+    model, x = randomize_norms(Chain(width=12)), torch.randn(8, 2, 6, 6)
+    g = torch.Generator().manual_seed(0)
+    data = [
+        (torch.randn(8, 2, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g))
+        for _ in range(6)
+    ]
+    config = PruneConfig(allocator="curves", schedule="fast", candidates=4)
+    result = prune(model, data, x[:1], target=Macs(0.5), config=config, progress=False)
+    assert result.macs_ratio == pytest.approx(0.5, rel=0.02)
+    again = prune(model, data, x[:1], target=Macs(0.5), config=config, progress=False)
+    assert [p.kept for p in again.plan] == [p.kept for p in result.plan]
 
 
 class _FirstLayerWide(WidthAllocator):

@@ -20,10 +20,18 @@ from typing import ClassVar
 import numpy as np
 
 from gfsprune.core.cost import CostModel
+from gfsprune.core.curves import LossCurve
 from gfsprune.errors import ConfigError
 from gfsprune.targets import Budget
 
-__all__ = ["ALLOCATORS", "Uniform", "WidthAllocator", "allowed_widths", "check_reachable"]
+__all__ = [
+    "ALLOCATORS",
+    "Curves",
+    "Uniform",
+    "WidthAllocator",
+    "allowed_widths",
+    "check_reachable",
+]
 
 
 def allowed_widths(width: int, round_to: int = 1, item_size: int = 1) -> np.ndarray:
@@ -90,6 +98,9 @@ class WidthAllocator(ABC):
 
     #: The name ``PruneConfig(allocator=...)`` knows it by.
     name: ClassVar[str]
+    #: Whether :meth:`allocate` needs each layer's loss curve (``curves``), measured by a
+    #: first pass over the layers before any is pruned (:mod:`gfsprune.core.curves`).
+    needs_curves: ClassVar[bool] = False
 
     @abstractmethod
     def allocate(
@@ -99,6 +110,7 @@ class WidthAllocator(ABC):
         selected: Mapping[int, Sequence[int]],
         *,
         round_to: int = 1,
+        curves: Sequence[LossCurve] | None = None,
     ) -> list[int]:
         """A width per layer meeting ``budget.ratio`` as closely as the layers allow.
 
@@ -108,10 +120,77 @@ class WidthAllocator(ABC):
             selected: Layer index to the channels already kept there (fixed).
             round_to: Open layers take widths from :func:`allowed_widths` with this (and
                 their item size, ``cost.sizes``).
+            curves: Each layer's loss curve, where :attr:`needs_curves` asks for them.
 
         Returns:
             A width per layer; for selected layers, the number of kept channels.
         """
+
+
+def _fit(
+    cost: CostModel,
+    budget: Budget,
+    selected: Mapping[int, Sequence[int]],
+    round_to: int,
+    base: np.ndarray,
+) -> list[int]:
+    """Open layers at the same fraction ``t`` of ``base`` widths (the nearest allowed width,
+    at most the full one), ``t`` found by bisection on the cost model; then single steps (to
+    the next allowed width: one channel or item, or ``round_to`` channels) added or removed,
+    widest layers first, to land as close to the budget as the layers' granularity allows."""
+    full = cost.widths
+    fixed = {
+        i: np.isin(np.arange(int(full[i])), list(kept)).astype(float)
+        for i, kept in selected.items()
+    }
+    open_layers = [i for i in range(len(full)) if i not in fixed]
+
+    def keep_of(widths: np.ndarray) -> list[np.ndarray]:
+        return [
+            fixed[i] if i in fixed else np.full(int(full[i]), widths[i] / full[i])
+            for i in range(len(full))
+        ]
+
+    def error(widths: np.ndarray) -> float:
+        return cost.ratio(keep_of(widths), budget) - budget.ratio
+
+    grids = _grids(cost, round_to)
+    plain = round_to == 1 and bool((cost.sizes == 1).all())
+
+    def widths_at(t: float) -> np.ndarray:
+        """The nearest allowed width to ``t * base`` of each open layer."""
+        wanted = np.minimum(t * base, full)
+        if plain:
+            widths = np.clip(np.round(wanted), 1, full)
+        else:
+            widths = np.array(
+                [g[np.abs(g - w).argmin()] for g, w in zip(grids, wanted, strict=True)],
+                dtype=float,
+            )
+        for i, keep in fixed.items():
+            widths[i] = keep.sum()
+        return widths
+
+    lo, hi = 0.0, float(np.max(full / np.maximum(base, 1e-12)))
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if error(widths_at(mid)) < 0 else (lo, mid)
+    widths = widths_at(lo)
+    by_width = sorted(open_layers, key=lambda i: -full[i])
+    current = abs(error(widths))
+    while True:
+        step = -1 if error(widths) > 0 else 1
+        for i in by_width:
+            index = int(np.searchsorted(grids[i], widths[i])) + step
+            if not 0 <= index < len(grids[i]):
+                continue
+            trial = widths.copy()
+            trial[i] = grids[i][index]
+            if abs(error(trial)) < current - 1e-12:
+                widths, current = trial, abs(error(trial))
+                break
+        else:
+            return [int(w) for w in widths]
 
 
 class Uniform(WidthAllocator):
@@ -123,67 +202,98 @@ class Uniform(WidthAllocator):
 
     name = "uniform"
 
-    def allocate(
-        self,
-        cost: CostModel,
-        budget: Budget,
-        selected: Mapping[int, Sequence[int]],
-        *,
-        round_to: int = 1,
-    ) -> list[int]:
+    def allocate(self, cost, budget, selected, *, round_to=1, curves=None) -> list[int]:
+        return _fit(cost, budget, selected, round_to, cost.widths)
+
+
+class Curves(WidthAllocator):
+    """Widths from the layers' loss curves: the split of the budget whose summed loss
+    increases (each layer's curve at its width minus at full width) are lowest.
+
+    Solved once, before any layer is pruned, by greedy descent: from every layer at full
+    width, repeatedly narrow the layer whose next step down (about 1/32 of its width, at
+    least one allowed step) costs the least loss per unit of the budget it frees, until the
+    budget is met. After each pruned layer the open layers keep those widths' proportions
+    (scaled together by bisection, as :class:`Uniform` scales full widths) so that the
+    budget is still met with the actual picks.
+
+    Attributes:
+        steps: Steps a layer's width is cut in, at most (finer is slower to solve).
+    """
+
+    name = "curves"
+    needs_curves = True
+
+    def __init__(self, steps: int = 32) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(
+                f"The 'steps' parameter of Curves must be a positive integer. Got {steps!r} "
+                "instead."
+            )
+        self.steps = steps
+        self._solved: tuple[tuple, np.ndarray] | None = None
+
+    def allocate(self, cost, budget, selected, *, round_to=1, curves=None) -> list[int]:
+        if curves is None or len(curves) != len(cost.widths):
+            raise ConfigError(
+                "The 'curves' allocator needs one loss curve per layer; prune() measures them "
+                "when PruneConfig(allocator='curves') is set."
+            )
+        key = (id(cost), budget, round_to, tuple(id(c) for c in curves))
+        if self._solved is None or self._solved[0] != key:
+            self._solved = key, self.solve(cost, budget, round_to, curves)
+        return _fit(cost, budget, selected, round_to, self._solved[1])
+
+    def solve(
+        self, cost: CostModel, budget: Budget, round_to: int, curves: Sequence[LossCurve]
+    ) -> np.ndarray:
+        """The widths (all layers open) by greedy descent on loss per unit of budget."""
         full = cost.widths
-        fixed = {
-            i: np.isin(np.arange(int(full[i])), list(kept)).astype(float)
-            for i, kept in selected.items()
-        }
-        open_layers = [i for i in range(len(full)) if i not in fixed]
-
-        def keep_of(widths: np.ndarray) -> list[np.ndarray]:
-            return [
-                fixed[i] if i in fixed else np.full(int(full[i]), widths[i] / full[i])
-                for i in range(len(full))
-            ]
-
-        def error(widths: np.ndarray) -> float:
-            return cost.ratio(keep_of(widths), budget) - budget.ratio
-
         grids = _grids(cost, round_to)
+        position = [len(g) - 1 for g in grids]  # index into each layer's grid: full width
+        stride = [max(1, (len(g) - 1) // self.steps) for g in grids]
+        neighbours = _neighbours(cost)
 
-        def widths_at(share: float) -> np.ndarray:
-            """The nearest allowed width to ``share`` of each open layer."""
-            if round_to == 1 and (cost.sizes == 1).all():
-                widths = np.clip(np.round(share * full), 1, full)
-            else:
-                widths = np.array(
-                    [g[np.abs(g - share * w).argmin()] for g, w in zip(grids, full, strict=True)],
-                    dtype=float,
-                )
-            for i, keep in fixed.items():
-                widths[i] = keep.sum()
-            return widths
+        def ratio(pos: Sequence[int]) -> float:
+            keep = [np.full(int(w), g[p] / w) for w, g, p in zip(full, grids, pos, strict=True)]
+            return cost.ratio(keep, budget)
 
-        lo, hi = 0.0, 1.0
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if error(widths_at(mid)) < 0 else (lo, mid)
-        widths = widths_at(lo)
-        # Single steps on the allowed widths toward the budget, widest layers first.
-        by_width = sorted(open_layers, key=lambda i: -full[i])
-        current = abs(error(widths))
-        while True:
-            step = -1 if error(widths) > 0 else 1
-            for i in by_width:
-                index = int(np.searchsorted(grids[i], widths[i])) + step
-                if not 0 <= index < len(grids[i]):
-                    continue
-                trial = widths.copy()
-                trial[i] = grids[i][index]
-                if abs(error(trial)) < current - 1e-12:
-                    widths, current = trial, abs(error(trial))
-                    break
-            else:
-                return [int(w) for w in widths]
+        def gain(i: int, now: float) -> tuple[float, float, int]:
+            """(loss per freed budget, -freed, i) of layer i's next step down; inf if none."""
+            if position[i] == 0:
+                return math.inf, 0.0, i
+            trial = list(position)
+            trial[i] = max(0, position[i] - stride[i])
+            freed = now - ratio(trial)
+            lost = float(curves[i].at(grids[i][trial[i]]) - curves[i].at(grids[i][position[i]]))
+            if freed <= 0:
+                return math.inf, 0.0, i
+            return max(lost, 0.0) / freed, -freed, i
+
+        now = ratio(position)
+        gains = [gain(i, now) for i in range(len(full))]
+        while now > budget.ratio:
+            best = min(gains)
+            if best[0] == math.inf:
+                break  # every layer at its narrowest: check_reachable refused such budgets
+            i = best[2]
+            position[i] = max(0, position[i] - stride[i])
+            now = ratio(position)
+            for j in {i, *neighbours[i]}:
+                gains[j] = gain(j, now)
+        return np.array([g[p] for g, p in zip(grids, position, strict=True)], dtype=float)
+
+
+def _neighbours(cost: CostModel) -> list[set[int]]:
+    """For each layer, the layers whose cost shares a term with it (narrowing one changes
+    what narrowing the others frees)."""
+    linked: list[set[int]] = [set() for _ in cost.widths]
+    for term in cost.terms:
+        layers = {i for i, _, _ in term.inputs} | ({term.out[0]} if term.out else set())
+        for i in layers:
+            linked[i] |= layers - {i}
+    return linked
 
 
 #: The allocators ``PruneConfig(allocator=NAME)`` accepts.
-ALLOCATORS: Mapping[str, type[WidthAllocator]] = {Uniform.name: Uniform}
+ALLOCATORS: Mapping[str, type[WidthAllocator]] = {a.name: a for a in (Uniform, Curves)}

@@ -25,6 +25,8 @@ from gfsprune.core.allocate import WidthAllocator, allowed_widths, check_reachab
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.cost import CostModel
 from gfsprune.core.counting import count
+from gfsprune.core.curves import LossCurve, measure_curves
+from gfsprune.core.schedules import Fast
 from gfsprune.core.strategies import LayerSearch, select_layer
 from gfsprune.core.stream import BatchStream
 from gfsprune.errors import ConfigError, DataError, ModelError, first_line
@@ -61,6 +63,10 @@ class _Context:
         self._model, self._inputs, self._layers = model, example_inputs, layers
         self._allocator = allocator
         self._cost: CostModel | None = None
+        #: Measures the layers' loss curves (set by ``prune`` once the masks are on), for
+        #: an allocator that needs them; measured on first use.
+        self.measure_curves: Callable[[], list[LossCurve]] | None = None
+        self._curves: list[LossCurve] | None = None
 
     @property
     def cost(self) -> CostModel:
@@ -71,8 +77,19 @@ class _Context:
     def check_budget(self, budget: Budget) -> None:
         check_reachable(self.cost, budget, round_to=self.round_to)
 
+    @property
+    def curves(self) -> list[LossCurve] | None:
+        """The layers' loss curves where the allocator needs them (measured once)."""
+        if self._allocator.needs_curves and self._curves is None:
+            assert self.measure_curves is not None, "prune() sets measure_curves first"
+            self._curves = self.measure_curves()
+        return self._curves
+
     def allocate(self, budget: Budget, selected: Mapping[int, Sequence[int]]) -> list[int]:
-        widths = self._allocator.allocate(self.cost, budget, selected, round_to=self.round_to)
+        extra = {"curves": self.curves} if self._allocator.needs_curves else {}
+        widths = self._allocator.allocate(
+            self.cost, budget, selected, round_to=self.round_to, **extra
+        )
         for i, (width, full, size) in enumerate(zip(widths, self.widths, self._sizes, strict=True)):
             if i not in selected and width not in allowed_widths(full, self.round_to, size):
                 raise ModelError(
@@ -185,27 +202,45 @@ def prune(
 
     with Masks(work, layers) as masks:
         evaluator = make_evaluator(config.evaluator_class(), work, masks, loss_fn, graph=graph)
-        for layer, done in zip(layers, plan, strict=False):
-            masks.set(layer, done.kept, done.scale)
-        for index in range(len(plan), len(layers)):
+
+        def search_of(index: int, total: int | None, **options) -> LayerSearch:
             layer = layers[index]
-            goal = _in_items(goals(index, {i: p.kept for i, p in enumerate(plan)}), layer)
-            search = LayerSearch(
+            return LayerSearch(
                 layer=layer,
-                stream=stream,
                 evaluator=evaluator,
-                schedule=schedule,
-                held_out=held_out,
                 candidates=config.candidates,
                 tie=config.tie,
                 rescale=config.rescale,
                 seed=config.seed + index,
                 bar=tqdm(
-                    total=goal.width or layer.n_items,
+                    total=total or layer.n_items,
                     desc=f"[{index + 1}/{len(layers)}] {layer.name}",
                     disable=not progress or not distributed.is_main(),
                     leave=False,
                 ),
+                **options,
+            )
+
+        def curves() -> list[LossCurve]:
+            # Before any layer is pruned, on its own pass over the data, so that the main
+            # stream (and a resumed run's position in it) is unchanged.
+            own = BatchStream(data, device)
+            batches = [own.next() for _ in range(_HELD_OUT_BATCHES)]
+            return measure_curves(
+                search_of(i, None, stream=own, schedule=Fast(), held_out=batches)
+                for i in range(len(layers))
+            )
+
+        context.measure_curves = curves
+        if target.sized:
+            context.curves  # noqa: B018 (measured now, before any layer is restored or pruned)
+        for layer, done in zip(layers, plan, strict=False):
+            masks.set(layer, done.kept, done.scale)
+        for index in range(len(plan), len(layers)):
+            layer = layers[index]
+            goal = _in_items(goals(index, {i: p.kept for i, p in enumerate(plan)}), layer)
+            search = search_of(
+                index, goal.width, stream=stream, schedule=schedule, held_out=held_out
             )
             choice, scale = select_layer(strategy, search, goal, masks)
             plan.append(LayerPlan(layer.name, layer.width, choice.kept, scale))

@@ -12,7 +12,7 @@ channels.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -63,6 +63,8 @@ class LayerSearch:
         rescale: Multiply the kept channels by ``width / kept``.
         seed: Seeds the candidate sampling.
         bar: Progress bar, advanced after every pick.
+        monitor: ``monitor(items)`` gives the loss recorded after each forward step in
+            place of the step's scores (default: the held-out loss under a tolerance goal).
     """
 
     layer: ChannelLayer
@@ -75,6 +77,7 @@ class LayerSearch:
     rescale: bool
     seed: int
     bar: tqdm
+    monitor: Callable[[list[int]], float] | None = None
     _pending: tuple | None = field(default=None, init=False, repr=False)
     _step: tuple | None = field(default=None, init=False, repr=False)
 
@@ -184,7 +187,8 @@ class Forward(Strategy):
             picks=schedule.picks,
             rescore=schedule.rescored(),
             screen=screen,
-            monitor=search.held_out_loss if goal.tolerance is not None else None,
+            monitor=search.monitor
+            or (search.held_out_loss if goal.tolerance is not None else None),
             callback=search.on_pick,
         )
         return LayerChoice(list(selection.order), list(selection.losses), reference)
