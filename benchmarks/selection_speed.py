@@ -19,11 +19,27 @@ faster than it can run the network on them).
 
 ``--per-layer`` times one greedy step in every layer instead (both evaluators, the same
 candidates: three channels kept plus one each), to show where the time goes.
+
+``--schedules`` times pruning to ``Macs(--macs)`` by the exact schedule, the default one
+(``PruneConfig()``) and Torch-Pruning's magnitude pruner (L1, every layer alike, its ratio
+bisected to the same MACs) side by side, with the loss right after pruning: the
+cross-entropy against the unpruned model's own predictions on held-out batches (the weights
+are random, so the data's labels would mean nothing). ``--estimate-exact`` replaces the exact
+run by a measured estimate where it would take hours: per layer, the seconds of a few exact
+steps at half the layer's planned width times its number of steps.
+
+``--scaling`` times the exact and default schedules on resnet20 at width multipliers 0.5, 1,
+2 and 4 (``--multipliers``) and plots seconds against the total channel count, log-log
+(``--plot FILE``).
+
+    python benchmarks/selection_speed.py --schedules --models resnet20-32,resnet18-64
+    python benchmarks/selection_speed.py --scaling --plot scaling.png
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import time
@@ -32,7 +48,7 @@ import torch
 import torch_pruning as tp
 
 import gfsprune
-from gfsprune import Macs, PruneConfig, Widths, models, prune
+from gfsprune import Macs, PruneConfig, Widths, count, models, prune
 from gfsprune.scoring import EVALUATORS, make_evaluator
 from gfsprune.surgery import Masks, build_graph, find_layers
 
@@ -41,6 +57,160 @@ MODELS = {
     "resnet20": ({"num_classes": 10}, (3, 32, 32), None),
     "mobilenet_v2": ({"num_classes": 10, "small_input": True}, (3, 32, 32), 4),
 }
+
+
+# --schedules: key -> (model spec, constructor options, input side)
+SPEED_MODELS = {
+    "resnet20-32": ("resnet20", {"num_classes": 10}, 32),
+    "resnet56-32": ("resnet56", {"num_classes": 10}, 32),
+    "resnet18-64": ("torchvision:resnet18", {"num_classes": 10}, 64),
+    "mobilenet_v3_large-64": ("torchvision:mobilenet_v3_large", {"num_classes": 10}, 64),
+    "resnet18-224": ("torchvision:resnet18", {"num_classes": 10}, 224),
+    "mobilenet_v3_large-224": ("torchvision:mobilenet_v3_large", {"num_classes": 10}, 224),
+}
+
+
+def _labelled_by(model, shape, batch: int, batches: int, seed: int):
+    """Random inputs labelled by ``model``'s own argmax."""
+    g = torch.Generator().manual_seed(seed)
+    data = []
+    with torch.inference_mode():
+        for _ in range(batches):
+            x = torch.randn(batch, *shape, generator=g)
+            data.append((x, model(x).argmax(1)))
+    return data
+
+
+def _held_out_loss(model, batches) -> float:
+    with torch.inference_mode():
+        losses = [float(torch.nn.functional.cross_entropy(model(x), y)) for x, y in batches]
+    return sum(losses) / len(losses)
+
+
+def _exact_estimate(model, data, example, ratio: float, candidates: int, steps: int) -> dict:
+    """Seconds the exact schedule would take: per layer, ``steps`` exact steps timed at half
+    its planned width, times the layer's planned number of steps (each step scores
+    ``min(candidates, width - kept)`` candidates, so the timed steps' candidate count is
+    scaled to the layer's mean)."""
+    from gfsprune.core.allocate import Uniform
+    from gfsprune.core.cost import CostModel
+
+    layers, _ = find_layers(model, example)
+    widths = Uniform().allocate(CostModel(model, example, layers), Macs(ratio), {})
+    graph = build_graph(model, example)
+    loss = torch.nn.functional.cross_entropy
+    total = 0.0
+    with Masks(model, layers) as masks:
+        evaluator = make_evaluator(EVALUATORS["batched"], model, masks, loss, graph=graph)
+        for layer, width in zip(layers, widths, strict=True):
+            kept = width // 2
+            k = min(candidates, layer.width - kept)
+            keep = torch.zeros(k, layer.width)
+            keep[:, :kept] = layer.width / (kept + 1)
+            keep[range(k), range(kept, kept + k)] = layer.width / (kept + 1)
+            x, y = data[0]
+            evaluator(x, y, layer, keep[:2])  # warm-up, records the prefix
+            start = time.perf_counter()
+            for step in range(steps):
+                x, y = data[step % len(data)]
+                evaluator(x, y, layer, keep)
+            per_candidate = (time.perf_counter() - start) / (steps * k)
+            evaluations = sum(min(candidates, layer.width - i) for i in range(width))
+            total += per_candidate * evaluations
+    return {"seconds": round(total, 1), "estimated": True}
+
+
+def _tp_magnitude(model, example, ratio: float) -> tuple[torch.nn.Module, float]:
+    """Torch-Pruning's magnitude pruner (L1, the same share of every layer) at the ratio
+    bisected to ``ratio`` of the MACs; the classifier is left whole, as gfsprune leaves it."""
+    from gfsprune.workflow.methods import match_macs
+
+    def prune_at(share: float) -> torch.nn.Module:
+        trial = copy.deepcopy(model)
+        last = [m for m in trial.modules() if isinstance(m, torch.nn.Linear)][-1:]
+        tp.pruner.MagnitudePruner(
+            trial,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=share,
+            ignored_layers=last,
+        ).step()
+        return trial
+
+    start = time.perf_counter()
+    matched = match_macs(prune_at, example, macs=count(model, example)[0], target=ratio)
+    return matched.model, time.perf_counter() - start
+
+
+def time_schedules(
+    key: str, *, batch: int, ratio: float, estimate_exact: bool, seed: int = 0
+) -> dict:
+    """Time-to-prune and loss right after pruning: exact, default and Torch-Pruning."""
+    spec, options, side = SPEED_MODELS[key]
+    torch.manual_seed(seed)
+    model = models.get(spec, **options).eval()
+    shape = (3, side, side)
+    data = _labelled_by(model, shape, batch, 8, seed)
+    held_out = _labelled_by(model, shape, batch, 2, seed + 1)
+    example = data[0][0][:1]
+    row: dict = {"model": key, "full_loss": round(_held_out_loss(model, held_out), 4)}
+    for name, config in (("exact", PruneConfig(schedule="exact")), ("default", PruneConfig())):
+        if name == "exact" and estimate_exact:
+            row[name] = _exact_estimate(model, data, example, ratio, config.candidates, steps=3)
+            continue
+        start = time.perf_counter()
+        result = prune(model, data, example, target=Macs(ratio), config=config, progress=False)
+        row[name] = {
+            "seconds": round(time.perf_counter() - start, 1),
+            "loss": round(_held_out_loss(result.model, held_out), 4),
+            "macs_ratio": round(result.macs_ratio, 4),
+        }
+    pruned, seconds = _tp_magnitude(model, example, ratio)
+    row["tp-l1"] = {
+        "seconds": round(seconds, 1),
+        "loss": round(_held_out_loss(pruned, held_out), 4),
+        "macs_ratio": round(count(pruned, example)[0] / count(model, example)[0], 4),
+    }
+    row["speedup"] = round(row["exact"]["seconds"] / row["default"]["seconds"], 1)
+    return row
+
+
+def scaling(multipliers: list[float], *, batch: int, ratio: float) -> list[dict]:
+    """Selection seconds of the exact and default schedules on resnet20 (3x32x32) at each
+    width multiplier, with the total channel count of its channel layers."""
+    rows = []
+    for mult in multipliers:
+        torch.manual_seed(0)
+        model = models.get("resnet20", num_classes=10, width_mult=mult).eval()
+        data = _labelled_by(model, (3, 32, 32), batch, 8, 0)
+        example = data[0][0][:1]
+        layers, _ = find_layers(model, example)
+        row = {"width_mult": mult, "channels": sum(layer.width for layer in layers)}
+        for name, config in (("exact", PruneConfig(schedule="exact")), ("default", PruneConfig())):
+            start = time.perf_counter()
+            prune(model, data, example, target=Macs(ratio), config=config, progress=False)
+            row[f"{name}_s"] = round(time.perf_counter() - start, 1)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def plot_scaling(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    channels = [r["channels"] for r in rows]
+    for name in ("exact", "default"):
+        ax.loglog(channels, [r[f"{name}_s"] for r in rows], "o-", label=name)
+    ax.set_xlabel("channels in the pruned layers (resnet20 x width multiplier)")
+    ax.set_ylabel("selection seconds")
+    ax.set_title("Selection time against width, Macs(0.5)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def _data(shape, batch: int, batches: int, device: str):
@@ -165,7 +335,29 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--per-layer", action="store_true", help="time one step per layer instead")
+    parser.add_argument("--schedules", action="store_true", help="exact vs default vs TP")
+    parser.add_argument("--estimate-exact", action="store_true", help="estimate exact's time")
+    parser.add_argument("--scaling", action="store_true", help="seconds against width")
+    parser.add_argument("--multipliers", default="0.5,1,2,4", help="comma-separated")
+    parser.add_argument("--plot", default=None, help="where --scaling writes its plot")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.schedules:
+        for key in args.models.split(","):
+            row = time_schedules(
+                key, batch=args.batch, ratio=args.macs, estimate_exact=args.estimate_exact
+            )
+            print(json.dumps(row), flush=True)
+        return
+    if args.scaling:
+        rows = scaling(
+            [float(m) for m in args.multipliers.split(",")], batch=args.batch, ratio=args.macs
+        )
+        if args.plot:
+            plot_scaling(rows, args.plot)
+        return
     if args.per_layer:
         for name in args.models.split(","):
             rows = per_layer(name, batch=args.batch, candidates=args.candidates, device=args.device)

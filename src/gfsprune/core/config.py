@@ -76,10 +76,13 @@ class PruneConfig:
             candidates), ``"naive"`` (one forward pass per candidate, the reference), or an
             ``Evaluator`` subclass. Both built-ins give the same losses up to float rounding.
         tie: Candidates whose losses are within this relative distance of the step's best
-            are a tie, won by the lowest channel index. The evaluators agree to about 1e-6
-            (float32 on a CPU; docs/RESULTS.md), so with the default 1e-5 the plan does not
-            depend on the arithmetic path (evaluator, torch version, CPU kernels); GPUs with
-            TF32 convolutions differ by up to about 1e-3. 0: the lowest loss always wins.
+            are a tie, won by the lowest channel index; where a gap lies near ``tie`` itself
+            the candidates near the best are scored again in float64 and decide
+            (:func:`~gfsprune.core.select.rank`). The evaluators agree to about 1e-6 (float32
+            on a CPU; docs/RESULTS.md), so with the default 1e-5 the plan does not depend on
+            the arithmetic path (evaluator, torch version, CPU kernels); GPUs with TF32
+            convolutions differ by up to about 1e-3 (use 4e-3 there). 0: the lowest loss
+            always wins.
         round_to: Every pruned width a multiple of this (or the layer's full width), so
             that the smaller network keeps channel counts fast kernels are made for (8 or 16
             on most hardware); budgets are still met, to the nearest step. Applies to
