@@ -164,17 +164,26 @@ def _add_selection(p: argparse.ArgumentParser, *, greedy_only: bool) -> None:
         help=f"channels scored per greedy step, 0 for all (default {default.candidates})",
     )
     p.add_argument(
-        "--no-rescale",
-        dest="rescale",
-        action="store_false",
-        help="do not multiply kept channels by width/kept (the paper's mean-field average)",
+        "--rescale",
+        action=argparse.BooleanOptionalAction,
+        default=default.rescale,
+        help="multiply kept channels by width/kept (the paper's mean-field average; default "
+        f"{'on' if default.rescale else 'off'})",
+    )
+    p.add_argument(
+        "--rescale-into",
+        choices=("batchnorm", "weights"),
+        default=default.rescale_into,
+        help="where the pruned model holds that factor: the next BatchNorm's statistics where "
+        f"it can (fine-tuning unaffected) or the weights (default {default.rescale_into})",
     )
     p.add_argument(
         "--schedule",
         choices=sorted(SCHEDULES),
         default=None,
         help="exact: one pick per step among --candidates random channels (the paper's "
-        "rule); fast: a first-order screen and several picks per step (default exact)",
+        "rule); fast: a first-order screen and several picks per step (default "
+        f"{default.make_schedule().name})",
     )
     p.add_argument(
         "--round-to",
@@ -215,6 +224,7 @@ def _selection(args: argparse.Namespace, **options: object) -> PruneConfig:
     return PruneConfig(
         candidates=args.candidates or None,
         rescale=args.rescale,
+        rescale_into=args.rescale_into,
         schedule=args.schedule,
         round_to=args.round_to,
         allocator=args.allocator,
