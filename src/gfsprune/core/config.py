@@ -62,6 +62,10 @@ class PruneConfig:
             a factor in the weights before a BatchNorm slows their fine-tuning (it divides
             their effective learning rate by about its square), one in the statistics does
             not.
+        refit: After each layer's choice, re-solve its consumers' weights by least squares
+            so that they reproduce the unpruned network's outputs on the first batches of
+            the data (plain convolutions and linear layers; kept only where the loss on those
+            batches does not rise; :mod:`gfsprune.core.refit`).
         seed: Seeds the candidate sampling (layer ``i`` uses ``seed + i``).
         strategy: ``"forward"`` (greedy forward selection, the paper), ``"backward"``
             (greedy backward elimination by loss; needs a size target), or a ``Strategy``.
@@ -97,6 +101,7 @@ class PruneConfig:
     candidates: int | None = 50
     rescale: bool = True
     rescale_into: str = "batchnorm"
+    refit: bool = False
     seed: int = 0
     strategy: str | Strategy = "forward"
     allocator: str | WidthAllocator = "uniform"
@@ -129,6 +134,11 @@ class PruneConfig:
             raise ConfigError(
                 "The 'round_to' option of PruneConfig must be a positive integer (1: any "
                 f"width). Got {r!r} instead."
+            )
+        if not isinstance(self.refit, bool):
+            raise ConfigError(
+                f"The 'refit' option of PruneConfig must be True or False. Got {self.refit!r} "
+                "instead."
             )
         if not isinstance(self.rescale, bool):
             raise ConfigError(
@@ -188,6 +198,7 @@ class PruneConfig:
         return {
             "candidates": self.candidates,
             "rescale": self.rescale,
+            "refit": self.refit,
             "seed": self.seed,
             "strategy": self.make_strategy().name,
             "allocator": self.make_allocator().name,

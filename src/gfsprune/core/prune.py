@@ -26,6 +26,7 @@ from gfsprune.core.config import PruneConfig
 from gfsprune.core.cost import CostModel
 from gfsprune.core.counting import count
 from gfsprune.core.curves import LossCurve, measure_curves
+from gfsprune.core.refit import refit_consumers
 from gfsprune.core.schedules import Fast
 from gfsprune.core.strategies import LayerSearch, select_layer
 from gfsprune.core.stream import BatchStream
@@ -234,8 +235,21 @@ def prune(
         context.measure_curves = curves
         if target.sized:
             context.curves  # noqa: B018 (measured now, before any layer is restored or pruned)
+        if config.refit:
+            unpruned = copy.deepcopy(model).to(device).eval()
+            own = BatchStream(data, device)
+            calibration = [own.next() for _ in range(_HELD_OUT_BATCHES)]
+
+        def finish(layer: ChannelLayer) -> None:
+            """After a layer's choice: refit its consumers (deterministic, so a resumed run
+            redoes the finished layers' refits to the same weights)."""
+            if config.refit:
+                refit_consumers(work, unpruned, layer, masks, calibration, loss_fn)
+                evaluator.reset()
+
         for layer, done in zip(layers, plan, strict=False):
             masks.set(layer, done.kept, done.scale)
+            finish(layer)
         for index in range(len(plan), len(layers)):
             layer = layers[index]
             goal = _in_items(goals(index, {i: p.kept for i, p in enumerate(plan)}), layer)
@@ -243,6 +257,7 @@ def prune(
                 index, goal.width, stream=stream, schedule=schedule, held_out=held_out
             )
             choice, scale = select_layer(strategy, search, goal, masks)
+            finish(layer)
             plan.append(LayerPlan(layer.name, layer.width, choice.kept, scale))
             logs.append(LayerLog(layer.name, choice.losses, choice.reference))
             if checkpoint is not None and distributed.is_main():

@@ -72,6 +72,12 @@ class Evaluator(ABC):
             (grad,) = torch.autograd.grad(loss, keep)
         return grad
 
+    def reset(self) -> None:
+        """Forget every copy and cache of the model: its weights have changed (a refit)."""
+        if self._float64 is not None:
+            self.masks.detach(self._float64)
+            self._float64 = None
+
     @torch.no_grad()
     def precise(
         self, inputs: object, targets: torch.Tensor, layer: ChannelLayer, keep: torch.Tensor

@@ -53,6 +53,13 @@ class BatchedEvaluator(Evaluator):
             self._net = self.masks.attach(net)
         return self._net
 
+    def reset(self) -> None:
+        super().reset()
+        if self._net is not None:
+            self.masks.detach(self._net)
+        self._net, self._captured = None, None
+        self._prefixes.clear()
+
     def __call__(self, inputs, targets, layer, keep):
         net = self._scoring_net(inputs)  # tracing needs autograd: not in inference mode
         captured, self._captured = self._captured, None

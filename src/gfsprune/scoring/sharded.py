@@ -35,6 +35,10 @@ class ShardedEvaluator:
         asked for only at the rare near-ties)."""
         return self.inner.precise(inputs, targets, layer, keep)
 
+    def reset(self) -> None:
+        """The inner evaluator's reset."""
+        self.inner.reset()
+
     def gradient(self, inputs, targets, layer, keep):
         """The inner evaluator's gradient (every process computes the same one)."""
         return self.inner.gradient(inputs, targets, layer, keep)

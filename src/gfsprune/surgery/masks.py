@@ -62,6 +62,17 @@ class Masks:
         self._hook_model(model)
         return model
 
+    def detach(self, model: nn.Module) -> None:
+        """Stop masking ``model``, a copy :meth:`attach` added (e.g. one gone stale)."""
+        self._unhook()
+        self._models = [m for m in self._models if m is not model]
+        for m in self._models:
+            self._hook_model(m)
+
+    def input_factors(self, name: str) -> torch.Tensor:
+        """The current factor on each input of the consumer ``name`` (0: removed)."""
+        return self._base[name]
+
     @contextmanager
     def suspended(self) -> Iterator[None]:
         """The networks unmasked for a while (to copy or trace them without the hooks)."""
