@@ -99,7 +99,7 @@ def test_the_batched_gradient_equals_the_whole_networks(chain) -> None:
 def test_warmup_picks_one_per_step_then_grows() -> None:
     fast = Fast(growth=0.25, warmup=8)
     assert [fast.picks(k) for k in (0, 7, 8, 40)] == [1, 1, 2, 10]
-    assert Fast().picks(8) == 2  # no warm-up by default
+    assert Fast(warmup=0).picks(8) == 2 and Fast().picks(8) == 1
 
 
 def test_schedule_options_are_checked() -> None:

@@ -10,9 +10,10 @@ layer with hundreds of channels takes hundreds of steps. The fast schedule score
   ``g_c`` times its factor (the rescale moves every kept channel's factor by the same amount,
   a term shared by all candidates), so only the ``screen`` channels with the lowest ``g_c``
   are scored exactly;
-- **several picks per step**: once ``k`` channels are kept, the best ``growth * k`` of the
-  step's exactly scored candidates are all added, so a layer takes tens of steps, not
-  hundreds.
+- **several picks per step**: one per step for a layer's first ``warmup`` picks (they change
+  the loss most), then the best ``growth * k`` of the step's exactly scored candidates once
+  ``k`` channels are kept, so a layer takes tens of steps, not hundreds: about
+  ``warmup + log(kept / warmup) / log(1 + growth)``, whatever its width.
 
 A schedule is one small class behind :class:`Schedule`; ``PruneConfig(schedule=...)`` takes a
 name or an instance.
@@ -85,7 +86,7 @@ class Fast(Schedule):
     name: ClassVar[str] = "fast"
     growth: float = 0.25
     screen: int | None = 16
-    warmup: int = 0
+    warmup: int = 16
     rescore: int | None = None
 
     def __post_init__(self) -> None:
