@@ -18,6 +18,7 @@ from gfsprune.core.losses import distill
 from gfsprune.core.prune import prune
 from gfsprune.core.recalibrate import recalibrate_bn
 from gfsprune.core.select import Selection, backward_eliminate, forward_select
+from gfsprune.core.tuning import LayerTuning
 from gfsprune.errors import (
     ConfigError,
     DataError,
@@ -39,6 +40,7 @@ __all__ = [
     "GfsPruneError",
     "LayerLog",
     "LayerPlan",
+    "LayerTuning",
     "LossError",
     "Macs",
     "ModelError",

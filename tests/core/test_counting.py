@@ -29,7 +29,12 @@ def test_counts_a_model_whose_forward_fails_under_no_grad_counting() -> None:
     # be set" from its module tracker.
     cait = pytest.importorskip("timm.models.cait")
     model = cait.Cait(
-        img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, depth_token_only=1,
+        img_size=16,
+        patch_size=8,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        depth_token_only=1,
         num_classes=3,
     ).eval()
     macs, params = count(model, torch.zeros(1, 3, 16, 16))

@@ -20,6 +20,7 @@ import torch
 from gfsprune.core.allocate import ALLOCATORS, WidthAllocator
 from gfsprune.core.schedules import SCHEDULES, Exact, Schedule
 from gfsprune.core.strategies import STRATEGIES, Strategy
+from gfsprune.core.tuning import LayerTuning
 from gfsprune.errors import ConfigError
 from gfsprune.scoring import EVALUATORS, Evaluator
 
@@ -66,6 +67,10 @@ class PruneConfig:
             so that they reproduce the unpruned network's outputs on the first batches of
             the data (plain convolutions and linear layers; kept only where the loss on those
             batches does not rise; :mod:`gfsprune.core.refit`).
+        tuning: Fine-tune the masked network after each pruned layer, as the paper's code
+            does (a :class:`~gfsprune.core.tuning.LayerTuning`: SGD steps on the data, e.g.
+            a tenth of an epoch at learning rate 2.5e-3); ``None``: no training during
+            pruning.
         seed: Seeds the candidate sampling (layer ``i`` uses ``seed + i``).
         strategy: ``"forward"`` (greedy forward selection, the paper), ``"backward"``
             (greedy backward elimination by loss; needs a size target), or a ``Strategy``.
@@ -102,6 +107,7 @@ class PruneConfig:
     rescale: bool = True
     rescale_into: str = "batchnorm"
     refit: bool = False
+    tuning: LayerTuning | None = None
     seed: int = 0
     strategy: str | Strategy = "forward"
     allocator: str | WidthAllocator = "uniform"
@@ -139,6 +145,11 @@ class PruneConfig:
             raise ConfigError(
                 f"The 'refit' option of PruneConfig must be True or False. Got {self.refit!r} "
                 "instead."
+            )
+        if self.tuning is not None and not isinstance(self.tuning, LayerTuning):
+            raise ConfigError(
+                "The 'tuning' option of PruneConfig must be a LayerTuning(steps=...) or None. "
+                f"Got {self.tuning!r} instead."
             )
         if not isinstance(self.rescale, bool):
             raise ConfigError(
@@ -199,6 +210,7 @@ class PruneConfig:
             "candidates": self.candidates,
             "rescale": self.rescale,
             "refit": self.refit,
+            "tuning": None if self.tuning is None else repr(self.tuning),
             "seed": self.seed,
             "strategy": self.make_strategy().name,
             "allocator": self.make_allocator().name,

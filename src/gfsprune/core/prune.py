@@ -30,6 +30,7 @@ from gfsprune.core.refit import refit_consumers
 from gfsprune.core.schedules import Fast
 from gfsprune.core.strategies import LayerSearch, select_layer
 from gfsprune.core.stream import BatchStream
+from gfsprune.core.tuning import tune
 from gfsprune.errors import ConfigError, DataError, ModelError, first_line
 from gfsprune.io.progress import read_progress, write_progress
 from gfsprune.plan import LayerLog, LayerPlan, PruneResult
@@ -239,12 +240,17 @@ def prune(
             unpruned = copy.deepcopy(model).to(device).eval()
             own = BatchStream(data, device)
             calibration = [own.next() for _ in range(_HELD_OUT_BATCHES)]
+        tuning = BatchStream(data, device)  # its own pass: the main stream stays as it was
 
         def finish(layer: ChannelLayer) -> None:
-            """After a layer's choice: refit its consumers (deterministic, so a resumed run
-            redoes the finished layers' refits to the same weights)."""
+            """After a layer's choice: refit its consumers, fine-tune. Both are repeatable
+            (fixed batches, in order), so a resumed run redoes the finished layers' to the
+            same weights (on a CPU; GPU kernels may differ in the last bits)."""
             if config.refit:
                 refit_consumers(work, unpruned, layer, masks, calibration, loss_fn)
+            if config.tuning is not None:
+                tune(work, tuning, loss_fn, config.tuning)
+            if config.refit or config.tuning is not None:
                 evaluator.reset()
 
         for layer, done in zip(layers, plan, strict=False):
