@@ -1,9 +1,10 @@
 """Exact against fast selection: loss and accuracy right after pruning, and seconds.
 
 For every case and seed a model is trained (plain cross-entropy, SGD, the seed sets the
-initialisation and data order), then pruned to each MACs budget twice, with
-``PruneConfig(schedule="exact")`` and ``PruneConfig(schedule="fast")`` (everything else at its
-default: 50 candidates, rescale), on the same shuffled training mini-batches. The held-out
+initialisation and data order), then pruned to each MACs budget by the exact schedule and by
+each fast one (``Fast()``, or the ``--variants``), everything else at its default (50
+candidates, rescale) but the widths, from the ``uniform`` allocator so that only the
+schedule differs, on the same shuffled training mini-batches. The held-out
 test split (the same for every seed) measures cross-entropy and accuracy with no
 fine-tuning. The criterion for making ``fast`` the default (the scale issue): its loss within
 5% (relative) of exact's and its accuracy within 0.5 points, mean over the seeds, at every
@@ -17,6 +18,7 @@ Cases (all data generated or bundled, no download):
 
     .venv/bin/python benchmarks/schedules.py               # 3 seeds, 50% and 25% MACs
     .venv/bin/python benchmarks/schedules.py --json
+    .venv/bin/python benchmarks/schedules.py --variants '{"fast": {}, "rescore4": {"rescore": 4}}'
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch import nn
 
 import gfsprune
 from gfsprune import Macs, PruneConfig, models, prune
+from gfsprune.core.schedules import Exact, Fast
 from gfsprune.workflow.data import DataBundle, load_data, make_loader
 from gfsprune.workflow.train import TrainConfig, evaluate, fit
 
@@ -43,7 +46,8 @@ CASES = {
     "synthetic": ("synthetic:2000", "digits_cnn", {"width_mult": 4.0}, 10, 0.01),
     "resnet": ("synthetic:2000", "resnet20", {"width_mult": 0.5}, 10, 0.05),
 }
-SCHEDULES = ("exact", "fast")
+#: Fast schedules by name: their options (``Fast(**options)``); ``--variants`` replaces them.
+VARIANTS = {"fast": {}}
 
 
 def train(case: str, bundle: DataBundle, seed: int) -> nn.Module:
@@ -57,7 +61,7 @@ def train(case: str, bundle: DataBundle, seed: int) -> nn.Module:
     return model.eval()
 
 
-def run(case: str, seed: int, budgets: list[float], batch: int) -> dict:
+def run(case: str, seed: int, budgets: list[float], batch: int, variants: dict) -> dict:
     """``{budget: {schedule: measures}}`` for one case and seed."""
     bundle = load_data(CASES[case][0])
     model = train(case, bundle, seed)
@@ -66,7 +70,7 @@ def run(case: str, seed: int, budgets: list[float], batch: int) -> dict:
     out = {"full": {"acc": acc, "loss": loss}}
     for budget in budgets:
         out[str(budget)] = {}
-        for schedule in SCHEDULES:
+        for schedule in ("exact", *variants):
             loader = make_loader(bundle.train, batch_size=batch, shuffle=True, seed=seed)
             start = time.perf_counter()
             result = prune(
@@ -74,7 +78,11 @@ def run(case: str, seed: int, budgets: list[float], batch: int) -> dict:
                 loader,
                 example,
                 target=Macs(budget),
-                config=PruneConfig(schedule=schedule, seed=seed),
+                config=PruneConfig(
+                    schedule=Exact() if schedule == "exact" else Fast(**variants[schedule]),
+                    allocator="uniform",
+                    seed=seed,
+                ),
                 progress=False,
             )
             seconds = time.perf_counter() - start
@@ -102,11 +110,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="pruning mini-batch size")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--variants",
+        default=json.dumps(VARIANTS),
+        help='fast schedules as JSON, name: Fast options, e.g. \'{"g10": {"growth": 0.1}}\'',
+    )
     args = parser.parse_args()
+    variants = json.loads(args.variants)
     torch.set_num_threads(args.threads)
     cases = args.cases.split(",")
     runs = {
-        case: [run(case, seed, args.budgets, args.batch) for seed in range(args.seeds)]
+        case: [run(case, seed, args.budgets, args.batch, variants) for seed in range(args.seeds)]
         for case in cases
     }
     record = {
@@ -121,12 +135,13 @@ def main() -> None:
         return
     print(f"{record['date']}, {record['machine']}, torch {record['torch']}")
     print("mean ± std over seeds; held-out test split; no fine-tuning")
-    print("| case | MACs | schedule | test loss | test acc (%) | seconds | fast/exact loss |")
+    print("| case | MACs | schedule | test loss | test acc (%) | seconds | loss / exact's |")
     print("|---|---|---|---|---|---|---|")
     for case, seeds in runs.items():
         for budget in map(str, args.budgets):
-            rows = {s: [r[budget][s] for r in seeds] for s in SCHEDULES}
-            for schedule in SCHEDULES:
+            names = ("exact", *variants)
+            rows = {s: [r[budget][s] for r in seeds] for s in names}
+            for schedule in names:
                 stats = {
                     k: (
                         statistics.mean(m[k] for m in rows[schedule]),
@@ -134,7 +149,7 @@ def main() -> None:
                     )
                     for k in ("loss", "acc", "seconds")
                 }
-                ratio = statistics.mean(m["loss"] for m in rows["fast"]) / statistics.mean(
+                ratio = statistics.mean(m["loss"] for m in rows[schedule]) / statistics.mean(
                     m["loss"] for m in rows["exact"]
                 )
                 print(

@@ -4,7 +4,7 @@ The API (:func:`gfsprune.prune`), the command line's jobs and ``compare`` all pa
 object. Each extension axis takes a name or an instance of its protocol:
 
 - ``strategy``: a :class:`~gfsprune.core.strategies.Strategy` (``"forward"``, ``"backward"``);
-- ``allocator``: a :class:`~gfsprune.core.allocate.WidthAllocator` (``"uniform"``);
+- ``allocator``: a :class:`~gfsprune.core.allocate.WidthAllocator` (``"curves"``, ``"uniform"``);
 - ``evaluator``: a :class:`~gfsprune.scoring.Evaluator` subclass (``"batched"``, ``"naive"``);
 - ``schedule``: a :class:`~gfsprune.core.schedules.Schedule` (``"exact"``, ``"fast"``).
 """
@@ -74,8 +74,10 @@ class PruneConfig:
         seed: Seeds the candidate sampling (layer ``i`` uses ``seed + i``).
         strategy: ``"forward"`` (greedy forward selection, the paper), ``"backward"``
             (greedy backward elimination by loss; needs a size target), or a ``Strategy``.
-        allocator: How a ``Macs``/``Params`` budget becomes per-layer widths: ``"uniform"``
-            (the same fraction of every layer) or a ``WidthAllocator``.
+        allocator: How a ``Macs``/``Params`` budget becomes per-layer widths: ``"curves"``
+            (from each layer's loss against its width, measured by a first fast pass of
+            greedy selection on each layer alone: wider where the loss rises faster),
+            ``"uniform"`` (the same fraction of every layer) or a ``WidthAllocator``.
         schedule: How forward selection steps: ``"exact"`` (the paper's rule: one pick per
             step among ``candidates`` random channels, each scored by its loss) or
             ``"fast"`` (a first-order screen picks the channels worth scoring, and several
@@ -110,7 +112,7 @@ class PruneConfig:
     tuning: LayerTuning | None = None
     seed: int = 0
     strategy: str | Strategy = "forward"
-    allocator: str | WidthAllocator = "uniform"
+    allocator: str | WidthAllocator = "curves"
     schedule: str | Schedule | None = None
     evaluator: str | type[Evaluator] = "batched"
     tie: float = 1e-5

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -159,6 +159,11 @@ def prune(
         )
     if not isinstance(config, PruneConfig):
         raise ConfigError(f"'config' must be a gfsprune.PruneConfig. Got {config!r} instead.")
+    if isinstance(data, Iterator):  # one pass only; the steps, curves and refits read it anew
+        raise DataError(
+            f"'data' must be re-iterable (a DataLoader or a list), not a "
+            f"{type(data).__name__}: each pass over it must start again at its first batch."
+        )
     strategy, schedule = config.make_strategy(), config.make_schedule()
     if strategy.needs_width and not target.sized:
         raise ConfigError(
