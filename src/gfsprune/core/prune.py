@@ -233,8 +233,10 @@ def prune(
             # stream (and a resumed run's position in it) is unchanged.
             own = BatchStream(data, device)
             batches = [own.next() for _ in range(_HELD_OUT_BATCHES)]
+            # The fast schedule, scoring no more candidates per step than the run itself.
+            screen = min(Fast.screen, config.candidates or Fast.screen)
             return measure_curves(
-                search_of(i, None, stream=own, schedule=Fast(), held_out=batches)
+                search_of(i, None, stream=own, schedule=Fast(screen=screen), held_out=batches)
                 for i in range(len(layers))
             )
 
