@@ -20,17 +20,18 @@ faster than it can run the network on them).
 ``--per-layer`` times one greedy step in every layer instead (both evaluators, the same
 candidates: three channels kept plus one each), to show where the time goes.
 
-``--schedules`` times pruning to ``Macs(--macs)`` by the exact schedule, the default one
-(``PruneConfig()``) and Torch-Pruning's magnitude pruner (L1, every layer alike, its ratio
-bisected to the same MACs) side by side, with the loss right after pruning: the
+``--schedules`` times pruning to ``Macs(--macs)`` by the exact schedule, the fast one
+(``schedule="fast"``; both with ``uniform`` widths, so that only the schedule differs) and
+Torch-Pruning's magnitude pruner (L1, every layer alike, its ratio bisected to the same
+MACs) side by side, with the loss right after pruning: the
 cross-entropy against the unpruned model's own predictions on held-out batches (the weights
 are random, so the data's labels would mean nothing). ``--estimate-exact`` replaces the exact
 run by a measured estimate where it would take hours: per layer, the seconds of a few exact
 steps at half the layer's planned width times its number of steps.
 
-``--scaling`` times the exact and default schedules on resnet20 at width multipliers 0.5, 1,
-2 and 4 (``--multipliers``) and plots seconds against the total channel count, log-log
-(``--plot FILE``).
+``--scaling`` times the exact and fast schedules (``uniform`` widths) on resnet20 at width
+multipliers 0.5, 1, 2 and 4 (``--multipliers``) and plots seconds against the total channel
+count, log-log (``--plot FILE``).
 
     python benchmarks/selection_speed.py --schedules --models resnet20-32,resnet18-64
     python benchmarks/selection_speed.py --scaling --plot scaling.png
@@ -145,7 +146,7 @@ def _tp_magnitude(model, example, ratio: float) -> tuple[torch.nn.Module, float]
 def time_schedules(
     key: str, *, batch: int, ratio: float, estimate_exact: bool, seed: int = 0
 ) -> dict:
-    """Time-to-prune and loss right after pruning: exact, default and Torch-Pruning."""
+    """Time-to-prune and loss right after pruning: exact, fast and Torch-Pruning."""
     spec, options, side = SPEED_MODELS[key]
     torch.manual_seed(seed)
     model = models.get(spec, **options).eval()
@@ -154,7 +155,8 @@ def time_schedules(
     held_out = _labelled_by(model, shape, batch, 2, seed + 1)
     example = data[0][0][:1]
     row: dict = {"model": key, "full_loss": round(_held_out_loss(model, held_out), 4)}
-    for name, config in (("exact", PruneConfig(schedule="exact")), ("default", PruneConfig())):
+    for name in ("exact", "fast"):
+        config = PruneConfig(schedule=name, allocator="uniform")
         if name == "exact" and estimate_exact:
             row[name] = _exact_estimate(model, data, example, ratio, config.candidates, steps=3)
             continue
@@ -171,12 +173,12 @@ def time_schedules(
         "loss": round(_held_out_loss(pruned, held_out), 4),
         "macs_ratio": round(count(pruned, example)[0] / count(model, example)[0], 4),
     }
-    row["speedup"] = round(row["exact"]["seconds"] / row["default"]["seconds"], 1)
+    row["speedup"] = round(row["exact"]["seconds"] / row["fast"]["seconds"], 1)
     return row
 
 
 def scaling(multipliers: list[float], *, batch: int, ratio: float) -> list[dict]:
-    """Selection seconds of the exact and default schedules on resnet20 (3x32x32) at each
+    """Selection seconds of the exact and fast schedules on resnet20 (3x32x32) at each
     width multiplier, with the total channel count of its channel layers."""
     rows = []
     for mult in multipliers:
@@ -186,7 +188,8 @@ def scaling(multipliers: list[float], *, batch: int, ratio: float) -> list[dict]
         example = data[0][0][:1]
         layers, _ = find_layers(model, example)
         row = {"width_mult": mult, "channels": sum(layer.width for layer in layers)}
-        for name, config in (("exact", PruneConfig(schedule="exact")), ("default", PruneConfig())):
+        for name in ("exact", "fast"):
+            config = PruneConfig(schedule=name, allocator="uniform")
             start = time.perf_counter()
             prune(model, data, example, target=Macs(ratio), config=config, progress=False)
             row[f"{name}_s"] = round(time.perf_counter() - start, 1)
@@ -203,7 +206,7 @@ def plot_scaling(rows: list[dict], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 4))
     channels = [r["channels"] for r in rows]
-    for name in ("exact", "default"):
+    for name in ("exact", "fast"):
         ax.loglog(channels, [r[f"{name}_s"] for r in rows], "o-", label=name)
     ax.set_xlabel("channels in the pruned layers (resnet20 x width multiplier)")
     ax.set_ylabel("selection seconds")
