@@ -75,7 +75,7 @@ def _labelled_by(model, shape, batch: int, batches: int, seed: int):
     """Random inputs labelled by ``model``'s own argmax."""
     g = torch.Generator().manual_seed(seed)
     data = []
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference mode: the batches are traced through autograd
         for _ in range(batches):
             x = torch.randn(batch, *shape, generator=g)
             data.append((x, model(x).argmax(1)))
