@@ -80,7 +80,7 @@ def test_a_loss_curve_is_read_non_increasing_in_the_width() -> None:
 
 def test_the_curves_allocator_through_prune_meets_the_budget_and_repeats() -> None:
     torch.manual_seed(0)
-    model, x = randomize_norms(Chain(width=12)), torch.randn(8, 2, 6, 6)
+    model, x = randomize_norms(Chain(width=24)), torch.randn(8, 2, 6, 6)
     g = torch.Generator().manual_seed(0)
     data = [
         (torch.randn(8, 2, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g))

@@ -239,7 +239,14 @@ class Curves(WidthAllocator):
                 "The 'curves' allocator needs one loss curve per layer; prune() measures them "
                 "when PruneConfig(allocator='curves') is set."
             )
-        key = (id(cost), budget, round_to, tuple(id(c) for c in curves))
+        # By content, not identity: an instance passed in a PruneConfig serves many runs.
+        key = (
+            budget,
+            round_to,
+            cost.widths.tobytes(),
+            cost.full_macs,
+            tuple((c.widths.tobytes(), c.losses.tobytes()) for c in curves),
+        )
         if self._solved is None or self._solved[0] != key:
             self._solved = key, self.solve(cost, budget, round_to, curves)
         return _fit(cost, budget, selected, round_to, self._solved[1])
