@@ -140,6 +140,12 @@ def prune(
         )
     if not isinstance(config, PruneConfig):
         raise ConfigError(f"'config' must be a gfsprune.PruneConfig. Got {config!r} instead.")
+    if type(model).__module__.startswith("transformers."):
+        raise ConfigError(
+            f"'model' is a transformers {type(model).__name__}, which returns a ModelOutput "
+            "and may hold Conv1D layers; pass gfsprune.models.hf.prepare(model) instead "
+            "(hf:DIR models come prepared)."
+        )
     strategy, schedule = config.make_strategy(), config.make_schedule()
     if strategy.needs_width and not target.sized:
         raise ConfigError(
