@@ -35,21 +35,25 @@ def config(family: str, **options):
     return built
 
 
-def tiny(family: str, head: str = "", **options) -> nn.Module:
-    """A prepared (``gfsprune.models.hf.prepare``), seeded, eval-mode tiny model: the base
-    model, or with ``head`` (e.g. ``"ForCausalLM"``, ``"LMHeadModel"``,
+def raw(family: str, head: str = "", **options) -> nn.Module:
+    """A seeded, eval-mode tiny transformers model as transformers builds it: the base model,
+    or with ``head`` (e.g. ``"ForCausalLM"``, ``"LMHeadModel"``,
     ``"ForSequenceClassification"``)."""
     import transformers
-
-    from gfsprune.models.hf import prepare
 
     made = config(family, **options)
     name = {"gpt2": "GPT2", "vit": "ViT", "bert": "Bert", "roberta": "Roberta"}.get(
         family, family.capitalize()
     )
     torch.manual_seed(0)
-    model = getattr(transformers, f"{name}{head or 'Model'}")(made)
-    return prepare(model).eval()
+    return getattr(transformers, f"{name}{head or 'Model'}")(made).eval()
+
+
+def tiny(family: str, head: str = "", **options) -> nn.Module:
+    """:func:`raw`, prepared for gfsprune (``gfsprune.models.hf.prepare``)."""
+    from gfsprune.models.hf import prepare
+
+    return prepare(raw(family, head, **options))
 
 
 def inputs(family: str, batch: int = 2, *, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -67,9 +71,9 @@ def inputs(family: str, batch: int = 2, *, seed: int = 0) -> dict[str, torch.Ten
 
 
 def save_folder(folder: Path, model: nn.Module, *, tokenizer: bool = True) -> Path:
-    """``save_pretrained`` of a tiny model's transformers module into ``folder``, with a
-    word-level tokenizer of ``VOCAB`` words (``w0``...) unless ``tokenizer`` is False."""
-    model.model.save_pretrained(folder)
+    """``save_pretrained`` of a :func:`raw` model into ``folder``, with a word-level
+    tokenizer of ``VOCAB`` words (``w2``...) unless ``tokenizer`` is False."""
+    model.save_pretrained(folder)
     if tokenizer:
         from tokenizers import Tokenizer, models, pre_tokenizers
         from transformers import PreTrainedTokenizerFast

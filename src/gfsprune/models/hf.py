@@ -168,8 +168,8 @@ class HuggingFace(ModelSource):
         return prepare(model)
 
     def data_config(self, name: str) -> dict[str, Any]:
-        """``input_size``, ``mean`` and ``std`` of an image model; ``max_length`` (tokens) of
-        a model with position embeddings."""
+        """``input_size``, ``mean`` and ``std`` of an image model; ``num_classes`` of a
+        classifier; ``max_length`` (tokens) of a model with position embeddings."""
         transformers = _transformers()
         folder = _folder(name)
         config = _config(transformers, folder)
@@ -187,6 +187,8 @@ class HuggingFace(ModelSource):
                 value = preprocessor.get(key) if isinstance(preprocessor, dict) else None
                 if isinstance(value, list) and all(isinstance(v, int | float) for v in value):
                     found[ours] = tuple(float(v) for v in value)
+        if _auto_class(_CLASSIFIERS, (getattr(config, "architectures", None) or [""])[0]):
+            found["num_classes"] = config.num_labels
         for key in ("max_position_embeddings", "n_positions"):  # the longest sequence it takes
             if isinstance(getattr(config, key, None), int):
                 found["max_length"] = getattr(config, key)
