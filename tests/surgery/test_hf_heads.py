@@ -72,19 +72,19 @@ def test_a_layer_keeps_all_its_heads_or_only_one(keep) -> None:
     assert pruned.model.model.layers[0].mlp.up_proj.out_features == (64 if keep == "all" else 1)
 
 
+def _pruned(family: str, items: list[int], **options) -> torch.nn.Module:
+    """A tiny ``family`` base model with ``items`` of every layer kept (transformers module)."""
+    model, x = hf_nets.tiny(family, **options), hf_nets.inputs(family)
+    return _masked_and_pruned(model, x, lambda layer: items)[2].model
+
+
 def test_pruned_transformers_record_their_new_head_counts() -> None:
-    bert = _masked_and_pruned(
-        hf_nets.tiny("bert"), hf_nets.inputs("bert"), lambda layer: [0, 2]
-    )[2].model.encoder.layer[0]
+    bert = _pruned("bert", [0, 2]).encoder.layer[0]
     assert bert.attention.self.num_attention_heads == 2
     assert bert.attention.self.all_head_size == bert.attention.output.dense.in_features == 16
-    gpt2 = _masked_and_pruned(
-        hf_nets.tiny("gpt2"), hf_nets.inputs("gpt2"), lambda layer: [3]
-    )[2].model.h[1]
+    gpt2 = _pruned("gpt2", [3]).h[1]
     assert (gpt2.attn.num_heads, gpt2.attn.split_size, gpt2.attn.c_attn.out_features) == (1, 8, 24)
-    mqa = _masked_and_pruned(
-        hf_nets.tiny("llama", num_key_value_heads=1), hf_nets.inputs("llama"), lambda layer: [0, 3]
-    )[2].model.layers[1]
+    mqa = _pruned("llama", [0, 3], num_key_value_heads=1).layers[1]
     assert mqa.self_attn.num_key_value_groups == 2 and mqa.self_attn.k_proj.out_features == 8
     assert mqa.mlp.intermediate_size == 2
 
