@@ -116,3 +116,15 @@ def test_the_batched_evaluator_replays_transformers_outputs_as_the_naive_one_sco
     ]
     assert plans[0] == plans[1]
     assert plans[0][-1].name == "model.bert.pooler.dense"
+
+
+def _linears(model: nn.Module) -> list[nn.Linear]:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def test_prepared_models_count_the_attention_products() -> None:
+    x = hf_nets.inputs("llama", 1)
+    eager = gfsprune.count(hf_nets.tiny("llama"), x)
+    assert gfsprune.count(hf_nets.tiny("llama", attn_implementation="sdpa"), x) == eager
+    linear = sum(m.in_features * m.out_features for m in _linears(hf_nets.tiny("llama")))
+    assert eager[0] == linear * 8 + 2 * 2 * 4 * 8 * 8 * 8  # + QK^T and AV: layers, heads, 8x8x8

@@ -8,7 +8,7 @@ Code a folder ships (``auto_map``) is never run: ``trust_remote_code`` stays off
 Every model is made ready to prune by :func:`prepare`: it returns one tensor (a head's
 ``logits``, a base model's ``last_hidden_state``), runs without a key/value cache, and
 transformers' ``Conv1D`` layers (GPT-2's transposed linear layers) are ``nn.Linear``. It
-loads with eager attention: PyTorch's FLOP counter does not count the CPU kernels of
+runs eager attention: PyTorch's FLOP counter does not count the CPU kernels of
 ``scaled_dot_product_attention``, so MACs would miss the attention products.
 """
 
@@ -72,7 +72,8 @@ def prepare(model: nn.Module) -> TransformersOutput:
     """A transformers model made ready for :func:`gfsprune.prune` (in place, then wrapped).
 
     Its ``Conv1D`` layers become equivalent ``nn.Linear`` layers (the same function: weights
-    transposed), its config stops building a key/value cache, and the wrapper returns
+    transposed), its config stops building a key/value cache, its attention runs eagerly
+    (whose products PyTorch's FLOP counter counts, unlike CPU ``sdpa``), and the wrapper returns
     ``logits`` for a model with a head (``*For...``, ``*LMHeadModel``), else
     ``last_hidden_state``. ``hf:DIR`` models come prepared.
 
@@ -93,6 +94,8 @@ def prepare(model: nn.Module) -> TransformersOutput:
                 setattr(parent, child_name, _linear(child))
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False  # a cache is an output the pruned model need not keep
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        model.set_attn_implementation("eager")  # so that MACs count the attention products
     kind = type(model).__name__
     headed = "For" in kind or kind.endswith("LMHeadModel")
     return TransformersOutput(model, "logits" if headed else "last_hidden_state")
