@@ -31,7 +31,8 @@ def config(family: str, **options):
         "qwen3": lambda: transformers.Qwen3Config(**text, num_key_value_heads=2, head_dim=8),
     }[family]()
     for key, value in {"attn_implementation": "eager", **options}.items():
-        setattr(built, key, value)
+        # transformers reads the attention implementation from the private attribute
+        setattr(built, "_attn_implementation" if key == "attn_implementation" else key, value)
     return built
 
 

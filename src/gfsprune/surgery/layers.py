@@ -261,12 +261,14 @@ def find_layers(
             layers.append((order[modules[name]], _head_layer(name, handler, layout)))
     head_outputs = {n for _, layout in heads.values() for n, _ in layout.producers}
     head_inputs = {layout.consumer for _, layout in heads.values()}
-    # Their head layers cover these projections, so no group is rooted there; this also
+    # Head layers cover their projections and the modules' other layers (a multi-query
+    # attention's shared key and value stay whole), so no group is rooted there; this also
     # spares Torch-Pruning a residual stream it cannot always map (a 2-layer LLaMA's did not
     # finish in 10 minutes).
+    inside = {n for n in modules if any(n.startswith(f"{name}.") for name in heads)}
     covered = [
         modules[n]
-        for n in sorted(head_outputs | head_inputs)
+        for n in sorted(head_outputs | head_inputs | inside)
         if isinstance(modules[n], nn.Linear | nn.modules.conv._ConvNd)
     ]
     for group in _all_groups(graph, model, ignored + covered):
