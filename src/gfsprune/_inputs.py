@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 
 import torch
@@ -11,11 +12,17 @@ from gfsprune.errors import DataError
 
 
 def map_tensors(obj: object, fn: Callable[[torch.Tensor], torch.Tensor]) -> object:
-    """``obj`` with ``fn`` applied to every tensor, the nesting kept."""
+    """``obj`` with ``fn`` applied to every tensor, the nesting and container types kept (a
+    dict subclass too, e.g. transformers' ``ModelOutput``, which modules index by position)."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
-    if isinstance(obj, dict):
+    if type(obj) is dict:
         return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, dict):
+        mapped = copy.copy(obj)
+        for k, v in obj.items():
+            mapped[k] = map_tensors(v, fn)
+        return mapped
     if isinstance(obj, tuple | list):
         return type(obj)(map_tensors(v, fn) for v in obj)
     return obj

@@ -164,6 +164,12 @@ def prune(
             f"'data' must be re-iterable (a DataLoader or a list), not a "
             f"{type(data).__name__}: each pass over it must start again at its first batch."
         )
+    if type(model).__module__.startswith("transformers."):
+        raise ConfigError(
+            f"'model' is a transformers {type(model).__name__}, which returns a ModelOutput "
+            "and may hold Conv1D layers; pass gfsprune.models.hf.prepare(model) instead "
+            "(hf:DIR models come prepared)."
+        )
     strategy, schedule = config.make_strategy(), config.make_schedule()
     if strategy.needs_width and not target.sized:
         raise ConfigError(

@@ -92,8 +92,13 @@ class ModelInfo:
             )
         return models.get(spec or self.name, **self.options)
 
-    def example_inputs(self) -> torch.Tensor:
-        """One zero input, ``(1, C, H, W)``, to trace and count with."""
+    def example_inputs(self) -> torch.Tensor | dict[str, torch.Tensor]:
+        """One input to trace and count with: zeros ``(1, C, H, W)``, or for text data
+        (``text:FILE``, its ``input_shape`` the tokens per sample) zero token ids and a full
+        attention mask, ``(1, length)`` each."""
+        if self.data is not None and self.data.startswith("text:"):
+            ids = torch.zeros(1, *self.input_shape, dtype=torch.long)
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         return torch.zeros(1, *self.input_shape)
 
     def to_json(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -21,7 +22,8 @@ def export_onnx(
 
     Args:
         model: The (pruned) network.
-        example_inputs: A tensor or tuple of tensors to trace with.
+        example_inputs: A tensor, a tuple of tensors or a dict of keyword tensors (named
+            inputs of the file, e.g. ``pixel_values``) to trace with.
         path: The ``.onnx`` file to write.
         check: Run the file with onnxruntime (when installed) and compare with PyTorch.
 
@@ -30,9 +32,14 @@ def export_onnx(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
     model = model.eval()
+    if isinstance(example_inputs, Mapping):  # keyword inputs become named ONNX inputs
+        names = list(example_inputs)
+        model = _Positional(model, names)
+        args = tuple(example_inputs.values())
+    else:
+        args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
     torch.onnx.export(
         model,
         args,
@@ -45,6 +52,17 @@ def export_onnx(
     if check:
         _check_onnx(model, args, names, path)
     return path
+
+
+class _Positional(nn.Module):
+    """``model`` called with keyword inputs given in order (the exporter passes positions)."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, inputs, strict=True)))
 
 
 def _check_onnx(model: nn.Module, args: tuple, names: list[str], path: Path) -> None:

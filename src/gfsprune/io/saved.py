@@ -97,8 +97,16 @@ def save(
 
 
 def write_weights(path: str | os.PathLike, model: nn.Module) -> Path:
-    """Write ``model``'s state dict as safetensors (on the CPU, atomically)."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """Write ``model``'s state dict as safetensors (on the CPU, atomically). Tied weights
+    (GPT-2's embedding and output layer) are written once per key: safetensors refuses
+    tensors that share memory, and loading fills the one shared parameter from both."""
+    weights: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in model.state_dict().items():
+        tensor = value.detach().cpu().contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        weights[key] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
     return write_atomic(path, lambda tmp: save_file(weights, tmp))
 
 

@@ -47,7 +47,8 @@ class ModelSource(ABC):
 
     def data_config(self, name: str) -> dict[str, Any]:
         """What the model expects of its inputs, where the source knows it: any of
-        ``input_size`` (C, H, W), ``mean`` and ``std`` (per channel)."""
+        ``input_size`` (C, H, W), ``mean`` and ``std`` (per channel), ``num_classes`` (a
+        classifier's) and ``max_length`` (the most tokens a text model takes)."""
         del name
         return {}
 

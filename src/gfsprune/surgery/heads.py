@@ -118,8 +118,13 @@ class TimmAttention(AttentionHeads):
         module.attn_dim = len(kept) * size
 
 
-#: The attention handlers :func:`find_heads` tries, in order.
-ATTENTION_TYPES: tuple[type[AttentionHeads], ...] = (TimmAttention,)
+# Imported here, not at the top: their handlers subclass AttentionHeads, defined above.
+from gfsprune.surgery.hf_heads import HF_TYPES  # noqa: E402
+from gfsprune.surgery.mlp_units import MLP_TYPES  # noqa: E402
+
+#: The handlers :func:`find_heads` tries, in order: attention heads (timm, transformers),
+#: then gated MLPs, whose hidden neurons are heads of one channel.
+ATTENTION_TYPES: tuple[type[AttentionHeads], ...] = (TimmAttention, *HF_TYPES, *MLP_TYPES)
 
 
 def find_heads(

@@ -255,12 +255,23 @@ def find_layers(
     skipped = [f"{name} ({reason})" for name, reason in refused.items()]
     layers: list[tuple[int, ChannelLayer]] = []
     for name, (handler, layout) in heads.items():
-        members = [modules[n] for n, _ in layout.producers] + [modules[layout.consumer]]
-        if modules[name] in order and not set(members) & set(ignored):
+        members = {modules[n] for n, _ in layout.producers} | {modules[layout.consumer]}
+        # The output module may read the heads (a base model's last MLP): its width stays.
+        if modules[name] in order and not (members - {last}) & set(ignored):
             layers.append((order[modules[name]], _head_layer(name, handler, layout)))
     head_outputs = {n for _, layout in heads.values() for n, _ in layout.producers}
     head_inputs = {layout.consumer for _, layout in heads.values()}
-    for group in _all_groups(graph, model, ignored):
+    # Head layers cover their projections and the modules' other layers (a multi-query
+    # attention's shared key and value stay whole), so no group is rooted there; this also
+    # spares Torch-Pruning a residual stream it cannot always map (a 2-layer LLaMA's did not
+    # finish in 10 minutes).
+    inside = {n for n in modules if any(n.startswith(f"{name}.") for name in heads)}
+    covered = [
+        modules[n]
+        for n in sorted(head_outputs | head_inputs | inside)
+        if isinstance(modules[n], nn.Linear | nn.modules.conv._ConvNd)
+    ]
+    for group in _all_groups(graph, model, ignored + covered):
         root = group[0].dep.target.module
         producers: list[Producer] = []
         consumers: list[Consumer] = []

@@ -241,7 +241,8 @@ def _target(args: argparse.Namespace) -> Target:
 
 def _data_help(what: str) -> str:
     return (
-        f"data spec: {', '.join(SPECS)} (default: the data {what} was trained on; "
+        f"data spec: {', '.join(SPECS)}, or text:FILE (one document per line, with --model "
+        f"hf:DIR, for prune and eval) (default: the data {what} was trained on; "
         "required with --model)"
     )
 
@@ -256,15 +257,17 @@ _MODEL_HELP = (
 _MODEL_ONLY = ("weights", "num_classes", "input_size", "mean", "std")
 
 
-def _numbers(kind: type, count: int, text: str) -> tuple:
-    """``count`` comma-separated numbers of ``kind`` (an argparse type)."""
+def _numbers(kind: type, count: int, text: str, *, alone: bool = False) -> tuple:
+    """``count`` comma-separated numbers of ``kind`` (an argparse type), or with ``alone``
+    a single one as well."""
     try:
         values = tuple(kind(item) for item in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != count:
+    if len(values) != count and not (alone and len(values) == 1):
+        either = "1 or " if alone else ""
         raise argparse.ArgumentTypeError(
-            f"expected {count} comma-separated {kind.__name__}s, got {text!r}"
+            f"expected {either}{count} comma-separated {kind.__name__}s, got {text!r}"
         )
     return values
 
@@ -286,10 +289,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--input-size",
-        type=lambda text: _numbers(int, 3, text),
-        metavar="C,H,W",
+        type=lambda text: _numbers(int, 3, text, alone=True),
+        metavar="C,H,W|L",
         help="with --model: one input's shape; cifar10 and imagefolder images are resized to "
-        "it (default: the model's own where known, e.g. timm's pretrained_cfg, else the data's)",
+        "it (default: the model's own where known, e.g. timm's pretrained_cfg, else the "
+        "data's); for text:FILE the tokens per sample, L (default 128, or the model's limit)",
     )
     p.add_argument(
         "--mean",
@@ -383,11 +387,17 @@ def _prune(args: argparse.Namespace) -> None:
         f"{'params':9}{result.params_before:>12,}{result.params_after:>12,}"
         f"{result.params_ratio:>9.1%}"
     )
-    _say(
-        f"{'accuracy':9}{scores['acc_before']:>12.2%}{scores['acc_after']:>12.2%}"
-        "   (test split, before fine-tuning)"
-    )
-    _say(f"{'loss':9}{scores['loss_before']:>12.4f}{scores['loss_after']:>12.4f}")
+    if "acc_before" in scores:
+        _say(
+            f"{'accuracy':9}{scores['acc_before']:>12.2%}{scores['acc_after']:>12.2%}"
+            "   (test split, before fine-tuning)"
+        )
+        _say(f"{'loss':9}{scores['loss_before']:>12.4f}{scores['loss_after']:>12.4f}")
+    if "distill_before" in scores:
+        _say(
+            f"{'distill':9}{scores['distill_before']:>12.4f}{scores['distill_after']:>12.4f}"
+            "   (test split: distance to the unpruned model's outputs)"
+        )
     for batch in (1, 64):
         before, after = (1e3 * scores[f"latency_b{batch}_{w}"] for w in ("before", "after"))
         _say(
@@ -424,8 +434,11 @@ def _eval(args: argparse.Namespace) -> None:
     scores = workflow.evaluate_dir(
         source, data=args.data, device=args.device, model_spec=model_spec
     )
-    print(f"accuracy      {scores['acc']:.2%}")
-    print(f"loss          {scores['loss']:.4f}")
+    if "acc" in scores:
+        print(f"accuracy      {scores['acc']:.2%}")
+        print(f"loss          {scores['loss']:.4f}")
+    if "distill" in scores:
+        print(f"distill       {scores['distill']:.4f} (to the unpruned model)")
     print(f"MACs          {scores['macs']:,}")
     print(f"params        {scores['params']:,}")
     print(f"latency b=1   {1e3 * scores['latency_b1']:.3f} ms (CPU, median)")

@@ -183,6 +183,11 @@ def load_data(
         size = 224 if image_size is None else _check_image_size(image_size)
         stats = _check_stats(mean, std, _IMAGENET_STATS)
         return _load_imagefolder(spec, _existing_dir(arg, spec), size, stats, verify)
+    if name == "text":
+        raise DataError(
+            f"{spec!r} is text, tokenised by a model's tokenizer: give it to prune or eval with "
+            "--model hf:DIR (gfsprune.workflow.text.load_text in Python)."
+        )
     raise DataError(f"unknown data spec {spec!r}; valid specs are {', '.join(SPECS)}.")
 
 

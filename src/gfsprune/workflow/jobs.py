@@ -51,6 +51,7 @@ from gfsprune.workflow.data import DataBundle, load_data, make_loader
 from gfsprune.workflow.latency import latencies
 from gfsprune.workflow.loading import ModelSpec, file_digest, load_bundle, load_model, open_spec
 from gfsprune.workflow.seeding import seeded
+from gfsprune.workflow.text import TextData, evaluate_text, is_text, text_objective
 from gfsprune.workflow.train import TrainConfig, evaluate, fit, resolve_device
 
 __all__ = [
@@ -206,26 +207,56 @@ def prune_checkpoint(
     }
     claim(out, Run("prune", settings), resume=resume)
     loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=config.seed)
+    data, loss_fn = (
+        text_objective(model.to(device), loader, bundle)
+        if isinstance(bundle, TextData)
+        else (loader, None)
+    )
     with seeded(config.seed):  # the training augmentation draws from torch's generator
         result = prune(
             model,
-            loader,
+            data,
             info.example_inputs(),
             target=target,
             config=config,
+            loss_fn=loss_fn,
             checkpoint=out / PROGRESS_FILE,
             progress=progress,
         )
     if distributed.is_main():
         save(result, out, metadata=info.to_json())
-    (acc_before, loss_before), (acc_after, loss_after) = (
-        evaluate(m, bundle.test, device=device) for m in (model, result.model)
-    )
-    scores = {"acc_before": acc_before, "loss_before": loss_before}
-    scores |= {"acc_after": acc_after, "loss_after": loss_after}
+    scores: dict[str, float] = {}
     for when, net in (("before", model), ("after", result.model)):
-        scores |= {f"{k}_{when}": v for k, v in latencies(net, info.input_shape).items()}
+        found = _scores(net, bundle, teacher=model, device=device)
+        found |= latencies(net, _sample(info))
+        scores |= {f"{k}_{when}": v for k, v in found.items()}
     return result, scores
+
+
+def _scores(
+    model: nn.Module, bundle: DataBundle, *, teacher: nn.Module, device: torch.device
+) -> dict[str, float]:
+    """Test scores: accuracy and loss, and for text the distillation loss to ``teacher``
+    (with accuracy and loss where they apply; :func:`evaluate_text`)."""
+    if isinstance(bundle, TextData):
+        return evaluate_text(model.to(device), bundle, teacher=teacher.to(device))
+    accuracy, loss = evaluate(model, bundle.test, device=device)
+    return {"acc": accuracy, "loss": loss}
+
+
+def _sample(info: ModelInfo) -> tuple[int, ...] | object:
+    """What latency is measured on: random images of the input shape, or the example token
+    ids of text."""
+    return info.example_inputs() if is_text(info.data) else info.input_shape
+
+
+def _refuse_text(job: str, bundle: DataBundle) -> None:
+    """Training on text is not there yet: ``fit`` and the comparison methods take images."""
+    if isinstance(bundle, TextData):
+        raise ConfigError(
+            f"{job} trains on image classification data; text data ({bundle.name!r}) is for "
+            "prune and eval only. Pass image data (--data)"
+        )
 
 
 def finetune_dir(
@@ -248,6 +279,7 @@ def finetune_dir(
     """
     device = resolve_device(device)
     model, info, bundle = _open(directory, data=data, seed=config.seed, model_spec=model_spec)
+    _refuse_text("finetune", bundle)
     out = Path(out)
     _check_out(directory, out)
     settings = {
@@ -297,16 +329,12 @@ def evaluate_dir(
     :class:`ModelSpec` (``model_spec``: as in :func:`finetune_dir`)."""
     device = resolve_device(device)
     model, info, bundle = _open(directory, data=data, model_spec=model_spec)
-    accuracy, loss = evaluate(model, bundle.test, device=device)
+    # Text is scored against the unpruned model: the base the folder was pruned from.
+    teacher = info.build(spec=model_spec) if isinstance(bundle, TextData) else model
+    scores = _scores(model, bundle, teacher=teacher, device=device)
     model.cpu()
     macs, params = count(model, info.example_inputs())
-    return {
-        "acc": accuracy,
-        "loss": loss,
-        "macs": macs,
-        "params": params,
-        **latencies(model, info.input_shape),
-    }
+    return {**scores, "macs": macs, "params": params, **latencies(model, _sample(info))}
 
 
 def compare_checkpoint(
@@ -329,6 +357,7 @@ def compare_checkpoint(
     _refuse_torchrun("compare")
     device = resolve_device(device)
     model, info, bundle = _open(checkpoint, data=data, seed=config.seed)
+    _refuse_text("compare", bundle)
     config = _with_scratch(
         config, info, info.name if isinstance(checkpoint, ModelSpec) else checkpoint
     )

@@ -24,6 +24,7 @@ from gfsprune.io.saved import PLAN_FILE, WEIGHTS_FILE, load, read_plan
 from gfsprune.models.weights import load_weights
 from gfsprune.workflow.data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, load_data, resizable
 from gfsprune.workflow.seeding import seeded
+from gfsprune.workflow.text import is_text, load_text
 
 __all__ = ["ModelSpec", "file_digest", "load_bundle", "load_model", "open_spec"]
 
@@ -79,6 +80,8 @@ def open_spec(
             f"a model given by its spec ({request.spec!r}) needs data to work on; pass --data "
             "(data= in Python)"
         )
+    if is_text(data):
+        return _open_text(request, data, seed)
     mean, std = request.mean, request.std
     if resizable(data):
         known = models.data_config(request.spec)
@@ -110,12 +113,44 @@ def open_spec(
         std=None if std is None else tuple(std),
     )
     check_fits(bundle, info)
+    model, info = _build_spec(request, info, seed)
+    return model, info, bundle
+
+
+def _build_spec(request: ModelSpec, info: ModelInfo, seed: int) -> tuple[nn.Module, ModelInfo]:
+    """The model ``request`` names, as ``info`` describes it (in eval mode), with the user's
+    weights; ``info`` with their digest."""
     with seeded(seed):
         model = info.build(spec=request.spec)  # the user named it: consent to run its code
     if request.weights is not None:
         models.load_weights(model, request.weights)  # first: its errors name a missing file
         info = dataclasses.replace(info, weights=_weights_digest(request.weights))
-    return model.eval(), info, bundle
+    return model.eval(), info
+
+
+def _open_text(request: ModelSpec, data: str, seed: int) -> tuple[nn.Module, ModelInfo, DataBundle]:
+    """:func:`open_spec` for ``text:FILE`` data: tokenised by the model's own tokenizer, in
+    samples of ``input_shape`` (one number, tokens) or the default length."""
+    shape = request.input_shape
+    if shape is not None and len(shape) != 1:
+        raise ConfigError(
+            f"text data takes one number of tokens per sample as the input size; got "
+            f"{','.join(map(str, shape))}. Pass e.g. --input-size 128"
+        )
+    if request.mean is not None or request.std is not None:
+        raise ConfigError(
+            "mean and std (--mean, --std) apply to images, not to text; leave them out"
+        )
+    bundle = load_text(data, model=request.spec, length=shape[0] if shape else None)
+    options = {}
+    if bundle.labelled and "num_classes" in models.data_config(request.spec):
+        options["num_classes"] = request.num_classes or bundle.num_classes  # a classifier
+    elif request.num_classes is not None:
+        options["num_classes"] = request.num_classes  # the model's source says if it applies
+    info = ModelInfo(request.spec, options, data, tuple(bundle.input_shape), {})
+    check_fits(bundle, info)
+    model, info = _build_spec(request, info, seed)
+    return model, info, bundle
 
 
 def _square_side(shape: tuple[int, ...] | None) -> int | None:
@@ -147,6 +182,10 @@ def load_bundle(spec: str | None, info: ModelInfo) -> DataBundle:
             f"the model {info.name!r} does not record the data it was pruned on; pass --data "
             "(data= in Python)"
         )
+    if is_text(data):
+        bundle = load_text(data, model=info.name, length=info.input_shape[0])
+        check_fits(bundle, info)
+        return bundle
     sized = resizable(data) and len(info.input_shape) == 3
     if sized and info.input_shape[1] == info.input_shape[2]:
         bundle = load_data(data, image_size=info.input_shape[1], mean=info.mean, std=info.std)
