@@ -166,15 +166,3 @@ def test_groups_through_channel_norms_are_skipped() -> None:
     layers, skipped = find_layers(model, torch.randn(1, 1, 1, 1))
     assert skipped == ["0 (it passes through a GroupNorm, which mixes its channels)"]
     assert [layer.name for layer in layers] == ["2"]
-
-
-def test_a_torch_pruning_failure_to_map_channels_is_one_model_error(monkeypatch) -> None:
-    model, x = Chain().eval(), torch.randn(1, 2, 4, 4)
-    graph = build_graph(model, x)
-
-    def fail(**_):
-        raise ZeroDivisionError("integer division or modulo by zero")
-
-    monkeypatch.setattr(graph, "get_all_groups", fail)
-    with pytest.raises(ModelError, match="could not map its channels.*ZeroDivisionError"):
-        find_layers(model, x, graph=graph)

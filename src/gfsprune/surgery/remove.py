@@ -1,8 +1,12 @@
-"""Physical removal of channels through Torch-Pruning's dependency graph (attention heads
-through their handler, :mod:`gfsprune.surgery.heads`).
+"""Physical removal of channels: every member module of a layer cut by Torch-Pruning's own
+pruning functions (attention heads through their handler, :mod:`gfsprune.surgery.heads`).
 
-The mean-field rescale of a layer is folded into its consumers' weights before the channels
-are removed, so the smaller network computes what the masked one did.
+Each module is cut once, at the positions its group found on the unpruned model: no
+dependency graph is traced on the copy and no group is re-mapped after another was removed
+(Torch-Pruning's ``Group.prune`` re-maps every later group through concatenations and splits
+whose sizes the earlier removals changed). The mean-field rescale of a layer is folded into
+its consumers' weights before the channels are removed, so the smaller network computes
+what the masked one did.
 """
 
 from __future__ import annotations
@@ -11,27 +15,29 @@ import copy
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from gfsprune.errors import ModelError, first_line
-from gfsprune.surgery.layers import build_graph, find_layers
+from gfsprune.surgery.layers import ChannelLayer, find_layers
 
-__all__ = ["prune_channels"]
+__all__ = ["prune_channels", "remove_channels"]
 
 
 def _fold_scale(module: nn.Module, index: torch.Tensor, scale: float) -> None:
-    """Multiply the weights that read input positions ``index`` by ``scale``."""
+    """Multiply the weights that read input positions ``index`` by ``scale``, into a new
+    parameter (the old one may be shared with the model a trial cut is undone to)."""
     with torch.no_grad():
+        weight = module.weight.detach().clone()
         if isinstance(module, nn.Linear):
-            module.weight[:, index] *= scale
-            return
-        per_group_in = module.in_channels // module.groups
-        per_group_out = module.out_channels // module.groups
-        for i in index.tolist():
-            g = i // per_group_in
-            rows = slice(g * per_group_out, (g + 1) * per_group_out)
-            module.weight[rows, i % per_group_in] *= scale
+            weight[:, index] *= scale
+        else:
+            per_group_in = module.in_channels // module.groups
+            per_group_out = module.out_channels // module.groups
+            for i in index.tolist():
+                g = i // per_group_in
+                rows = slice(g * per_group_out, (g + 1) * per_group_out)
+                weight[rows, i % per_group_in] *= scale
+    module.weight = nn.Parameter(weight, requires_grad=module.weight.requires_grad)
 
 
 def prune_channels(
@@ -41,6 +47,7 @@ def prune_channels(
     *,
     scales: Mapping[str, float] | None = None,
     widths: Mapping[str, int] | None = None,
+    layers: Sequence[ChannelLayer] | None = None,
 ) -> nn.Module:
     """A physically smaller copy of ``model`` with only the ``kept`` channels of each layer.
 
@@ -50,15 +57,31 @@ def prune_channels(
         kept: Layer (root module) name to the channels to keep.
         scales: Layer name to the factor folded into its consumers' weights (default 1).
         widths: Layer name to its expected full width; a mismatch is refused.
+        layers: ``model``'s channel layers, when the caller has them (``find_layers``);
+            found here otherwise.
 
     Returns:
         The pruned copy.
     """
     pruned = copy.deepcopy(model)
-    graph = build_graph(pruned, example_inputs)
-    layers, _ = find_layers(pruned, example_inputs, graph=graph)
+    if layers is None:
+        layers, _ = find_layers(pruned, example_inputs)
+    remove_channels(pruned, layers, kept, scales=scales, widths=widths)
+    return pruned
+
+
+def remove_channels(
+    model: nn.Module,
+    layers: Sequence[ChannelLayer],
+    kept: Mapping[str, Sequence[int]],
+    *,
+    scales: Mapping[str, float] | None = None,
+    widths: Mapping[str, int] | None = None,
+) -> None:
+    """:func:`prune_channels` in place, with ``model``'s channel layers given. Every module
+    it cuts gets new parameters and buffers (none is changed in place)."""
     by_name = {layer.name: layer for layer in layers}
-    modules = dict(pruned.named_modules())
+    modules = dict(model.named_modules())
     unknown = sorted(set(kept) - set(by_name))
     if unknown:
         raise ModelError(
@@ -67,56 +90,64 @@ def prune_channels(
             "architecture?"
         )
     scales = scales or {}
-    keep_sets = {}
-    for name, keep in kept.items():
-        width = by_name[name].width
-        if widths is not None and widths.get(name, width) != width:
-            raise ModelError(
-                f"Layer '{name}' has {width} channels here but {widths[name]} in the plan; "
-                "build the base model with the same constructor arguments as the original."
-            )
-        keep_sets[name] = sorted(set(int(i) for i in keep))
-        if not keep_sets[name] or not set(keep_sets[name]) <= set(range(width)):
-            raise ModelError(
-                f"Layer '{name}' has {width} channels; the kept channels must be a non-empty "
-                f"subset of 0..{width - 1}. Got {keep_sets[name][:10]}."
-            )
-        layer = by_name[name]
-        whole = sorted(layer.channels(layer.items_of(keep_sets[name])))
-        if whole != keep_sets[name]:
-            raise ModelError(
-                f"Layer '{name}' is kept or removed in items of {layer.item_size} channels "
-                f"(heads or offsets of a grouped convolution); the kept channels "
-                f"{keep_sets[name][:10]} split one. Keep whole items, e.g. "
-                f"{list(layer.items[0]) if layer.items else [0]}."
-            )
-    # Fold every scale first: consumer positions shift once any group is removed.
+    keep_sets = {name: _checked(by_name[name], keep, widths) for name, keep in kept.items()}
+    # Fold every scale first, at the positions found on the unpruned model.
     for name, keep in keep_sets.items():
         scale = float(scales.get(name, 1.0))
         for c in by_name[name].consumers if scale != 1.0 else ():
             _fold_scale(modules[c.name], c.index[torch.isin(c.root, torch.as_tensor(keep))], scale)
+    # (module, function, dim): (the first layer cutting it, positions); one cut per module
+    cuts: dict[tuple[str, object, int], tuple[str, set[int]]] = {}
     for name, keep in keep_sets.items():
         layer = by_name[name]
-        remove = sorted(set(range(layer.width)) - set(keep))
-        if remove and layer.heads is None:
-            _remove_group(graph, name, modules[name], remove)
-    # Heads last: their handlers edit projections the graph was traced with.
+        gone = torch.as_tensor(sorted(set(range(layer.width)) - set(keep)), dtype=torch.long)
+        if len(gone) and layer.heads is None:
+            for m in layer.members:
+                positions = m.index[torch.isin(m.root, gone)].tolist()
+                cuts.setdefault((m.name, m.prune, m.dim), (name, set()))[1].update(positions)
+    for (module_name, prune, dim), (name, positions) in cuts.items():
+        _cut(name, modules[module_name], prune, dim, sorted(positions))
+    # Heads: their handlers cut the head rows and columns of the projections.
     for name, keep in keep_sets.items():
         layer = by_name[name]
         if layer.heads is not None and len(keep) < layer.width:
             layer.heads.remove(modules[name], layer.items_of(keep))
-    return pruned
 
 
-def _remove_group(graph: tp.DependencyGraph, name: str, root: nn.Module, remove: list[int]) -> None:
-    """Remove the channels ``remove`` of the group rooted at ``root`` (named ``name``)."""
-    handler = graph.get_pruner_of_module(root).prune_out_channels
-    try:
-        graph.get_pruning_group(root, handler, remove).prune()
-    except Exception as err:  # Torch-Pruning's removal runs per-op code; name where it failed
-        reason = first_line(err)
+def _checked(layer: ChannelLayer, keep: Sequence[int], widths: Mapping[str, int] | None) -> list:
+    """``keep`` as a sorted list, refused unless it is whole items of ``layer`` (and the
+    layer has the width ``widths`` gives it)."""
+    name, width = layer.name, layer.width
+    if widths is not None and widths.get(name, width) != width:
         raise ModelError(
-            f"Torch-Pruning could not remove {len(remove)} channels of '{name}' "
-            f"({type(root).__name__}): {type(err).__name__}: {reason}. Add the module to "
-            "'ignore'."
+            f"Layer '{name}' has {width} channels here but {widths[name]} in the plan; "
+            "build the base model with the same constructor arguments as the original."
+        )
+    keep = sorted(set(int(i) for i in keep))
+    if not keep or not set(keep) <= set(range(width)):
+        raise ModelError(
+            f"Layer '{name}' has {width} channels; the kept channels must be a non-empty "
+            f"subset of 0..{width - 1}. Got {keep[:10]}."
+        )
+    if sorted(layer.channels(layer.items_of(keep))) != keep:
+        raise ModelError(
+            f"Layer '{name}' is kept or removed in items of {layer.item_size} channels "
+            f"(heads or offsets of a grouped convolution); the kept channels "
+            f"{keep[:10]} split one. Keep whole items, e.g. "
+            f"{list(layer.items[0]) if layer.items else [0]}."
+        )
+    return keep
+
+
+def _cut(layer: str, module: nn.Module, prune, dim: int, positions: list[int]) -> None:
+    """Cut ``positions`` of ``module`` (a member of layer ``layer``) with Torch-Pruning's
+    function ``prune``, its pruner's dimension set first as Torch-Pruning's own call does."""
+    prune.__self__.pruning_dim = dim
+    try:
+        prune(module, positions)
+    except Exception as err:  # Torch-Pruning's per-module code; name where it failed
+        raise ModelError(
+            f"Torch-Pruning could not remove {len(positions)} channels of layer '{layer}' from "
+            f"its member {type(module).__name__} ({prune.__name__}): {type(err).__name__}: "
+            f"{first_line(err)}. Add the module to 'ignore'."
         ) from err
