@@ -3,9 +3,10 @@
 Every model is built with random weights (seed 0, 10 classes: a user's own data set, as in
 the issue's ``--num-classes 10`` command), fed a small input (64x64 where the model runs on
 it; else the constructor's size option at 64, ``img_size`` for timm or ``image_size`` for
-torchvision; else the model's own size: timm's ``pretrained_cfg`` ``input_size``,
-torchvision's weights' crop size), given three random batches of two labelled by the
-unpruned model's own argmax, and pruned to ``Macs(0.5)``. Selection is the cheapest that runs
+torchvision's ViTs and MaxViT (``gfsprune.models.get`` passes it on); else the model's own
+size: timm's ``pretrained_cfg`` ``input_size``, torchvision's weights' crop size), given
+three random batches of two labelled by the unpruned model's own argmax, and pruned to
+``Macs(0.5)``. Selection is the cheapest that runs
 the real code: ``--selection greedy`` (default) is forward selection with the ``Doubling``
 schedule (each step doubles the kept channels, scoring as many as it adds);
 ``--selection one-shot`` keeps each layer's best channels by one first-order screen
@@ -182,16 +183,8 @@ def _native_side(spec: str, model: nn.Module) -> int:
 
 
 def _construct(spec: str, options: dict) -> nn.Module:
-    """``gfsprune.models.get(spec)``, seeded; size options it does not pass on to torchvision
-    (``image_size``, dropped for the CNNs' sake) go to torchvision's constructor directly."""
+    """``gfsprune.models.get(spec, **options)``, seeded, in eval mode."""
     torch.manual_seed(0)
-    source, _, name = spec.partition(":")
-    if source == "torchvision" and options:
-        import torchvision
-
-        return torchvision.models.get_model(
-            name, weights=None, num_classes=NUM_CLASSES, **options
-        ).eval()
     return gfsprune.models.get(spec, num_classes=NUM_CLASSES, **options).eval()
 
 
@@ -212,17 +205,9 @@ def build(spec: str, side: int) -> tuple[nn.Module, dict, int]:
     for s in sides:
         if _runs(model, s):
             return model, {}, s
-    if spec.startswith("timm:"):
-        tries = [{"img_size": s} for s in sides]
-    else:
-        tries = [
-            {key: value}
-            for s in sides
-            for key, value in (("image_size", s), ("input_size", (s, s)))
-        ]
-    for options in tries:
-        s = next(iter(options.values()))
-        s = s[0] if isinstance(s, tuple) else s
+    key = "img_size" if spec.startswith("timm:") else "image_size"
+    for s in sides:
+        options = {key: s}
         try:
             small = _construct(spec, options)
         except Exception:  # noqa: BLE001 - the model takes no such option or size

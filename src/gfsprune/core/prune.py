@@ -9,7 +9,6 @@ kept. The flow of one call is described in ``docs/ARCHITECTURE.md``.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gfsprune import distributed
+from gfsprune._copying import copy_model
 from gfsprune._inputs import model_device, move, run_model
 from gfsprune.core.allocate import WidthAllocator, allowed_widths, check_reachable
 from gfsprune.core.config import PruneConfig
@@ -155,7 +155,7 @@ def prune(
         )
     loss_fn = loss_fn or nn.functional.cross_entropy
     device = _device(model, config.device)
-    work = copy.deepcopy(model).to(device).eval()
+    work = copy_model(model).to(device).eval()
     example_inputs = move(example_inputs, device)
     modules = dict(work.named_modules())
     ignored = [modules[n] for n in _resolve_ignore(model, ignore)]

@@ -97,8 +97,16 @@ def save(
 
 
 def write_weights(path: str | os.PathLike, model: nn.Module) -> Path:
-    """Write ``model``'s state dict as safetensors (on the CPU, atomically)."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """Write ``model``'s state dict as safetensors (on the CPU, atomically). A tensor that
+    shares memory with one written before it (a module registered under two names, timm's
+    CoaT) is written as a copy: safetensors refuses shared memory, and loading writes the
+    same values into both names."""
+    weights, storages = {}, set()
+    for k, v in model.state_dict().items():
+        tensor = v.detach().cpu().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        weights[k] = tensor.clone() if storage in storages else tensor
+        storages.add(storage)
     return write_atomic(path, lambda tmp: save_file(weights, tmp))
 
 

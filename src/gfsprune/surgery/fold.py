@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.utils.fusion
 import torch_pruning as tp
 from torch import nn
+
+from gfsprune._copying import copy_model
 
 __all__ = ["fold_batchnorms"]
 
@@ -30,7 +30,7 @@ def fold_batchnorms(model: nn.Module, graph: tp.DependencyGraph) -> nn.Module:
             and len(node.inputs[0].outputs) == 1
         ):
             pairs.append((names[source], names[norm]))
-    folded = copy.deepcopy(model).eval()
+    folded = copy_model(model).eval()
     for conv_name, norm_name in pairs:
         conv, norm = folded.get_submodule(conv_name), folded.get_submodule(norm_name)
         folded.set_submodule(conv_name, torch.nn.utils.fusion.fuse_conv_bn_eval(conv, norm))

@@ -2,7 +2,7 @@
 
 Torch-Pruning (DepGraph) records every module and op one forward pass runs and, per group
 root (a convolution or linear layer), the coupled channels of every other module: a *group*.
-Two of its habits are corrected here, one guarded against:
+Three of its habits are corrected here, one guarded against:
 
 - **Split parts.** Torch-Pruning numbers a split's outputs in the order its backward walk
   meets their consumers, not in the order the split returns them, so ``a, b = x.split(...)``
@@ -10,6 +10,10 @@ Two of its habits are corrected here, one guarded against:
   and DPN crashed or mis-pruned on it). Autograd records, on every edge, which output of the
   split it carries (``next_functions``); :func:`build_graph` sets each edge's index mapping from
   that, and the part sizes the concatenations after it use.
+- **Concatenation sizes.** Torch-Pruning infers the size of each input of a concatenation
+  from the modules around it, and fails for the whole model where it cannot (``sum`` over a
+  ``None``: torchvision's Swin-S/B, timm's CoaT and CSPDarkNet-Focus were "untraceable");
+  :func:`build_graph` records the real sizes while it traces and sets them.
 - **Diverging groups.** Through reshapes it misreads (a channels-last window partition in
   Swin: it takes dimension 1 for the channels), the index sets of a group can grow without
   end (one Swin group took longer than 10 minutes and all memory). :func:`dependency_groups`
@@ -20,12 +24,14 @@ Two of its habits are corrected here, one guarded against:
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch_pruning import ops
 from torch_pruning.dependency import index_mapping as tp_index_mapping
 
@@ -36,32 +42,90 @@ __all__ = ["build_graph", "dependency_groups"]
 # Index entries one group's mappings may produce before it counts as diverging. The largest
 # sane groups seen (densenet201's concatenations, VGG's flatten into the classifier) stay
 # far below; a diverging Swin group passes it within a second.
-_BUDGET = 2_000_000
+_BUDGET = 1_000_000
+# Torch-Pruning recomputes every index mapping at the start of each group (0.4 s on Swin-T,
+# most of the time finding its groups): these op types are hidden from that update while
+# the groups are traced, the mappings computed once when the graph was built kept.
+_MAPPED_OPS = (
+    ops.OPTYPE.CONCAT,
+    ops.OPTYPE.SPLIT,
+    ops.OPTYPE.RESHAPE,
+    ops.OPTYPE.UNBIND,
+    ops.OPTYPE.EXPAND,
+    ops.OPTYPE.SLICE,
+)
 
 
 def build_graph(model: nn.Module, example_inputs: object) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model``, with tracing failures made readable and
-    split parts mapped by the output each edge carries."""
+    """Torch-Pruning's dependency graph of ``model``: tracing failures made readable, split
+    parts mapped by the output each edge carries, concatenations by their real sizes."""
+    graph, sizes = tp.DependencyGraph(), _ConcatSizes()
     try:
-        with torch.enable_grad():  # Torch-Pruning traces through autograd
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        with torch.enable_grad(), sizes:  # Torch-Pruning traces through autograd
+            graph.build_dependency(model, example_inputs=example_inputs)
+        failure = None
     except Exception as err:  # tracing runs arbitrary user code; any failure means untraceable
-        raise ModelError(
-            f"Torch-Pruning could not trace {type(model).__name__} ({type(err).__name__}: "
-            f"{first_line(err)}); check that example_inputs match the model's forward() and "
-            "that the model has no data-dependent control flow."
-        ) from err
+        failure = err
+        if not _in_index_mapping(err):
+            raise _untraceable(model, err) from err
     mapped = [node for node in graph.module2node.values() if _map_split_parts(node)]
-    if mapped:
-        for node in graph.module2node.values():
-            if node.type == ops.OPTYPE.CONCAT:
-                node.module.concat_sizes = None  # recomputed from the corrected part sizes
-        try:
-            tp_index_mapping.update_index_mapping(graph)
-        except Exception:  # noqa: BLE001 - a failure here recurs per group and is reported there
-            pass
+    for node in graph.module2node.values():
+        if node.type == ops.OPTYPE.CONCAT:
+            node.module.concat_sizes = sizes.of(node, graph)
+    try:
+        tp_index_mapping.update_index_mapping(graph)
+    except Exception as err:  # noqa: BLE001 - a failure here recurs per group and is reported there
+        if failure is not None:
+            raise _untraceable(model, err) from err
     _guard(graph, backwards={d for node in mapped for d in _into_concats(node)})
     return graph
+
+
+def _untraceable(model: nn.Module, err: Exception) -> ModelError:
+    return ModelError(
+        f"Torch-Pruning could not trace {type(model).__name__} ({type(err).__name__}: "
+        f"{first_line(err)}); check that example_inputs match the model's forward() and "
+        "that the model has no data-dependent control flow."
+    )
+
+
+def _in_index_mapping(err: Exception) -> bool:
+    """Whether ``err`` was raised by Torch-Pruning's last step of building its graph,
+    computing the index mappings (e.g. ``sum`` over a concatenation's sizes it could not
+    infer, a TypeError), which :func:`build_graph` redoes with the real sizes."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return any(f.name == "update_index_mapping" for f in frames)
+
+
+class _ConcatSizes(TorchFunctionMode):
+    """The real sizes of every concatenation's inputs, recorded while Torch-Pruning traces:
+    it infers them from the modules around, and gives up (or fails) past ops it does not
+    know (Swin's and CoaT's concatenations of reshaped tokens)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sizes: dict[object, list[tuple[int, bool]]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name in ("cat", "concat", "concatenate") and getattr(out, "grad_fn", None) is not None:
+            tensors = args[0] if args else kwargs.get("tensors", ())
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            self._sizes[out.grad_fn] = [
+                (int(t.shape[dim]), t.requires_grad) for t in tensors if t.dim() > 0
+            ]
+        return out
+
+    def of(self, node: tp.Node, graph: tp.DependencyGraph) -> list[int] | None:
+        """The sizes of ``node``'s inputs in Torch-Pruning's order (the inputs that carry
+        gradients), or ``None`` where they cannot be matched."""
+        recorded = self._sizes.get(node.grad_fn)
+        if recorded is None:
+            return None
+        sizes = [size for size, grad in recorded if grad]
+        return sizes if len(sizes) == len(node.inputs) else None
 
 
 def _into_concats(split: tp.Node) -> list[tp.Dependency]:
@@ -188,6 +252,11 @@ class _Mappings(list):
 
     def _charged(self, mapping: Callable) -> Callable:
         def call(idxs: list) -> list:
+            # A flatten mapping multiplies the indices by its stride: charged before it runs
+            # (one call of a diverging Swin group made tens of millions).
+            stride = getattr(mapping, "_stride", 1)
+            if not getattr(mapping, "reverse", True):
+                self._budget.charge(range(len(idxs) * stride))
             return self._budget.charge(mapping(idxs))
 
         return call
@@ -216,6 +285,19 @@ def dependency_groups(
     instead, naming the op. Groups through an ``ignored`` module's outputs are left out."""
     budget = _guard(graph)
     ignored = ignored + graph.IGNORED_LAYERS_IN_TRACING
+    mapped = [(node, node.type) for node in graph.module2node.values() if node.type in _MAPPED_OPS]
+    try:
+        for node, _ in mapped:
+            node.type = ops.OPTYPE.ELEMENTWISE
+        yield from _groups(graph, ignored, budget)
+    finally:
+        for node, kind in mapped:
+            node.type = kind
+
+
+def _groups(
+    graph: tp.DependencyGraph, ignored: list[nn.Module], budget: _Budget
+) -> Iterator[tuple[nn.Module, tp.Group | str]]:
     visited: set[nn.Module] = set()
     for module in list(graph.module2node):
         if not isinstance(module, ops.TORCH_CONV | ops.TORCH_LINEAR) or module in visited:

@@ -11,12 +11,12 @@ what the masked one did.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from gfsprune._copying import copy_model
 from gfsprune.errors import ModelError, first_line
 from gfsprune.surgery.layers import ChannelLayer, find_layers
 
@@ -63,7 +63,7 @@ def prune_channels(
     Returns:
         The pruned copy.
     """
-    pruned = copy.deepcopy(model)
+    pruned = copy_model(model)
     if layers is None:
         layers, _ = find_layers(pruned, example_inputs)
     remove_channels(pruned, layers, kept, scales=scales, widths=widths)
