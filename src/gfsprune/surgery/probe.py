@@ -138,15 +138,23 @@ def _trial(
         return _described(outcome, model, cut, _outputs(model, example_inputs))
 
 
+# nn.Module's own containers a cut changes; its hook dictionaries are left to the hooks'
+# handles (copying them too doubled the trial's cost).
+_STATE = ("_parameters", "_buffers", "_modules")
+
+
 @contextmanager
 def _restored(model: nn.Module) -> Iterator[None]:
     """Every module's attributes put back as they were on exit. Cutting replaces parameters
-    and buffers (never changes them in place), and a forward pass may fill caches: a
-    shallow copy of each module's attributes, and of the containers among them, is enough."""
+    and buffers (never changes them in place) and sets plain attributes; a forward pass may
+    fill caches: a shallow copy of each module's attributes, and of its parameter, buffer and
+    submodule dictionaries and public containers, is enough."""
     saved = []
     for module in model.modules():
         attrs = {
-            k: copy.copy(v) if isinstance(v, dict | list | set) else v
+            k: copy.copy(v)
+            if k in _STATE or (not k.startswith("_") and isinstance(v, dict | list | set))
+            else v
             for k, v in vars(module).items()
         }
         saved.append((module, attrs))

@@ -30,13 +30,12 @@ def _fold_scale(module: nn.Module, index: torch.Tensor, scale: float) -> None:
         weight = module.weight.detach().clone()
         if isinstance(module, nn.Linear):
             weight[:, index] *= scale
-        else:
-            per_group_in = module.in_channels // module.groups
-            per_group_out = module.out_channels // module.groups
-            for i in index.tolist():
-                g = i // per_group_in
-                rows = slice(g * per_group_out, (g + 1) * per_group_out)
-                weight[rows, i % per_group_in] *= scale
+        else:  # (out, in / groups, *kernel): group g's rows read its inputs only
+            groups = module.groups
+            factors = torch.ones(groups, module.in_channels // groups, device=weight.device)
+            factors.view(-1)[index.to(weight.device)] = scale
+            factors = factors.repeat_interleave(module.out_channels // groups, dim=0)
+            weight *= factors.view(*factors.shape, *[1] * (weight.dim() - 2)).to(weight.dtype)
     module.weight = nn.Parameter(weight, requires_grad=module.weight.requires_grad)
 
 
