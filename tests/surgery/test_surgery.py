@@ -166,3 +166,30 @@ def test_groups_through_channel_norms_are_skipped() -> None:
     layers, skipped = find_layers(model, torch.randn(1, 1, 1, 1))
     assert skipped == ["0 (it passes through a GroupNorm, which mixes its channels)"]
     assert [layer.name for layer in layers] == ["2"]
+
+
+class _GainConv(nn.Conv2d):
+    """A convolution with one more parameter per output channel (timm's ScaledStdConv2d)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.gain, self.bias)
+
+
+def test_per_output_parameters_of_a_conv_subclass_are_cut_with_it() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        _GainConv(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.Flatten(), nn.Linear(64, 2)
+    ).eval()
+    x = torch.randn(2, 3, 6, 6)
+    layers, _ = find_layers(model, x)
+    with Masks(model, layers) as masks, torch.no_grad():
+        masks.set(layers[0], [1, 4], 1.0)
+        masked = model(x)
+    pruned = prune_channels(model, x, {"0": [1, 4]})
+    assert pruned[0].gain.shape == (2, 1, 1, 1) and isinstance(pruned[0].gain, nn.Parameter)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked)

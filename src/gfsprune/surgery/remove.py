@@ -138,12 +138,32 @@ def _checked(layer: ChannelLayer, keep: Sequence[int], widths: Mapping[str, int]
     return keep
 
 
+# Torch-Pruning's own module types: it cuts all their parameters.
+_PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def _cut(layer: str, module: nn.Module, prune, dim: int, positions: list[int]) -> None:
     """Cut ``positions`` of ``module`` (a member of layer ``layer``) with Torch-Pruning's
-    function ``prune``, its pruner's dimension set first as Torch-Pruning's own call does."""
+    function ``prune``, its pruner's dimension set first as Torch-Pruning's own call does.
+
+    Torch-Pruning cuts a convolution's or linear layer's ``weight`` and ``bias``; the other
+    parameters of a subclass that hold one entry per output channel (the ``gain`` of timm's
+    ``ScaledStdConv2d``, NF-RegNet) are cut with them."""
+    extra = {}
+    plain = type(module) in _PLAIN or getattr(module, "transposed", False)
+    if "out_channels" in prune.__name__ and not plain:
+        size = module.weight.shape[0]
+        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        extra = {n: t for n, t in own if n not in ("weight", "bias") and t.shape[:1] == (size,)}
     prune.__self__.pruning_dim = dim
     try:
         prune(module, positions)
+        keep = [i for i in range(size) if i not in set(positions)] if extra else []
+        for name, tensor in extra.items():
+            cut = tensor.detach()[torch.as_tensor(keep, device=tensor.device)].clone()
+            if isinstance(tensor, nn.Parameter):
+                cut = nn.Parameter(cut, requires_grad=tensor.requires_grad)
+            setattr(module, name, cut)
     except Exception as err:  # Torch-Pruning's per-module code; name where it failed
         raise ModelError(
             f"Torch-Pruning could not remove {len(positions)} channels of layer '{layer}' from "
