@@ -158,7 +158,8 @@ def _cut(layer: str, module: nn.Module, prune, dim: int, positions: list[int]) -
     prune.__self__.pruning_dim = dim
     try:
         prune(module, positions)
-        keep = [i for i in range(size) if i not in set(positions)] if extra else []
+        gone = set(positions)
+        keep = [i for i in range(size) if i not in gone] if extra else []
         for name, tensor in extra.items():
             cut = tensor.detach()[torch.as_tensor(keep, device=tensor.device)].clone()
             if isinstance(tensor, nn.Parameter):
