@@ -50,7 +50,7 @@ def test_a_group_torch_pruning_cannot_map_is_skipped_with_the_op(monkeypatch) ->
 
 
 def test_a_diverging_group_is_stopped_and_named(monkeypatch) -> None:
-    monkeypatch.setattr(graph_module, "_BUDGET", 3)  # every group's mappings spend more
+    monkeypatch.setattr(graph_module, "_SPENT", 0)  # every group's mappings spend more
     model, x = PartialConv().eval(), torch.randn(1, 3, 4, 4)
     layers, skipped = find_layers(model, x)
     assert "c1" in [layer.name for layer in layers]  # no split or concat on its way to fc

@@ -37,11 +37,11 @@ class Heads(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.proj, self.fc = nn.Linear(6, 8), nn.Linear(4, 2)
+        self.proj, self.fc = nn.Linear(6, 8), nn.Linear(8, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         heads = self.proj(x).reshape(x.shape[0], 2, 4)
-        return self.fc(heads.mean(1))
+        return self.fc(heads.flatten(1))
 
 
 def test_a_split_of_fixed_sizes_is_found_and_named() -> None:

@@ -24,8 +24,9 @@ Three of its habits are corrected here, one guarded against:
 
 from __future__ import annotations
 
+import math
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
 
 import torch
@@ -39,10 +40,12 @@ from gfsprune.errors import ModelError, first_line
 
 __all__ = ["build_graph", "dependency_groups"]
 
-# Index entries one group's mappings may produce before it counts as diverging. The largest
-# sane groups seen (densenet201's concatenations, VGG's flatten into the classifier) stay
-# far below; a diverging Swin group passes it within a second.
-_BUDGET = 1_000_000
+# A group diverges where one index mapping yields more positions than the widest tensor of
+# the model has channels (Conv/Linear/norm widths: a flatten into a linear layer included),
+# or all its mappings together more than _SPENT times that. Sane groups seen: VGG-16 at
+# 224x224 maps 1.9M positions (25088-wide flatten), densenet201 89k; diverging ones in
+# Swin and HaloNet produced lists of 2M positions in one call.
+_SPENT = 100
 # Torch-Pruning recomputes every index mapping at the start of each group (0.4 s on Swin-T,
 # most of the time finding its groups): these op types are hidden from that update while
 # the groups are traced, the mappings computed once when the graph was built kept.
@@ -207,13 +210,14 @@ class _Budget:
     last, and the modules whose outputs it reached (the group's own, were it complete)."""
 
     is_out: Callable[[Callable], bool]
-    left: int = _BUDGET
+    widest: int
+    left: int = 0
     last: tp.Dependency | None = None
     reached: set[nn.Module] = field(default_factory=set)
     active: bool = False  # only while dependency_groups traces a group
 
     def reset(self) -> None:
-        self.left, self.last, self.reached = _BUDGET, None, set()
+        self.left, self.last, self.reached = _SPENT * self.widest, None, set()
 
     def visit(self, dep: tp.Dependency) -> None:
         if not self.active:
@@ -222,9 +226,9 @@ class _Budget:
         if isinstance(dep.target.module, nn.Module) and self.is_out(dep.handler):
             self.reached.add(dep.target.module)
 
-    def charge(self, mapped: list) -> list:
+    def charge(self, mapped: Sized) -> Sized:
         self.left -= len(mapped) + 1
-        if self.active and self.left < 0:
+        if self.active and (self.left < 0 or len(mapped) > self.widest):
             raise _Diverged
         return mapped
 
@@ -268,13 +272,25 @@ def _guard(graph: tp.DependencyGraph, *, backwards: set[tp.Dependency] = frozens
         for dep in node.dependencies:
             if isinstance(dep.index_mapping, _Mappings):
                 return dep.index_mapping._budget
-    budget = _Budget(graph.is_out_channel_pruning_fn)
+    budget = _Budget(graph.is_out_channel_pruning_fn, _widest(graph.model))
     for node in graph.module2node.values():
         for dep in node.dependencies:
             dep.index_mapping = _Mappings(
                 dep.index_mapping, dep, budget, backwards=dep in backwards
             )
     return budget
+
+
+def _widest(model: nn.Module) -> int:
+    """The most channels (or features) any Conv, Linear or norm layer of ``model`` has."""
+    widths = [1]
+    for m in model.modules():
+        for name in ("in_channels", "out_channels", "in_features", "out_features", "num_features"):
+            if isinstance(getattr(m, name, None), int):
+                widths.append(getattr(m, name))
+        if isinstance(m, nn.LayerNorm):
+            widths.append(math.prod(m.normalized_shape))
+    return max(widths)
 
 
 def dependency_groups(
