@@ -66,22 +66,38 @@ def build_graph(model: nn.Module, example_inputs: object) -> tp.DependencyGraph:
     try:
         with torch.enable_grad(), sizes:  # Torch-Pruning traces through autograd
             graph.build_dependency(model, example_inputs=example_inputs)
-        failure = None
     except Exception as err:  # tracing runs arbitrary user code; any failure means untraceable
-        failure = err
         if not _in_index_mapping(err):
             raise _untraceable(model, err) from err
     mapped = [node for node in graph.module2node.values() if _map_split_parts(node)]
     for node in graph.module2node.values():
         if node.type == ops.OPTYPE.CONCAT:
             node.module.concat_sizes = sizes.of(node, graph)
-    try:
-        tp_index_mapping.update_index_mapping(graph)
-    except Exception as err:  # noqa: BLE001 - a failure here recurs per group and is reported there
-        if failure is not None:
-            raise _untraceable(model, err) from err
+    _update_mappings(graph)
     _guard(graph, backwards={d for node in mapped for d in _into_concats(node)})
     return graph
+
+
+def _update_mappings(graph: tp.DependencyGraph) -> None:
+    """Torch-Pruning's index mappings of every op, node by node: a node whose mapping it
+    fails to compute (a ``ZeroDivisionError`` on torchvision ShuffleNetV2's channel shuffle,
+    where it infers 0 channels) keeps none, so the groups through it are wrong in ways the
+    checks of :mod:`gfsprune.surgery.layers` and :mod:`gfsprune.surgery.probe` catch, instead
+    of the whole model being untraceable. (Torch-Pruning's own update stops at the first.)"""
+    update = {
+        ops.OPTYPE.CONCAT: tp_index_mapping.update_concat_index_mapping,
+        ops.OPTYPE.SPLIT: tp_index_mapping.update_split_index_mapping,
+        ops.OPTYPE.RESHAPE: tp_index_mapping.update_reshape_index_mapping,
+        ops.OPTYPE.UNBIND: tp_index_mapping.update_unbind_index_mapping,
+        ops.OPTYPE.EXPAND: tp_index_mapping.update_expand_index_mapping,
+        ops.OPTYPE.SLICE: tp_index_mapping.update_slice_index_mapping,
+    }
+    for node in graph.module2node.values():
+        if node.type in update:
+            try:
+                update[node.type](graph, node)
+            except Exception:  # noqa: BLE001 - Torch-Pruning's inference on this op failed
+                pass
 
 
 def _untraceable(model: nn.Module, err: Exception) -> ModelError:
@@ -95,7 +111,7 @@ def _untraceable(model: nn.Module, err: Exception) -> ModelError:
 def _in_index_mapping(err: Exception) -> bool:
     """Whether ``err`` was raised by Torch-Pruning's last step of building its graph,
     computing the index mappings (e.g. ``sum`` over a concatenation's sizes it could not
-    infer, a TypeError), which :func:`build_graph` redoes with the real sizes."""
+    infer, a TypeError), which :func:`build_graph` redoes with the real sizes, op by op."""
     frames = traceback.extract_tb(err.__traceback__)
     return any(f.name == "update_index_mapping" for f in frames)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from gfsprune.surgery.remove import remove_channels
 
 __all__ = ["removable_layers", "removal_difference"]
 
-_TORCH = str(Path(torch.__file__).parent)
+_TORCH = str(Path(torch.__file__).parent) + os.sep  # torch itself, not torchvision
 _TRIAL_SCALE = 1.5  # a rescale other than 1, so the trial also checks its folding
 
 
