@@ -82,3 +82,21 @@ def tiny_vit(**options) -> nn.Module:
     )
     torch.manual_seed(0)
     return VisionTransformer(**{**settings, **options}).eval()
+
+
+class PartialConv(nn.Module):
+    """FasterNet's partial convolution: split the channels into parts of fixed sizes (2, 6),
+    convolve the first, concatenate them back; then a 1x1 convolution and a classifier."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.c0, self.b0 = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+        self.pc = nn.Conv2d(2, 2, 3, padding=1)
+        self.c1, self.b1 = nn.Conv2d(8, 6, 1), nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b0(self.c0(x)))
+        a, b = torch.split(x, [2, 6], dim=1)  # b is used nearer the output than a
+        x = torch.cat((self.pc(a), b), dim=1)
+        return self.fc(torch.relu(self.b1(self.c1(x))).mean((2, 3)))

@@ -49,6 +49,29 @@ def run_model(model: nn.Module, inputs: object) -> torch.Tensor:
     return model(inputs)
 
 
+def run_hooked(
+    model: nn.Module,
+    inputs: object,
+    *,
+    before: Callable[[nn.Module, tuple], None] | None = None,
+    after: Callable[[nn.Module, tuple, object], None] | None = None,
+) -> object:
+    """``run_model`` without gradients, ``before(module, args)`` and ``after(module, args,
+    output)`` called around every module's forward (the hooks removed again, also on error)."""
+    hooks = []
+    for m in model.modules():
+        if before is not None:
+            hooks.append(m.register_forward_pre_hook(before))
+        if after is not None:
+            hooks.append(m.register_forward_hook(after))
+    try:
+        with torch.no_grad():
+            return run_model(model, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Where ``model``'s parameters are (the CPU for a model without any); what
     ``device=None`` means wherever gfsprune takes a model."""

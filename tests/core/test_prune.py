@@ -322,11 +322,15 @@ class _MixesChannels(nn.Module):
         return self.fc(torch.relu(self.c2(x)).mean((2, 3)))
 
 
-def test_a_model_that_mixes_channels_outside_conv_and_linear_is_refused() -> None:
+def test_a_layer_whose_channels_are_mixed_outside_conv_and_linear_is_skipped() -> None:
     torch.manual_seed(0)
     data = _data((2, 7, 7), 3)
-    with pytest.raises(ModelError, match="mixes channels outside Conv/Linear.*'ignore'"):
-        prune(_MixesChannels(), data, data[0][0][:1], target=Macs(0.5), progress=False)
+    result = prune(_MixesChannels(), data, data[0][0][:1], target=Widths({"c2": 2}), progress=False)
+    assert result.skipped == [
+        "c1 (removing its channels is not what masking does: outputs differ by up to 0.02, "
+        "first at 'c2' (Conv2d))"
+    ]
+    assert [p.name for p in result.plan] == ["c2"] and result.model.c1.out_channels == 6
 
 
 def test_a_custom_loss_is_what_selection_minimises(chain) -> None:
@@ -391,3 +395,13 @@ def test_nested_inputs_are_traced_scored_and_pruned(kind: str) -> None:
     kwargs = example if kind == "dict" else {}
     assert pruned(*args, **kwargs).shape == (8, 3)
     assert pruned.net.c1.out_channels < 6
+
+
+def test_a_pruned_model_unlike_the_masked_one_is_refused_naming_the_module(monkeypatch) -> None:
+    import gfsprune.core.prune as core_prune
+
+    monkeypatch.setattr(core_prune, "removable_layers", lambda _m, _x, layers, seed: (layers, []))
+    torch.manual_seed(0)
+    data = _data((2, 7, 7), 3)
+    with pytest.raises(ModelError, match=r"did \(outputs differ by .*, first at 'fc' \(Linear\)\)"):
+        prune(_MixesChannels(), data, data[0][0][:1], target=Macs(0.5), progress=False)

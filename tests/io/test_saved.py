@@ -8,8 +8,9 @@ import stat
 
 import pytest
 import torch
+from torch import nn
 
-from gfsprune import Macs, PruneConfig, export_onnx, load, prune, save
+from gfsprune import Macs, PruneConfig, Widths, export_onnx, load, prune, save
 from gfsprune.errors import FileFormatError, ModelError
 from tests.nets import Chain, Coupled, randomize_norms
 
@@ -142,3 +143,25 @@ def test_a_model_whose_loader_reads_module_versions_round_trips(tmp_path) -> Non
     )
     save(pruned, tmp_path)
     torch.testing.assert_close(load(tmp_path, _Versioned())(x), pruned.model.eval()(x))
+
+
+class _Aliased(nn.Module):
+    """A module registered under two names (timm's CoaT): its tensors share memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 4, 1), nn.Linear(4, 2)
+        self.alias = self.b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.alias(torch.relu(self.a(x))).mean((2, 3)))
+
+
+def test_a_module_registered_twice_round_trips(tmp_path) -> None:
+    torch.manual_seed(0)
+    data = [(torch.randn(4, 3, 4, 4), torch.randint(0, 2, (4,)))] * 3
+    result = prune(_Aliased(), data, data[0][0][:1], target=Widths({"a": 3}), progress=False)
+    save(result, tmp_path)
+    loaded = load(tmp_path, _Aliased())
+    assert loaded.alias is loaded.b and loaded.b.in_channels == 3
+    torch.testing.assert_close(loaded(data[0][0]), result.model(data[0][0]), rtol=0, atol=0)

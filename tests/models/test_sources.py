@@ -46,6 +46,8 @@ def test_package_models_build_with_random_weights_at_a_small_input(spec: str) ->
 def test_timm_transformers_take_the_input_size_and_report_their_preprocessing() -> None:
     vit = models.get("timm:vit_tiny_patch16_224", num_classes=3, image_size=32)
     assert _forward(vit).shape == (2, 3)
+    vit = models.get("torchvision:vit_b_32", num_classes=3, image_size=32)
+    assert vit.image_size == 32 and _forward(vit).shape == (2, 3)
     config = models.data_config("timm:resnet18")
     assert config["input_size"] == (3, 224, 224) and len(config["mean"]) == 3
 

@@ -6,8 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from gfsprune.errors import ConfigError, ModelError
-from gfsprune.surgery import Masks, build_graph, find_layers, fold_batchnorms, prune_channels
+from gfsprune.errors import ModelError
+from gfsprune.surgery import (
+    Masks,
+    batchnorm_after,
+    build_graph,
+    find_layers,
+    fold_batchnorms,
+    prune_channels,
+)
 from tests.nets import Chain, Coupled, randomize_norms
 
 
@@ -42,12 +49,13 @@ def test_masked_network_equals_physically_pruned_one(coupled, scale: float, into
             masks.set(layer, kept[layer.name], scale)
         with torch.no_grad():
             masked = model(x)
-    pruned = prune_channels(model, x, kept, scales=dict.fromkeys(kept, scale), into=into)
+    norms = batchnorm_after(model, build_graph(model, x)) if into == "batchnorm" else None
+    pruned = prune_channels(model, x, kept, scales=dict.fromkeys(kept, scale), norms=norms)
     assert pruned.c1.out_channels == 2 and pruned.c3.out_channels == 2 and pruned.dw.groups == 4
     assert pruned.fc.in_features == 2 * 16
     torch.testing.assert_close(pruned(x), masked, rtol=1e-4, atol=1e-5)
     assert model.c1.out_channels == 8  # the original is untouched
-    # c2 reads only the rescaled residual stream and feeds only b2: with into="batchnorm"
+    # c2 reads only the rescaled residual stream and feeds only b2: given that pair
     # its weights stay as they were and b2 holds the factor; c3 has no BatchNorm after it.
     c2 = model.c2.weight[[0, 2]][:, [0, 2]]  # its outputs are the residual stream too
     folded = 1.0 if into == "batchnorm" else scale
@@ -67,16 +75,16 @@ def test_rescale_in_batchnorm_keeps_the_function_of_a_biased_convolution() -> No
             masks.set(layer, kept[layer.name], scales[layer.name])
         with torch.no_grad():
             masked = model(x)
-    pruned = prune_channels(model, x, kept, scales=scales, into="batchnorm")
+    norms = batchnorm_after(model, build_graph(model, x))
+    assert norms == {"c1": "b1", "c2": "b2"}
+    pruned = prune_channels(model, x, kept, scales=scales, norms=norms)
     torch.testing.assert_close(pruned(x), masked, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(pruned.c2.bias, model.c2.bias[[1, 2, 4, 6]] / scales["c1"])
     torch.testing.assert_close(pruned.fc.weight, model.fc.weight[:, [1, 2, 4, 6]] * 2.0)
     # In training mode the BatchNorm normalises by the batch: the pruned model then computes
     # what the unscaled (rescale=False) one does.
-    plain = prune_channels(model, x, kept, scales={"c2": 2.0}, into="batchnorm")
+    plain = prune_channels(model, x, kept, scales={"c2": 2.0}, norms=norms)
     torch.testing.assert_close(pruned.train()(x), plain.train()(x), rtol=1e-4, atol=1e-5)
-    with pytest.raises(ConfigError, match="'into' must be 'batchnorm' or 'weights'"):
-        prune_channels(model, x, kept, into="bias")
 
 
 def test_masks_are_removed_on_exit(coupled) -> None:
@@ -199,13 +207,28 @@ def test_groups_through_channel_norms_are_skipped() -> None:
     assert [layer.name for layer in layers] == ["2"]
 
 
-def test_a_torch_pruning_failure_to_map_channels_is_one_model_error(monkeypatch) -> None:
-    model, x = Chain().eval(), torch.randn(1, 2, 4, 4)
-    graph = build_graph(model, x)
+class _GainConv(nn.Conv2d):
+    """A convolution with one more parameter per output channel (timm's ScaledStdConv2d)."""
 
-    def fail(**_):
-        raise ZeroDivisionError("integer division or modulo by zero")
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
 
-    monkeypatch.setattr(graph, "get_all_groups", fail)
-    with pytest.raises(ModelError, match="could not map its channels.*ZeroDivisionError"):
-        find_layers(model, x, graph=graph)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.gain, self.bias)
+
+
+def test_per_output_parameters_of_a_conv_subclass_are_cut_with_it() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        _GainConv(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.Flatten(), nn.Linear(64, 2)
+    ).eval()
+    x = torch.randn(2, 3, 6, 6)
+    layers, _ = find_layers(model, x)
+    with Masks(model, layers) as masks, torch.no_grad():
+        masks.set(layers[0], [1, 4], 1.0)
+        masked = model(x)
+    pruned = prune_channels(model, x, {"0": [1, 4]})
+    assert pruned[0].gain.shape == (2, 1, 1, 1) and isinstance(pruned[0].gain, nn.Parameter)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), masked)

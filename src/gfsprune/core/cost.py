@@ -104,9 +104,12 @@ class CostModel:
 
     def predict(self, keep: Sequence[np.ndarray]) -> tuple[float, float]:
         """``(macs, params)`` for per-layer keep vectors."""
+        return self.predict_flat(np.concatenate([np.asarray(k, dtype=float) for k in keep]))
+
+    def predict_flat(self, flat: np.ndarray) -> tuple[float, float]:
+        """:meth:`predict` for the keep vectors of all layers concatenated, in layer order."""
         if not self.terms:
             return self.fixed_macs, self.fixed_params
-        flat = np.concatenate([np.asarray(k, dtype=float) for k in keep])
         means = np.add.reduceat(flat[self._gather], self._starts) / self._lengths
         out = np.where(self._out >= 0, means[np.maximum(self._out, 0)], 1.0)
         inp = self._in_base + np.bincount(
@@ -116,11 +119,11 @@ class CostModel:
         params = self.fixed_params + float(((self._weights * inp + self._vectors) * out).sum())
         return macs, params
 
-    def ratio(self, keep: Sequence[np.ndarray], budget: Budget) -> float:
-        """The fraction of the original cost (of the budget's kind) for the keep vectors."""
-        return budget.measure(*self.predict(keep)) / budget.measure(
-            self.full_macs, self.full_params
-        )
+    def ratio(self, keep: Sequence[np.ndarray] | np.ndarray, budget: Budget) -> float:
+        """The fraction of the original cost (of the budget's kind) for the keep vectors
+        (per layer, or concatenated as :meth:`predict_flat` takes them)."""
+        cost = self.predict_flat(keep) if isinstance(keep, np.ndarray) else self.predict(keep)
+        return budget.measure(*cost) / budget.measure(self.full_macs, self.full_params)
 
 
 def _flops_per_module(

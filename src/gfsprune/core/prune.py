@@ -9,17 +9,16 @@ kept. The flow of one call is described in ``docs/ARCHITECTURE.md``.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from gfsprune import distributed
+from gfsprune._copying import copy_model
 from gfsprune._inputs import model_device, move, run_model
 from gfsprune.core.allocate import WidthAllocator, allowed_widths, check_reachable
 from gfsprune.core.config import PruneConfig
@@ -35,7 +34,16 @@ from gfsprune.errors import ConfigError, DataError, ModelError, first_line
 from gfsprune.io.progress import read_progress, write_progress
 from gfsprune.plan import LayerLog, LayerPlan, PruneResult
 from gfsprune.scoring import make_evaluator
-from gfsprune.surgery import ChannelLayer, Masks, build_graph, find_layers, prune_channels
+from gfsprune.surgery import (
+    ChannelLayer,
+    Masks,
+    batchnorm_after,
+    build_graph,
+    find_layers,
+    prune_channels,
+    removable_layers,
+    removal_difference,
+)
 from gfsprune.targets import Budget, Goal, Target
 
 __all__ = ["prune"]
@@ -178,12 +186,14 @@ def prune(
         )
     loss_fn = loss_fn or nn.functional.cross_entropy
     device = _device(model, config.device)
-    work = copy.deepcopy(model).to(device).eval()
+    work = copy_model(model).to(device).eval()
     example_inputs = move(example_inputs, device)
     modules = dict(work.named_modules())
     ignored = [modules[n] for n in _resolve_ignore(model, ignore)]
     graph = build_graph(work, example_inputs)
     layers, skipped = find_layers(work, example_inputs, ignore=ignored, graph=graph)
+    layers, unsafe = removable_layers(work, example_inputs, layers, seed=config.seed)
+    skipped = skipped + unsafe
     if not layers:
         raise ModelError(
             f"{type(model).__name__} has no prunable channel layer (every group is ignored, "
@@ -250,7 +260,7 @@ def prune(
         if target.sized:
             context.curves  # noqa: B018 (measured now, before any layer is restored or pruned)
         if config.refit:
-            unpruned = copy.deepcopy(model).to(device).eval()
+            unpruned = copy_model(model).to(device).eval()
             own = BatchStream(data, device)
             calibration = [own.next() for _ in range(_HELD_OUT_BATCHES)]
         tuning = BatchStream(data, device)  # its own pass: the main stream stays as it was
@@ -281,17 +291,17 @@ def prune(
             logs.append(LayerLog(layer.name, choice.losses, choice.reference))
             if checkpoint is not None and distributed.is_main():
                 write_progress(checkpoint, settings, plan, logs, stream.drawn)
-        with torch.no_grad():
-            masked_out = run_model(work, example_inputs)
 
-    pruned = prune_channels(
-        work,
-        example_inputs,
-        {p.name: p.kept for p in plan},
-        scales={p.name: p.scale for p in plan},
-        into=config.rescale_into,
-    )
-    check_equivalent(pruned, example_inputs, masked_out)
+    kept, scales = {p.name: p.kept for p in plan}, {p.name: p.scale for p in plan}
+    norms = batchnorm_after(work, graph) if config.rescale_into == "batchnorm" else None
+    pruned = prune_channels(work, example_inputs, kept, scales=scales, layers=layers, norms=norms)
+    difference = removal_difference(work, pruned, example_inputs, layers, kept, scales)
+    if difference is not None:
+        raise ModelError(
+            f"The physically pruned model does not compute what the masked model did "
+            f"({difference}); the model has an operation that depends on its channel counts "
+            "outside Conv/Linear layers. Add the modules around it to 'ignore'."
+        )
     macs_after, params_after = count(pruned, example_inputs)
     return PruneResult(
         model=pruned,
@@ -371,31 +381,3 @@ def _resolve_ignore(model: nn.Module, ignore: Iterable[nn.Module | str]) -> list
             )
         resolved.append(name)
     return resolved
-
-
-def check_equivalent(pruned: nn.Module, example_inputs: object, expected: torch.Tensor) -> None:
-    """Refuse a pruned network that does not compute what the masked one did."""
-    try:
-        with torch.no_grad():
-            got = run_model(pruned.eval(), example_inputs)
-    except RuntimeError as err:  # e.g. a reshape that still expects the original sizes
-        reason = first_line(err)
-        raise ModelError(
-            f"The physically pruned model no longer runs ({reason}); the model has an "
-            "operation that depends on its channel counts outside Conv/Linear layers. Add "
-            "the modules around it to 'ignore'."
-        ) from err
-    # Float32 on a CPU agrees to ~1e-6; GPUs use TF32 convolutions by default (~1e-3).
-    scale = float(expected.abs().max()) + 1.0
-    tol = scale * (1e-4 if expected.device.type == "cpu" else 1e-2)
-    diff = (
-        math.inf
-        if got.shape != expected.shape
-        else float(np.nan_to_num((got - expected).abs().max().item(), nan=math.inf))
-    )
-    if diff > tol:
-        raise ModelError(
-            "The physically pruned model does not compute what the masked model did "
-            f"(max difference {diff:.3g}); the model has an operation that mixes channels "
-            "outside Conv/Linear layers. Add the modules around it to 'ignore'."
-        )

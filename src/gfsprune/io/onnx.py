@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gfsprune._inputs import run_model
-from gfsprune.errors import ModelError
+from gfsprune.errors import ModelError, first_line
 
 __all__ = ["export_onnx"]
 
@@ -18,7 +18,10 @@ __all__ = ["export_onnx"]
 def export_onnx(
     model: nn.Module, example_inputs: object, path: str | os.PathLike, *, check: bool = True
 ) -> Path:
-    """Export ``model`` to ONNX with a dynamic batch dimension.
+    """Export ``model`` to ONNX with a dynamic batch dimension: by torch's TorchScript-based
+    exporter, else (an op it cannot export, e.g. adaptive pooling to a size that does not
+    divide the input's, or ``scaled_dot_product_attention`` called with a tensor
+    ``is_causal``) by its ``torch.export``-based one (needs ``onnxscript``).
 
     Args:
         model: The (pruned) network.
@@ -40,15 +43,33 @@ def export_onnx(
     else:
         args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
-    torch.onnx.export(
-        model,
-        args,
-        str(path),
-        dynamo=False,
-        input_names=names,
-        output_names=["output"],
-        dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
-    )
+    common = {"input_names": names, "output_names": ["output"]}
+    try:
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=False,
+            dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
+            **common,
+        )
+    except Exception as legacy:  # noqa: BLE001 - any op the TorchScript exporter refuses
+        batch = torch.export.Dim("batch")
+        try:
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                dynamo=True,
+                dynamic_shapes=tuple({0: batch} for _ in args),
+                **common,
+            )
+        except Exception as err:  # noqa: BLE001 - reported with both exporters' reasons
+            raise ModelError(
+                f"Neither ONNX exporter could export {type(model).__name__}: TorchScript-based "
+                f"({type(legacy).__name__}: {first_line(legacy)}), torch.export-based "
+                f"({type(err).__name__}: {first_line(err)})."
+            ) from err
     if check:
         _check_onnx(model, args, names, path)
     return path

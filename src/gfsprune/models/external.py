@@ -81,8 +81,12 @@ class _Package(ModelSource):
 class Torchvision(_Package):
     """torchvision's classifiers (``torchvision.models.list_models``), random weights.
 
-    ``image_size`` is accepted for a uniform call and not passed on: torchvision's CNNs pool
-    adaptively, and its transformers take their own option (``image_size=`` of ``vit_*``)."""
+    ``image_size`` goes to the models whose input size is fixed, as their own option
+    (``image_size`` of ``vit_*``, ``input_size`` of ``maxvit_t``), and is dropped for the
+    others (they pool adaptively)."""
+
+    # name prefix: the constructor's option for the input size (in its own form)
+    _SIZES = {"vit_": lambda s: {"image_size": s}, "maxvit_": lambda s: {"input_size": (s, s)}}
 
     prefix = "torchvision"
 
@@ -94,8 +98,10 @@ class Torchvision(_Package):
         return name in package.models.list_models(module=package.models)
 
     def _create(self, package: ModuleType, name: str, options: dict[str, Any]) -> nn.Module:
-        in_channels = options.pop("in_channels")
-        del options["image_size"]
+        in_channels, size = options.pop("in_channels"), options.pop("image_size")
+        for prefix, option in self._SIZES.items():
+            if size is not None and name.startswith(prefix):
+                options = {**option(size), **options}
         if in_channels != 3:
             raise ConfigError(
                 f"torchvision models take 3 input channels, got in_channels={in_channels}; "

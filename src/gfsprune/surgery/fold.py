@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.utils.fusion
 import torch_pruning as tp
 from torch import nn
+
+from gfsprune._copying import copy_model
 
 __all__ = ["batchnorm_after", "fold_batchnorms"]
 
@@ -36,7 +36,7 @@ def fold_batchnorms(model: nn.Module, graph: tp.DependencyGraph) -> nn.Module:
     before it (the pairs of :func:`batchnorm_after`). Module names stay: a folded convolution
     keeps its name, its BatchNorm becomes an ``Identity``. The copy computes the same function
     up to float rounding, with one pass over each folded convolution's output less."""
-    folded = copy.deepcopy(model).eval()
+    folded = copy_model(model).eval()
     for conv_name, norm_name in batchnorm_after(model, graph).items():
         conv, norm = folded.get_submodule(conv_name), folded.get_submodule(norm_name)
         folded.set_submodule(conv_name, torch.nn.utils.fusion.fuse_conv_bn_eval(conv, norm))

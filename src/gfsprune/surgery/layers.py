@@ -15,18 +15,19 @@ remove) and in attention, where an item is a head (a layer of its own, found by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from gfsprune._inputs import run_model
+from gfsprune._inputs import run_hooked
 from gfsprune.errors import ModelError
+from gfsprune.surgery.graph import build_graph, dependency_groups
 from gfsprune.surgery.heads import AttentionHeads, HeadLayout, find_heads
 
-__all__ = ["ChannelLayer", "Consumer", "Producer", "build_graph", "find_layers"]
+__all__ = ["ChannelLayer", "Consumer", "Member", "Producer", "find_layers"]
 
 # Groups that touch these modules cannot be masked exactly: they normalise or attend across
 # channels, so zeroing a channel is not the same as removing it.
@@ -62,6 +63,25 @@ class Producer:
 
 
 @dataclass(frozen=True)
+class Member:
+    """One module whose parameters a layer's removal cuts, with Torch-Pruning's function for it.
+
+    Attributes:
+        name: The module's qualified name.
+        prune: Torch-Pruning's pruning function, ``prune(module, positions)``.
+        dim: The dimension Torch-Pruning sets on the function's pruner before each call.
+        index: Positions in the module (output or input channels, as ``prune`` cuts), ``(k,)``.
+        root: The layer channel at each of those positions, ``(k,)``.
+    """
+
+    name: str
+    prune: Callable[[nn.Module, Sequence[int]], object]
+    dim: int
+    index: torch.Tensor
+    root: torch.Tensor
+
+
+@dataclass(frozen=True)
 class ChannelLayer:
     """One selection layer: a group of coupled channels, selected in items.
 
@@ -74,6 +94,8 @@ class ChannelLayer:
         items: The channels of each item, all of one size; ``None``: one item per channel.
         heads: For a head layer, the handler that removes its heads (items); ``None`` for a
             Torch-Pruning group.
+        members: For a Torch-Pruning group, every module its removal cuts (the producers and
+            consumers, and the norms, depthwise convolutions ... between them).
     """
 
     name: str
@@ -82,6 +104,7 @@ class ChannelLayer:
     consumers: tuple[Consumer, ...]
     items: tuple[tuple[int, ...], ...] | None = None
     heads: type[AttentionHeads] | None = None
+    members: tuple[Member, ...] = ()
 
     @property
     def n_items(self) -> int:
@@ -127,13 +150,7 @@ def _execution_order(model: nn.Module, example_inputs: object) -> dict[nn.Module
     def record(module: nn.Module, _args: tuple) -> None:
         order.setdefault(module, len(order))
 
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            run_model(model, example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, example_inputs, before=record)
     return order
 
 
@@ -145,34 +162,6 @@ def _is_mixing(module: nn.Module) -> bool:
         depthwise = module.groups == module.in_channels and module.groups > 1
         return not depthwise
     return False
-
-
-def build_graph(model: nn.Module, example_inputs: object) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model``, with tracing failures made readable."""
-    try:
-        with torch.enable_grad():  # Torch-Pruning traces through autograd
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    except Exception as err:  # tracing runs arbitrary user code; any failure means untraceable
-        raise ModelError(
-            f"Torch-Pruning could not trace {type(model).__name__} ({type(err).__name__}: "
-            f"{err}); check that example_inputs match the model's forward() and that the "
-            "model has no data-dependent control flow."
-        ) from err
-
-
-def _all_groups(
-    graph: tp.DependencyGraph, model: nn.Module, ignored: list[nn.Module]
-) -> list[tp.Group]:
-    """Torch-Pruning's dependency groups, with its failures to map channels through an op
-    (a reshape or split it cannot follow) made one readable error."""
-    try:
-        return list(graph.get_all_groups(ignored_layers=ignored))
-    except Exception as err:  # raised inside Torch-Pruning's index mappings
-        raise ModelError(
-            f"Torch-Pruning traced {type(model).__name__} but could not map its channels "
-            f"through one of its ops ({type(err).__name__}: {err}); gfsprune cannot prune this "
-            "model yet. Pass the modules around that op in ignore=[...] or prune another model."
-        ) from err
 
 
 def _is_grouped(module: nn.Module) -> bool:
@@ -271,10 +260,13 @@ def find_layers(
         for n in sorted(head_outputs | head_inputs | inside)
         if isinstance(modules[n], nn.Linear | nn.modules.conv._ConvNd)
     ]
-    for group in _all_groups(graph, model, ignored + covered):
-        root = group[0].dep.target.module
+    for root, group in dependency_groups(graph, ignored + covered):
+        if isinstance(group, str):
+            skipped.append(f"{names.get(root, type(root).__name__)} ({group})")
+            continue
         producers: list[Producer] = []
         consumers: list[Consumer] = []
+        members: list[Member] = []
         reads: list[tuple[str, int, int, dict[int, int]]] = []
         first = len(order)
         unmaskable = None
@@ -288,19 +280,20 @@ def find_layers(
                 continue  # a Torch-Pruning op node (add, concat, reshape), not a module
             roots = [int(i) for i in item.root_idxs]
             positions = dict(zip((int(i) for i in item.idxs), roots, strict=True))
+            index = torch.as_tensor(list(item.idxs), dtype=torch.long)
+            root_index = torch.as_tensor(roots, dtype=torch.long)
+            members.append(
+                Member(
+                    names[module], item.dep.handler, item.dep.target.pruning_dim, index, root_index
+                )
+            )
             if graph.is_out_channel_pruning_fn(item.dep.handler):
                 producers.append(Producer(names[module], tuple(roots)))
                 first = min(first, order.get(module, len(order)))
                 if _is_grouped(module):
                     reads.append((names[module], module.groups, module.out_channels, positions))
             elif _is_mixing(module):
-                consumers.append(
-                    Consumer(
-                        name=names[module],
-                        index=torch.as_tensor(list(item.idxs), dtype=torch.long),
-                        root=torch.as_tensor(roots, dtype=torch.long),
-                    )
-                )
+                consumers.append(Consumer(name=names[module], index=index, root=root_index))
                 if _is_grouped(module):
                     reads.append((names[module], module.groups, module.in_channels, positions))
         if {p.name for p in producers} & head_outputs or {c.name for c in consumers} & head_inputs:
@@ -317,12 +310,49 @@ def find_layers(
         elif isinstance(items, str):
             reason = items
         else:
-            layer = ChannelLayer(names[root], width, tuple(producers), tuple(consumers), items)
+            layer = ChannelLayer(
+                names[root],
+                width,
+                tuple(producers),
+                tuple(consumers),
+                items,
+                members=tuple(members),
+            )
             layers.append((first, layer))
             continue
         skipped.append(f"{names[root]} ({reason})")
     layers.sort(key=lambda pair: pair[0])
-    return [layer for _, layer in layers], skipped
+    inconsistent = _inconsistent([layer for _, layer in layers], modules)
+    skipped += [f"{name} ({reason})" for name, reason in inconsistent.items()]
+    return [layer for _, layer in layers if layer.name not in inconsistent], skipped
+
+
+def _inconsistent(layers: Sequence[ChannelLayer], modules: dict[str, nn.Module]) -> dict[str, str]:
+    """Layers whose groups Torch-Pruning mapped inconsistently (name to the reason): a
+    consumer position past the consumer's inputs, or positions of a module that two layers
+    both cut (each position belongs to one group; through splits and slices it misreads,
+    Torch-Pruning can give one to two)."""
+    reasons: dict[str, str] = {}
+    for layer in layers:
+        for c in layer.consumers:
+            module = modules[c.name]
+            size = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+            if len(c.index) and int(c.index.max()) >= size:
+                reasons[layer.name] = (
+                    f"Torch-Pruning maps its channel to input {int(c.index.max())} of "
+                    f"'{c.name}', which has {size}"
+                )
+    owner: dict[tuple[str, object, int], dict[int, str]] = {}
+    for layer in layers:
+        for m in layer.members:
+            claimed = owner.setdefault((m.name, m.prune, m.dim), {})
+            for position in m.index.tolist():
+                other = claimed.setdefault(position, layer.name)
+                if other != layer.name:
+                    reason = f"Torch-Pruning gives channels of '{m.name}' to it and to '{other}'"
+                    reasons.setdefault(layer.name, reason)
+                    reasons.setdefault(other, reason)
+    return reasons
 
 
 def _head_layer(name: str, handler: type[AttentionHeads], layout: HeadLayout) -> ChannelLayer:

@@ -445,8 +445,7 @@ def _load_checkpoint(
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a damaged file fails in many ways inside the unpickler
         raise ModelError(
-            f"cannot read checkpoint '{path}' ({first_line(err)}); delete it "
-            "to start over."
+            f"cannot read checkpoint '{path}' ({first_line(err)}); delete it to start over."
         ) from err
     keys = ("model", "optimizer", "scheduler", "history", "config")
     if not isinstance(state, dict) or not all(key in state for key in keys):
