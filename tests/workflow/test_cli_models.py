@@ -184,5 +184,5 @@ SPEC_ARGUMENT_ERRORS = [
         ["prune", "--checkpoint", "c", "--model", "m", "--macs", "0.5", "--out", "o"],
         "argument --model: not allowed with argument --checkpoint",
     ),
-    (["eval", "--model", "m", "--input-size", "3,32"], "expected 3 comma-separated ints"),
+    (["eval", "--model", "m", "--input-size", "3,32"], "expected 1 or 3 comma-separated ints"),
 ]

@@ -295,7 +295,9 @@ def prune(
     kept, scales = {p.name: p.kept for p in plan}, {p.name: p.scale for p in plan}
     norms = batchnorm_after(work, graph) if config.rescale_into == "batchnorm" else None
     pruned = prune_channels(work, example_inputs, kept, scales=scales, layers=layers, norms=norms)
-    difference = removal_difference(work, pruned, example_inputs, layers, kept, scales)
+    difference = removal_difference(
+        work, pruned, example_inputs, layers, kept, scales, held=set(norms or ())
+    )
     if difference is not None:
         raise ModelError(
             f"The physically pruned model does not compute what the masked model did "

@@ -21,7 +21,7 @@ import copy
 import math
 import os
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,9 +47,12 @@ def removal_difference(
     layers: Sequence[ChannelLayer],
     kept: Mapping[str, Sequence[int]],
     scales: Mapping[str, float],
+    held: Collection[str] = (),
 ) -> str | None:
     """Why ``pruned`` does not compute what ``model`` with ``layers`` masked to ``kept``
-    (and scaled by ``scales``) does, naming the module and op; ``None`` if it does.
+    (and scaled by ``scales``) does, naming the module and op; ``None`` if it does. The
+    modules in ``held`` are not named: their outputs differ by design (convolutions whose
+    rescale the BatchNorm after them holds).
 
     Float32 on a CPU agrees to ~1e-6; GPUs use TF32 convolutions by default (~1e-3), so the
     tolerance is 1e-4 (CPU) or 1e-2 (GPU) of the output's largest magnitude plus one.
@@ -61,7 +64,7 @@ def removal_difference(
         return outcome
     cut = _outputs(pruned, example_inputs)
     with _masked(model, layers, kept, scales):
-        return _described(outcome, pruned, cut, _outputs(model, example_inputs))
+        return _described(outcome, pruned, cut, _outputs(model, example_inputs), held)
 
 
 def removable_layers(
@@ -192,12 +195,14 @@ def _described(
     pruned: nn.Module,
     cut: Mapping[str, torch.Tensor],
     masked: Mapping[str, torch.Tensor],
+    held: Collection[str] = (),
 ) -> str:
-    """The output difference, and the first module (in the order modules finish) whose output
-    has the same shape in both models but not the same values."""
+    """The output difference, and the first module (in the order modules finish, those in
+    ``held`` left out) whose output has the same shape in both models but not the same
+    values."""
     text = f"outputs differ by up to {diff:.3g}"
     for name, out in cut.items():
-        other = masked.get(name)
+        other = None if name in held else masked.get(name)
         if other is not None and out.shape == other.shape and not _close(out, other):
             return f"{text}, first at '{name}' ({type(pruned.get_submodule(name)).__name__})"
     return text
