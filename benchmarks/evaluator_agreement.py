@@ -56,10 +56,19 @@ def main() -> None:
     parser.add_argument("--trained", action="store_true", help="train the model first")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--allocator",
+        choices=("curves", "uniform"),
+        default=PruneConfig().allocator,
+        help="the widths' allocator (uniform: the issue's case as filed, before curves)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     Evaluator.precise = _counting_precise
-    print(f"torch {torch.__version__}, gfsprune {gfsprune.__version__}, {args.threads} thread(s)")
+    print(
+        f"torch {torch.__version__}, gfsprune {gfsprune.__version__}, {args.threads} thread(s), "
+        f"allocator {args.allocator}"
+    )
     print(
         "| seed | weights | identical plans | max rel. loss difference "
         "| float64 re-scored (batched/naive) | batched s | naive s |"
@@ -82,7 +91,7 @@ def main() -> None:
                 data,
                 data[0][0][:1],
                 target=Macs(0.5),
-                config=PruneConfig(seed=seed, evaluator=evaluator),
+                config=PruneConfig(seed=seed, evaluator=evaluator, allocator=args.allocator),
                 progress=False,
             )
             seconds[evaluator] = time.perf_counter() - start
