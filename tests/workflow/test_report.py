@@ -57,6 +57,9 @@ def test_the_table_shows_recalibration_and_marks_macs_away_from_gfs() -> None:
     assert [c.strip() for c in cells["near"][4:6]] == ["50.00%", "70.00%"]
     text = " ".join(summarize(results))
     assert "choose their own widths at gfs's MACs: tp 50.6% of the base MACs." in text
+    assert "tp (marked * in the table) could not be matched within 1%" in text
+    close = " ".join(summarize(_results(gfs=_row(0.9, 0.94), tp=_row(0.3, 0.9, macs=504))))
+    assert "tp 50.4% of the base MACs." in close and "marked *" not in close
 
 
 def test_sentences_follow_the_numbers() -> None:
