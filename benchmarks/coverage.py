@@ -176,14 +176,17 @@ def model_specs(source: str) -> list[str]:
 
 
 def _native_side(spec: str, model: nn.Module) -> int:
-    """The input side the model was made for."""
+    """The input side the model was made for: timm's pretrained config, or the first of
+    its torchvision weights' crop sizes that the model as built runs at (vit_h_14's first
+    weights are 518, but its constructor's default is 224)."""
     source, _, name = spec.partition(":")
     if source == "timm":
         return int(model.pretrained_cfg["input_size"][-1])
     import torchvision
 
     weights = torchvision.models.get_model_weights(name)
-    return int(next(iter(weights)).transforms().crop_size[0])
+    sides = list(dict.fromkeys(int(w.transforms().crop_size[0]) for w in weights))
+    return next((s for s in sides if _runs(model, s)), sides[0])
 
 
 def _construct(spec: str, options: dict) -> nn.Module:
