@@ -29,6 +29,20 @@ def _batches(model: nn.Module, count: int = 4, size: int = 16, seed: int = 0):
 LOSS = DistillLoss("mse")
 
 
+def prune_half(model: nn.Module, data, config: PruneConfig, **options):
+    """``prune`` to ``Macs(0.5)`` under :data:`LOSS`, quietly (``options`` passed on)."""
+    return prune(
+        model,
+        data,
+        data[0][0][:1],
+        target=Macs(0.5),
+        config=config,
+        loss_fn=LOSS,
+        progress=False,
+        **options,
+    )
+
+
 def _c2_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     seen = []
     handle = model.c2.register_forward_hook(lambda m, a, o: seen.append(o))
@@ -84,41 +98,14 @@ def test_prune_with_refit_meets_the_budget_and_resumes_to_the_same_weights(tmp_p
     model = randomize_norms(Chain(width=24))
     data = _batches(model, 6, 8)
     config = PruneConfig(refit=True, candidates=4)
-    x = data[0][0][:1]
-    plain = prune(
-        model,
-        data,
-        x,
-        target=Macs(0.5),
-        config=PruneConfig(candidates=4),
-        loss_fn=LOSS,
-        progress=False,
-    )
-    first = prune(
-        model,
-        data,
-        x,
-        target=Macs(0.5),
-        config=config,
-        loss_fn=LOSS,
-        progress=False,
-        checkpoint=tmp_path / "progress.json",
-    )
+    plain = prune_half(model, data, PruneConfig(candidates=4))
+    first = prune_half(model, data, config, checkpoint=tmp_path / "p.json")
     assert first.macs_ratio == pytest.approx(plain.macs_ratio)
     assert first.macs_ratio == pytest.approx(0.5, rel=0.02)
     # the first layer's choice is the same; its consumer c2 then holds refit weights
     assert first.plan[0].kept == plain.plan[0].kept
     assert not torch.allclose(first.model.c2.weight, plain.model.c2.weight)
-    resumed = prune(
-        model,
-        data,
-        x,
-        target=Macs(0.5),
-        config=config,
-        loss_fn=LOSS,
-        progress=False,
-        checkpoint=tmp_path / "progress.json",
-    )  # every layer restored
+    resumed = prune_half(model, data, config, checkpoint=tmp_path / "p.json")  # all restored
     for a, b in zip(
         first.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
     ):
