@@ -296,7 +296,7 @@ def prune(
     norms = batchnorm_after(work, graph) if config.rescale_into == "batchnorm" else None
     pruned = prune_channels(work, example_inputs, kept, scales=scales, layers=layers, norms=norms)
     difference = removal_difference(
-        work, pruned, example_inputs, layers, kept, scales, held=set(norms or ())
+        work, pruned, example_inputs, layers, kept, scales, held=norms or ()
     )
     if difference is not None:
         raise ModelError(

@@ -139,7 +139,7 @@ def summarize(results: Mapping, *, test_samples: int | None = None) -> list[str]
                 + ", ".join(f"{m} {methods[m]['macs'] / base['macs']:.1%}" for m in off)
                 + " of the base MACs."
             )
-            far = [m for m in off if _off(methods[m]["macs"], methods["gfs"]["macs"])]
+            far = [m for m in off if _off(methods[m]["macs"], reference["macs"])]
             if far:
                 sentences.append(
                     f"{', '.join(far)} (marked * in the table) could not be matched within 1%: "
