@@ -31,7 +31,8 @@ steps at half the layer's planned width times its number of steps.
 
 ``--scaling`` times the exact and fast schedules (``uniform`` widths) on resnet20 at width
 multipliers 0.5, 1, 2 and 4 (``--multipliers``) and plots seconds against the total channel
-count, log-log (``--plot FILE``).
+count, log-log (``--plot FILE``), beside the reference "layers x one forward pass"; exact
+runs in full up to ``--measure-exact-to`` (default 1) and is estimated at every width.
 
     python benchmarks/selection_speed.py --schedules --models resnet20-32,resnet18-64
     python benchmarks/selection_speed.py --scaling --plot scaling.png
@@ -177,9 +178,26 @@ def time_schedules(
     return row
 
 
-def scaling(multipliers: list[float], *, batch: int, ratio: float) -> list[dict]:
+def _forward_seconds(model, x, rounds: int = 5) -> float:
+    """Median seconds of one inference forward of ``model`` on ``x``, after a warm-up."""
+    times = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(rounds):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def scaling(
+    multipliers: list[float], *, batch: int, ratio: float, measure_exact_to: float
+) -> list[dict]:
     """Selection seconds of the exact and fast schedules on resnet20 (3x32x32) at each
-    width multiplier, with the total channel count of its channel layers."""
+    width multiplier, with the total channel count of its channel layers and the reference
+    cost "layers x one forward pass of the batch". Exact is run in full up to
+    ``measure_exact_to`` and estimated (``_exact_estimate``) at every multiplier, so that the
+    estimate can be checked where both exist."""
     rows = []
     for mult in multipliers:
         torch.manual_seed(0)
@@ -187,8 +205,21 @@ def scaling(multipliers: list[float], *, batch: int, ratio: float) -> list[dict]
         data = _labelled_by(model, (3, 32, 32), batch, 8, 0)
         example = data[0][0][:1]
         layers, _ = find_layers(model, example)
-        row = {"width_mult": mult, "channels": sum(layer.width for layer in layers)}
+        forward_s = _forward_seconds(model, data[0][0])
+        row = {
+            "width_mult": mult,
+            "macs": ratio,
+            "channels": sum(layer.width for layer in layers),
+            "layers": len(layers),
+            "forward_s": round(forward_s, 4),
+            "layers_x_forward_s": round(len(layers) * forward_s, 2),
+        }
+        candidates = PruneConfig().candidates
+        estimate = _exact_estimate(model, data, example, ratio, candidates, steps=3)
+        row["exact_estimate_s"] = estimate["seconds"]
         for name in ("exact", "fast"):
+            if name == "exact" and mult > measure_exact_to:
+                continue
             config = PruneConfig(schedule=name, allocator="uniform")
             start = time.perf_counter()
             prune(model, data, example, target=Macs(ratio), config=config, progress=False)
@@ -199,19 +230,39 @@ def scaling(multipliers: list[float], *, batch: int, ratio: float) -> list[dict]
 
 
 def plot_scaling(rows: list[dict], path: str) -> None:
+    """Log-log seconds against channels: exact (measured, and estimated where not run), fast,
+    and the reference "layers x forward pass" scaled to meet fast at the narrowest width."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
     channels = [r["channels"] for r in rows]
-    for name in ("exact", "fast"):
-        ax.loglog(channels, [r[f"{name}_s"] for r in rows], "o-", label=name)
+    measured = [(r["channels"], r["exact_s"]) for r in rows if "exact_s" in r]
+    if measured:
+        ax.loglog(*zip(*measured, strict=True), "o-", color="C0", label="exact (measured)")
+    ax.loglog(
+        channels,
+        [r["exact_estimate_s"] for r in rows],
+        "o--",
+        mfc="none",
+        color="C0",
+        label="exact (estimated)",
+    )
+    ax.loglog(channels, [r["fast_s"] for r in rows], "s-", color="C1", label="fast")
+    scale = rows[0]["fast_s"] / rows[0]["layers_x_forward_s"]
+    ax.loglog(
+        channels,
+        [scale * r["layers_x_forward_s"] for r in rows],
+        ":",
+        color="gray",
+        label="layers x forward pass (scaled)",
+    )
     ax.set_xlabel("channels in the pruned layers (resnet20 x width multiplier)")
     ax.set_ylabel("selection seconds")
-    ax.set_title("Selection time against width, Macs(0.5)")
-    ax.legend()
+    ax.set_title(f"Selection time against width, Macs({rows[0]['macs']})")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -343,6 +394,9 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="seconds against width")
     parser.add_argument("--multipliers", default="0.5,1,2,4", help="comma-separated")
     parser.add_argument("--plot", default=None, help="where --scaling writes its plot")
+    parser.add_argument(
+        "--measure-exact-to", type=float, default=1.0, help="--scaling: widest full exact run"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads is not None:
@@ -356,7 +410,10 @@ def main() -> None:
         return
     if args.scaling:
         rows = scaling(
-            [float(m) for m in args.multipliers.split(",")], batch=args.batch, ratio=args.macs
+            [float(m) for m in args.multipliers.split(",")],
+            batch=args.batch,
+            ratio=args.macs,
+            measure_exact_to=args.measure_exact_to,
         )
         if args.plot:
             plot_scaling(rows, args.plot)
