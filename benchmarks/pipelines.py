@@ -34,12 +34,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from trained import train_zoo
 
 import gfsprune
-from gfsprune import PruneConfig, models
+from gfsprune import PruneConfig
 from gfsprune.workflow.compare import CompareConfig, compare
 from gfsprune.workflow.data import DataBundle, load_data
-from gfsprune.workflow.train import TrainConfig, fit
+from gfsprune.workflow.train import TrainConfig
 
 # name: (data spec, upsample to, zoo model, its options, training epochs, learning rate)
 CASES = {
@@ -71,20 +72,11 @@ def _data(case: str) -> DataBundle:
     return bundle if side is None else _upsampled(bundle, side)
 
 
-def _train(case: str, bundle: DataBundle, seed: int) -> torch.nn.Module:
-    _, _, name, options, epochs, lr = CASES[case]
-    torch.manual_seed(seed)
-    c, h, _ = bundle.input_shape
-    model = models.get(name, num_classes=bundle.num_classes, in_channels=c, image_size=h, **options)
-    config = TrainConfig(epochs=epochs, batch_size=64, lr=lr, label_smoothing=0.0, seed=seed)
-    fit(model, bundle, config, progress=False, device="cpu")
-    return model.eval()
-
-
 def run(case: str, seed: int, args: argparse.Namespace) -> dict:
     """``{"base": ..., budget: {method: row}}`` for one case and seed."""
     bundle = _data(case)
-    model = _train(case, bundle, seed)
+    _, _, name, options, epochs, lr = CASES[case]
+    model = train_zoo(name, bundle, seed=seed, epochs=epochs, lr=lr, **options)
     out: dict = {}
     for budget in args.budgets:
         config = CompareConfig(

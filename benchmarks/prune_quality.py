@@ -40,28 +40,14 @@ import time
 import torch
 import torch_pruning as tp
 from torch import nn
+from trained import train_zoo
 
 import gfsprune
-from gfsprune import LayerPlan, Macs, PruneConfig, count, models, prune
+from gfsprune import LayerPlan, Macs, PruneConfig, count, prune
 from gfsprune.surgery import prune_channels
 from gfsprune.workflow.data import DataBundle, load_data, make_loader
 from gfsprune.workflow.methods import match_macs
-from gfsprune.workflow.train import TrainConfig, evaluate, fit
-
-
-def train_model(
-    bundle: DataBundle, *, seed: int, width_mult: float, epochs: int, lr: float
-) -> nn.Module:
-    """A ``digits_cnn`` trained on ``bundle.train`` with plain cross-entropy.
-
-    Label smoothing is off so that the model's test loss is the quantity the pruning
-    objective (plain cross-entropy) measures; a smoothed model is deliberately underconfident.
-    """
-    torch.manual_seed(seed)
-    model = models.get("digits_cnn", width_mult=width_mult)
-    config = TrainConfig(epochs=epochs, lr=lr, batch_size=64, seed=seed, label_smoothing=0.0)
-    fit(model, bundle, config, progress=False, device="cpu")
-    return model.eval()
+from gfsprune.workflow.train import evaluate
 
 
 def random_channels(
@@ -141,8 +127,8 @@ def run_budget(
 
 def run_seed(bundle: DataBundle, args: argparse.Namespace, seed: int) -> dict:
     """Every method at every budget for one seed: ``{budget: {method: measures}}``."""
-    model = train_model(
-        bundle, seed=seed, width_mult=args.width_mult, epochs=args.epochs, lr=args.lr
+    model = train_zoo(
+        "digits_cnn", bundle, seed=seed, epochs=args.epochs, lr=args.lr, width_mult=args.width_mult
     )
     acc, loss = evaluate(model, bundle.test)
     full = {"acc": acc, "loss": loss, "macs": 1.0, "seconds": 0.0}

@@ -32,13 +32,13 @@ import sys
 import time
 
 import torch
-from torch import nn
+from trained import train_zoo
 
 import gfsprune
-from gfsprune import Macs, PruneConfig, models, prune
+from gfsprune import Macs, PruneConfig, prune
 from gfsprune.core.schedules import Exact, Fast
-from gfsprune.workflow.data import DataBundle, load_data, make_loader
-from gfsprune.workflow.train import TrainConfig, evaluate, fit
+from gfsprune.workflow.data import load_data, make_loader
+from gfsprune.workflow.train import evaluate
 
 # name: (data spec, zoo model, its options, training epochs, learning rate)
 CASES = {
@@ -50,21 +50,11 @@ CASES = {
 VARIANTS = {"fast": {}}
 
 
-def train(case: str, bundle: DataBundle, seed: int) -> nn.Module:
-    """The case's model trained on ``bundle.train``."""
-    _, name, options, epochs, lr = CASES[case]
-    torch.manual_seed(seed)
-    c, h, _w = bundle.input_shape
-    model = models.get(name, num_classes=bundle.num_classes, in_channels=c, image_size=h, **options)
-    config = TrainConfig(epochs=epochs, batch_size=64, lr=lr, label_smoothing=0.0, seed=seed)
-    fit(model, bundle, config, progress=False, device="cpu")
-    return model.eval()
-
-
 def run(case: str, seed: int, budgets: list[float], batch: int, variants: dict) -> dict:
     """``{budget: {schedule: measures}}`` for one case and seed."""
     bundle = load_data(CASES[case][0])
-    model = train(case, bundle, seed)
+    _, name, options, epochs, lr = CASES[case]
+    model = train_zoo(name, bundle, seed=seed, epochs=epochs, lr=lr, **options)
     example = torch.zeros(1, *bundle.input_shape)
     acc, loss = evaluate(model, bundle.test)
     out = {"full": {"acc": acc, "loss": loss}}
