@@ -7,7 +7,8 @@ models are timed on the CPU at batch 1 and batch 64. The three models are timed 
 forward each per round, after warm-up rounds, and the median per model is kept, so that a
 change of machine load during the run touches all three alike. Which channels are kept does not
 change the latency, only how many, so selection uses the cheapest setting (one random candidate
-per step, two random batches).
+per step, two random batches); the widths come from the library's default allocator unless
+``--allocator`` names another.
 
     .venv/bin/python benchmarks/round_to.py                    # the default models, 1 thread
     .venv/bin/python benchmarks/round_to.py --models resnet20 torchvision:resnet18 --size 112
@@ -54,13 +55,16 @@ def _timings(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _prune(model: nn.Module, side: int, ratio: float, round_to: int, seed: int) -> tuple:
+def _prune(
+    model: nn.Module, side: int, ratio: float, round_to: int, seed: int, allocator: str | None
+) -> tuple:
     g = torch.Generator().manual_seed(seed)
     data = [
         (torch.randn(16, 3, side, side, generator=g), torch.randint(0, 10, (16,), generator=g))
         for _ in range(2)
     ]
-    config = PruneConfig(candidates=1, seed=seed, round_to=round_to)
+    options = {} if allocator is None else {"allocator": allocator}
+    config = PruneConfig(candidates=1, seed=seed, round_to=round_to, **options)
     result = prune(model, data, data[0][0][:1], target=Macs(ratio), config=config, progress=False)
     return result.model.eval(), result.macs_after / result.macs_before
 
@@ -73,13 +77,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per batch size")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--allocator", choices=("curves", "uniform"), help="widths (default: the library's)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = [(m, args.size or 32) for m in args.models] if args.models else _DEFAULT_MODELS
     print(
         f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, "
-        f"gfsprune {gfsprune.__version__}, {args.threads} thread(s), CPU"
+        f"gfsprune {gfsprune.__version__}, {args.threads} thread(s), CPU, "
+        f"allocator {args.allocator or PruneConfig().allocator}"
     )
     print(
         "| model | input | MACs target | round_to | MACs ratio | b=1 ms | speed-up b=1 "
@@ -95,7 +103,7 @@ def main() -> None:
             variants, macs = {"full": base}, {"full": 1.0}
             for round_to in (1, 8):
                 variants[f"r{round_to}"], macs[f"r{round_to}"] = _prune(
-                    base, side, ratio, round_to, args.seed
+                    base, side, ratio, round_to, args.seed, args.allocator
                 )
             timing = {b: _timings(variants, shape, b, args.rounds) for b in (1, 64)}
             for name in ("r1", "r8"):
