@@ -56,3 +56,38 @@ def test_a_budget_whose_nearest_width_choice_is_the_full_model_is_refused() -> N
     with pytest.raises(ConfigError, match=f"at most {largest:.4f}"):
         check_reachable(cost, Macs(0.99))
     check_reachable(cost, Macs(largest))  # one channel removed meets it exactly
+
+
+class _Gram(torch.nn.Module):
+    """A container whose own operations (products of its input with itself, no module of
+    their own) cost MACs that no channel choice changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = self.norm(x).flatten(2)  # (B, C, HW)
+        mixed = (flat.transpose(1, 2) @ flat) @ flat.transpose(1, 2)  # (B, HW, C)
+        return mixed.transpose(1, 2).reshape(x.shape)
+
+
+class _Fixed(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gram = _Gram()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(self.gram(x)).mean((2, 3)))
+
+
+def test_unreachable_budget_names_the_modules_outside_the_pruned_layers() -> None:
+    model, x = _Fixed().eval(), torch.randn(1, 3, 12, 12)
+    layers, _ = find_layers(model, x)
+    cost = CostModel(model, x, layers)
+    assert sum(cost.fixed_parts.values()) == pytest.approx(cost.fixed_macs)
+    assert next(iter(cost.fixed_parts)) == "gram"  # its products outweigh the rest
+    with pytest.raises(ConfigError, match=r"the largest: gram \d+%.*; ask for a ratio"):
+        check_reachable(cost, Macs(0.01))

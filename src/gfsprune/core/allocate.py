@@ -68,7 +68,8 @@ def check_reachable(cost: CostModel, budget: Budget, *, round_to: int = 1) -> No
         raise ConfigError(
             f"{name} cannot be reached: the layers gfsprune does not prune (ignored ones, the "
             f"classifier) and {unit} per pruned layer already cost {smallest:.4f} of the "
-            f"original; ask for a ratio of at least {smallest:.4f}."
+            f"original{_largest_fixed(cost, budget)}; ask for a ratio of at least "
+            f"{smallest:.4f}."
         )
     largest = 0.0  # the largest ratio below 1: one layer one step below its full width
     for i, grid in enumerate(grids):
@@ -83,6 +84,20 @@ def check_reachable(cost: CostModel, budget: Budget, *, round_to: int = 1) -> No
             f"already leaves {largest:.4f} of the original, and keeping every channel prunes "
             f"nothing; ask for a ratio of at most {largest:.4f}."
         )
+
+
+def _largest_fixed(cost: CostModel, budget: Budget, shown: int = 3) -> str:
+    """The modules whose MACs no pruned layer changes, the largest few with their share of
+    the model's MACs, for a refused ``Macs`` budget ("" for other budgets, or when none
+    costs 1%)."""
+    if budget.measure(1.0, 0.0) == 0.0:
+        return ""
+    parts = [
+        f"{name or 'the model itself'} {macs / cost.full_macs:.0%}"
+        for name, macs in list(cost.fixed_parts.items())[:shown]
+        if macs >= 0.01 * cost.full_macs
+    ]
+    return f" (MACs outside the pruned layers, the largest: {', '.join(parts)})" if parts else ""
 
 
 def _grids(cost: CostModel, round_to: int) -> list[np.ndarray]:

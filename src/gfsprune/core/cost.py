@@ -41,7 +41,7 @@ class CostModel:
 
     def __init__(self, model: nn.Module, example_inputs: object, layers: Sequence[ChannelLayer]):
         producers = {p.name for layer in layers for p in layer.producers}
-        flops = _flops_per_module(model, example_inputs, producers)
+        flops, rest = _flops_per_module(model, example_inputs, producers)
         self.widths = np.array([layer.width for layer in layers], dtype=float)
         #: Channels per selection item of each layer (widths are multiples of it).
         self.sizes = np.array([layer.item_size for layer in layers], dtype=float)
@@ -55,6 +55,9 @@ class CostModel:
         self.terms: list[_Term] = []
         self.fixed_macs = flops.pop("", 0) / 2
         self.fixed_params = 0.0
+        #: MACs no pruned layer changes, by the module that spends them (its own operations
+        #: outside its children for a container; ``""``: the model's own), the largest first.
+        self.fixed_parts = {n: f / 2 for n, f in rest.items() if f > 0}
         for name, module in model.named_modules():
             own = list(module.parameters(recurse=False))
             macs = flops.get(name, 0) / 2
@@ -65,8 +68,11 @@ class CostModel:
             if name not in outputs and not parts:
                 self.fixed_macs += macs
                 self.fixed_params += weights + vectors
+                if macs > 0:
+                    self.fixed_parts[name] = macs
             elif own or macs:
                 self.terms.append(_Term(macs, weights, vectors, outputs.get(name), parts))
+        self.fixed_parts = dict(sorted(self.fixed_parts.items(), key=lambda kv: -kv[1]))
         self._vectorize()
         self.full = [np.ones(int(w)) for w in self.widths]
         self.full_macs, self.full_params = self.predict(self.full)
@@ -128,9 +134,10 @@ class CostModel:
 
 def _flops_per_module(
     model: nn.Module, example_inputs: object, containers: Iterable[str] = ()
-) -> dict[str, int]:
-    """FLOPs of each leaf module's calls, and of the ``containers``' own operations (outside
-    their leaves), by qualified name; ``""`` holds the rest."""
+) -> tuple[dict[str, int], dict[str, int]]:
+    """FLOPs of each leaf module's calls and of the ``containers``' own operations (outside
+    their leaves), by qualified name, ``""`` holding the rest; and that rest by the module
+    whose own operations (outside its children) they are, ``""`` for the model's."""
     counter = count_flops(model, example_inputs)
     counts = counter.get_flop_counts()
     prefix = type(model).__name__
@@ -139,10 +146,20 @@ def _flops_per_module(
         for key, ops in counts.items()
         if key.startswith(prefix + ".")
     }
-    leaves = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
+    per_module[""] = counter.get_total_flops()
+    children = {
+        name: [f"{name}.{c}" if name else c for c, _ in module.named_children()]
+        for name, module in model.named_modules()
+    }
+    leaves = {n for n, kids in children.items() if not kids}
     leaf_flops = {n: f for n, f in per_module.items() if n in leaves}
     for name in set(containers) - leaves:
         inner = sum(f for n, f in leaf_flops.items() if n.startswith(name + "."))
         leaf_flops[name] = per_module.get(name, 0) - inner
-    leaf_flops[""] = counter.get_total_flops() - sum(leaf_flops.values())
-    return leaf_flops
+    leaf_flops[""] = per_module[""] - sum(leaf_flops.values())
+    rest = {
+        name: per_module.get(name, 0) - sum(per_module.get(c, 0) for c in kids)
+        for name, kids in children.items()
+        if kids and name not in containers
+    }
+    return leaf_flops, rest
