@@ -142,3 +142,40 @@ def test_naive_and_batched_plans_are_identical_on_random_networks(network) -> No
         for evaluator in ("naive", "batched")
     }
     assert [p.kept for p in plans["naive"]] == [p.kept for p in plans["batched"]]
+
+
+class _OwnForward(nn.Module):
+    """A block that sets its forward per instance in ``__init__`` (as timm's FasterNet
+    does): the batched evaluator patches and restores it."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+        self.forward = self.forward_residual
+
+    def forward_residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+def test_a_module_with_its_own_instance_forward_keeps_it() -> None:
+    torch.manual_seed(0)
+    block = _OwnForward(6)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3), block, nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)
+    )
+    x = torch.randn(4, 3, 8, 8)
+    model(x)  # the lazy layer takes its shape
+    data = [(x, torch.randint(0, 4, (4,)))]
+    plans = {
+        evaluator: prune(
+            model,
+            data,
+            x[:1],
+            target=Macs(0.6),
+            config=PruneConfig(candidates=3, evaluator=evaluator, allocator="uniform"),
+            progress=False,
+        ).plan
+        for evaluator in ("naive", "batched")
+    }
+    assert [p.kept for p in plans["naive"]] == [p.kept for p in plans["batched"]]
+    assert vars(block)["forward"] == block.forward_residual  # the user's forward is back

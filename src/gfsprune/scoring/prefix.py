@@ -198,13 +198,18 @@ class Prefix:
             module.forward = forward
 
         patched = [*self.cached, self.first]
+        # a module may set its own forward in __init__ (timm's FasterNet: a bound method)
+        own = {m: vars(m)["forward"] for m in patched if "forward" in vars(m)}
         try:
             for m in patched:
                 patch(m)
             yield tile(inputs, None)
         finally:
             for m in patched:
-                del m.forward  # back to the class's forward
+                if m in own:
+                    m.forward = own[m]
+                else:
+                    del m.forward  # back to the class's forward
 
 
 def _repeat(inputs: object, k: int) -> object:
