@@ -1,14 +1,14 @@
 """MACs ratio against measured CPU speed-up, with and without ``round_to=8`` (issue 14).
 
 For every model and MACs budget the model (random weights: latency does not depend on them) is
-pruned twice with the same selection settings, once with ``round_to=1`` and once with
-``round_to=8`` (every pruned width a multiple of 8); then the unpruned model and both pruned
-models are timed on the CPU at batch 1 and batch 64. The three models are timed in turns, one
-forward each per round, after warm-up rounds, and the median per model is kept, so that a
-change of machine load during the run touches all three alike. Which channels are kept does not
-change the latency, only how many, so selection uses the cheapest setting (one random candidate
-per step, two random batches); the widths come from the library's default allocator unless
-``--allocator`` names another.
+pruned with the same selection settings once with ``round_to=1`` and once for each
+``--round-to`` value (8 by default: every pruned width a multiple of 8); then the unpruned
+model and the pruned ones are timed on the CPU at batch 1 and batch 64. The models are timed
+in turns, one forward each per round, after warm-up rounds, and the median per model is kept,
+so that a change of machine load during the run touches all of them alike. Which channels are
+kept does not change the latency, only how many, so selection uses the cheapest setting (one
+random candidate per step, two random batches); the widths come from the library's default
+allocator unless ``--allocator`` names another.
 
     .venv/bin/python benchmarks/round_to.py                    # the default models, 1 thread
     .venv/bin/python benchmarks/round_to.py --models resnet20 torchvision:resnet18 --size 112
@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--round-to", type=int, nargs="+", default=[8], help="compared with round_to=1"
+    )
+    parser.add_argument(
         "--allocator", choices=("curves", "uniform"), help="widths (default: the library's)"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -101,12 +104,12 @@ def main() -> None:
         shape = (3, side, side)
         for ratio in args.ratios:
             variants, macs = {"full": base}, {"full": 1.0}
-            for round_to in (1, 8):
+            for round_to in (1, *args.round_to):
                 variants[f"r{round_to}"], macs[f"r{round_to}"] = _prune(
                     base, side, ratio, round_to, args.seed, args.allocator
                 )
             timing = {b: _timings(variants, shape, b, args.rounds) for b in (1, 64)}
-            for name in ("r1", "r8"):
+            for name in [n for n in variants if n != "full"]:
                 row = {
                     "model": spec,
                     "input": side,
