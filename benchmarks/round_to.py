@@ -28,6 +28,7 @@ from torch import nn
 
 import gfsprune
 from gfsprune import Macs, PruneConfig, models, prune
+from gfsprune.errors import ConfigError
 
 # (spec, input side) of the default models: two zoo CIFAR-shape networks and two torchvision
 # ImageNet networks at a reduced input.
@@ -105,9 +106,21 @@ def main() -> None:
         for ratio in args.ratios:
             variants, macs = {"full": base}, {"full": 1.0}
             for round_to in (1, *args.round_to):
-                variants[f"r{round_to}"], macs[f"r{round_to}"] = _prune(
-                    base, side, ratio, round_to, args.seed, args.allocator
-                )
+                try:
+                    variants[f"r{round_to}"], macs[f"r{round_to}"] = _prune(
+                        base, side, ratio, round_to, args.seed, args.allocator
+                    )
+                except ConfigError as err:  # e.g. the budget is out of reach at this rounding
+                    rows.append(
+                        {
+                            "model": spec,
+                            "input": side,
+                            "target": ratio,
+                            "round_to": round_to,
+                            "refused": str(err),
+                        }
+                    )
+                    print(f"| {spec} | {side} | {ratio:.0%} | {round_to} | refused: {err} |")
             timing = {b: _timings(variants, shape, b, args.rounds) for b in (1, 64)}
             for name in [n for n in variants if n != "full"]:
                 row = {
