@@ -53,6 +53,7 @@ import gfsprune
 from gfsprune import Macs, PruneConfig, Widths, count, models, prune
 from gfsprune.scoring import EVALUATORS, make_evaluator
 from gfsprune.surgery import Masks, build_graph, find_layers
+from gfsprune.workflow.latency import measure_latency
 
 # name -> (constructor options, input shape (C, H, W), picks per layer or None for Macs)
 MODELS = {
@@ -178,18 +179,6 @@ def time_schedules(
     return row
 
 
-def _forward_seconds(model, x, rounds: int = 5) -> float:
-    """Median seconds of one inference forward of ``model`` on ``x``, after a warm-up."""
-    times = []
-    with torch.inference_mode():
-        model(x)
-        for _ in range(rounds):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def scaling(
     multipliers: list[float], *, batch: int, ratio: float, measure_exact_to: float
 ) -> list[dict]:
@@ -205,7 +194,7 @@ def scaling(
         data = _labelled_by(model, (3, 32, 32), batch, 8, 0)
         example = data[0][0][:1]
         layers, _ = find_layers(model, example)
-        forward_s = _forward_seconds(model, data[0][0])
+        forward_s = measure_latency(model, (3, 32, 32), batch)
         row = {
             "width_mult": mult,
             "macs": ratio,
