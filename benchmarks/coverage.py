@@ -301,8 +301,8 @@ def check_model(
         if stage in ("build", "prune"):
             refused = isinstance(err, gfsprune.GfsPruneError)
             row["status"] = "refused" if refused else "crash"
-            if "can't allocate memory" in line:  # torch's allocator under the --memory cap
-                row["status"] = "timeout"
+            if isinstance(err, MemoryError) or "can't allocate memory" in line:
+                row["status"] = "timeout"  # out of --memory (torch's allocator or Python's)
             if refused and "does not compute what the masked" in line:
                 row["equivalent"] = False
         row["error"] = f"{stage}: {type(err).__name__}: {line}"
