@@ -5,7 +5,9 @@ pruned with the same selection settings once with ``round_to=1`` and once for ea
 ``--round-to`` value (8 by default: every pruned width a multiple of 8); then the unpruned
 model and the pruned ones are timed on the CPU at batch 1 and batch 64. The models are timed
 in turns, one forward each per round, after warm-up rounds, and the median per model is kept,
-so that a change of machine load during the run touches all of them alike. Which channels are
+so that a change of machine load during the run touches all of them alike; the rounded models
+are also compared with ``round_to=1`` round by round (the median of the per-round ratios, with a
+95% distribution-free interval), which tells a real difference from load noise. Which channels are
 kept does not change the latency, only how many, so selection uses the cheapest setting (one
 random candidate per step, two random batches); the widths come from the library's default
 allocator unless ``--allocator`` names another.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import platform
 import statistics
 import time
@@ -42,8 +45,9 @@ _DEFAULT_MODELS = (
 
 def _timings(
     variants: dict[str, nn.Module], shape: tuple[int, ...], batch: int, rounds: int
-) -> dict[str, float]:
-    """Median seconds of one forward per variant at ``batch``, the variants timed in turns."""
+) -> dict[str, list[float]]:
+    """Seconds of one forward per variant and round at ``batch``, the variants timed in
+    turns."""
     inputs = torch.randn(batch, *shape)
     times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
@@ -53,7 +57,20 @@ def _timings(
                 model(inputs)
                 if step >= 2:
                     times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def _median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """The median of ``values`` and a distribution-free ``level`` interval for it (the order
+    statistics whose binomial tail probabilities bracket it)."""
+    ordered, n = sorted(values), len(values)
+    tail, k = 0.0, 0
+    while k < n // 2 and tail + math.comb(n, k) / 2**n <= (1 - level) / 2:
+        tail += math.comb(n, k) / 2**n
+        k += 1
+    # k order statistics lie below the interval: it runs from the k+1-th to the n-k-th
+    low, high = (ordered[0], ordered[-1]) if k == 0 else (ordered[k], ordered[n - k - 1])
+    return statistics.median(values), low, high
 
 
 def _prune(
@@ -95,9 +112,9 @@ def main() -> None:
     )
     print(
         "| model | input | MACs target | round_to | MACs ratio | b=1 ms | speed-up b=1 "
-        "| b=64 ms | speed-up b=64 |"
+        "| b=64 ms | speed-up b=64 | against round_to=1, b=1 | b=64 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for spec, side in cases:
         torch.manual_seed(args.seed)
@@ -121,8 +138,16 @@ def main() -> None:
                         }
                     )
                     print(f"| {spec} | {side} | {ratio:.0%} | {round_to} | refused: {err} |")
-            timing = {b: _timings(variants, shape, b, args.rounds) for b in (1, 64)}
+            times = {b: _timings(variants, shape, b, args.rounds) for b in (1, 64)}
+            timing = {b: {n: statistics.median(t) for n, t in times[b].items()} for b in (1, 64)}
             for name in [n for n in variants if n != "full"]:
+                # per round, round_to=1's time over this variant's: > 1 means this one is faster
+                paired = {
+                    b: _median_interval(
+                        [a / c for a, c in zip(times[b]["r1"], times[b][name], strict=True)]
+                    )
+                    for b in (1, 64)
+                }
                 row = {
                     "model": spec,
                     "input": side,
@@ -132,12 +157,17 @@ def main() -> None:
                     **{f"speedup_b{b}": timing[b]["full"] / timing[b][name] for b in (1, 64)},
                     **{f"ms_b{b}": 1e3 * timing[b][name] for b in (1, 64)},
                     **{f"full_ms_b{b}": 1e3 * timing[b]["full"] for b in (1, 64)},
+                    **{f"vs_r1_b{b}": list(paired[b]) for b in (1, 64)},
                 }
                 rows.append(row)
+                versus = " | ".join(
+                    "" if name == "r1" else f"{m:.3f}x [{lo:.3f}, {hi:.3f}]"
+                    for m, lo, hi in (paired[1], paired[64])
+                )
                 print(
                     f"| {spec} | {side} | {ratio:.0%} | {row['round_to']} | "
                     f"{row['macs_ratio']:.3f} | {row['ms_b1']:.2f} | {row['speedup_b1']:.2f}x "
-                    f"| {row['ms_b64']:.1f} | {row['speedup_b64']:.2f}x |",
+                    f"| {row['ms_b64']:.1f} | {row['speedup_b64']:.2f}x | {versus} |",
                     flush=True,
                 )
     if args.json:
