@@ -40,6 +40,14 @@ def test_fast_at_its_exact_limits_is_the_exact_schedule(chain) -> None:
     exact = _plan(model, data, schedule="exact")
     assert _plan(model, data, schedule=Fast(growth=0, screen=None)) == exact
     assert _plan(model, data) == exact  # the default
+    # an exact warm-up as long as the widest kept layer leaves nothing to the fast steps
+    assert _plan(model, data, schedule=Fast(warmup=24, exact_warmup=True)) == exact
+
+
+def test_exact_warmup_scores_random_candidates_then_screens() -> None:
+    fast = Fast(screen=16, warmup=8, exact_warmup=True)
+    assert [fast.screened(k) for k in (0, 7, 8, 40)] == [None, None, 16, 20]
+    assert Fast(screen=16, warmup=8).screened(0) == 16
 
 
 def test_fast_is_deterministic_and_meets_the_widths(chain) -> None:
@@ -109,6 +117,8 @@ def test_schedule_options_are_checked() -> None:
         Fast(screen=0)
     with pytest.raises(ConfigError, match="'warmup' parameter of Fast"):
         Fast(warmup=-1)
+    with pytest.raises(ConfigError, match="'exact_warmup' parameter of Fast"):
+        Fast(exact_warmup=1)
     with pytest.raises(ConfigError, match="'schedule' option of PruneConfig must be one of"):
         PruneConfig(schedule="quick")
     with pytest.raises(ConfigError, match="'backward' strategy runs only the exact schedule"):

@@ -81,6 +81,13 @@ class Fast(Schedule):
         screen: Candidates scored exactly per step (at least twice the picks); ``None``
             scores a random subset of ``PruneConfig.candidates`` instead. ``Fast(growth=0,
             screen=None)`` is the exact schedule.
+        warmup: One pick per step until the layer keeps this many channels (the first picks
+            change the loss most).
+        rescore: With several picks per step, how many next-ranked candidates each pick
+            after the first scores again with the picks so far (``None``: none).
+        exact_warmup: The warm-up picks follow the exact rule, a random subset of
+            ``PruneConfig.candidates`` and no screen, so a layer that keeps at most
+            ``warmup`` channels gets the exact plan and only wider ones are sped up.
     """
 
     name: ClassVar[str] = "fast"
@@ -88,6 +95,7 @@ class Fast(Schedule):
     screen: int | None = 16
     warmup: int = 16
     rescore: int | None = None
+    exact_warmup: bool = False
 
     def __post_init__(self) -> None:
         if (
@@ -98,6 +106,11 @@ class Fast(Schedule):
             raise ConfigError(
                 f"The 'growth' parameter of Fast must be a non-negative number. Got "
                 f"{self.growth!r} instead."
+            )
+        if not isinstance(self.exact_warmup, bool):
+            raise ConfigError(
+                f"The 'exact_warmup' parameter of Fast must be True or False. Got "
+                f"{self.exact_warmup!r} instead."
             )
         for option, least, optional in (
             ("screen", 1, True),
@@ -121,7 +134,9 @@ class Fast(Schedule):
         return 1 if kept < self.warmup else max(1, int(kept * self.growth))
 
     def screened(self, kept: int) -> int | None:
-        return None if self.screen is None else max(self.screen, 2 * self.picks(kept))
+        if self.screen is None or (self.exact_warmup and kept < self.warmup):
+            return None
+        return max(self.screen, 2 * self.picks(kept))
 
 
 #: The schedules ``PruneConfig(schedule=NAME)`` accepts.
