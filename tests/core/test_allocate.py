@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gfsprune import PruneConfig, prune
+from gfsprune import PruneConfig, models, prune
 from gfsprune.core.allocate import (
     Curves,
     Uniform,
@@ -159,3 +159,17 @@ def test_round_to_larger_than_a_layer_leaves_it_whole_or_refuses_the_budget() ->
     with pytest.raises(ConfigError, match="cannot be met to the nearest step.*at most 0\\."):
         check_reachable(cost, Macs(0.9), round_to=4)
     assert allowed_widths(6, 8).tolist() == [6]
+
+
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_uniform_spreads_the_budget_correction_over_the_layers(round_to: int) -> None:
+    # resnet20 at 25% MACs: the nearest widths miss the budget, and the single steps that
+    # correct it go one per layer, so layers of the same full width stay within one step
+    torch.manual_seed(0)
+    model, x = models.get("resnet20", num_classes=10).eval(), torch.randn(1, 3, 32, 32)
+    layers, _ = find_layers(model, x)
+    cost = CostModel(model, x, layers)
+    widths = Uniform().allocate(cost, Macs(0.25), {}, round_to=round_to)
+    for full in set(cost.widths.tolist()):
+        same = [w for w, f in zip(widths, cost.widths, strict=True) if f == full]
+        assert max(same) - min(same) <= round_to, (full, same)

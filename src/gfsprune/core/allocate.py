@@ -152,7 +152,8 @@ def _fit(
     """Open layers at the same fraction ``t`` of ``base`` widths (the nearest allowed width,
     at most the full one), ``t`` found by bisection on the cost model; then single steps (to
     the next allowed width: one channel or item, or ``round_to`` channels) added or removed,
-    widest layers first, to land as close to the budget as the layers' granularity allows."""
+    first where the rounding went furthest the other way (widest layers first among equals),
+    to land as close to the budget as the layers' granularity allows."""
     full = cost.widths
     fixed = {
         i: np.isin(np.arange(int(full[i])), list(kept)).astype(float)
@@ -194,17 +195,23 @@ def _fit(
     for _ in range(40):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if error(widths_at(mid)) < 0 else (lo, mid)
-    widths = widths_at(lo)
+    widths, share = widths_at(lo), np.minimum(lo * base, full)
     by_width = sorted(open_layers, key=lambda i: -full[i])
     current = abs(error(widths))
     while True:
         step = -1 if error(widths) > 0 else 1
+        moves = []
         for i in by_width:
             index = int(np.searchsorted(grids[i], widths[i])) + step
-            if not 0 <= index < len(grids[i]):
-                continue
+            if 0 <= index < len(grids[i]):
+                # how far the layer's share lies beyond its width in the step's direction,
+                # in steps: the layers rounded furthest the other way move first (largest
+                # remainder), so no single layer absorbs the whole correction
+                gap = abs(grids[i][index] - widths[i])
+                moves.append((-step * (share[i] - widths[i]) / gap, i, grids[i][index]))
+        for _, i, width in sorted(moves, key=lambda move: move[0]):  # stable: widest first
             trial = widths.copy()
-            trial[i] = grids[i][index]
+            trial[i] = width
             if abs(error(trial)) < current - 1e-12:
                 widths, current = trial, abs(error(trial))
                 break
@@ -216,8 +223,8 @@ class Uniform(WidthAllocator):
     """Every layer still to be selected keeps the same fraction of its channels (the nearest
     allowed width), found by bisection on the cost model; then single steps (to the next
     allowed width: one channel or item, or ``round_to`` channels) are added or removed,
-    widest layers first, to land as close to the budget as the layers' granularity allows.
-    The simplest honest baseline."""
+    first where the rounding went furthest the other way, to land as close to the budget as
+    the layers' granularity allows. The simplest honest baseline."""
 
     name = "uniform"
 
