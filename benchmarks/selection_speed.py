@@ -20,8 +20,9 @@ faster than it can run the network on them).
 ``--per-layer`` times one greedy step in every layer instead (both evaluators, the same
 candidates: three channels kept plus one each), to show where the time goes.
 
-``--schedules`` times pruning to ``Macs(--macs)`` by the exact schedule, the fast one
-(``schedule="fast"``; both with ``uniform`` widths, so that only the schedule differs) and
+``--schedules`` times pruning to ``Macs(--macs)`` by the exact schedule, the fast ones
+(``--variants``, ``Fast()`` by default; all with ``uniform`` widths, so that only the
+schedule differs) and
 Torch-Pruning's magnitude pruner (L1, every layer alike, its ratio bisected to the same
 MACs) side by side, with the loss right after pruning: the
 cross-entropy against the unpruned model's own predictions on held-out batches (the weights
@@ -51,6 +52,7 @@ import torch_pruning as tp
 
 import gfsprune
 from gfsprune import Macs, PruneConfig, Widths, count, models, prune
+from gfsprune.core.schedules import Fast
 from gfsprune.scoring import EVALUATORS, make_evaluator
 from gfsprune.surgery import Masks, build_graph, find_layers
 from gfsprune.workflow.latency import measure_latency
@@ -146,9 +148,17 @@ def _tp_magnitude(model, example, ratio: float) -> tuple[torch.nn.Module, float]
 
 
 def time_schedules(
-    key: str, *, batch: int, ratio: float, estimate_exact: bool, seed: int = 0
+    key: str,
+    *,
+    batch: int,
+    ratio: float,
+    estimate_exact: bool,
+    variants: dict[str, dict] | None = None,
+    seed: int = 0,
 ) -> dict:
-    """Time-to-prune and loss right after pruning: exact, fast and Torch-Pruning."""
+    """Time-to-prune and loss right after pruning: exact, the fast ``variants`` (name:
+    ``Fast`` options; default ``Fast()`` as "fast") and Torch-Pruning."""
+    variants = {"fast": {}} if variants is None else variants
     spec, options, side = SPEED_MODELS[key]
     torch.manual_seed(seed)
     model = models.get(spec, **options).eval()
@@ -157,8 +167,9 @@ def time_schedules(
     held_out = _labelled_by(model, shape, batch, 2, seed + 1)
     example = data[0][0][:1]
     row: dict = {"model": key, "full_loss": round(_held_out_loss(model, held_out), 4)}
-    for name in ("exact", "fast"):
-        config = PruneConfig(schedule=name, allocator="uniform")
+    for name in ("exact", *variants):
+        schedule = Fast(**variants[name]) if name in variants else "exact"
+        config = PruneConfig(schedule=schedule, allocator="uniform")
         if name == "exact" and estimate_exact:
             row[name] = _exact_estimate(model, data, example, ratio, config.candidates, steps=3)
             continue
@@ -175,7 +186,9 @@ def time_schedules(
         "loss": round(_held_out_loss(pruned, held_out), 4),
         "macs_ratio": round(count(pruned, example)[0] / count(model, example)[0], 4),
     }
-    row["speedup"] = round(row["exact"]["seconds"] / row["fast"]["seconds"], 1)
+    for name, options in variants.items():
+        row[name]["options"] = options
+        row[name]["speedup"] = round(row["exact"]["seconds"] / row[name]["seconds"], 1)
     return row
 
 
@@ -378,7 +391,12 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--per-layer", action="store_true", help="time one step per layer instead")
-    parser.add_argument("--schedules", action="store_true", help="exact vs default vs TP")
+    parser.add_argument("--schedules", action="store_true", help="exact vs fast vs TP")
+    parser.add_argument(
+        "--variants",
+        default='{"fast": {}}',
+        help="--schedules: fast schedules as JSON, name: Fast options (default Fast())",
+    )
     parser.add_argument("--estimate-exact", action="store_true", help="estimate exact's time")
     parser.add_argument("--scaling", action="store_true", help="seconds against width")
     parser.add_argument("--multipliers", default="0.5,1,2,4", help="comma-separated")
@@ -393,7 +411,11 @@ def main() -> None:
     if args.schedules:
         for key in args.models.split(","):
             row = time_schedules(
-                key, batch=args.batch, ratio=args.macs, estimate_exact=args.estimate_exact
+                key,
+                batch=args.batch,
+                ratio=args.macs,
+                estimate_exact=args.estimate_exact,
+                variants=json.loads(args.variants),
             )
             print(json.dumps(row), flush=True)
         return
