@@ -4,7 +4,8 @@ For every model and MACs budget the model (random weights: latency does not depe
 pruned with the same selection settings once with ``round_to=1`` and once for each
 ``--round-to`` value (8 by default: every pruned width a multiple of 8); then the unpruned
 model and the pruned ones are timed on the CPU at batch 1 and batch 64. The models are timed
-in turns, one forward each per round, after warm-up rounds, and the median per model is kept,
+in turns, one forward each per round (each round starting one model later), after warm-up
+rounds, and the median per model is kept,
 so that a change of machine load during the run touches all of them alike; the rounded models
 are also compared with ``round_to=1`` round by round (the median of the per-round ratios, with a
 95% distribution-free interval), which tells a real difference from load noise. Which channels are
@@ -47,12 +48,16 @@ def _timings(
     variants: dict[str, nn.Module], shape: tuple[int, ...], batch: int, rounds: int
 ) -> dict[str, list[float]]:
     """Seconds of one forward per variant and round at ``batch``, the variants timed in
-    turns."""
+    turns, each round starting one variant later (so that none always runs right after the
+    same one)."""
     inputs = torch.randn(batch, *shape)
     times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
     with torch.inference_mode():
         for step in range(rounds + 2):  # two warm-up rounds
-            for name, model in variants.items():
+            turn = step % len(names)
+            for name in names[turn:] + names[:turn]:
+                model = variants[name]
                 start = time.perf_counter()
                 model(inputs)
                 if step >= 2:
