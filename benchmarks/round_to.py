@@ -5,13 +5,15 @@ pruned with the same selection settings once with ``round_to=1`` and once for ea
 ``--round-to`` value (8 by default: every pruned width a multiple of 8); then the unpruned
 model and the pruned ones are timed on the CPU at batch 1 and batch 64. The models are timed
 in turns, one forward each per round (each round starting one model later), after warm-up
-rounds, and the median per model is kept,
-so that a change of machine load during the run touches all of them alike; the rounded models
-are also compared with ``round_to=1`` round by round (the median of the per-round ratios, with a
-95% distribution-free interval), which tells a real difference from load noise. Which channels are
-kept does not change the latency, only how many, so selection uses the cheapest setting (one
-random candidate per step, two random batches); the widths come from the library's default
-allocator unless ``--allocator`` names another.
+rounds, so that a change of machine load during the run touches all of them alike, and the
+rounded models are compared with ``round_to=1`` round by round (the median of the per-round
+ratios). All of it is repeated in ``--processes`` fresh processes, one after another: where a
+model's tensors land in memory moves its speed by several percent for a whole process, so a
+single process's ratio, however many rounds, can be off by that much. The table gives the
+median over the processes (of each one's median) and, for the ratios, their range. Which
+channels are kept does not change the latency, only how many, so selection uses the cheapest
+setting (one random candidate per step, two random batches); the widths come from the
+library's default allocator unless ``--allocator`` names another.
 
     .venv/bin/python benchmarks/round_to.py                    # the default models, 1 thread
     .venv/bin/python benchmarks/round_to.py --models resnet20 torchvision:resnet18 --size 112
@@ -23,6 +25,7 @@ import argparse
 import datetime
 import json
 import math
+import multiprocessing as mp
 import platform
 import statistics
 import time
@@ -92,12 +95,44 @@ def _prune(
     return result.model.eval(), result.macs_after / result.macs_before
 
 
+def _measure(
+    spec: str,
+    side: int,
+    ratio: float,
+    round_tos: tuple[int, ...],
+    seed: int,
+    allocator: str | None,
+    rounds: int,
+    threads: int,
+) -> tuple[dict[str, float], dict[str, str], dict[int, dict[str, list[float]]]]:
+    """Build and prune the model, then time it: ``(MACs ratio per variant, refusal per
+    refused round_to, per batch size the seconds per variant and round)``. Run in a fresh
+    process per repeat: where a model's tensors land in memory shifts its speed by several
+    percent for the life of a process, more than the load changes the rounds even out."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    base = models.get(spec, num_classes=10, image_size=side).eval()
+    variants, macs, refused = {"full": base}, {"full": 1.0}, {}
+    for round_to in round_tos:
+        try:
+            variants[f"r{round_to}"], macs[f"r{round_to}"] = _prune(
+                base, side, ratio, round_to, seed, allocator
+            )
+        except ConfigError as err:  # e.g. the budget is out of reach at this rounding
+            refused[f"r{round_to}"] = str(err)
+    times = {b: _timings(variants, (3, side, side), b, rounds) for b in (1, 64)}
+    return macs, refused, times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", help="model specs (default: four models)")
     parser.add_argument("--size", type=int, help="input side for --models (default: 32)")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.25])
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per batch size")
+    parser.add_argument(
+        "--processes", type=int, default=3, help="fresh processes per case, one after another"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -108,12 +143,12 @@ def main() -> None:
     )
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     cases = [(m, args.size or 32) for m in args.models] if args.models else _DEFAULT_MODELS
     print(
         f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, "
         f"gfsprune {gfsprune.__version__}, {args.threads} thread(s), CPU, "
-        f"allocator {args.allocator or PruneConfig().allocator}"
+        f"allocator {args.allocator or PruneConfig().allocator}, {args.rounds} rounds in each "
+        f"of {args.processes} processes"
     )
     print(
         "| model | input | MACs target | round_to | MACs ratio | b=1 ms | speed-up b=1 "
@@ -121,63 +156,81 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for spec, side in cases:
-        torch.manual_seed(args.seed)
-        base = models.get(spec, num_classes=10, image_size=side).eval()
-        shape = (3, side, side)
-        for ratio in args.ratios:
-            variants, macs = {"full": base}, {"full": 1.0}
-            for round_to in (1, *args.round_to):
-                try:
-                    variants[f"r{round_to}"], macs[f"r{round_to}"] = _prune(
-                        base, side, ratio, round_to, args.seed, args.allocator
-                    )
-                except ConfigError as err:  # e.g. the budget is out of reach at this rounding
+    round_tos = (1, *args.round_to)
+    # a fresh process for every repeat (one at a time), so each builds its models anew
+    with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        for spec, side in cases:
+            for ratio in args.ratios:
+                task = (spec, side, ratio, round_tos, args.seed, args.allocator, args.rounds)
+                runs = [pool.apply(_measure, (*task, args.threads)) for _ in range(args.processes)]
+                macs, refused, _ = runs[0]
+                for name, err in refused.items():
                     rows.append(
                         {
                             "model": spec,
                             "input": side,
                             "target": ratio,
-                            "round_to": round_to,
-                            "refused": str(err),
+                            "round_to": int(name[1:]),
+                            "refused": err,
                         }
                     )
-                    print(f"| {spec} | {side} | {ratio:.0%} | {round_to} | refused: {err} |")
-            times = {b: _timings(variants, shape, b, args.rounds) for b in (1, 64)}
-            timing = {b: {n: statistics.median(t) for n, t in times[b].items()} for b in (1, 64)}
-            for name in [n for n in variants if n != "full"]:
-                # per round, round_to=1's time over this variant's: > 1 means this one is faster
-                paired = {
-                    b: _median_interval(
-                        [a / c for a, c in zip(times[b]["r1"], times[b][name], strict=True)]
-                    )
-                    for b in (1, 64)
-                }
-                row = {
-                    "model": spec,
-                    "input": side,
-                    "target": ratio,
-                    "round_to": int(name[1:]),
-                    "macs_ratio": macs[name],
-                    **{f"speedup_b{b}": timing[b]["full"] / timing[b][name] for b in (1, 64)},
-                    **{f"ms_b{b}": 1e3 * timing[b][name] for b in (1, 64)},
-                    **{f"full_ms_b{b}": 1e3 * timing[b]["full"] for b in (1, 64)},
-                    **{f"vs_r1_b{b}": list(paired[b]) for b in (1, 64)},
-                }
-                rows.append(row)
-                versus = " | ".join(
-                    "" if name == "r1" else f"{m:.3f}x [{lo:.3f}, {hi:.3f}]"
-                    for m, lo, hi in (paired[1], paired[64])
-                )
-                print(
-                    f"| {spec} | {side} | {ratio:.0%} | {row['round_to']} | "
-                    f"{row['macs_ratio']:.3f} | {row['ms_b1']:.2f} | {row['speedup_b1']:.2f}x "
-                    f"| {row['ms_b64']:.1f} | {row['speedup_b64']:.2f}x | {versus} |",
-                    flush=True,
-                )
+                    print(f"| {spec} | {side} | {ratio:.0%} | {name[1:]} | refused: {err} |")
+                rows += _report(spec, side, ratio, macs, [times for _, _, times in runs])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def _report(
+    spec: str,
+    side: int,
+    ratio: float,
+    macs: dict[str, float],
+    runs: list[dict[int, dict[str, list[float]]]],
+) -> list[dict]:
+    """Print and return a row per pruned variant: milliseconds (the median over processes
+    of each process's median), speed-ups over the full model, and the paired ratio against
+    ``round_to=1`` (each process's median per-round ratio; the median over processes with
+    their range, or with a 95% interval over the rounds when there is one process)."""
+    rows = []
+    ms = {
+        b: {n: 1e3 * statistics.median(statistics.median(t[b][n]) for t in runs) for n in macs}
+        for b in (1, 64)
+    }
+    for name in [n for n in macs if n != "full"]:
+        # per round, round_to=1's time over this variant's: > 1 means this one is faster
+        paired = {}
+        for b in (1, 64):
+            per_round = [[a / c for a, c in zip(t[b]["r1"], t[b][name], strict=True)] for t in runs]
+            if len(runs) == 1:
+                paired[b] = _median_interval(per_round[0])
+            else:
+                each = [statistics.median(r) for r in per_round]
+                paired[b] = statistics.median(each), min(each), max(each)
+        row = {
+            "model": spec,
+            "input": side,
+            "target": ratio,
+            "round_to": int(name[1:]),
+            "macs_ratio": macs[name],
+            **{f"speedup_b{b}": ms[b]["full"] / ms[b][name] for b in (1, 64)},
+            **{f"ms_b{b}": ms[b][name] for b in (1, 64)},
+            **{f"full_ms_b{b}": ms[b]["full"] for b in (1, 64)},
+            **{f"vs_r1_b{b}": list(paired[b]) for b in (1, 64)},
+            "processes": len(runs),
+        }
+        rows.append(row)
+        versus = " | ".join(
+            "" if name == "r1" else f"{m:.3f}x [{lo:.3f}, {hi:.3f}]"
+            for m, lo, hi in (paired[1], paired[64])
+        )
+        print(
+            f"| {spec} | {side} | {ratio:.0%} | {row['round_to']} | "
+            f"{row['macs_ratio']:.3f} | {row['ms_b1']:.2f} | {row['speedup_b1']:.2f}x "
+            f"| {row['ms_b64']:.1f} | {row['speedup_b64']:.2f}x | {versus} |",
+            flush=True,
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from gfsprune import PruneConfig, models, prune
 from gfsprune.core.allocate import (
@@ -173,3 +174,46 @@ def test_uniform_spreads_the_budget_correction_over_the_layers(round_to: int) ->
     for full in set(cost.widths.tolist()):
         same = [w for w, f in zip(widths, cost.widths, strict=True) if f == full]
         assert max(same) - min(same) <= round_to, (full, same)
+
+
+class _NarrowThenWide(nn.Module):
+    """A 16-channel convolution on a large map, then 64-channel ones on a small map: with
+    ``round_to=8`` the narrow layer may only be 8 or 16 wide, the wide ones move in eighths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.narrow = nn.Conv2d(3, 16, 3, padding=1)
+        self.wide = nn.Sequential(
+            nn.Conv2d(16, 64, 3, stride=4, padding=1),
+            *(nn.Conv2d(64, 64, 3, padding=1) for _ in range(3)),
+        )
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.wide(torch.relu(self.narrow(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("ratio", [0.4, 0.5, 0.6])
+def test_a_coarse_layer_keeps_its_nearest_width_when_finer_steps_reach_the_budget(ratio) -> None:
+    # The budget correction takes steps that stay on the near side of the budget first: the
+    # 16-channel layer is not pushed a whole half of its width past its share (and the wide
+    # layers cut back to pay for it) while the wide layers' eighths can fill the gap.
+    model, x = _NarrowThenWide(), torch.randn(1, 3, 32, 32)
+    layers, _ = find_layers(model, x)
+    cost = CostModel(model, x, layers)
+    shares = np.array(Uniform().allocate(cost, Macs(ratio), {})) / cost.widths
+    widths = Uniform().allocate(cost, Macs(ratio), {}, round_to=8)
+    nearest = allowed_widths(16, 8)[np.abs(allowed_widths(16, 8) - 16 * shares[0]).argmin()]
+    assert widths[0] == nearest
+
+    def ratio_at(w: list[int]) -> float:
+        return cost.ratio(
+            [np.full(int(f), v / f) for v, f in zip(w, cost.widths, strict=True)], Macs(ratio)
+        )
+
+    # within the least one eighth of one wide layer changes the ratio
+    finest = min(
+        abs(ratio_at(widths) - ratio_at([*widths[:i], widths[i] - 8, *widths[i + 1 :]]))
+        for i in range(1, len(widths))
+    )
+    assert abs(ratio_at(widths) - ratio) <= finest

@@ -153,7 +153,10 @@ def _fit(
     at most the full one), ``t`` found by bisection on the cost model; then single steps (to
     the next allowed width: one channel or item, or ``round_to`` channels) added or removed,
     first where the rounding went furthest the other way (widest layers first among equals),
-    to land as close to the budget as the layers' granularity allows."""
+    to land as close to the budget as the layers' granularity allows. Steps that stay on
+    the near side of the budget go first; one that passes it is taken only when none is
+    left, so a layer whose allowed widths are far apart (16 channels with ``round_to=8``)
+    keeps its nearest width unless no finer step elsewhere gets closer."""
     full = cost.widths
     fixed = {
         i: np.isin(np.arange(int(full[i])), list(kept)).astype(float)
@@ -209,14 +212,21 @@ def _fit(
                 # remainder), so no single layer absorbs the whole correction
                 gap = abs(grids[i][index] - widths[i])
                 moves.append((-step * (share[i] - widths[i]) / gap, i, grids[i][index]))
+        signed, trials = error(widths), []
         for _, i, width in sorted(moves, key=lambda move: move[0]):  # stable: widest first
             trial = widths.copy()
             trial[i] = width
-            if abs(error(trial)) < current - 1e-12:
-                widths, current = trial, abs(error(trial))
-                break
+            after = error(trial)
+            if abs(after) < current - 1e-12 and after * signed >= 0:
+                break  # a step that does not pass the budget: taken in this order
+            trials.append((trial, after))
         else:
-            return [int(w) for w in widths]
+            # every step passes the budget: the first one that lands closer, if any
+            closer = [(t, e) for t, e in trials if abs(e) < current - 1e-12]
+            if not closer:
+                return [int(w) for w in widths]
+            trial, after = closer[0]
+        widths, current = trial, abs(after)
 
 
 class Uniform(WidthAllocator):
