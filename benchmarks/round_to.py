@@ -2,18 +2,19 @@
 
 For every model and MACs budget the model (random weights: latency does not depend on them) is
 pruned with the same selection settings once with ``round_to=1`` and once for each
-``--round-to`` value (8 by default: every pruned width a multiple of 8); then the unpruned
-model and the pruned ones are timed on the CPU at batch 1 and batch 64. The models are timed
-in turns, one forward each per round (each round starting one model later), after warm-up
-rounds, so that a change of machine load during the run touches all of them alike, and the
-rounded models are compared with ``round_to=1`` round by round (the median of the per-round
-ratios). All of it is repeated in ``--processes`` fresh processes, one after another: where a
-model's tensors land in memory moves its speed by several percent for a whole process, so a
-single process's ratio, however many rounds, can be off by that much. The table gives the
-median over the processes (of each one's median) and, for the ratios, their range. Which
-channels are kept does not change the latency, only how many, so selection uses the cheapest
-setting (one random candidate per step, two random batches); the widths come from the
-library's default allocator unless ``--allocator`` names another.
+``--round-to`` value (8 by default: every pruned width a multiple of 8) and saved; then the
+unpruned model and the pruned ones are timed on the CPU at batch 1 and batch 64. The models
+are timed in turns, one forward each per round (each round starting one model later), after
+warm-up rounds, so that a change of machine load during the run touches all of them alike,
+and the rounded models are compared with ``round_to=1`` round by round (the median of the
+per-round ratios). The timing is repeated in ``--processes`` fresh processes, one after
+another, each loading the saved models anew: where a model's tensors land in memory moves
+its speed by several percent for a whole process, so a single process's ratio, however many
+rounds, can be off by that much. The table gives the median over the processes (of each
+one's median) and, for the ratios, their range. Which channels are kept does not change the
+latency, only how many, so selection uses the cheapest setting (one random candidate per
+step, two random batches); the widths come from the library's default allocator unless
+``--allocator`` names another.
 
     .venv/bin/python benchmarks/round_to.py                    # the default models, 1 thread
     .venv/bin/python benchmarks/round_to.py --models resnet20 torchvision:resnet18 --size 112
@@ -26,15 +27,17 @@ import datetime
 import json
 import math
 import multiprocessing as mp
+import os
 import platform
 import statistics
+import tempfile
 import time
 
 import torch
 from torch import nn
 
 import gfsprune
-from gfsprune import Macs, PruneConfig, models, prune
+from gfsprune import Macs, PruneConfig, PruneResult, load, models, prune, save
 from gfsprune.errors import ConfigError
 
 # (spec, input side) of the default models: two zoo CIFAR-shape networks and two torchvision
@@ -83,7 +86,7 @@ def _median_interval(values: list[float], level: float = 0.95) -> tuple[float, f
 
 def _prune(
     model: nn.Module, side: int, ratio: float, round_to: int, seed: int, allocator: str | None
-) -> tuple:
+) -> PruneResult:
     g = torch.Generator().manual_seed(seed)
     data = [
         (torch.randn(16, 3, side, side, generator=g), torch.randint(0, 10, (16,), generator=g))
@@ -91,37 +94,21 @@ def _prune(
     ]
     options = {} if allocator is None else {"allocator": allocator}
     config = PruneConfig(candidates=1, seed=seed, round_to=round_to, **options)
-    result = prune(model, data, data[0][0][:1], target=Macs(ratio), config=config, progress=False)
-    return result.model.eval(), result.macs_after / result.macs_before
+    return prune(model, data, data[0][0][:1], target=Macs(ratio), config=config, progress=False)
 
 
 def _measure(
-    spec: str,
-    side: int,
-    ratio: float,
-    round_tos: tuple[int, ...],
-    seed: int,
-    allocator: str | None,
-    rounds: int,
-    threads: int,
-) -> tuple[dict[str, float], dict[str, str], dict[int, dict[str, list[float]]]]:
-    """Build and prune the model, then time it: ``(MACs ratio per variant, refusal per
-    refused round_to, per batch size the seconds per variant and round)``. Run in a fresh
-    process per repeat: where a model's tensors land in memory shifts its speed by several
-    percent for the life of a process, more than the load changes the rounds even out."""
+    spec: str, side: int, folders: dict[str, str], rounds: int, threads: int
+) -> dict[int, dict[str, list[float]]]:
+    """Build the full model, load the pruned ones saved in ``folders`` (variant name ->
+    folder) and time them all: per batch size the seconds per variant and round. Run in a
+    fresh process per repeat: where a model's tensors land in memory shifts its speed by
+    several percent for the life of a process, more than the load changes the rounds even
+    out."""
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)
     base = models.get(spec, num_classes=10, image_size=side).eval()
-    variants, macs, refused = {"full": base}, {"full": 1.0}, {}
-    for round_to in round_tos:
-        try:
-            variants[f"r{round_to}"], macs[f"r{round_to}"] = _prune(
-                base, side, ratio, round_to, seed, allocator
-            )
-        except ConfigError as err:  # e.g. the budget is out of reach at this rounding
-            refused[f"r{round_to}"] = str(err)
-    times = {b: _timings(variants, (3, side, side), b, rounds) for b in (1, 64)}
-    return macs, refused, times
+    variants = {"full": base} | {name: load(f, base) for name, f in folders.items()}
+    return {b: _timings(variants, (3, side, side), b, rounds) for b in (1, 64)}
 
 
 def main() -> None:
@@ -157,25 +144,40 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     round_tos = (1, *args.round_to)
-    # a fresh process for every repeat (one at a time), so each builds its models anew
+    # pruned once per case and saved; timed in a fresh process for every repeat (one at a
+    # time), each loading its models anew
     with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
         for spec, side in cases:
+            torch.set_num_threads(args.threads)
+            torch.manual_seed(args.seed)
+            base = models.get(spec, num_classes=10, image_size=side).eval()
             for ratio in args.ratios:
-                task = (spec, side, ratio, round_tos, args.seed, args.allocator, args.rounds)
-                runs = [pool.apply(_measure, (*task, args.threads)) for _ in range(args.processes)]
-                macs, refused, _ = runs[0]
-                for name, err in refused.items():
-                    rows.append(
-                        {
-                            "model": spec,
-                            "input": side,
-                            "target": ratio,
-                            "round_to": int(name[1:]),
-                            "refused": err,
-                        }
-                    )
-                    print(f"| {spec} | {side} | {ratio:.0%} | {name[1:]} | refused: {err} |")
-                rows += _report(spec, side, ratio, macs, [times for _, _, times in runs])
+                with tempfile.TemporaryDirectory() as tmp:
+                    macs, folders = {"full": 1.0}, {}
+                    for round_to in round_tos:
+                        name = f"r{round_to}"
+                        try:
+                            result = _prune(base, side, ratio, round_to, args.seed, args.allocator)
+                        except ConfigError as err:  # e.g. the budget is out of reach
+                            rows.append(
+                                {
+                                    "model": spec,
+                                    "input": side,
+                                    "target": ratio,
+                                    "round_to": round_to,
+                                    "refused": str(err),
+                                }
+                            )
+                            print(
+                                f"| {spec} | {side} | {ratio:.0%} | {round_to} | refused: {err} |"
+                            )
+                            continue
+                        macs[name] = result.macs_after / result.macs_before
+                        folders[name] = str(save(result, os.path.join(tmp, name)))
+                    task = (spec, side, folders, args.rounds, args.threads)
+                    runs = [pool.apply(_measure, task) for _ in range(args.processes)]
+                if "r1" in macs:  # the reference every rounding is compared with
+                    rows += _report(spec, side, ratio, macs, runs)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
