@@ -94,10 +94,11 @@ class PruneConfig:
             the arithmetic path (evaluator, torch version, CPU kernels); GPUs with TF32
             convolutions differ by up to about 1e-3 (use 4e-3 there). 0: the lowest loss
             always wins.
-        round_to: Every pruned width a multiple of this (or the layer's full width), so
-            that the smaller network keeps channel counts fast kernels are made for (8 or 16
-            on most hardware); budgets are still met, to the nearest step. Applies to
-            ``Macs``, ``Params`` and ``Tolerance`` targets (``Widths`` are taken as given).
+        round_to: Every pruned width a multiple of this (or the layer's full width), for
+            kernels made for such channel counts (8: GPU tensor cores); whether it is faster
+            on a CPU depends on its kernels, so compare the measured latencies. Budgets are
+            still met, to the nearest step. Applies to ``Macs``, ``Params`` and
+            ``Tolerance`` targets (``Widths`` are taken as given).
         device: Where to run (``None``: the device of the model's parameters).
 
     Example:

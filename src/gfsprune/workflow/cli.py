@@ -189,8 +189,9 @@ def _add_selection(p: argparse.ArgumentParser, *, greedy_only: bool) -> None:
         "--round-to",
         type=int,
         default=default.round_to,
-        help="every pruned width a multiple of this, or the full width, e.g. 8 for fast "
-        f"kernels (default {default.round_to}: any width)",
+        help="every pruned width a multiple of this, or the full width, e.g. 8 for GPU "
+        "tensor cores; on a CPU compare the measured latencies "
+        f"(default {default.round_to}: any width)",
     )
     p.add_argument(
         "--allocator",
