@@ -203,7 +203,8 @@ def test_a_coarse_layer_keeps_its_nearest_width_when_finer_steps_reach_the_budge
     cost = CostModel(model, x, layers)
     shares = np.array(Uniform().allocate(cost, Macs(ratio), {})) / cost.widths
     widths = Uniform().allocate(cost, Macs(ratio), {}, round_to=8)
-    nearest = allowed_widths(16, 8)[np.abs(allowed_widths(16, 8) - 16 * shares[0]).argmin()]
+    grid = allowed_widths(16, 8)
+    nearest = grid[np.abs(grid - 16 * shares[0]).argmin()]
     assert widths[0] == nearest
 
     def ratio_at(w: list[int]) -> float:

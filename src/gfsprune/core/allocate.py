@@ -200,9 +200,9 @@ def _fit(
         lo, hi = (mid, hi) if error(widths_at(mid)) < 0 else (lo, mid)
     widths, share = widths_at(lo), np.minimum(lo * base, full)
     by_width = sorted(open_layers, key=lambda i: -full[i])
-    current = abs(error(widths))
     while True:
-        step = -1 if error(widths) > 0 else 1
+        signed = error(widths)
+        step = -1 if signed > 0 else 1
         moves = []
         for i in by_width:
             index = int(np.searchsorted(grids[i], widths[i])) + step
@@ -212,21 +212,21 @@ def _fit(
                 # remainder), so no single layer absorbs the whole correction
                 gap = abs(grids[i][index] - widths[i])
                 moves.append((-step * (share[i] - widths[i]) / gap, i, grids[i][index]))
-        signed, trials = error(widths), []
+        passing = None  # the first step that lands closer but past the budget
         for _, i, width in sorted(moves, key=lambda move: move[0]):  # stable: widest first
             trial = widths.copy()
             trial[i] = width
             after = error(trial)
-            if abs(after) < current - 1e-12 and after * signed >= 0:
-                break  # a step that does not pass the budget: taken in this order
-            trials.append((trial, after))
+            if abs(after) < abs(signed) - 1e-12:
+                if after * signed >= 0:
+                    break  # a step that does not pass the budget: taken in this order
+                if passing is None:
+                    passing = trial
         else:
-            # every step passes the budget: the first one that lands closer, if any
-            closer = [(t, e) for t, e in trials if abs(e) < current - 1e-12]
-            if not closer:
+            if passing is None:
                 return [int(w) for w in widths]
-            trial, after = closer[0]
-        widths, current = trial, abs(after)
+            trial = passing
+        widths = trial
 
 
 class Uniform(WidthAllocator):
