@@ -7,7 +7,8 @@ kernel can be slower than a narrower or wider one. This prints, for each pair of
 median milliseconds of one 3x3 convolution (padding 1, no bias) and of a stack of residual
 blocks (``in`` channels on the residual stream, ``out`` inside each block, as in a ResNet
 stage whose stream and inner convolutions were pruned to those widths), in the contiguous
-(NCHW) and the channels-last formats, timed in turns after two warm-up rounds.
+(NCHW) and the channels-last formats, timed in turns after two warm-up rounds (as
+``round_to.py`` times its models).
 
     .venv/bin/python benchmarks/conv_widths.py                       # 32x32, batch 64, 1 thread
     .venv/bin/python benchmarks/conv_widths.py --widths 11:11 16:8 8:8 --side 56 --batch 1
@@ -19,9 +20,9 @@ import argparse
 import datetime
 import platform
 import statistics
-import time
 
 import torch
+from round_to import in_turns
 from torch import nn
 
 _DEFAULT_WIDTHS = ("8:8", "11:11", "12:12", "16:8", "8:16", "16:11", "16:16", "24:24", "32:32")
@@ -39,19 +40,6 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-
-def _median_ms(cases: dict[str, tuple[nn.Module, torch.Tensor]], rounds: int) -> dict[str, float]:
-    """Median milliseconds of one forward per case, the cases timed in turns."""
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    with torch.inference_mode():
-        for step in range(rounds + 2):  # two warm-up rounds
-            for name, (module, x) in cases.items():
-                start = time.perf_counter()
-                module(x)
-                if step >= 2:
-                    times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -73,7 +61,7 @@ def main() -> None:
             stack = nn.Sequential(*(_Block(c_in, c_out) for _ in range(args.blocks))).eval()
             for kind, module in (("conv", conv), ("blocks", stack)):
                 cases[f"{fmt}|{c_in}:{c_out}|{kind}"] = (module.to(memory_format=fmt), x)
-    ms = _median_ms(cases, args.rounds)
+    ms = {name: 1e3 * statistics.median(t) for name, t in in_turns(cases, args.rounds).items()}
     print(
         f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, "
         f"{args.threads} thread(s), CPU, {args.side}x{args.side}, batch {args.batch}, "

@@ -50,22 +50,21 @@ _DEFAULT_MODELS = (
 )
 
 
-def _timings(
-    variants: dict[str, nn.Module], shape: tuple[int, ...], batch: int, rounds: int
+def in_turns(
+    cases: dict[str, tuple[nn.Module, torch.Tensor]], rounds: int
 ) -> dict[str, list[float]]:
-    """Seconds of one forward per variant and round at ``batch``, the variants timed in
-    turns, each round starting one variant later (so that none always runs right after the
-    same one)."""
-    inputs = torch.randn(batch, *shape)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
+    """Seconds of one forward per case (a module and its input) and round, after two warm-up
+    rounds, the cases timed in turns, each round starting one case later (so that none always
+    runs right after the same one)."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
     with torch.inference_mode():
-        for step in range(rounds + 2):  # two warm-up rounds
+        for step in range(rounds + 2):
             turn = step % len(names)
             for name in names[turn:] + names[:turn]:
-                model = variants[name]
+                module, x = cases[name]
                 start = time.perf_counter()
-                model(inputs)
+                module(x)
                 if step >= 2:
                     times[name].append(time.perf_counter() - start)
     return times
@@ -97,18 +96,41 @@ def _prune(
     return prune(model, data, data[0][0][:1], target=Macs(ratio), config=config, progress=False)
 
 
+def _pruned(
+    base: nn.Module,
+    side: int,
+    ratio: float,
+    round_tos: tuple[int, ...],
+    args: argparse.Namespace,
+    folder: str,
+) -> tuple[dict[str, float], dict[str, str], dict[int, str]]:
+    """Prune ``base`` at each rounding and save it under ``folder``: ``(MACs ratio per
+    variant, folder per variant, the error per refused rounding)``."""
+    macs, folders, refused = {"full": 1.0}, {}, {}
+    for round_to in round_tos:
+        try:
+            result = _prune(base, side, ratio, round_to, args.seed, args.allocator)
+        except ConfigError as err:  # e.g. the budget is out of reach at this rounding
+            refused[round_to] = str(err)
+            continue
+        macs[f"r{round_to}"] = result.macs_after / result.macs_before
+        folders[f"r{round_to}"] = str(save(result, os.path.join(folder, f"r{round_to}")))
+    return macs, folders, refused
+
+
 def _measure(
     spec: str, side: int, folders: dict[str, str], rounds: int, threads: int
 ) -> dict[int, dict[str, list[float]]]:
     """Build the full model, load the pruned ones saved in ``folders`` (variant name ->
-    folder) and time them all: per batch size the seconds per variant and round. Run in a
-    fresh process per repeat: where a model's tensors land in memory shifts its speed by
-    several percent for the life of a process, more than the load changes the rounds even
-    out."""
+    folder) and time them all: per batch size the seconds per variant and round."""
     torch.set_num_threads(threads)
     base = models.get(spec, num_classes=10, image_size=side).eval()
     variants = {"full": base} | {name: load(f, base) for name, f in folders.items()}
-    return {b: _timings(variants, (3, side, side), b, rounds) for b in (1, 64)}
+    times = {}
+    for batch in (1, 64):
+        x = torch.randn(batch, 3, side, side)
+        times[batch] = in_turns({name: (m, x) for name, m in variants.items()}, rounds)
+    return times
 
 
 def main() -> None:
@@ -144,38 +166,23 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     round_tos = (1, *args.round_to)
+    torch.set_num_threads(args.threads)
     # pruned once per case and saved; timed in a fresh process for every repeat (one at a
-    # time), each loading its models anew
+    # time), each loading its models anew: where a model's tensors land in memory shifts its
+    # speed by several percent for the life of a process
     with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
         for spec, side in cases:
-            torch.set_num_threads(args.threads)
             torch.manual_seed(args.seed)
             base = models.get(spec, num_classes=10, image_size=side).eval()
             for ratio in args.ratios:
                 with tempfile.TemporaryDirectory() as tmp:
-                    macs, folders = {"full": 1.0}, {}
-                    for round_to in round_tos:
-                        name = f"r{round_to}"
-                        try:
-                            result = _prune(base, side, ratio, round_to, args.seed, args.allocator)
-                        except ConfigError as err:  # e.g. the budget is out of reach
-                            rows.append(
-                                {
-                                    "model": spec,
-                                    "input": side,
-                                    "target": ratio,
-                                    "round_to": round_to,
-                                    "refused": str(err),
-                                }
-                            )
-                            print(
-                                f"| {spec} | {side} | {ratio:.0%} | {round_to} | refused: {err} |"
-                            )
-                            continue
-                        macs[name] = result.macs_after / result.macs_before
-                        folders[name] = str(save(result, os.path.join(tmp, name)))
+                    macs, folders, refused = _pruned(base, side, ratio, round_tos, args, tmp)
                     task = (spec, side, folders, args.rounds, args.threads)
                     runs = [pool.apply(_measure, task) for _ in range(args.processes)]
+                for round_to, err in refused.items():
+                    case = {"model": spec, "input": side, "target": ratio, "round_to": round_to}
+                    rows.append({**case, "refused": err})
+                    print(f"| {spec} | {side} | {ratio:.0%} | {round_to} | refused: {err} |")
                 if "r1" in macs:  # the reference every rounding is compared with
                     rows += _report(spec, side, ratio, macs, runs)
     if args.json:
