@@ -101,6 +101,8 @@ def documents(tmp_path_factory) -> dict[str, tuple[Path, object, Callable[[Path]
         seconds=0.1,
         latency_b1=1e-3,
         latency_b64=2e-2,
+        gpu_latency_b1=1e-4,
+        gpu_latency_b64=2e-4,
         epochs={"0": {"acc": 0.5, "loss": 1.0}, "1": {"acc": 0.9, "loss": 0.3}},
     )
     base = {"acc": 0.9, "loss": 0.2, "macs": 10, "params": 4, "latency_b1": 2e-3}

@@ -46,6 +46,20 @@ def test_the_table_has_a_row_per_method_after_the_base() -> None:
     assert len({len(line) for line in table}) == 1  # aligned columns
 
 
+def test_the_table_has_a_gpu_latency_column_where_one_was_measured() -> None:
+    gpu = {**_row(0.9, 0.94), "latency_b64": 0.0125, "gpu_latency_b64": 0.0004}
+    results = _results(gfs=gpu, random=_row(0.3, 0.93))
+    results["base"] |= {"latency_b64": 0.025, "gpu_latency_b64": 0.0008}
+    table = format_table(results).splitlines()
+    assert table[0].split("|")[-3:-1] == [" ms b=64 (CPU) ", " ms b=64 (GPU) "]
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[-3:-1]]
+        for line in table[2:]
+    }
+    assert cells == {"base": ["25.00", "0.80"], "gfs": ["12.50", "0.40"], "random": ["", ""]}
+    assert "GPU" not in format_table(_results(gfs=_row(0.9, 0.94))).splitlines()[0]
+
+
 def test_the_table_shows_recalibration_and_marks_macs_away_from_gfs() -> None:
     recalibrated = _row(0.5, 0.9)
     recalibrated["epochs"]["0"]["acc"] = 0.7

@@ -17,6 +17,8 @@ __all__ = ["RESULTS_FILE", "read_results"]
 
 RESULTS_FILE = "results.json"
 _LATENCY = ("latency_b1", "latency_b64")
+# measured where the comparison ran on a GPU: optional
+_GPU_LATENCY = ("gpu_latency_b1", "gpu_latency_b64")
 _BASE = ("acc", "loss", "macs", "params", *_LATENCY)
 _ROW = ("macs", "params", "acc_pruned", "loss_pruned", "seconds", *_LATENCY)
 # per fine-tuning budget (epochs, as text): accuracy and loss
@@ -60,7 +62,10 @@ def _scores(
     fields: Fields, keys: tuple[str, ...], *, extra: tuple[str, ...] = ()
 ) -> dict[str, float | int]:
     """Accuracies in [0, 1], counts as non-negative integers, losses and times finite; the
-    ``extra`` fields must be there too, and are read by the caller."""
+    ``extra`` fields must be there too, and are read by the caller. GPU latencies are read
+    where present."""
+    if any(key in keys for key in _LATENCY):
+        keys += tuple(key for key in _GPU_LATENCY if fields.get(key) is not None)
     fields.keys_exactly(*keys, *extra)
     scores: dict[str, float | int] = {}
     for key in keys:

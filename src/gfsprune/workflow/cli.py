@@ -399,12 +399,18 @@ def _prune(args: argparse.Namespace) -> None:
             f"{'distill':9}{scores['distill_before']:>12.4f}{scores['distill_after']:>12.4f}"
             "   (test split: distance to the unpruned model's outputs)"
         )
-    for batch in (1, 64):
-        before, after = (1e3 * scores[f"latency_b{batch}_{w}"] for w in ("before", "after"))
-        _say(
-            f"{f'ms b={batch}':9}{before:>12.3f}{after:>12.3f}{before / after:>8.2f}x"
-            f"   (CPU latency, median, {torch.get_num_threads()} thread(s))"
-        )
+    for where, label in (
+        ("", f"CPU latency, median, {torch.get_num_threads()} thread(s)"),
+        ("gpu_", "GPU latency, median"),
+    ):
+        for batch in (1, 64):
+            key = f"{where}latency_b{batch}"
+            if f"{key}_before" in scores:
+                before, after = (1e3 * scores[f"{key}_{w}"] for w in ("before", "after"))
+                _say(
+                    f"{f'ms b={batch}':9}{before:>12.3f}{after:>12.3f}{before / after:>8.2f}x"
+                    f"   ({label})"
+                )
     _say(f"wrote {args.out}")
 
 
@@ -442,8 +448,11 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"distill       {scores['distill']:.4f} (to the unpruned model)")
     print(f"MACs          {scores['macs']:,}")
     print(f"params        {scores['params']:,}")
-    print(f"latency b=1   {1e3 * scores['latency_b1']:.3f} ms (CPU, median)")
-    print(f"latency b=64  {1e3 * scores['latency_b64']:.3f} ms (CPU, median)")
+    for where, label in (("", "CPU"), ("gpu_", "GPU")):
+        for batch in (1, 64):
+            if f"{where}latency_b{batch}" in scores:
+                seconds = scores[f"{where}latency_b{batch}"]
+                print(f"{f'latency b={batch}':14}{1e3 * seconds:.3f} ms ({label}, median)")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -570,8 +579,9 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         "eval",
         parents=[common],
         help="evaluate a trained or pruned model",
-        description="Test accuracy and loss, MACs, parameters and measured CPU "
-        "latency (median of 5 runs after 2 warm-ups) at batch 1 and 64.",
+        description="Test accuracy and loss, MACs, parameters and measured latency "
+        "(median of 5 runs after 2 warm-ups) at batch 1 and 64: on the CPU, and on the "
+        "GPU where --device is one.",
     )
     _add_folder_or_spec(p, "train, prune or finetune")
     p.set_defaults(handler=_eval, command_name="eval")

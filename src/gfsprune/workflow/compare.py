@@ -110,7 +110,8 @@ class Comparison:
             ``seconds`` is the time to choose the channels and build the pruned model (for
             ``scratch``, to re-initialise it), without evaluation or fine-tuning; latencies
             are CPU seconds per forward pass at batch 1 and 64 (median), with torch's current
-            thread count.
+            thread count, and where the comparison runs on a GPU also ``gpu_latency_b1`` and
+            ``gpu_latency_b64`` there.
         plan: The layers greedy forward selection pruned, their widths and kept channels.
     """
 
@@ -213,7 +214,7 @@ def compare(
             "loss": loss,
             "macs": macs,
             "params": params,
-            **latencies(model, data.input_shape),
+            **latencies(model, data.input_shape, device),
         },
         "methods": {},
     }
@@ -278,7 +279,7 @@ def _finetune_and_score(
 ) -> dict:
     """One method's row: costs, scores right after pruning and at every budget."""
     macs, params = count(pruned, example_inputs)
-    speed = latencies(pruned, data.input_shape)
+    speed = latencies(pruned, data.input_shape, device)
     acc_pruned, loss_pruned = evaluate(pruned, data.test)
     start = copy.deepcopy(pruned)
     if config.recalibrate:

@@ -189,8 +189,9 @@ def prune_checkpoint(
 
     Returns:
         The result, and the test accuracy and loss before and right after pruning
-        (``acc_before``, ``loss_before``, ``acc_after``, ``loss_after``) and the measured CPU
-        latency before and after (``latency_b1_before``, ``latency_b64_after``, ...).
+        (``acc_before``, ``loss_before``, ``acc_after``, ``loss_after``) and the measured
+        latency before and after (``latency_b1_before``, ``latency_b64_after``, ...: on the
+        CPU, and ``gpu_latency_b1_before``, ... on the device where it is a GPU).
     """
     config = config or PruneConfig()
     device = resolve_device(config.device)
@@ -228,7 +229,7 @@ def prune_checkpoint(
     scores: dict[str, float] = {}
     for when, net in (("before", model), ("after", result.model)):
         found = _scores(net, bundle, teacher=model, device=device)
-        found |= latencies(net, _sample(info))
+        found |= latencies(net, _sample(info), device)
         scores |= {f"{k}_{when}": v for k, v in found.items()}
     return result, scores
 
@@ -325,8 +326,9 @@ def evaluate_dir(
     device: str | None = None,
     model_spec: str | None = None,
 ) -> dict[str, float]:
-    """Accuracy, loss, MACs, params and CPU latency (batch 1 and 64) of a saved model or a
-    :class:`ModelSpec` (``model_spec``: as in :func:`finetune_dir`)."""
+    """Accuracy, loss, MACs, params and latency (batch 1 and 64; on the CPU, and on
+    ``device`` where it is a GPU) of a saved model or a :class:`ModelSpec` (``model_spec``: as
+    in :func:`finetune_dir`)."""
     device = resolve_device(device)
     model, info, bundle = _open(directory, data=data, model_spec=model_spec)
     # Text is scored against the unpruned model: the base the folder was pruned from.
@@ -334,7 +336,8 @@ def evaluate_dir(
     scores = _scores(model, bundle, teacher=teacher, device=device)
     model.cpu()
     macs, params = count(model, info.example_inputs())
-    return {**scores, "macs": macs, "params": params, **latencies(model, _sample(info))}
+    speed = latencies(model, _sample(info), device)
+    return {**scores, "macs": macs, "params": params, **speed}
 
 
 def compare_checkpoint(

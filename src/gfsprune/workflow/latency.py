@@ -1,4 +1,5 @@
-"""Measured CPU latency: what a pruned model's speed-up really is."""
+"""Measured latency: what a pruned model's speed-up really is, on the CPU and, where a job
+runs on one, on the accelerator (a GPU)."""
 
 from __future__ import annotations
 
@@ -18,33 +19,57 @@ BATCHES = (1, 64)
 
 
 def measure_latency(
-    model: nn.Module, sample: tuple[int, ...] | object, batch_size: int, *, repeats: int = 5
+    model: nn.Module,
+    sample: tuple[int, ...] | object,
+    batch_size: int,
+    *,
+    device: str | torch.device = "cpu",
+    repeats: int = 5,
 ) -> float:
-    """Median seconds of a forward pass on the CPU at ``batch_size``, after two warm-up runs;
-    ``model`` itself is not moved. ``sample`` is the shape of one input (random inputs are
-    drawn) or one example input (a tensor, tuple or dict of batch 1, e.g. token ids),
-    repeated to the batch."""
-    model = copy.deepcopy(model).cpu().eval()
+    """Median seconds of a forward pass on ``device`` at ``batch_size``, after two warm-up
+    runs, waiting for the device to finish each; ``model`` itself is not moved. ``sample``
+    is the shape of one input (random inputs are drawn) or one example input (a tensor,
+    tuple or dict of batch 1, e.g. token ids), repeated to the batch."""
+    device = torch.device(device)
+    model = copy.deepcopy(model).to(device).eval()
     if isinstance(sample, tuple) and all(isinstance(size, int) for size in sample):
-        inputs: object = torch.randn(batch_size, *sample)
+        inputs: object = torch.randn(batch_size, *sample, device=device)
     else:
-        inputs = map_tensors(sample, lambda t: t.cpu().expand(batch_size, *t.shape[1:]).clone())
+        inputs = map_tensors(
+            sample, lambda t: t.to(device).expand(batch_size, *t.shape[1:]).clone()
+        )
     times = []
     with torch.inference_mode():
         for step in range(repeats + 2):
+            _synchronize(device)
             start = time.perf_counter()
             run_model(model, inputs)
+            _synchronize(device)
             if step >= 2:
                 times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def latencies(model: nn.Module, sample: tuple[int, ...] | object) -> dict[str, float]:
-    """``{"latency_b1": s, "latency_b64": s}``: :func:`measure_latency` at each of
-    :data:`BATCHES`, with torch's current thread count.
+def _synchronize(device: torch.device) -> None:
+    """Wait for the work queued on an accelerator (``torch.cuda``, ``torch.mps``, ...)."""
+    if device.type != "cpu":
+        getattr(torch, device.type).synchronize()
+
+
+def latencies(
+    model: nn.Module, sample: tuple[int, ...] | object, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """:func:`measure_latency` at each of :data:`BATCHES`, with torch's current thread count:
+    ``{"latency_b1": s, "latency_b64": s}`` on the CPU, and where ``device`` is an
+    accelerator also ``gpu_latency_b1`` and ``gpu_latency_b64`` on it.
 
     Example:
         >>> sorted(latencies(nn.Linear(4, 2), (4,)))
         ['latency_b1', 'latency_b64']
     """
-    return {f"latency_b{b}": measure_latency(model, sample, b) for b in BATCHES}
+    found = {f"latency_b{b}": measure_latency(model, sample, b) for b in BATCHES}
+    if torch.device(device).type != "cpu":
+        found |= {
+            f"gpu_latency_b{b}": measure_latency(model, sample, b, device=device) for b in BATCHES
+        }
+    return found

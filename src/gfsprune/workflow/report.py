@@ -58,7 +58,8 @@ def format_table(results: Mapping) -> str:
     """The results as a Markdown table: a row per method after the base model's, a column of
     test accuracy per fine-tuning budget, and before those the accuracy right after pruning
     where BatchNorm recalibration changed it. A ``*`` marks MACs more than 1% (relative) from
-    gfs's (a pipeline whose channel steps could not match them).
+    gfs's (a pipeline whose channel steps could not match them). The batch-64 latency is
+    the CPU's, and the GPU's too where the comparison measured one.
 
     Example:
         >>> row = {"macs": 5, "params": 2, "acc_pruned": 0.5, "loss_pruned": 1.0,
@@ -73,16 +74,19 @@ def format_table(results: Mapping) -> str:
     epochs = budgets(results)
     recalibrated = any(r["acc_pruned"] != r["epochs"]["0"]["acc"] for r in methods.values())
     header = ["method", "MACs", "params", *(["acc pruned"] if recalibrated else [])]
+    gpu = any("gpu_latency_b64" in row for row in [base, *methods.values()])
     header += [f"acc {e} ep" for e in epochs] + ["seconds", "ms b=64 (CPU)"]
+    header += ["ms b=64 (GPU)"] if gpu else []
     rows = [["base", f"{base['macs']:,}", f"{base['params']:,}"]]
-    rows[0] += [_pct(base["acc"])] + [""] * (len(header) - 5) + [_ms(base)]
+    latency = _ms(base, gpu)
+    rows[0] += [_pct(base["acc"])] + [""] * (len(header) - 4 - len(latency)) + latency
     reference = methods.get("gfs", {}).get("macs")
     for name, r in methods.items():
         off = reference is not None and _off(r["macs"], reference)
         row = [name, f"{r['macs']:,}{'*' if off else ''}", f"{r['params']:,}"]
         row += [_pct(r["acc_pruned"])] if recalibrated else []
         row += [_pct(r["epochs"][str(e)]["acc"]) if str(e) in r["epochs"] else "" for e in epochs]
-        rows.append([*row, f"{r['seconds']:.2f}", _ms(r)])
+        rows.append([*row, f"{r['seconds']:.2f}", *_ms(r, gpu)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -105,9 +109,11 @@ def _off(macs: float, reference: float) -> bool:
     return abs(macs - reference) > _MACS_TOLERANCE * reference
 
 
-def _ms(row: Mapping) -> str:
-    """The measured batch-64 CPU latency in milliseconds ("" where not measured)."""
-    return f"{1e3 * row['latency_b64']:.2f}" if "latency_b64" in row else ""
+def _ms(row: Mapping, gpu: bool) -> list[str]:
+    """The measured batch-64 latency in milliseconds on the CPU, and on the GPU where
+    ``gpu`` ("" where not measured)."""
+    keys = ("latency_b64", "gpu_latency_b64") if gpu else ("latency_b64",)
+    return [f"{1e3 * row[key]:.2f}" if key in row else "" for key in keys]
 
 
 def _pct(value: float) -> str:
