@@ -1,9 +1,10 @@
-"""MACs ratio against measured CPU speed-up, with and without ``round_to=8`` (issue 14).
+"""MACs ratio against measured speed-up, with and without ``round_to=8`` (issue 14).
 
 For every model and MACs budget the model (random weights: latency does not depend on them) is
 pruned with the same selection settings once with ``round_to=1`` and once for each
 ``--round-to`` value (8 by default: every pruned width a multiple of 8) and saved; then the
-unpruned model and the pruned ones are timed on the CPU at batch 1 and batch 64. The models
+unpruned model and the pruned ones are timed on the CPU (or ``--device``, e.g. a GPU; in
+channels-last memory with ``--channels-last``) at batch 1 and batch 64. The models
 are timed in turns, one forward each per round (each round starting one model later), after
 warm-up rounds, so that a change of machine load during the run touches all of them alike,
 and the rounded models are compared with ``round_to=1`` round by round (the median of the
@@ -39,6 +40,7 @@ from torch import nn
 import gfsprune
 from gfsprune import Macs, PruneConfig, PruneResult, load, models, prune, save
 from gfsprune.errors import ConfigError
+from gfsprune.workflow.latency import synchronize
 
 # (spec, input side) of the default models: two zoo CIFAR-shape networks and two torchvision
 # ImageNet networks at a reduced input.
@@ -55,7 +57,7 @@ def in_turns(
 ) -> dict[str, list[float]]:
     """Seconds of one forward per case (a module and its input) and round, after two warm-up
     rounds, the cases timed in turns, each round starting one case later (so that none always
-    runs right after the same one)."""
+    runs right after the same one); on a GPU each forward is waited for."""
     times: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     with torch.inference_mode():
@@ -63,8 +65,10 @@ def in_turns(
             turn = step % len(names)
             for name in names[turn:] + names[:turn]:
                 module, x = cases[name]
+                synchronize(x.device)
                 start = time.perf_counter()
                 module(x)
+                synchronize(x.device)
                 if step >= 2:
                     times[name].append(time.perf_counter() - start)
     return times
@@ -119,17 +123,21 @@ def _pruned(
 
 
 def _measure(
-    spec: str, side: int, folders: dict[str, str], rounds: int, threads: int
+    spec: str, side: int, folders: dict[str, str], args: argparse.Namespace
 ) -> dict[int, dict[str, list[float]]]:
     """Build the full model, load the pruned ones saved in ``folders`` (variant name ->
-    folder) and time them all: per batch size the seconds per variant and round."""
-    torch.set_num_threads(threads)
+    folder) and time them all on ``args.device`` (channels-last where asked): per batch
+    size the seconds per variant and round."""
+    torch.set_num_threads(args.threads)
     base = models.get(spec, num_classes=10, image_size=side).eval()
     variants = {"full": base} | {name: load(f, base) for name, f in folders.items()}
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    variants = {n: m.to(args.device, memory_format=layout) for n, m in variants.items()}
     times = {}
     for batch in (1, 64):
-        x = torch.randn(batch, 3, side, side)
-        times[batch] = in_turns({name: (m, x) for name, m in variants.items()}, rounds)
+        x = torch.randn(batch, 3, side, side, device=args.device)
+        x = x.contiguous(memory_format=layout)
+        times[batch] = in_turns({name: (m, x) for name, m in variants.items()}, args.rounds)
     return times
 
 
@@ -143,6 +151,10 @@ def main() -> None:
         "--processes", type=int, default=3, help="fresh processes per case, one after another"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where to time (e.g. cuda)")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="time models and inputs in channels-last"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--round-to", type=int, nargs="+", default=[8], help="compared with round_to=1"
@@ -155,7 +167,8 @@ def main() -> None:
     cases = [(m, args.size or 32) for m in args.models] if args.models else _DEFAULT_MODELS
     print(
         f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, "
-        f"gfsprune {gfsprune.__version__}, {args.threads} thread(s), CPU, "
+        f"gfsprune {gfsprune.__version__}, {args.threads} thread(s), {args.device}"
+        f"{', channels-last' if args.channels_last else ''}, "
         f"allocator {args.allocator or PruneConfig().allocator}, {args.rounds} rounds in each "
         f"of {args.processes} processes"
     )
@@ -177,7 +190,7 @@ def main() -> None:
             for ratio in args.ratios:
                 with tempfile.TemporaryDirectory() as tmp:
                     macs, folders, refused = _pruned(base, side, ratio, round_tos, args, tmp)
-                    task = (spec, side, folders, args.rounds, args.threads)
+                    task = (spec, side, folders, args)
                     runs = [pool.apply(_measure, task) for _ in range(args.processes)]
                 for round_to, err in refused.items():
                     case = {"model": spec, "input": side, "target": ratio, "round_to": round_to}

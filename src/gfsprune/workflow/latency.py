@@ -12,7 +12,7 @@ from torch import nn
 
 from gfsprune._inputs import map_tensors, run_model
 
-__all__ = ["latencies", "measure_latency"]
+__all__ = ["latencies", "measure_latency", "synchronize"]
 
 #: The batch sizes every report measures: one sample (interactive use) and 64 (throughput).
 BATCHES = (1, 64)
@@ -41,16 +41,16 @@ def measure_latency(
     times = []
     with torch.inference_mode():
         for step in range(repeats + 2):
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             run_model(model, inputs)
-            _synchronize(device)
+            synchronize(device)
             if step >= 2:
                 times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     """Wait for the work queued on an accelerator (``torch.cuda``, ``torch.mps``, ...)."""
     if device.type != "cpu":
         getattr(torch, device.type).synchronize()
