@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gfsprune.core import strategies as channels
 from gfsprune.core.counting import count
@@ -141,6 +142,8 @@ def test_finetune_then_eval(pruned: Path, capsys) -> None:
     printed = capsys.readouterr().out
     assert f"MACs          {plan['macs_after']:,}" in printed
     assert "latency b=1" in printed and "latency b=64" in printed
+    assert f"ms (CPU, {torch.get_num_threads()} thread(s), median)" in printed
+    assert "GPU" not in printed  # measured only where the job runs on one
     scores = workflow.evaluate_dir(out)
     assert f"accuracy      {scores['acc']:.2%}" in printed
     assert scores["latency_b1"] > 0 and scores["latency_b64"] > 0

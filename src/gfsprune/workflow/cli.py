@@ -448,7 +448,7 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"distill       {scores['distill']:.4f} (to the unpruned model)")
     print(f"MACs          {scores['macs']:,}")
     print(f"params        {scores['params']:,}")
-    for where, label in (("", "CPU"), ("gpu_", "GPU")):
+    for where, label in (("", f"CPU, {torch.get_num_threads()} thread(s)"), ("gpu_", "GPU")):
         for batch in (1, 64):
             if f"{where}latency_b{batch}" in scores:
                 seconds = scores[f"{where}latency_b{batch}"]
