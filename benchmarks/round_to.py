@@ -24,6 +24,7 @@ step, two random batches); the widths come from the library's default allocator 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -163,6 +164,9 @@ def main() -> None:
         "--allocator", choices=("curves", "uniform"), help="widths (default: the library's)"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument(
+        "--save", metavar="DIR", help="keep the pruned models in DIR/MODEL-RATIO/rN (new folders)"
+    )
     args = parser.parse_args()
     cases = [(m, args.size or 32) for m in args.models] if args.models else _DEFAULT_MODELS
     print(
@@ -188,7 +192,8 @@ def main() -> None:
             torch.manual_seed(args.seed)
             base = models.get(spec, num_classes=10, image_size=side).eval()
             for ratio in args.ratios:
-                with tempfile.TemporaryDirectory() as tmp:
+                keep = args.save and os.path.join(args.save, f"{spec.replace(':', '-')}-{ratio}")
+                with contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory() as tmp:
                     macs, folders, refused = _pruned(base, side, ratio, round_tos, args, tmp)
                     task = (spec, side, folders, args)
                     runs = [pool.apply(_measure, task) for _ in range(args.processes)]
