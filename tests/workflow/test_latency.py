@@ -52,3 +52,14 @@ def test_gpu_latency_waits_for_the_device() -> None:
     model = nn.Sequential(*[nn.Linear(512, 512) for _ in range(8)])
     assert measure_latency(model, (512,), 64, device="cuda") > 0
     assert next(model.parameters()).device.type == "cpu"  # not moved
+
+
+@pytest.mark.parametrize(("device", "passed"), [("cuda:1", True), ("mps", False)])
+def test_synchronize_waits_on_the_device_asked_for(monkeypatch, device, passed) -> None:
+    waited = []
+    backend = type("Backend", (), {"synchronize": staticmethod(lambda *a: waited.append(a))})
+    monkeypatch.setattr(torch, torch.device(device).type, backend, raising=False)
+    latency.synchronize(torch.device(device))
+    assert waited == [(torch.device(device),) if passed else ()]
+    latency.synchronize(torch.device("cpu"))  # nothing to wait for
+    assert len(waited) == 1

@@ -51,8 +51,11 @@ def measure_latency(
 
 
 def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on an accelerator (``torch.cuda``, ``torch.mps``, ...)."""
-    if device.type != "cpu":
+    """Wait for the work queued on an accelerator (``torch.cuda``, ``torch.mps``, ...): on
+    ``device`` itself where its backend takes one (CUDA and XPU)."""
+    if device.type in ("cuda", "xpu"):
+        getattr(torch, device.type).synchronize(device)
+    elif device.type != "cpu":
         getattr(torch, device.type).synchronize()
 
 
