@@ -6,9 +6,8 @@ A MACs budget treats every multiply-accumulate alike, but a MAC in a narrow laye
 feature map costs more time than one in a wide layer on a small map. This prints, per model
 and module, the module's MACs per sample (``torch.utils.flop_counter``), the median time
 spent in it during whole forward passes at the batch size (timed by forward hooks) and the
-two's ratio, the models timed in turns after two
-warm-up rounds as ``round_to.py`` times them. ``round_to.py --save DIR`` keeps the models it
-compares.
+two's ratio, the models timed in turns after warm-up rounds as ``round_to.py`` times them.
+``round_to.py --save DIR`` keeps the models it compares.
 
     .venv/bin/python benchmarks/round_to.py --models resnet56 --ratios 0.5 --save runs/rt
     .venv/bin/python benchmarks/module_times.py resnet56 --modules stages.0 stages.1 stages.2 \\
@@ -24,21 +23,18 @@ import statistics
 import time
 
 import torch
-from round_to import in_turns
+from round_to import WARMUP, in_turns
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import gfsprune
 from gfsprune import load, models
+from gfsprune.core.counting import count_flops
 from gfsprune.workflow.latency import synchronize
 
 
 def module_macs(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, float]:
     """MACs of one forward of ``model`` on ``x`` inside each named submodule."""
-    with FlopCounterMode(display=False) as counter:
-        with torch.inference_mode():
-            model(x)
-    counts = counter.get_flop_counts()
+    counts = count_flops(model, x).get_flop_counts()
     root = type(model).__name__
     return {name: sum(counts.get(f"{root}.{name}", {}).values()) / 2 for name in names}
 
@@ -68,8 +64,10 @@ def module_seconds(
     finally:
         for hook in hooks:
             hook.remove()
-    # the two warm-up rounds ran the hooks too: drop them
-    return {v: {n: statistics.median(t[2:]) for n, t in per.items()} for v, per in spent.items()}
+    # the warm-up rounds ran the hooks too: drop them
+    return {
+        v: {n: statistics.median(t[WARMUP:]) for n, t in per.items()} for v, per in spent.items()
+    }
 
 
 def main() -> None:

@@ -53,16 +53,20 @@ _DEFAULT_MODELS = (
 )
 
 
+#: Rounds run before the timed ones (their times are not kept).
+WARMUP = 2
+
+
 def in_turns(
     cases: dict[str, tuple[nn.Module, torch.Tensor]], rounds: int
 ) -> dict[str, list[float]]:
-    """Seconds of one forward per case (a module and its input) and round, after two warm-up
-    rounds, the cases timed in turns, each round starting one case later (so that none always
-    runs right after the same one); on a GPU each forward is waited for."""
+    """Seconds of one forward per case (a module and its input) and round, after
+    :data:`WARMUP` rounds, the cases timed in turns, each round starting one case later (so
+    that none always runs right after the same one); on a GPU each forward is waited for."""
     times: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     with torch.inference_mode():
-        for step in range(rounds + 2):
+        for step in range(rounds + WARMUP):
             turn = step % len(names)
             for name in names[turn:] + names[:turn]:
                 module, x = cases[name]
@@ -70,7 +74,7 @@ def in_turns(
                 start = time.perf_counter()
                 module(x)
                 synchronize(x.device)
-                if step >= 2:
+                if step >= WARMUP:
                     times[name].append(time.perf_counter() - start)
     return times
 

@@ -28,6 +28,7 @@ from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.compare import CompareConfig, Comparison, parse_epochs, parse_methods
 from gfsprune.workflow.data import SPECS
 from gfsprune.workflow.jobs import ModelSpec, Source
+from gfsprune.workflow.latency import BATCHES
 from gfsprune.workflow.methods import METHODS
 from gfsprune.workflow.report import format_table, summarize
 from gfsprune.workflow.train import TrainConfig
@@ -403,7 +404,7 @@ def _prune(args: argparse.Namespace) -> None:
         ("", f"CPU latency, median, {torch.get_num_threads()} thread(s)"),
         ("gpu_", "GPU latency, median"),
     ):
-        for batch in (1, 64):
+        for batch in BATCHES:
             key = f"{where}latency_b{batch}"
             if f"{key}_before" in scores:
                 before, after = (1e3 * scores[f"{key}_{w}"] for w in ("before", "after"))
@@ -449,7 +450,7 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"MACs          {scores['macs']:,}")
     print(f"params        {scores['params']:,}")
     for where, label in (("", f"CPU, {torch.get_num_threads()} thread(s)"), ("gpu_", "GPU")):
-        for batch in (1, 64):
+        for batch in BATCHES:
             if f"{where}latency_b{batch}" in scores:
                 seconds = scores[f"{where}latency_b{batch}"]
                 print(f"{f'latency b={batch}':14}{1e3 * seconds:.3f} ms ({label}, median)")
