@@ -96,7 +96,10 @@ def test_unknown_spec_lists_the_valid_ones(spec: str) -> None:
     ("option", "value"), [("image_size", 32), ("mean", (0.5, 0.5, 0.5)), ("std", (1, 1, 1))]
 )
 def test_size_and_normalisation_only_for_image_data(option: str, value: object) -> None:
-    match = rf"^{option} applies to 'cifar10:DIR' and 'imagefolder:DIR' data only; got {option}="
+    match = (
+        rf"^{option} applies to 'cifar10:DIR', 'imagefolder:DIR' and 'images:DIR' data only; "
+        rf"got {option}="
+    )
     with pytest.raises(ConfigError, match=match):
         load_data("digits", **{option: value})
 
@@ -312,3 +315,65 @@ def test_make_loader_is_reproducible() -> None:
     assert order(1) != order(2)
     with pytest.raises(ConfigError, match="batch_size must be a positive integer. Got 0"):
         make_loader(dataset, batch_size=0, shuffle=False)
+
+
+def write_idx_dir(root: Path, *, zipped: bool = True, test_count: int = 4) -> Path:
+    from tests.io.test_idx import write_idx
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("t10k", test_count)):
+        suffix = "-ubyte.gz" if zipped else "-ubyte"
+        images = rng.integers(0, 256, (count, 5, 7), dtype=np.uint8)
+        write_idx(root / f"{split}-images-idx3{suffix}", images, zipped=zipped)
+        write_idx(root / f"{split}-labels-idx1{suffix}", np.arange(count) % 3, zipped=zipped)
+    return root
+
+
+@pytest.mark.parametrize("prefix", ["idx", "mnist", "fashion-mnist"])
+def test_idx_data_keeps_the_official_split(tmp_path, prefix) -> None:
+    bundle = load_data(f"{prefix}:{write_idx_dir(tmp_path)}")
+    assert (len(bundle.train), len(bundle.test)) == (6, 4)
+    assert (bundle.num_classes, bundle.input_shape, bundle.labelled) == (3, (1, 5, 7), True)
+    train = torch.stack([bundle.train[i][0] for i in range(6)])
+    torch.testing.assert_close(train.mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
+    assert [bundle.test[i][1] for i in range(4)] == [0, 1, 2, 0]
+
+
+def test_idx_files_must_all_be_there_and_agree(tmp_path) -> None:
+    root = write_idx_dir(tmp_path, zipped=False)
+    assert len(load_data(f"idx:{root}").test) == 4  # plain files read too
+    (root / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\[\.gz\]' is missing"):
+        load_data(f"idx:{root}")
+    from tests.io.test_idx import write_idx
+
+    write_idx(root / "t10k-labels-idx1-ubyte", np.arange(3))
+    with pytest.raises(DataError, match=r"hold 4 t10k images but 3 labels"):
+        load_data(f"idx:{root}")
+    (root / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x09\x01")
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte': type code is 0x09"):
+        load_data(f"idx:{root}")
+
+
+def test_unlabelled_images_hold_out_whole_files(tmp_path) -> None:
+    for i in range(12):
+        write_image(
+            tmp_path / f"{'a/b' if i % 2 else 'c'}/{i}.{'jpg' if i % 3 else 'png'}", (40 + i, 30), i
+        )
+    bundle = load_data(f"images:{tmp_path}", image_size=16)
+    assert (bundle.labelled, bundle.num_classes, bundle.input_shape) == (False, 0, (3, 16, 16))
+    train, test = set(bundle.train.paths), set(bundle.test.paths)
+    assert len(test) == 1 and len(train) == 11 and not train & test
+    assert len(bundle.train) >= 1024 and len(bundle.test) >= 256
+    first = bundle.test[5]
+    assert first.shape == (3, 16, 16)
+    torch.testing.assert_close(load_data(f"images:{tmp_path}", image_size=16).test[5], first)
+    assert not torch.equal(bundle.test[6], first)  # another crop
+    with pytest.raises(DataError, match=r"has no labels, so it can only be distilled on"):
+        check_labels(bundle, 10)
+
+
+def test_unlabelled_images_need_two_files(tmp_path) -> None:
+    write_image(tmp_path / "only.png", (20, 20), 0)
+    with pytest.raises(DataError, match=r"holds 1 image\(s\) .*give at least two"):
+        load_data(f"images:{tmp_path}")

@@ -1,29 +1,42 @@
 """Image-classification data sets chosen by a spec string, and reproducible loaders.
 
-Specs:
+Specs (each prefix is one :class:`DataSource` in :data:`SOURCES`):
     ``digits``            scikit-learn's bundled 8x8 digits (1,797 images, no download).
     ``synthetic[:N]``     N generated 3x16x16 images in 10 classes (default 2,000), learnable.
     ``cifar10:DIR``       the CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) in DIR.
     ``imagefolder:DIR``   ImageNet layout: ``DIR/train/CLASS/*.jpg|png`` and ``DIR/val/CLASS/*``.
+    ``idx:DIR``           the four IDX files of MNIST's format in DIR (``train-images-idx3-ubyte``,
+                          ``train-labels-idx1-ubyte``, ``t10k-...``; gzipped or not), with
+                          their official train/test split; ``mnist:DIR`` and
+                          ``fashion-mnist:DIR`` are the same.
+    ``images:DIR``        image files under DIR at any depth, *without labels* (for
+                          distillation): a tenth of the files (at least one, drawn with a fixed
+                          seed) is held out, and each split yields random square crops (at
+                          least 1,024 training and 256 held-out samples, a fixed set).
+    ``text:FILE``         text, tokenised by a model's tokenizer (:mod:`gfsprune.workflow.text`).
 
-The last two are *resizable* (:func:`resizable`): their images are resized to the model's
-input size (``image_size``) and normalised with the model's ``mean`` and ``std`` where given,
-else with the data set's own (CIFAR-10's, ImageNet's).
+``cifar10``, ``imagefolder`` and ``images`` are *resizable* (:func:`resizable`): their images
+are resized to the model's input size (``image_size``) and normalised with the model's
+``mean`` and ``std`` where given, else with the data set's own (CIFAR-10's, ImageNet's).
 
-Every data set yields ``(image, label)`` with ``image`` a normalised float tensor (C, H, W) and
-``labels`` available as one tensor on the data set. Training augmentation (random crops and
-flips) draws from torch's global generator, as torchvision's does; ``gfsprune.train.fit`` seeds
-that generator once per epoch, which makes runs and resumed runs repeat exactly.
+A labelled data set yields ``(image, label)`` with ``image`` a normalised float tensor
+(C, H, W) and ``labels`` available as one tensor on the data set; an unlabelled one
+(``labelled=False``) yields the image alone. Training augmentation (random crops and flips)
+draws from torch's global generator, as torchvision's does; ``gfsprune.train.fit`` seeds that
+generator once per epoch, which makes runs and resumed runs repeat exactly.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -32,20 +45,25 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from gfsprune.errors import ConfigError, DataError, FileFormatError
+from gfsprune.io.idx import read_idx
 from gfsprune.io.unpickle import load_data_pickle
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SOURCES",
+    "SPECS",
     "DataBundle",
+    "DataOptions",
+    "DataSource",
     "check_labels",
+    "is_tokens",
     "load_data",
     "make_loader",
+    "require_labels",
     "resizable",
+    "source_of",
 ]
-
-SPECS = ("digits", "synthetic[:N]", "cifar10:DIR", "imagefolder:DIR")
-_RESIZABLE = ("cifar10", "imagefolder")
 
 # Per-channel (mean, std) of the CIFAR-10 and ImageNet training sets, as in torchvision's
 # recipes, shaped (3, 1, 1) to broadcast over an image; built once, they cost a third of the
@@ -58,6 +76,10 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 # reported before training starts; bigger ones are checked as each image is read.
 _VERIFY_LIMIT = 5_000
 _SYNTHETIC_DEFAULT, _SYNTHETIC_MIN = 2_000, 20
+# images:DIR: the seed of its held-out split and of the held-out crops, and the fewest
+# (train, test) samples its crops make.
+_SPLIT_SEED = 0
+_PHOTO_SAMPLES = (1_024, 256)
 
 
 _Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -72,15 +94,18 @@ class DataBundle:
         name: The spec the bundle was loaded from, e.g. ``"cifar10:/data/cifar"``.
         train: Training samples, augmented where the spec defines augmentation.
         test: Held-out samples, never augmented.
-        num_classes: Labels lie in ``range(num_classes)``.
+        num_classes: Labels lie in ``range(num_classes)`` (0 without labels).
         input_shape: ``(C, H, W)`` of one image after its transforms.
+        labelled: A sample is ``(inputs, label)``; otherwise the inputs alone, and the data
+            is for distillation only.
     """
 
     name: str
     train: Dataset
     test: Dataset
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
+    labelled: bool = True
 
 
 class _InMemory(Dataset):
@@ -123,14 +148,82 @@ class _ImageFolder(Dataset):
                 pass
 
 
+class DataSource(ABC):
+    """Where a data set comes from: one small class per spec prefix (``cifar10`` for
+    ``cifar10:DIR``); :data:`SOURCES` holds them by prefix, :func:`load_data` dispatches.
+
+    Attributes:
+        prefix: What a spec starts with to name this source.
+        usage: The spec's form, as help texts and errors show it (``"cifar10:DIR"``).
+        takes_arg: Whether the spec has an argument after ``prefix:`` (``None``: optional).
+        resizable: Its images take ``image_size``, ``mean`` and ``std``.
+        tokens: Its samples are token ids, tokenised by a model's tokenizer (text), not images.
+    """
+
+    prefix: ClassVar[str]
+    usage: ClassVar[str]
+    takes_arg: ClassVar[bool | None] = True
+    resizable: ClassVar[bool] = False
+    tokens: ClassVar[bool] = False
+
+    @abstractmethod
+    def load(self, spec: str, arg: str | None, options: DataOptions) -> DataBundle:
+        """The train/test pair that ``spec`` names (``arg``: its argument, ``None`` if none).
+
+        Raises:
+            DataError: the files are missing or damaged (one line naming the file).
+        """
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """What a job asks of a data source besides the spec (see :func:`load_data`)."""
+
+    seed: int = 0
+    image_size: int | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    verify: bool | None = None
+
+
+def source_of(spec: str) -> tuple[DataSource, str | None]:
+    """The source that ``spec`` names and the spec's argument (``None`` without a colon).
+
+    Raises:
+        DataError: no source has the spec's prefix, or the argument is missing or extra.
+
+    Example:
+        >>> source, arg = source_of("cifar10:/data/cifar")
+        >>> source.usage, arg
+        ('cifar10:DIR', '/data/cifar')
+    """
+    prefix, sep, arg = spec.partition(":")
+    source = SOURCES.get(prefix)
+    if (
+        source is None
+        or (source.takes_arg is True and not arg)
+        or (source.takes_arg is False and sep)
+    ):
+        raise DataError(f"unknown data spec {spec!r}; valid specs are {', '.join(SPECS)}.")
+    return source, arg if sep else None
+
+
 def resizable(spec: str) -> bool:
-    """Whether ``spec``'s images take ``image_size``, ``mean`` and ``std`` (cifar10, imagefolder).
+    """Whether ``spec``'s images take ``image_size``, ``mean`` and ``std`` (cifar10,
+    imagefolder, images).
 
     Example:
         >>> resizable("cifar10:/data/cifar"), resizable("digits")
         (True, False)
     """
-    return spec.partition(":")[0] in _RESIZABLE
+    source = SOURCES.get(spec.partition(":")[0])
+    return source is not None and source.resizable
+
+
+def is_tokens(spec: str | None) -> bool:
+    """Whether ``spec`` names token data (``text:FILE``), tokenised by a model's tokenizer."""
+    source = None if spec is None else SOURCES.get(spec.partition(":")[0])
+    return source is not None and source.tokens
 
 
 def load_data(
@@ -145,15 +238,16 @@ def load_data(
     """Load the data set that ``spec`` names (see the module docstring for the specs).
 
     Args:
-        spec: ``digits``, ``synthetic[:N]``, ``cifar10:DIR`` or ``imagefolder:DIR``.
+        spec: ``digits``, ``synthetic[:N]``, ``cifar10:DIR``, ``imagefolder:DIR``,
+            ``idx:DIR`` (or ``mnist:DIR``, ``fashion-mnist:DIR``) or ``images:DIR``.
         seed: Seeds the digits train/test split and the synthetic generator.
-        image_size: Side of the square images of ``cifar10`` (default 32, its own) and
-            ``imagefolder`` (default 224); not accepted for the other specs, whose images
-            have a fixed size.
-        mean: Per-channel mean to normalise ``cifar10`` and ``imagefolder`` images with
-            (default: CIFAR-10's and ImageNet's own); with ``std``.
+        image_size: Side of the square images of the resizable specs (``cifar10``: default
+            32, its own; ``imagefolder`` and ``images``: default 224); not accepted for the
+            other specs, whose images have a fixed size.
+        mean: Per-channel mean to normalise resizable images with (default: CIFAR-10's for
+            ``cifar10``, ImageNet's for the folders); with ``std``.
         std: Per-channel standard deviation, with ``mean``.
-        verify: Open every ``imagefolder`` file up front (True), only when read (False), or up
+        verify: Open every image file up front (True), only when read (False), or up
             front for folders of at most 5,000 files (None).
 
     Example:
@@ -161,34 +255,19 @@ def load_data(
         >>> bundle.input_shape, bundle.num_classes
         ((1, 8, 8), 10)
     """
-    name, sep, arg = spec.partition(":")
+    source, arg = source_of(spec)
     given = {"image_size": image_size, "mean": mean, "std": std}
     given = {key: value for key, value in given.items() if value is not None}
-    if given and not resizable(spec):
+    if given and not source.resizable:
         key, value = next(iter(given.items()))
+        resizing = [f"'{s.usage}'" for s in SOURCES.values() if s.resizable]
+        resizing = f"{', '.join(resizing[:-1])} and {resizing[-1]}"
         raise ConfigError(
-            f"{key} applies to 'cifar10:DIR' and 'imagefolder:DIR' data only; got "
-            f"{key}={value!r} with {spec!r}. Leave it out: these images have a fixed size "
-            "and normalisation."
+            f"{key} applies to {resizing} data only; got {key}={value!r} with {spec!r}. "
+            "Leave it out: these images have a fixed size and normalisation."
         )
-    if name == "digits" and not sep:
-        return _load_digits(seed)
-    if name == "synthetic":
-        return _load_synthetic(_parse_count(spec, arg) if sep else _SYNTHETIC_DEFAULT, seed)
-    if name == "cifar10" and arg:
-        size = 32 if image_size is None else _check_image_size(image_size)
-        stats = _check_stats(mean, std, _CIFAR_STATS)
-        return _load_cifar10(spec, _existing_dir(arg, spec), size, stats)
-    if name == "imagefolder" and arg:
-        size = 224 if image_size is None else _check_image_size(image_size)
-        stats = _check_stats(mean, std, _IMAGENET_STATS)
-        return _load_imagefolder(spec, _existing_dir(arg, spec), size, stats, verify)
-    if name == "text":
-        raise DataError(
-            f"{spec!r} is text, tokenised by a model's tokenizer: give it to prune or eval with "
-            "--model hf:DIR (gfsprune.workflow.text.load_text in Python)."
-        )
-    raise DataError(f"unknown data spec {spec!r}; valid specs are {', '.join(SPECS)}.")
+    options = DataOptions(seed=seed, image_size=image_size, mean=mean, std=std, verify=verify)
+    return source.load(spec, arg, options)
 
 
 def make_loader(
@@ -222,12 +301,23 @@ def make_loader(
     )
 
 
+def require_labels(bundle: DataBundle) -> None:
+    """Raise DataError if ``bundle`` has no labels (``images:DIR``): it is for distillation."""
+    if not bundle.labelled:
+        raise DataError(
+            f"data {bundle.name!r} has no labels, so it can only be distilled on: pass "
+            "--distill (distill= in Python), or give labelled data"
+        )
+
+
 def check_labels(bundle: DataBundle, num_classes: int) -> None:
-    """Raise DataError unless a model with ``num_classes`` outputs fits ``bundle``'s labels.
+    """Raise DataError unless ``bundle`` has labels and a model with ``num_classes``
+    outputs fits them.
 
     Example:
         >>> check_labels(load_data("digits"), 10)
     """
+    require_labels(bundle)
     if num_classes != bundle.num_classes:
         raise DataError(
             f"the model predicts {num_classes} classes but data {bundle.name!r} has "
@@ -510,12 +600,15 @@ def _eval_image(image: Image.Image, *, size: int, stats: torch.Tensor) -> torch.
     return _normalize(_to_tensor(image), stats)
 
 
-def _random_box(width: int, height: int) -> tuple[int, int, int, int]:
-    """The crop box of torchvision's RandomResizedCrop: 10 tries, then a centre crop."""
+def _random_box(
+    width: int, height: int, generator: torch.Generator | None = None
+) -> tuple[int, int, int, int]:
+    """The crop box of torchvision's RandomResizedCrop: 10 tries, then a centre crop; drawn
+    from ``generator`` (default: torch's global one)."""
     area = width * height
     log_ratios = (math.log(3 / 4), math.log(4 / 3))
     for _ in range(10):
-        u_area, u_ratio, u_left, u_top = torch.rand(4).tolist()
+        u_area, u_ratio, u_left, u_top = torch.rand(4, generator=generator).tolist()
         target = area * (0.08 + 0.92 * u_area)
         ratio = math.exp(log_ratios[0] + (log_ratios[1] - log_ratios[0]) * u_ratio)
         w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
@@ -535,3 +628,269 @@ def _random_box(width: int, height: int) -> tuple[int, int, int, int]:
 def _to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image to float (3, H, W) in [0, 1]."""
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX files (MNIST, Fashion-MNIST)
+
+
+def _load_idx(spec: str, root: Path) -> DataBundle:
+    """The official train (``train-*``) and test (``t10k-*``) splits, normalised with the
+    training images' own mean and standard deviation."""
+    splits = {}
+    for split in ("train", "t10k"):
+        images = _read_idx_file(root, split, "images", 3)
+        labels = _read_idx_file(root, split, "labels", 1)
+        if len(images) != len(labels):
+            raise DataError(
+                f"IDX files of '{root}' hold {len(images)} {split} images but {len(labels)} "
+                "labels; replace them with the original files."
+            )
+        splits[split] = (
+            torch.from_numpy(images.copy()).unsqueeze(1),
+            torch.from_numpy(labels.astype(np.int64)),
+        )
+    (train_images, train_labels), (test_images, test_labels) = splits["train"], splits["t10k"]
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise DataError(
+            f"IDX images of '{root}' differ in size between train {tuple(train_images.shape[2:])} "
+            f"and t10k {tuple(test_images.shape[2:])}; replace them with the original files."
+        )
+    scaled = train_images.double().div_(255)
+    stats = torch.tensor([scaled.mean(), scaled.std()], dtype=torch.float32).view(2, 1, 1, 1)
+    transform = partial(_idx_transform, stats=stats)
+    shape = tuple(train_images.shape[1:])
+    return DataBundle(
+        name=spec,
+        train=_InMemory(train_images, train_labels, transform),
+        test=_InMemory(test_images, test_labels, transform),
+        num_classes=int(max(train_labels.max(), test_labels.max())) + 1,
+        input_shape=shape,  # type: ignore[arg-type]
+    )
+
+
+def _read_idx_file(root: Path, split: str, kind: str, dims: int) -> np.ndarray:
+    """``root/{split}-{kind}-idx{dims}-ubyte``, also with ``.`` before ``idx`` or ``.gz``."""
+    names = [f"{split}-{kind}{sep}idx{dims}-ubyte" for sep in "-."]
+    for name in names:
+        for path in (root / name, root / f"{name}.gz"):
+            if path.is_file():
+                try:
+                    return read_idx(path, dims=dims)
+                except FileFormatError as err:
+                    raise DataError(str(err)) from err
+    raise DataError(
+        f"IDX file '{root / names[0]}[.gz]' is missing; DIR must hold train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (gzipped "
+        "or not), as MNIST and Fashion-MNIST ship."
+    )
+
+
+def _idx_transform(image: torch.Tensor, *, stats: torch.Tensor) -> torch.Tensor:
+    """uint8 (1, H, W) to float, normalised with the training set's (mean, std)."""
+    return _normalize(image.float().div_(255), stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# unlabelled photos: random square crops, for distillation
+
+
+class _Photos(Dataset):
+    """``crops`` square crops of each photo, with RandomResizedCrop's boxes; a sample is the
+    image alone (no label).
+
+    Training crops (``seed=None``) draw their boxes and flips from torch's global generator,
+    as the other augmentations do; held-out crops (a ``seed``) draw each box from a generator
+    seeded by ``(seed, index)``, so the test set is the same every time.
+    """
+
+    def __init__(
+        self, paths: list[Path], crops: int, *, size: int, stats: torch.Tensor, seed: int | None
+    ) -> None:
+        self.paths, self.crops, self.size, self.stats, self.seed = paths, crops, size, stats, seed
+
+    def __len__(self) -> int:
+        return len(self.paths) * self.crops
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        image = _read_crop(self.paths[index // self.crops], self.size, generator)
+        if self.seed is None:
+            image = _random_flip(image)
+        return _normalize(image, self.stats)
+
+    def verify(self) -> None:
+        """Open every file once (headers only); raises DataError naming a bad file."""
+        for path in self.paths:
+            with _opened(path):
+                pass
+
+
+def _load_photos(
+    spec: str, root: Path, size: int, stats: torch.Tensor, verify: bool | None
+) -> DataBundle:
+    """A tenth of the photos (at least one), drawn with a fixed seed, is held out; each split
+    gives enough crops per photo for :data:`_PHOTO_SAMPLES` samples."""
+    paths = _image_files(root)
+    if len(paths) < 2:
+        raise DataError(
+            f"image folder '{root}' holds {len(paths)} image(s) ({', '.join(_IMAGE_SUFFIXES)}); "
+            "give at least two (a tenth, at least one, is held out for testing)."
+        )
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(_SPLIT_SEED))
+    split = max(1, len(paths) // 10)
+    test_paths = [paths[i] for i in sorted(order[:split].tolist())]
+    train_paths = [paths[i] for i in sorted(order[split:].tolist())]
+    train_samples, test_samples = _PHOTO_SAMPLES
+    train = _Photos(
+        train_paths, -(-train_samples // len(train_paths)), size=size, stats=stats, seed=None
+    )
+    test = _Photos(
+        test_paths, -(-test_samples // len(test_paths)), size=size, stats=stats, seed=_SPLIT_SEED
+    )
+    if verify or (verify is None and len(paths) <= _VERIFY_LIMIT):
+        train.verify()
+        test.verify()
+    return DataBundle(
+        name=spec,
+        train=train,
+        test=test,
+        num_classes=0,
+        input_shape=(3, size, size),
+        labelled=False,
+    )
+
+
+def _image_files(root: Path) -> list[Path]:
+    """Every image file under ``root``, at any depth (symbolic links to folders not followed),
+    sorted."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in _IMAGE_SUFFIXES]
+    return sorted(found)
+
+
+def _read_crop(path: Path, size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A RandomResizedCrop box of the image at ``path``, resized to ``size``, float (3, S, S).
+
+    A JPEG is decoded at the smallest power-of-two reduction that keeps the box at least
+    ``size`` pixels on each side (Pillow's ``draft``): the same crop, several times faster on
+    large photos."""
+    with _opened(path) as image:
+        width, height = image.size
+        left, top, right, bottom = _random_box(width, height, generator)
+        if image.format == "JPEG":
+            factor = max(size / (right - left), size / (bottom - top))
+            image.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
+            scale = image.size[0] / width
+            left, top, right, bottom = (v * scale for v in (left, top, right, bottom))
+        image = image.convert("RGB").resize(
+            (size, size), Image.Resampling.BILINEAR, box=(left, top, right, bottom)
+        )
+    return _to_tensor(image)
+
+
+# ---------------------------------------------------------------------------------------------
+# the sources, one class per spec prefix
+
+
+class _Digits(DataSource):
+    prefix = usage = "digits"
+    takes_arg = False
+
+    def load(self, spec: str, arg: str | None, options: DataOptions) -> DataBundle:
+        return _load_digits(options.seed)
+
+
+class _Synthetic(DataSource):
+    prefix, usage = "synthetic", "synthetic[:N]"
+    takes_arg = None
+
+    def load(self, spec: str, arg: str | None, options: DataOptions) -> DataBundle:
+        count = _SYNTHETIC_DEFAULT if arg is None else _parse_count(spec, arg)
+        return _load_synthetic(count, options.seed)
+
+
+class _Cifar10(DataSource):
+    prefix, usage = "cifar10", "cifar10:DIR"
+    resizable = True
+
+    def load(self, spec: str, arg: str | None, options: DataOptions) -> DataBundle:
+        size = 32 if options.image_size is None else _check_image_size(options.image_size)
+        stats = _check_stats(options.mean, options.std, _CIFAR_STATS)
+        return _load_cifar10(spec, _existing_dir(arg, spec), size, stats)
+
+
+class _ClassFolders(DataSource):
+    prefix, usage = "imagefolder", "imagefolder:DIR"
+    resizable = True
+
+    def load(self, spec: str, arg: str | None, options: DataOptions) -> DataBundle:
+        size = 224 if options.image_size is None else _check_image_size(options.image_size)
+        stats = _check_stats(options.mean, options.std, _IMAGENET_STATS)
+        return _load_imagefolder(spec, _existing_dir(arg, spec), size, stats, options.verify)
+
+
+class _UnlabelledImages(DataSource):
+    """``images:DIR``: the image files under DIR at any depth, without labels; each split
+    yields random square crops (see :func:`_load_photos`)."""
+
+    prefix, usage = "images", "images:DIR"
+    resizable = True
+
+    def load(self, spec: str, arg: str | None, options: DataOptions) -> DataBundle:
+        size = 224 if options.image_size is None else _check_image_size(options.image_size)
+        stats = _check_stats(options.mean, options.std, _IMAGENET_STATS)
+        return _load_photos(spec, _existing_dir(arg, spec), size, stats, options.verify)
+
+
+class _Idx(DataSource):
+    prefix, usage = "idx", "idx:DIR"
+
+    def load(self, spec: str, arg: str | None, options: DataOptions) -> DataBundle:
+        return _load_idx(spec, _existing_dir(arg, spec))
+
+
+class _Mnist(_Idx):
+    prefix, usage = "mnist", "mnist:DIR"
+
+
+class _FashionMnist(_Idx):
+    prefix, usage = "fashion-mnist", "fashion-mnist:DIR"
+
+
+class _Text(DataSource):
+    """``text:FILE``: tokenised by a model's tokenizer, so loaded by
+    :func:`gfsprune.workflow.text.load_text`, which knows the model, not here."""
+
+    prefix, usage = "text", "text:FILE"
+    tokens = True
+
+    def load(self, spec: str, arg: str | None, options: DataOptions) -> DataBundle:
+        raise DataError(
+            f"{spec!r} is text, tokenised by a model's tokenizer: give it to prune or eval with "
+            "--model hf:DIR (gfsprune.workflow.text.load_text in Python)."
+        )
+
+
+#: The data sources by prefix; a new format is one :class:`DataSource` added here.
+SOURCES: dict[str, DataSource] = {
+    source.prefix: source
+    for source in (
+        _Digits(),
+        _Synthetic(),
+        _Cifar10(),
+        _ClassFolders(),
+        _Idx(),
+        _Mnist(),
+        _FashionMnist(),
+        _UnlabelledImages(),
+        _Text(),
+    )
+}
+
+#: The forms of every image data spec (``text:FILE`` is read by the text module).
+SPECS = tuple(source.usage for source in SOURCES.values() if not source.tokens)

@@ -47,11 +47,11 @@ from gfsprune.plan import LayerPlan, PruneResult
 from gfsprune.targets import Target
 from gfsprune.workflow import report
 from gfsprune.workflow.compare import CompareConfig, Comparison, compare
-from gfsprune.workflow.data import DataBundle, load_data, make_loader
+from gfsprune.workflow.data import DataBundle, is_tokens, load_data, make_loader
 from gfsprune.workflow.latency import latencies
 from gfsprune.workflow.loading import ModelSpec, file_digest, load_bundle, load_model, open_spec
 from gfsprune.workflow.seeding import seeded
-from gfsprune.workflow.text import TextData, evaluate_text, is_text, text_objective
+from gfsprune.workflow.text import TextData, evaluate_text, text_objective
 from gfsprune.workflow.train import TrainConfig, evaluate, fit, resolve_device
 
 __all__ = [
@@ -248,7 +248,7 @@ def _scores(
 def _sample(info: ModelInfo) -> tuple[int, ...] | object:
     """What latency is measured on: random images of the input shape, or the example token
     ids of text."""
-    return info.example_inputs() if is_text(info.data) else info.input_shape
+    return info.example_inputs() if is_tokens(info.data) else info.input_shape
 
 
 def _refuse_text(job: str, bundle: DataBundle) -> None:

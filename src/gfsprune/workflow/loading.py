@@ -22,9 +22,16 @@ from gfsprune.errors import ConfigError, DataError, FileFormatError, ModelError
 from gfsprune.io.model_info import MODEL_FILE, ModelInfo, read_model_info, saved_model_info
 from gfsprune.io.saved import PLAN_FILE, WEIGHTS_FILE, load, read_plan
 from gfsprune.models.weights import load_weights
-from gfsprune.workflow.data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, load_data, resizable
+from gfsprune.workflow.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataBundle,
+    is_tokens,
+    load_data,
+    resizable,
+)
 from gfsprune.workflow.seeding import seeded
-from gfsprune.workflow.text import is_text, load_text
+from gfsprune.workflow.text import load_text
 
 __all__ = ["ModelSpec", "file_digest", "load_bundle", "load_model", "open_spec"]
 
@@ -80,7 +87,7 @@ def open_spec(
             f"a model given by its spec ({request.spec!r}) needs data to work on; pass --data "
             "(data= in Python)"
         )
-    if is_text(data):
+    if is_tokens(data):
         return _open_text(request, data, seed)
     mean, std = request.mean, request.std
     if resizable(data):
@@ -182,7 +189,7 @@ def load_bundle(spec: str | None, info: ModelInfo) -> DataBundle:
             f"the model {info.name!r} does not record the data it was pruned on; pass --data "
             "(data= in Python)"
         )
-    if is_text(data):
+    if is_tokens(data):
         bundle = load_text(data, model=info.name, length=info.input_shape[0])
         check_fits(bundle, info)
         return bundle

@@ -33,7 +33,7 @@ from gfsprune.errors import ConfigError, DataError
 from gfsprune.models.hf import TransformersOutput, load_tokenizer
 from gfsprune.workflow.data import DataBundle, make_loader
 
-__all__ = ["PREFIX", "TextData", "evaluate_text", "is_text", "load_text", "text_objective"]
+__all__ = ["PREFIX", "TextData", "evaluate_text", "load_text", "text_objective"]
 
 PREFIX = "text:"
 #: Tokens per sample unless given (or fewer, where the model allows fewer).
@@ -44,15 +44,9 @@ _TEST_SHARE, _SPLIT_SEED = 10, 0
 
 @dataclass(frozen=True)
 class TextData(DataBundle):
-    """Token samples of a ``text:FILE`` spec (a :class:`DataBundle` whose ``input_shape`` is
-    ``(length,)``).
-
-    Attributes:
-        labelled: Every sample is ``(inputs, label)`` (``num_classes`` labels); otherwise a
-            sample is its inputs alone and ``num_classes`` is 0.
-    """
-
-    labelled: bool = False
+    """Token samples of a ``text:FILE`` spec: a :class:`DataBundle` whose ``input_shape`` is
+    ``(length,)``; with ``labelled`` every sample is ``(inputs, label)`` (``num_classes``
+    labels), otherwise its inputs alone and ``num_classes`` is 0."""
 
 
 class _Samples(Dataset):
@@ -67,11 +61,6 @@ class _Samples(Dataset):
     def __getitem__(self, index: int) -> object:
         inputs = {"input_ids": self.ids[index], "attention_mask": self.mask[index]}
         return inputs if self.labels is None else (inputs, int(self.labels[index]))
-
-
-def is_text(spec: str | None) -> bool:
-    """Whether ``spec`` names text data (``text:FILE``)."""
-    return spec is not None and spec.startswith(PREFIX)
 
 
 def load_text(spec: str, *, model: str, length: int | None = None) -> TextData:
