@@ -116,3 +116,37 @@ def test_refusals() -> None:
         DistillLoss("mse", 2.0)
     with pytest.raises(ModelError, match=r"differ in shape"):
         DistillLoss()(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_alpha_mixes_cross_entropy_on_the_labels_with_the_distillation(trained) -> None:
+    images = _images(2, seed=5)
+    labels = [
+        torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(i)) for i in (0, 1)
+    ]
+    data, loss_fn = distill(
+        trained, list(zip(images, labels, strict=True)), temperature=2.0, labelled=True, alpha=0.3
+    )
+    student = Chain(width=12, classes=3)
+    (x, targets), y = next(iter(data)), labels[0]
+    assert targets.shape == (32, 4) and torch.equal(targets[:, -1].long(), y)
+    out = student(x)
+    soft = DistillLoss("kl", 2.0)(out, trained(x))
+    expected = 0.3 * F.cross_entropy(out, y) + 0.7 * soft
+    torch.testing.assert_close(loss_fn(out, targets), expected)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"alpha": 1.5}, r"'alpha' must be a number in \[0, 1\]"),
+        ({"kind": "mse", "alpha": 0.5}, r"'alpha' .* applies to kind='kl' only"),
+    ],
+)
+def test_bad_alpha_is_refused(options, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DistillLoss(**options)
+
+
+def test_alpha_needs_labelled_batches(trained) -> None:
+    with pytest.raises(ConfigError, match=r"keep_labels=True needs labelled batches"):
+        distill(trained, _images(1, seed=0), alpha=0.5)

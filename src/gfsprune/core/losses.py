@@ -35,10 +35,15 @@ class DistillLoss:
             does not shrink with the temperature (Hinton et al., 2015); ``"mse"``: the mean
             squared error between the outputs (features or logits).
         temperature: Divides both logits before the softmax (``kl`` only; 1 for ``mse``).
+        alpha: The weight of the cross-entropy on the labels (``kl`` only): the loss is
+            ``alpha * CE(outputs, labels) + (1 - alpha) * distillation``. With ``alpha > 0``
+            a batch's targets are the teacher's outputs with the labels appended as one more
+            last column, as :class:`TeacherBatches` makes them with ``keep_labels=True``.
     """
 
     kind: Literal["kl", "mse"] = "kl"
     temperature: float = 1.0
+    alpha: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("kl", "mse"):
@@ -51,9 +56,26 @@ class DistillLoss:
                 f"'temperature' applies to kind='kl' only; leave it at 1 with kind='mse'. "
                 f"Got {t!r} instead."
             )
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, int | float) or not 0 <= a <= 1:
+            raise ConfigError(f"'alpha' must be a number in [0, 1]. Got {a!r} instead.")
+        if self.kind == "mse" and a:
+            raise ConfigError(
+                f"'alpha' (the weight of the labels) applies to kind='kl' only, a classifier's "
+                f"logits; leave it at 0 with kind='mse'. Got {a!r} instead."
+            )
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The scalar loss of a batch; ``outputs`` and ``targets`` have the same shape."""
+        """The scalar loss of a batch; ``outputs`` and ``targets`` have the same shape (with
+        ``alpha > 0``, ``targets`` has one more last column: the labels)."""
+        if self.alpha:
+            labels = targets[..., -1].long()
+            targets = targets[..., :-1]
+            hard = F.cross_entropy(outputs.flatten(0, -2), labels.flatten())
+            return self.alpha * hard + (1 - self.alpha) * self._soft(outputs, targets)
+        return self._soft(outputs, targets)
+
+    def _soft(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if outputs.shape != targets.shape:
             raise ModelError(
                 f"the student's outputs {tuple(outputs.shape)} and the teacher's "
@@ -74,13 +96,20 @@ class TeacherBatches:
 
     The teacher is a frozen copy (eval mode, no gradients) made when this object is built, so
     later changes to the original model do not change the targets. Each pass over this object
-    is one pass over ``batches``; the targets stay on the teacher's device.
+    is one pass over ``batches``; the targets stay on the teacher's device. With
+    ``keep_labels`` (labelled batches), the labels are appended to the teacher's outputs as
+    one more last column (what :class:`DistillLoss` with ``alpha > 0`` reads).
     """
 
-    def __init__(self, teacher: nn.Module, batches: Iterable, *, labelled: bool) -> None:
+    def __init__(
+        self, teacher: nn.Module, batches: Iterable, *, labelled: bool, keep_labels: bool = False
+    ) -> None:
+        if keep_labels and not labelled:
+            raise ConfigError("keep_labels=True needs labelled batches (labelled=True).")
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
         self.batches = batches
         self.labelled = labelled
+        self.keep_labels = keep_labels
 
     def __iter__(self) -> Iterator[tuple[object, torch.Tensor]]:
         device = model_device(self.teacher)
@@ -95,6 +124,9 @@ class TeacherBatches:
                     f"distillation needs a teacher that returns one tensor; "
                     f"{type(self.teacher).__name__} returned a {type(outputs).__name__}."
                 )
+            if self.keep_labels:
+                labels = batch[1].to(outputs.device, outputs.dtype)
+                outputs = torch.cat([outputs, labels.view(*outputs.shape[:-1], 1)], dim=-1)
             yield inputs, outputs
 
 
@@ -105,6 +137,7 @@ def distill(
     kind: Literal["kl", "mse"] = "kl",
     temperature: float = 1.0,
     labelled: bool = False,
+    alpha: float = 0.0,
 ) -> tuple[TeacherBatches, DistillLoss]:
     """The data and loss that make :func:`gfsprune.prune` match ``teacher``'s outputs.
 
@@ -114,7 +147,10 @@ def distill(
             arguments or a dict of keywords); no labels needed.
         kind: ``"kl"`` on logits or ``"mse"`` on outputs (see :class:`DistillLoss`).
         temperature: Softens both distributions (``kl`` only).
-        labelled: Every batch is an ``(inputs, labels)`` pair; the labels are dropped.
+        labelled: Every batch is an ``(inputs, labels)`` pair; the labels are dropped
+            unless ``alpha > 0``.
+        alpha: The weight of the cross-entropy on the labels (needs ``labelled``): the loss
+            is ``alpha * CE + (1 - alpha) * temperature**2 * KL`` (Hinton et al., 2015).
 
     Returns:
         ``(data, loss_fn)`` to pass to ``prune`` as its ``data`` and ``loss_fn``.
@@ -131,5 +167,6 @@ def distill(
         >>> result.macs_after < result.macs_before
         True
     """
-    loss_fn = DistillLoss(kind, temperature)
-    return TeacherBatches(teacher, batches, labelled=labelled), loss_fn
+    loss_fn = DistillLoss(kind, temperature, alpha)
+    keep = bool(alpha)
+    return TeacherBatches(teacher, batches, labelled=labelled, keep_labels=keep), loss_fn
