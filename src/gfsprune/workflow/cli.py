@@ -27,6 +27,7 @@ from gfsprune.targets import Macs, Params, Target, Tolerance
 from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.compare import CompareConfig, Comparison, parse_epochs, parse_methods
 from gfsprune.workflow.data import SPECS
+from gfsprune.workflow.distillation import DEFAULT_ALPHA, Distillation
 from gfsprune.workflow.jobs import ModelSpec, Source
 from gfsprune.workflow.latency import BATCHES
 from gfsprune.workflow.methods import METHODS
@@ -235,6 +236,43 @@ def _selection(args: argparse.Namespace, **options: object) -> PruneConfig:
     )
 
 
+def _add_distill(p: argparse.ArgumentParser) -> None:
+    """--distill and its options (:class:`gfsprune.workflow.distillation.Distillation`)."""
+    default = Distillation()
+    p.add_argument(
+        "--distill",
+        nargs="?",
+        const="auto",
+        choices=("auto", "kl", "mse"),
+        help="learn the unpruned model's outputs instead of labels (none needed, e.g. "
+        "images:DIR): KL of the logits (kl) or MSE of the outputs (mse); auto (the "
+        "default) takes kl where the model returns (batch, classes)",
+    )
+    p.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=default.temperature,
+        help="with --distill kl: softens both distributions; the KL term is multiplied by "
+        f"its square (default {default.temperature:g})",
+    )
+    p.add_argument(
+        "--distill-alpha",
+        type=float,
+        help="with --distill on labelled data: the loss is alpha*CE(labels) + "
+        f"(1-alpha)*T^2*KL (Hinton et al.; default {DEFAULT_ALPHA} with labels, 0 without)",
+    )
+
+
+def _distillation(args: argparse.Namespace) -> Distillation | None:
+    """The :class:`Distillation` of the options :func:`_add_distill` added, or None."""
+    if args.distill is None:
+        changed = args.distill_alpha is not None or args.distill_temperature != 1.0
+        if changed:
+            raise ConfigError("--distill-temperature and --distill-alpha go with --distill")
+        return None
+    return Distillation(args.distill, args.distill_temperature, args.distill_alpha)
+
+
 def _target(args: argparse.Namespace) -> Target:
     if args.macs is not None:
         return Macs(args.macs)
@@ -380,6 +418,7 @@ def _prune(args: argparse.Namespace) -> None:
         data=args.data,
         resume=args.resume,
         progress=args.progress,
+        distill=_distillation(args),
     )
     widths = ", ".join(f"{p.name} {p.width}->{len(p.kept)}" for p in result.plan)
     _say(f"kept channels: {widths}")
@@ -395,6 +434,17 @@ def _prune(args: argparse.Namespace) -> None:
             "   (test split, before fine-tuning)"
         )
         _say(f"{'loss':9}{scores['loss_before']:>12.4f}{scores['loss_after']:>12.4f}")
+    if "agree_after" in scores:
+        _say(
+            f"{'agree':9}{scores['agree_before']:>12.2%}{scores['agree_after']:>12.2%}"
+            "   (test split: top-1 agreement with the unpruned model)"
+        )
+        _say(f"{'KL':9}{scores['kl_before']:>12.4f}{scores['kl_after']:>12.4f}")
+    if "mse_after" in scores:
+        _say(
+            f"{'MSE':9}{scores['mse_before']:>12.4f}{scores['mse_after']:>12.4f}"
+            "   (test split: to the unpruned model's outputs)"
+        )
     if "distill_before" in scores:
         _say(
             f"{'distill':9}{scores['distill_before']:>12.4f}{scores['distill_after']:>12.4f}"
@@ -429,12 +479,17 @@ def _finetune(args: argparse.Namespace) -> None:
         progress=args.progress,
         device=args.device,
         model_spec=model_spec,
+        distill=_distillation(args),
     )
     last = history[-1]
-    _say(
-        f"fine-tuned for {last['epoch']} epochs: test accuracy {last['test_acc']:.2%}, "
-        f"loss {last['test_loss']:.4f}; wrote {out}"
-    )
+    found = []
+    if "test_acc" in last:
+        found.append(f"test accuracy {last['test_acc']:.2%}, loss {last['test_loss']:.4f}")
+    if "test_agree" in last:
+        found.append(f"agreement {last['test_agree']:.2%}, KL {last['test_kl']:.4f}")
+    if "test_mse" in last:
+        found.append(f"MSE to the unpruned model {last['test_mse']:.4f}")
+    _say(f"fine-tuned for {last['epoch']} epochs: {'; '.join(found)}; wrote {out}")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -447,6 +502,11 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"loss          {scores['loss']:.4f}")
     if "distill" in scores:
         print(f"distill       {scores['distill']:.4f} (to the unpruned model)")
+    if "agree" in scores:
+        print(f"agreement     {scores['agree']:.2%} (top-1, with the unpruned model)")
+        print(f"KL            {scores['kl']:.4f} (to the unpruned model)")
+    if "mse" in scores:
+        print(f"MSE           {scores['mse']:.4f} (to the unpruned model's outputs)")
     print(f"MACs          {scores['macs']:,}")
     print(f"params        {scores['params']:,}")
     for where, label in (("", f"CPU, {torch.get_num_threads()} thread(s)"), ("gpu_", "GPU")):
@@ -561,6 +621,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         "progress.json is refused)",
     )
     _add_selection(p, greedy_only=False)
+    _add_distill(p)
     p.set_defaults(handler=_prune, command_name="prune", distributed=True)
 
     p = sub.add_parser(
@@ -574,6 +635,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="folder to write (default DIR/finetuned)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     _add_recipe(p)
+    _add_distill(p)
     p.set_defaults(handler=_finetune, command_name="finetune", distributed=True)
 
     p = sub.add_parser(

@@ -23,14 +23,17 @@ same train/test split.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from gfsprune import distributed
 from gfsprune.core.config import PruneConfig
@@ -47,7 +50,8 @@ from gfsprune.plan import LayerPlan, PruneResult
 from gfsprune.targets import Target
 from gfsprune.workflow import report
 from gfsprune.workflow.compare import CompareConfig, Comparison, compare
-from gfsprune.workflow.data import DataBundle, is_tokens, load_data, make_loader
+from gfsprune.workflow.data import DataBundle, is_tokens, load_data, make_loader, require_labels
+from gfsprune.workflow.distillation import Distillation, agreement, load_teacher, teacher_record
 from gfsprune.workflow.latency import latencies
 from gfsprune.workflow.loading import ModelSpec, file_digest, load_bundle, load_model, open_spec
 from gfsprune.workflow.seeding import seeded
@@ -180,16 +184,22 @@ def prune_checkpoint(
     data: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    distill: Distillation | None = None,
 ) -> tuple[PruneResult, dict[str, float]]:
     """Prune the trained model in ``checkpoint`` (a folder or a :class:`ModelSpec`) on its
     training data (``data`` where given) and save it to ``out``.
 
     Progress is saved to ``out/progress.json`` after every layer; ``resume=True`` continues
-    an interrupted run with the same options to the same plan.
+    an interrupted run with the same options to the same plan. With ``distill`` the loss is
+    the distance to the unpruned model's outputs (labels are mixed in where the data has
+    them; see :mod:`gfsprune.workflow.distillation`); the folder records the settings and
+    the unpruned model's weights file, which ``finetune`` and ``eval`` use.
 
     Returns:
-        The result, and the test accuracy and loss before and right after pruning
-        (``acc_before``, ``loss_before``, ``acc_after``, ``loss_after``) and the measured
+        The result, and on labelled data the test accuracy and loss before and right after
+        pruning (``acc_before``, ``loss_before``, ``acc_after``, ``loss_after``), with
+        ``distill`` the agreement with the unpruned model (``agree_after``, ``kl_after``, or
+        ``mse_after``; :func:`~gfsprune.workflow.distillation.agreement`), and the measured
         latency before and after (``latency_b1_before``, ``latency_b64_after``, ...: on the
         CPU, and ``gpu_latency_b1_before``, ... on the device where it is a GPU).
     """
@@ -206,13 +216,11 @@ def prune_checkpoint(
         "batch_size": batch_size,
         **config.settings(),
     }
+    if distill is not None:
+        settings["distill"] = distill.to_json()
     claim(out, Run("prune", settings), resume=resume)
     loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=config.seed)
-    data, loss_fn = (
-        text_objective(model.to(device), loader, bundle)
-        if isinstance(bundle, TextData)
-        else (loader, None)
-    )
+    data, loss_fn = _objective(model.to(device), loader, bundle, distill)
     with seeded(config.seed):  # the training augmentation draws from torch's generator
         result = prune(
             model,
@@ -225,24 +233,64 @@ def prune_checkpoint(
             progress=progress,
         )
     if distributed.is_main():
-        save(result, out, metadata=info.to_json())
+        metadata = {**info.to_json(), "teacher": _teacher_record(checkpoint, config.seed)}
+        if distill is not None:
+            metadata["distill"] = distill.to_json()
+        save(result, out, metadata=metadata)
     scores: dict[str, float] = {}
     for when, net in (("before", model), ("after", result.model)):
-        found = _scores(net, bundle, teacher=model, device=device)
+        found = _scores(net, bundle, teacher=model, device=device, distill=distill is not None)
         found |= latencies(net, _sample(info), device)
         scores |= {f"{k}_{when}": v for k, v in found.items()}
     return result, scores
 
 
+def _objective(
+    model: nn.Module, loader: DataLoader, bundle: DataBundle, distill: Distillation | None
+) -> tuple[Iterable, Callable | None]:
+    """What :func:`prune` selects by: ``(batches, loss_fn)``, ``loss_fn`` None for the
+    cross-entropy on the labels."""
+    if isinstance(bundle, TextData):
+        if distill is not None:
+            raise ConfigError(
+                "--distill (distill=) is for image data; text is distilled from the unpruned "
+                "model already unless a classifier has labels. Leave it out"
+            )
+        return text_objective(model, loader, bundle)
+    if distill is not None:
+        return distill.batches(model, loader, bundle)
+    require_labels(bundle)
+    return loader, None
+
+
+def _teacher_record(source: Source, seed: int) -> dict[str, Any]:
+    """Where the unpruned model's weights are: the spec's weights file or the folder's."""
+    if isinstance(source, ModelSpec):
+        return teacher_record(source.weights, seed=seed)
+    return teacher_record(Path(source) / WEIGHTS_FILE, seed=seed)
+
+
 def _scores(
-    model: nn.Module, bundle: DataBundle, *, teacher: nn.Module, device: torch.device
+    model: nn.Module,
+    bundle: DataBundle,
+    *,
+    teacher: nn.Module,
+    device: torch.device,
+    distill: bool = False,
 ) -> dict[str, float]:
-    """Test scores: accuracy and loss, and for text the distillation loss to ``teacher``
-    (with accuracy and loss where they apply; :func:`evaluate_text`)."""
+    """Test scores: accuracy and loss on labelled images, with ``distill`` the agreement
+    with ``teacher``; for text the distillation loss to ``teacher`` (with accuracy and loss
+    where they apply; :func:`evaluate_text`)."""
     if isinstance(bundle, TextData):
         return evaluate_text(model.to(device), bundle, teacher=teacher.to(device))
-    accuracy, loss = evaluate(model, bundle.test, device=device)
-    return {"acc": accuracy, "loss": loss}
+    if not distill:
+        require_labels(bundle)
+    scores = {}
+    if bundle.labelled:
+        scores["acc"], scores["loss"] = evaluate(model, bundle.test, device=device)
+    if distill:
+        scores |= agreement(model.to(device), teacher, bundle.test, labelled=bundle.labelled)
+    return scores
 
 
 def _sample(info: ModelInfo) -> tuple[int, ...] | object:
@@ -270,13 +318,16 @@ def finetune_dir(
     progress: bool = True,
     device: str | None = None,
     model_spec: str | None = None,
+    distill: Distillation | None = None,
 ) -> list[dict[str, float]]:
     """Fine-tune the model in ``directory`` and save it, in the same format, to ``out``.
 
     A pruned folder gives a pruned folder; a trained checkpoint or a :class:`ModelSpec` gives
     a trained checkpoint. ``out/train_state.pt`` is written every epoch; ``resume=True``
     continues from it. ``model_spec`` builds a folder's base from that spec instead of the
-    recorded one (needed where the recorded spec runs the user's code).
+    recorded one (needed where the recorded spec runs the user's code). With ``distill``
+    the model learns the outputs of the unpruned model: the one a pruned folder records, or
+    the starting model itself.
     """
     device = resolve_device(device)
     model, info, bundle = _open(directory, data=data, seed=config.seed, model_spec=model_spec)
@@ -290,11 +341,25 @@ def finetune_dir(
     }
     if "checkpoint" in settings:  # the name this job's run.json has always used
         settings["source"] = settings.pop("checkpoint")
+    pruned = not isinstance(directory, ModelSpec) and (Path(directory) / PLAN_FILE).is_file()
+    teacher = None
+    if distill is not None:
+        settings["distill"] = distill.to_json()
+        teacher = (
+            _recorded_teacher(directory, info, model_spec) if pruned else copy.deepcopy(model)
+        )
     claim(out, Run("finetune", settings), resume=resume)
     history = fit(
-        model, bundle, config, checkpoint_dir=out, resume=resume, progress=progress, device=device
+        model,
+        bundle,
+        config,
+        checkpoint_dir=out,
+        resume=resume,
+        progress=progress,
+        device=device,
+        distill=distill,
+        teacher=teacher,
     )
-    pruned = not isinstance(directory, ModelSpec) and (Path(directory) / PLAN_FILE).is_file()
     if distributed.is_main() and not pruned:
         _save_model(model, info, out, history)
     elif distributed.is_main():
@@ -313,7 +378,11 @@ def finetune_dir(
         metadata = {
             **plan["metadata"],
             "finetuned_from": str(Path(directory).resolve()),
-            "finetune": {**dataclasses.asdict(config), "history": history},
+            "finetune": {
+                **dataclasses.asdict(config),
+                "distill": None if distill is None else distill.to_json(),
+                "history": history,
+            },
         }
         save(result, out, metadata=metadata)
     return history
@@ -328,16 +397,43 @@ def evaluate_dir(
 ) -> dict[str, float]:
     """Accuracy, loss, MACs, params and latency (batch 1 and 64; on the CPU, and on
     ``device`` where it is a GPU) of a saved model or a :class:`ModelSpec` (``model_spec``: as
-    in :func:`finetune_dir`)."""
+    in :func:`finetune_dir`); for a folder pruned by distillation also the agreement with
+    the unpruned model it records (``agree`` and ``kl``, or ``mse``; accuracy and loss only
+    on labelled data)."""
     device = resolve_device(device)
     model, info, bundle = _open(directory, data=data, model_spec=model_spec)
-    # Text is scored against the unpruned model: the base the folder was pruned from.
-    teacher = info.build(spec=model_spec) if isinstance(bundle, TextData) else model
-    scores = _scores(model, bundle, teacher=teacher, device=device)
+    # Text, and images of a folder pruned by distillation, are scored against the unpruned
+    # model: the base the folder was pruned from.
+    distilled = "distill" in _metadata(directory)
+    if isinstance(bundle, TextData):
+        teacher = info.build(spec=model_spec)
+    elif distilled:
+        teacher = _recorded_teacher(directory, info, model_spec)
+    else:
+        teacher = model
+    scores = _scores(model, bundle, teacher=teacher, device=device, distill=distilled)
     model.cpu()
     macs, params = count(model, info.example_inputs())
     speed = latencies(model, _sample(info), device)
     return {**scores, "macs": macs, "params": params, **speed}
+
+
+def _metadata(source: Source) -> dict[str, Any]:
+    """A pruned folder's plan metadata (``{}`` for other sources)."""
+    if isinstance(source, ModelSpec) or not (Path(source) / PLAN_FILE).is_file():
+        return {}
+    return read_plan(source)["metadata"]
+
+
+def _recorded_teacher(directory: Source, info: ModelInfo, spec: str | None) -> nn.Module:
+    """The unpruned model a pruned folder records (:func:`load_teacher`)."""
+    record = _metadata(directory).get("teacher")
+    if not isinstance(record, dict):
+        raise ConfigError(
+            f"'{directory}' does not record the model it was pruned from, which distillation "
+            "learns from; prune it again with this version of gfsprune"
+        )
+    return load_teacher(info, record, spec=spec, where=Path(directory))
 
 
 def compare_checkpoint(

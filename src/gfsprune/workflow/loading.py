@@ -98,18 +98,16 @@ def open_spec(
         bundle = load_data(data, image_size=_square_side(shape), mean=mean, std=std)
     else:
         bundle = load_data(data, mean=mean, std=std)  # refuses mean/std with a reason
-    if request.num_classes not in (None, bundle.num_classes):
+    if bundle.labelled and request.num_classes not in (None, bundle.num_classes):
         raise DataError(
             f"the model is asked for {request.num_classes} classes (num_classes, "
             f"--num-classes) but data {data!r} has {bundle.num_classes}; pass "
             f"{bundle.num_classes}, or data with {request.num_classes} classes"
         )
     shape = tuple(request.input_shape or bundle.input_shape)
-    options = {
-        "num_classes": request.num_classes or bundle.num_classes,
-        "in_channels": shape[0],
-        "image_size": shape[-1],
-    }
+    options = {"in_channels": shape[0], "image_size": shape[-1]}
+    if request.num_classes or bundle.labelled:  # unlabelled data: the model's own classes
+        options["num_classes"] = request.num_classes or bundle.num_classes
     info = ModelInfo(
         request.spec,
         options,
@@ -203,10 +201,11 @@ def load_bundle(spec: str | None, info: ModelInfo) -> DataBundle:
 
 
 def check_fits(bundle: DataBundle, info: ModelInfo) -> None:
-    """Raise DataError unless ``bundle``'s inputs and classes are the model's."""
+    """Raise DataError unless ``bundle``'s inputs and classes (where it has labels) are the
+    model's."""
     classes = info.options.get("num_classes")
     if tuple(bundle.input_shape) != tuple(info.input_shape) or (
-        classes is not None and bundle.num_classes != classes
+        classes is not None and bundle.labelled and bundle.num_classes != classes
     ):
         raise DataError(
             f"data {bundle.name!r} has inputs {tuple(bundle.input_shape)} in "

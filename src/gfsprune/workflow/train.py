@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,9 +31,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from gfsprune import distributed
+from gfsprune.core.losses import TeacherBatches
 from gfsprune.errors import ConfigError, DataError, LossError, ModelError, first_line
 from gfsprune.io.atomic import write_atomic
-from gfsprune.workflow.data import DataBundle, check_labels, make_loader
+from gfsprune.workflow.data import DataBundle, check_labels, make_loader, require_labels
+from gfsprune.workflow.distillation import Distillation, agreement
 from gfsprune.workflow.seeding import seeded
 
 __all__ = ["TrainConfig", "evaluate", "fit", "param_groups", "resolve_device"]
@@ -189,6 +191,8 @@ def fit(
     progress: bool = True,
     device: str | torch.device | None = None,
     label: str = "",
+    distill: Distillation | None = None,
+    teacher: nn.Module | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on ``data.train``, evaluating on ``data.test`` every epoch.
 
@@ -207,10 +211,16 @@ def fit(
         progress: Show a progress bar per epoch with the running loss and accuracy.
         device: Where to train; None means CUDA when available, else CPU.
         label: Names the run in the progress bars (e.g. which method is fine-tuned).
+        distill: Train to match ``teacher``'s outputs (:class:`Distillation`: labels needed
+            only where it mixes them in) instead of the cross-entropy on the labels.
+        teacher: The model to distil from (usually the unpruned one), with ``distill``.
 
     Returns:
         One dict per epoch: ``epoch``, ``lr`` (at the epoch's end), ``train_loss``,
-        ``train_acc``, ``test_loss``, ``test_acc`` and ``seconds``.
+        ``train_acc`` (with ``distill``: agreement with the teacher's top-1 class),
+        ``test_loss`` and ``test_acc`` (on labelled data), with ``distill`` the test split's
+        :func:`gfsprune.workflow.distillation.agreement` as ``test_agree`` and ``test_kl``
+        (``test_mse`` for non-logits), and ``seconds``.
 
     Example:
         >>> from gfsprune.workflow.data import load_data
@@ -224,9 +234,20 @@ def fit(
     for split, dataset in ("train", data.train), ("test", data.test):
         if len(dataset) == 0:
             raise DataError(f"the {split} set of {data.name!r} is empty; give it some samples.")
+    if (distill is None) != (teacher is None):
+        raise ConfigError("give distill and teacher together (distillation needs both).")
     device = resolve_device(device)
     model.to(device)
-    check_labels(data, _count_outputs(model, data, device))
+    if distill is None:
+        require_labels(data)  # before a sample is read as (image, label)
+        check_labels(data, _count_outputs(model, data, device))
+        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    else:
+        teacher.to(device)
+        criterion = distill.loss(teacher, data)
+        if criterion.alpha:
+            require_labels(data)
+            check_labels(data, _count_outputs(model, data, device))
     world = distributed.world_size()
     if config.batch_size % world:
         raise ConfigError(
@@ -246,14 +267,17 @@ def fit(
     net = model
     if distributed.is_distributed():
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     for epoch in range(len(history), config.epochs):
         start = time.perf_counter()
         order_seed, rng_seed = _epoch_seeds(config.seed, epoch)
         loader = _train_loader(data.train, config, sampler, epoch=epoch, seed=order_seed)
+        steps = len(loader)
+        if distill is not None:
+            keep = bool(criterion.alpha)
+            loader = TeacherBatches(teacher, loader, labelled=data.labelled, keep_labels=keep)
         show = progress and distributed.is_main()
         with tqdm(
-            total=len(loader),
+            total=steps,
             desc=f"{label}{': ' if label else ''}epoch {epoch + 1}/{config.epochs}",
             disable=not show,
         ) as bar:
@@ -262,9 +286,16 @@ def fit(
                     net, loader, bar, optimizer, scheduler, criterion, epoch=epoch, device=device
                 )
             distributed.broadcast_module(model)  # each rank updated its own BN statistics
-            test_acc, test_loss = evaluate(model, data.test, device=device)
+            scores = {}
+            if data.labelled:
+                scores["test_acc"], scores["test_loss"] = evaluate(model, data.test, device=device)
+            if distill is not None:
+                found = agreement(model, teacher, data.test, labelled=data.labelled)
+                scores |= {f"test_{key}": value for key, value in found.items()}
             bar.set_postfix(
-                loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}"
+                loss=f"{train_loss:.3f}",
+                acc=f"{train_acc:.3f}",
+                **{key: f"{value:.3f}" for key, value in scores.items()},
             )
         history.append(
             {
@@ -272,8 +303,7 @@ def fit(
                 "lr": scheduler.get_last_lr()[0],
                 "train_loss": train_loss,
                 "train_acc": train_acc,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
+                **scores,
                 "seconds": time.perf_counter() - start,
             }
         )
@@ -368,12 +398,13 @@ def _train_epoch(
     bar: tqdm,
     optimizer: torch.optim.Optimizer,
     scheduler: LambdaLR,
-    criterion: nn.Module,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
     epoch: int,
     device: torch.device,
 ) -> tuple[float, float]:
-    """One pass over ``loader``; returns the mean loss and accuracy of all processes."""
+    """One pass over ``loader``; returns the mean loss and accuracy of all processes (with a
+    teacher's outputs as targets, agreement with its top-1 class)."""
     net.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     for step, (images, labels) in enumerate(loader, start=1):
@@ -386,7 +417,7 @@ def _train_epoch(
         optimizer.step()
         scheduler.step()
         totals[0] += loss.detach() * len(labels)
-        totals[1] += (logits.argmax(1) == labels).sum()
+        totals[1] += _hits(logits.detach(), labels)
         totals[2] += len(labels)
         if not bar.disable:
             loss_sum, correct, count = totals.tolist()
@@ -396,6 +427,15 @@ def _train_epoch(
             bar.update()
     loss_sum, correct, count = distributed.all_gather(totals).sum(0).tolist()
     return loss_sum / count, correct / count
+
+
+def _hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Samples whose top-1 class is the label's, or with a teacher's outputs as ``targets``
+    (labels appended where mixed in) the teacher's (the share of positions, per sample)."""
+    if not targets.is_floating_point():
+        return (logits.argmax(1) == targets).sum()
+    teacher = targets[..., : logits.shape[-1]].argmax(-1)
+    return (logits.argmax(-1) == teacher).double().mean() * len(targets)
 
 
 def _check_finite(loss: torch.Tensor, *, epoch: int, step: int, lr: float) -> None:
