@@ -25,3 +25,9 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests benchmarks conftest.py
+
+# The offline real material of benchmarks/real.py (pretrained EfficientNet-Lite0, photos,
+# Fashion-MNIST, the Brown corpus) into ./.bench; not part of `make test`.
+.PHONY: bench-real-setup
+bench-real-setup: $(VENV)/.installed
+	benchmarks/setup_real.sh .bench $(PY)

@@ -10,7 +10,7 @@ Specs (each prefix is one :class:`DataSource` in :data:`SOURCES`):
                           their official train/test split; ``mnist:DIR`` and
                           ``fashion-mnist:DIR`` are the same.
     ``images:DIR``        image files under DIR at any depth, *without labels* (for
-                          distillation): a tenth of the files (at least one, drawn with a fixed
+                          distillation): a fifth of the files (at least one, drawn with a fixed
                           seed) is held out, and each split yields random square crops (at
                           least 1,024 training and 256 held-out samples, a fixed set).
     ``text:FILE``         text, tokenised by a model's tokenizer (:mod:`gfsprune.workflow.text`).
@@ -731,16 +731,16 @@ class _Photos(Dataset):
 def _load_photos(
     spec: str, root: Path, size: int, stats: torch.Tensor, verify: bool | None
 ) -> DataBundle:
-    """A tenth of the photos (at least one), drawn with a fixed seed, is held out; each split
+    """A fifth of the photos (at least one), drawn with a fixed seed, is held out; each split
     gives enough crops per photo for :data:`_PHOTO_SAMPLES` samples."""
     paths = _image_files(root)
     if len(paths) < 2:
         raise DataError(
             f"image folder '{root}' holds {len(paths)} image(s) ({', '.join(_IMAGE_SUFFIXES)}); "
-            "give at least two (a tenth, at least one, is held out for testing)."
+            "give at least two (a fifth, at least one, is held out for testing)."
         )
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(_SPLIT_SEED))
-    split = max(1, len(paths) // 10)
+    split = max(1, len(paths) // 5)
     test_paths = [paths[i] for i in sorted(order[:split].tolist())]
     train_paths = [paths[i] for i in sorted(order[split:].tolist())]
     train_samples, test_samples = _PHOTO_SAMPLES

@@ -345,9 +345,7 @@ def finetune_dir(
     teacher = None
     if distill is not None:
         settings["distill"] = distill.to_json()
-        teacher = (
-            _recorded_teacher(directory, info, model_spec) if pruned else copy.deepcopy(model)
-        )
+        teacher = _recorded_teacher(directory, info, model_spec) if pruned else copy.deepcopy(model)
     claim(out, Run("finetune", settings), resume=resume)
     history = fit(
         model,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
-from torch.utils.data import DataLoader
 
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
@@ -81,16 +80,21 @@ class MethodContext:
         seed: The comparison's seed.
         device: Where to work.
         progress: Show progress bars.
+        loss_fn: The loss of ``(outputs, targets)`` that loss-based methods (``backward``,
+            the Taylor gradients) use, as :func:`gfsprune.prune` takes it; ``None``: the
+            cross-entropy on labels. With distillation the loader yields the teacher's
+            outputs as targets (:func:`gfsprune.distill`).
     """
 
     model: nn.Module
     greedy: PruneResult
-    loader: Callable[[], DataLoader]
+    loader: Callable[[], Iterable]
     example_inputs: torch.Tensor
     prune: PruneConfig
     seed: int
     device: torch.device
     progress: bool
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def widths(self) -> dict[str, int]:
@@ -134,6 +138,7 @@ class Backward(Method):
                 context.example_inputs,
                 target=Widths(context.widths),
                 config=config,
+                loss_fn=context.loss_fn,
                 progress=context.progress,
             ).model
 
@@ -419,13 +424,16 @@ def _working_copy(context: MethodContext, *, gradients: bool) -> nn.Module:
     work = copy.deepcopy(context.model).to(context.device).eval()
     if gradients:
         with seeded(context.seed):
-            _accumulate_gradients(work, context.loader(), context.device)
+            _accumulate_gradients(work, context.loader(), context.device, context.loss_fn)
     return work
 
 
-def _accumulate_gradients(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
+def _accumulate_gradients(
+    model: nn.Module, batches: Iterable, device: torch.device, loss_fn: Callable | None
+) -> None:
+    loss_fn = loss_fn or F.cross_entropy
     model.zero_grad(set_to_none=True)
-    for step, (images, labels) in enumerate(loader):
+    for step, (images, targets) in enumerate(batches):
         if step == _GRADIENT_BATCHES:
             break
-        F.cross_entropy(model(images.to(device)), labels.to(device)).backward()
+        loss_fn(model(images.to(device)), targets.to(device)).backward()
