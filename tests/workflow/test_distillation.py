@@ -11,6 +11,7 @@ import torch
 
 from gfsprune import models
 from gfsprune.errors import ConfigError, ModelError
+from gfsprune.io.results import read_results
 from gfsprune.workflow.cli import main
 from gfsprune.workflow.data import load_data
 from gfsprune.workflow.distillation import Distillation, agreement, load_teacher, teacher_record
@@ -134,3 +135,22 @@ def test_with_labels_distillation_mixes_them_in(tmp_path, checkpoint, capsys) ->
     assert main(["eval", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "agreement" in printed
+
+
+def test_compare_distils_label_free_and_reports_agreement(
+    tmp_path, photos, weights, capsys
+) -> None:
+    out = tmp_path / "cmp"
+    argv = ["compare", *_spec(photos, weights), "--distill", "--macs", "0.5", "--out", str(out)]
+    argv += ["--methods", "gfs,l1,taylor", "--epochs", "0,1", "--lr", "0.01", "--candidates", "4"]
+    assert main([*argv, *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "agree 0 ep" in printed and "ranked by agreement" in printed
+    results = read_results(out / "results.json")
+    assert results["base"]["agree"] == 1.0 and "acc" not in results["base"]
+    for row in results["methods"].values():
+        assert set(row["epochs"]["1"]) == {"agree", "kl"} and 0 <= row["agree_pruned"] <= 1
+    unlabelled = ["compare", *_spec(photos, weights), "--macs", "0.5", "--epochs", "1"]
+    assert main([*unlabelled, "--methods", "gfs,l1", "--out", str(tmp_path / "x")]) == 2
+    assert "has no labels" in one_line_error(capsys, "compare")
+    assert not (tmp_path / "x").exists()

@@ -19,11 +19,14 @@ RESULTS_FILE = "results.json"
 _LATENCY = ("latency_b1", "latency_b64")
 # measured where the comparison ran on a GPU: optional
 _GPU_LATENCY = ("gpu_latency_b1", "gpu_latency_b64")
-_BASE = ("acc", "loss", "macs", "params", *_LATENCY)
-_ROW = ("macs", "params", "acc_pruned", "loss_pruned", "seconds", *_LATENCY)
-# per fine-tuning budget (epochs, as text): accuracy and loss
+_BASE = ("macs", "params", *_LATENCY)
+_ROW = ("macs", "params", "seconds", *_LATENCY)
+# per fine-tuning budget (epochs, as text): the test scores
 _EPOCHS = "epochs"
-_SCORE = ("acc", "loss")
+# The test scores, each group where it applies (at least one): accuracy and loss on labelled
+# data; with distillation the agreement with the unpruned model and the KL divergence to it,
+# or the mean squared error of outputs other than logits. A row has them with "_pruned".
+_GROUPS = (("acc", "loss"), ("agree", "kl"), ("mse",))
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
@@ -41,21 +44,34 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
         "methods": {name: _row(methods[name]) for name in methods.require(Mapping, "an object")}
     }
     if complete:
-        results["base"] = _scores(root["base"], _BASE)
+        results["base"] = _scores(root["base"], _BASE + _tests(root["base"], ""))
     return results
 
 
 def _row(fields: Fields) -> dict[str, Any]:
     """One method's row: its scores, and ``epochs``: ``{budget: {acc, loss}}`` per
     fine-tuning budget (a count of epochs, as text)."""
-    row: dict[str, Any] = _scores(fields, _ROW, extra=(_EPOCHS,))
+    row: dict[str, Any] = _scores(fields, _ROW + _tests(fields, "_pruned"), extra=(_EPOCHS,))
     budgets = fields[_EPOCHS]
     row[_EPOCHS] = {}
     for budget in budgets.require(Mapping, "an object of fine-tuning budgets"):
         if not budget.isdigit():
             raise budgets[budget].fail("under a key that is a number of epochs")
-        row[_EPOCHS][budget] = _scores(budgets[budget], _SCORE)
+        row[_EPOCHS][budget] = _scores(budgets[budget], _tests(budgets[budget], ""))
     return row
+
+
+def _tests(fields: Fields, suffix: str) -> tuple[str, ...]:
+    """The test-score fields present (each of :data:`_GROUPS` whole or not at all, the
+    accuracy's where none is), with ``suffix``."""
+    present = set(fields.require(Mapping, "an object"))
+    keys = [
+        f"{key}{suffix}"
+        for group in _GROUPS
+        if any(f"{key}{suffix}" in present for key in group)
+        for key in group
+    ]
+    return tuple(keys or (f"{key}{suffix}" for key in _GROUPS[0]))
 
 
 def _scores(
@@ -72,7 +88,7 @@ def _scores(
         value = fields[key]
         if key in ("macs", "params"):
             scores[key] = value.integer(0)
-        elif key.startswith("acc"):
+        elif key.startswith(("acc", "agree")):
             scores[key] = value.number()
             if not 0 <= scores[key] <= 1:
                 raise value.fail("an accuracy in [0, 1]")

@@ -525,6 +525,7 @@ def _compare(args: argparse.Namespace) -> None:
         methods=parse_methods(args.methods),
         prune=_selection(args),
         seed=args.seed,
+        distill=_distillation(args),
     )
     comparison = workflow.compare_checkpoint(
         _model_spec(args) or args.checkpoint,
@@ -678,6 +679,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     )
     _add_selection(p, greedy_only=True)
     _add_recipe(p, budgets=True)
+    _add_distill(p)
     p.set_defaults(handler=_compare, command_name="compare")
 
     p = sub.add_parser(

@@ -15,12 +15,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from gfsprune._inputs import model_device
 from gfsprune.core.config import PruneConfig
@@ -30,7 +29,8 @@ from gfsprune.core.recalibrate import batch_norms, recalibrate_bn
 from gfsprune.errors import ConfigError
 from gfsprune.plan import LayerPlan
 from gfsprune.targets import Macs
-from gfsprune.workflow.data import DataBundle, make_loader
+from gfsprune.workflow.data import DataBundle, make_loader, require_labels
+from gfsprune.workflow.distillation import Distillation, agreement
 from gfsprune.workflow.latency import latencies
 from gfsprune.workflow.methods import METHODS, MethodContext
 from gfsprune.workflow.seeding import seeded
@@ -63,6 +63,10 @@ class CompareConfig:
         batch_size: Training images per mini-batch for the greedy steps and Taylor gradients.
         seed: Seeds the mini-batch order, candidate sampling, random channels and the
             re-initialisation of ``scratch``.
+        distill: Select, score the Taylor gradients and fine-tune by distillation from the
+            unpruned model (:class:`~gfsprune.workflow.distillation.Distillation`; labels
+            mixed in where the data has them) and report the agreement with it; needed for
+            data without labels.
     """
 
     macs: float
@@ -74,6 +78,7 @@ class CompareConfig:
     prune: PruneConfig = PruneConfig()
     batch_size: int = 128
     seed: int = 0
+    distill: Distillation | None = None
 
     def __post_init__(self) -> None:
         Macs(self.macs)  # validates the ratio
@@ -104,8 +109,12 @@ class Comparison:
     Attributes:
         results: ``{"base": {acc, loss, macs, params, latency_b1, latency_b64}, "methods":
             {name: {macs, params, acc_pruned, loss_pruned, seconds, latency_b1, latency_b64,
-            epochs: {budget: {acc, loss}}}}}``; ``acc_pruned`` and ``loss_pruned`` are right
-            after pruning, ``epochs["0"]`` after the comparison's BatchNorm recalibration (the
+            epochs: {budget: {acc, loss}}}}}``; with distillation also (without labels only)
+            ``agree`` and ``kl`` beside ``acc`` and ``loss`` (the top-1 agreement with the
+            unpruned model and the KL divergence to it, or ``mse`` for outputs other than
+            logits; :func:`~gfsprune.workflow.distillation.agreement`), ``agree_pruned``
+            and ``kl_pruned`` beside ``acc_pruned``; ``acc_pruned`` and ``loss_pruned`` are
+            right after pruning, ``epochs["0"]`` after the comparison's BatchNorm recalibration (the
             same without it) and ``epochs[str(e)]`` after ``e`` more epochs of fine-tuning;
             ``seconds`` is the time to choose the channels and build the pruned model (for
             ``scratch``, to re-initialise it), without evaluation or fine-tuning; latencies
@@ -200,18 +209,31 @@ def compare(
     device = torch.device(device) if device is not None else model_device(model)
     model = copy.deepcopy(model).to(device).eval()
     example_inputs = torch.zeros(1, *data.input_shape, device=device)
+    if config.distill is None:
+        require_labels(data)
+    loss_fn = None if config.distill is None else config.distill.loss(model, data)
+    if loss_fn is not None and loss_fn.kind == "mse" and not data.labelled:
+        raise ConfigError(
+            "compare ranks by test accuracy or top-1 agreement with the unpruned model; a model "
+            f"distilled by MSE on data without labels ({data.name!r}) has neither. Prune it "
+            "with `gfsprune prune --distill` instead"
+        )
 
-    def loader() -> DataLoader:
+    def loader() -> Iterable:
         """The training batches in the same seeded order for every method, so that a method's
-        result does not depend on which methods ran before it."""
-        return make_loader(data.train, batch_size=config.batch_size, shuffle=True, seed=config.seed)
+        result does not depend on which methods ran before it; with distillation, the
+        unpruned model's outputs are their targets."""
+        batches = make_loader(
+            data.train, batch_size=config.batch_size, shuffle=True, seed=config.seed
+        )
+        if config.distill is None:
+            return batches
+        return config.distill.batches(model, batches, data)[0]
 
-    acc, loss = evaluate(model, data.test)
     macs, params = count(model, example_inputs)
     results: dict = {
         "base": {
-            "acc": acc,
-            "loss": loss,
+            **_scores(model, data, config, teacher=model),
             "macs": macs,
             "params": params,
             **latencies(model, data.input_shape, device),
@@ -227,6 +249,7 @@ def compare(
             example_inputs,
             target=Macs(config.macs),
             config=options,
+            loss_fn=loss_fn,
             progress=progress,
         )
     greedy_seconds = time.perf_counter() - start
@@ -239,6 +262,7 @@ def compare(
         seed=config.seed,
         device=device,
         progress=progress,
+        loss_fn=loss_fn,
     )
     for name in config.methods:
         if done is not None and name in done:
@@ -258,6 +282,7 @@ def compare(
             seconds=seconds,
             progress=progress,
             device=device,
+            teacher=model,
         )
         results["methods"][name] = row
         if on_result is not None:
@@ -271,37 +296,61 @@ def _finetune_and_score(
     data: DataBundle,
     config: CompareConfig,
     *,
-    calibration: Callable[[], DataLoader],
+    calibration: Callable[[], Iterable],
     example_inputs: torch.Tensor,
     seconds: float,
     progress: bool,
     device: torch.device,
+    teacher: nn.Module,
 ) -> dict:
     """One method's row: costs, scores right after pruning and at every budget."""
     macs, params = count(pruned, example_inputs)
     speed = latencies(pruned, data.input_shape, device)
-    acc_pruned, loss_pruned = evaluate(pruned, data.test)
+    right_after = _scores(pruned, data, config, teacher=teacher)
     start = copy.deepcopy(pruned)
     if config.recalibrate:
         recalibrate_bn(start, calibration(), labelled=True)
-    acc, loss = evaluate(start, data.test)
-    scores = {"0": {"acc": acc, "loss": loss}}
+    scores = {"0": _scores(start, data, config, teacher=teacher)}
     if METHODS[name].from_scratch:
         recipes = {config.epochs[-1]: config.scratch}
     else:
         recipes = {e: dataclasses.replace(config.finetune, epochs=e) for e in config.epochs[1:]}
+    distilling = {} if config.distill is None else {"distill": config.distill, "teacher": teacher}
     for budget, recipe in recipes.items():
         tuned = copy.deepcopy(start)
         history = fit(
-            tuned, data, recipe, progress=progress, device=device, label=f"fine-tune {name}"
+            tuned,
+            data,
+            recipe,
+            progress=progress,
+            device=device,
+            label=f"fine-tune {name}",
+            **distilling,
         )
-        scores[str(budget)] = {"acc": history[-1]["test_acc"], "loss": history[-1]["test_loss"]}
+        scores[str(budget)] = _test_scores(history[-1])
     return {
         "macs": macs,
         "params": params,
-        "acc_pruned": acc_pruned,
-        "loss_pruned": loss_pruned,
+        **{f"{key}_pruned": value for key, value in right_after.items()},
         "seconds": seconds,
         **speed,
         "epochs": scores,
     }
+
+
+def _scores(
+    model: nn.Module, data: DataBundle, config: CompareConfig, *, teacher: nn.Module
+) -> dict[str, float]:
+    """Test accuracy and loss on labelled data; with distillation the agreement with
+    ``teacher`` (``agree`` and ``kl``, or ``mse``)."""
+    scores = {}
+    if data.labelled:
+        scores["acc"], scores["loss"] = evaluate(model, data.test)
+    if config.distill is not None:
+        scores |= agreement(model, teacher, data.test, labelled=data.labelled)
+    return scores
+
+
+def _test_scores(epoch: Mapping[str, float]) -> dict[str, float]:
+    """The test scores of one epoch of :func:`fit`'s history, without the ``test_``."""
+    return {k.removeprefix("test_"): v for k, v in epoch.items() if k.startswith("test_")}

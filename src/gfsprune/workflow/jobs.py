@@ -455,6 +455,8 @@ def compare_checkpoint(
     device = resolve_device(device)
     model, info, bundle = _open(checkpoint, data=data, seed=config.seed)
     _refuse_text("compare", bundle)
+    if config.distill is None:
+        require_labels(bundle)  # before the folder is claimed
     config = _with_scratch(
         config, info, info.name if isinstance(checkpoint, ModelSpec) else checkpoint
     )

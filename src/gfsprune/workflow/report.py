@@ -54,6 +54,17 @@ def budgets(results: Mapping) -> list[int]:
     return sorted({int(e) for row in results["methods"].values() for e in row["epochs"]})
 
 
+def headline(results: Mapping) -> tuple[str, str]:
+    """The score the report ranks by and its name: test accuracy where the data has labels,
+    else (distillation on unlabelled data) the top-1 agreement with the unpruned model.
+
+    Example:
+        >>> headline({"base": {"agree": 1.0, "kl": 0.0}})
+        ('agree', 'agreement')
+    """
+    return ("acc", "accuracy") if "acc" in results["base"] else ("agree", "agreement")
+
+
 def format_table(results: Mapping) -> str:
     """The results as a Markdown table: a row per method after the base model's, a column of
     test accuracy per fine-tuning budget, and before those the accuracy right after pruning
@@ -72,20 +83,21 @@ def format_table(results: Mapping) -> str:
     """
     base, methods = results["base"], results["methods"]
     epochs = budgets(results)
-    recalibrated = any(r["acc_pruned"] != r["epochs"]["0"]["acc"] for r in methods.values())
-    header = ["method", "MACs", "params", *(["acc pruned"] if recalibrated else [])]
+    key, _ = headline(results)
+    recalibrated = any(r[f"{key}_pruned"] != r["epochs"]["0"][key] for r in methods.values())
+    header = ["method", "MACs", "params", *([f"{key} pruned"] if recalibrated else [])]
     gpu = any("gpu_latency_b64" in row for row in [base, *methods.values()])
-    header += [f"acc {e} ep" for e in epochs] + ["seconds", "ms b=64 (CPU)"]
+    header += [f"{key} {e} ep" for e in epochs] + ["seconds", "ms b=64 (CPU)"]
     header += ["ms b=64 (GPU)"] if gpu else []
     rows = [["base", f"{base['macs']:,}", f"{base['params']:,}"]]
     latency = _ms(base, gpu)
-    rows[0] += [_pct(base["acc"])] + [""] * (len(header) - 4 - len(latency)) + latency
+    rows[0] += [_pct(base[key])] + [""] * (len(header) - 4 - len(latency)) + latency
     reference = methods.get("gfs", {}).get("macs")
     for name, r in methods.items():
         off = reference is not None and _off(r["macs"], reference)
         row = [name, f"{r['macs']:,}{'*' if off else ''}", f"{r['params']:,}"]
-        row += [_pct(r["acc_pruned"])] if recalibrated else []
-        row += [_pct(r["epochs"][str(e)]["acc"]) if str(e) in r["epochs"] else "" for e in epochs]
+        row += [_pct(r[f"{key}_pruned"])] if recalibrated else []
+        row += [_pct(r["epochs"][str(e)][key]) if str(e) in r["epochs"] else "" for e in epochs]
         rows.append([*row, f"{r['seconds']:.2f}", *_ms(r, gpu)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
@@ -120,20 +132,28 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
-def _acc(row: Mapping, epochs: int) -> float | None:
-    """The row's test accuracy after ``epochs`` of fine-tuning, None where not measured."""
+def _acc(row: Mapping, epochs: int, key: str = "acc") -> float | None:
+    """The row's test accuracy (or ``key``) after ``epochs`` of fine-tuning, None where not
+    measured."""
     score = row["epochs"].get(str(epochs))
-    return None if score is None else score["acc"]
+    return None if score is None else score[key]
 
 
 def summarize(results: Mapping, *, test_samples: int | None = None) -> list[str]:
     """Sentences that say what the table shows, computed from its numbers."""
     base, methods = results["base"], results["methods"]
+    key, word = headline(results)
     sentences = []
+    if key == "agree":
+        sentences.append(
+            "The data has no labels: every score is the top-1 agreement with the unpruned "
+            "model on the held-out samples (the pruned models were selected and fine-tuned "
+            "by distillation from it)."
+        )
     if methods:
         reference = methods.get("gfs", next(iter(methods.values())))
         sentences.append(
-            f"The base model has {_pct(base['acc'])} test accuracy; the pruned models keep "
+            f"The base model has {_pct(base[key])} test {word}; the pruned models keep "
             f"{reference['macs'] / base['macs']:.1%} of its MACs and "
             f"{reference['params'] / base['params']:.1%} of its parameters"
             + (" (gfs's)." if "gfs" in methods else ".")
@@ -153,12 +173,12 @@ def summarize(results: Mapping, *, test_samples: int | None = None) -> list[str]
                 )
     if test_samples:
         sentences.append(
-            f"One test sample is {100 / test_samples:.2f} points of accuracy; smaller "
+            f"One test sample is {100 / test_samples:.2f} points of {word}; smaller "
             "differences are not differences."
         )
     epochs = budgets(results) if methods else []
     for budget in epochs:
-        pool = {m: a for m, r in methods.items() if (a := _acc(r, budget)) is not None}
+        pool = {m: a for m, r in methods.items() if (a := _acc(r, budget, key)) is not None}
         if budget == 0:
             pool.pop("scratch", None)  # untrained: not ranked
         if len(pool) < 2:
@@ -166,7 +186,7 @@ def summarize(results: Mapping, *, test_samples: int | None = None) -> list[str]
         stage = "Right after pruning" if budget == 0 else f"After {budget} epochs of fine-tuning"
         ranked = sorted(pool, key=lambda m: -pool[m])
         sentence = (
-            f"{stage}, ranked by accuracy: {', '.join(f'{m} {_pct(pool[m])}' for m in ranked)}."
+            f"{stage}, ranked by {word}: {', '.join(f'{m} {_pct(pool[m])}' for m in ranked)}."
         )
         if "gfs" in pool:
             best_other = max((m for m in pool if m != "gfs"), key=pool.__getitem__)
@@ -182,7 +202,7 @@ def summarize(results: Mapping, *, test_samples: int | None = None) -> list[str]
         sentences.append(sentence)
     last = epochs[-1] if epochs else 0
     if last and "gfs" in methods and "scratch" in methods:
-        tuned, scratch = _acc(methods["gfs"], last), _acc(methods["scratch"], last)
+        tuned, scratch = _acc(methods["gfs"], last, key), _acc(methods["scratch"], last, key)
         sentences.append(
             f"Fine-tuning greedy selection's subnetwork for {last} epochs gives "
             f"{100 * (tuned - scratch):+.2f} points against training the same architecture "
@@ -191,25 +211,27 @@ def summarize(results: Mapping, *, test_samples: int | None = None) -> list[str]
     if "gfs" in methods and "backward" in methods:
         fwd, bwd = methods["gfs"], methods["backward"]
         tuned = (
-            f", {_pct(_acc(fwd, last))} vs {_pct(_acc(bwd, last))} after {last} epochs"
+            f", {_pct(_acc(fwd, last, key))} vs {_pct(_acc(bwd, last, key))} after {last} epochs"
             if last
             else ""
         )
         sentences.append(
-            f"Forward against backward selection: {_pct(_acc(fwd, 0))} vs "
-            f"{_pct(_acc(bwd, 0))} right after pruning{tuned}, in {fwd['seconds']:.2f} s vs "
+            f"Forward against backward selection: {_pct(_acc(fwd, 0, key))} vs "
+            f"{_pct(_acc(bwd, 0, key))} right after pruning{tuned}, in {fwd['seconds']:.2f} s vs "
             f"{bwd['seconds']:.2f} s of selection."
         )
     return sentences
 
 
 def plot_accuracy(results: Mapping, path: str | os.PathLike) -> Path:
-    """Each method's test accuracy against its fine-tuning epochs (0: right after pruning),
-    one line per method, with the unpruned model's as a dashed line."""
-    base = 100 * results["base"]["acc"]
+    """Each method's test accuracy (or agreement, :func:`headline`) against its fine-tuning
+    epochs (0: right after pruning), one line per method, with the unpruned model's as a
+    dashed line."""
+    key, word = headline(results)
+    base = 100 * results["base"][key]
     fig, (ax,) = _figure(width=8.0, panels=1)
     for name, row in results["methods"].items():
-        points = sorted((int(e), 100 * score["acc"]) for e, score in row["epochs"].items())
+        points = sorted((int(e), 100 * score[key]) for e, score in row["epochs"].items())
         x, y = zip(*points, strict=True)
         style = {"linewidth": 2.5, "color": "tab:red"} if name == "gfs" else {"linewidth": 1.2}
         ax.plot(x, y, marker="o", label=_LABELS.get(name, name), **style)
@@ -218,8 +240,8 @@ def plot_accuracy(results: Mapping, path: str | os.PathLike) -> Path:
     ax.set_xticks(epochs)
     ax.set(
         xlabel="fine-tuning epochs",
-        ylabel="test accuracy (%)",
-        title="Accuracy against fine-tuning, at the same MACs",
+        ylabel=f"test {word} (%)",
+        title=f"{word.capitalize()} against fine-tuning, at the same MACs",
         ylim=(0.0, min(100.5, base + 2)),
     )
     ax.legend(fontsize=7, loc="lower right")
