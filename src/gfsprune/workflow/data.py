@@ -656,16 +656,20 @@ def _load_idx(spec: str, root: Path) -> DataBundle:
             f"IDX images of '{root}' differ in size between train {tuple(train_images.shape[2:])} "
             f"and t10k {tuple(test_images.shape[2:])}; replace them with the original files."
         )
-    scaled = train_images.double().div_(255)
-    stats = torch.tensor([scaled.mean(), scaled.std()], dtype=torch.float32).view(2, 1, 1, 1)
+    # the mean and standard deviation of the pixels in [0, 1], from their histogram (exact,
+    # without a float copy of the images)
+    counts = torch.bincount(train_images.flatten(), minlength=256).double()
+    values = torch.arange(256, dtype=torch.float64) / 255
+    mean = (counts * values).sum() / counts.sum()
+    std = ((counts * (values - mean) ** 2).sum() / (counts.sum() - 1)).sqrt()
+    stats = torch.tensor([mean, std if std > 0 else 1.0], dtype=torch.float32).view(2, 1, 1, 1)
     transform = partial(_idx_transform, stats=stats)
-    shape = tuple(train_images.shape[1:])
     return DataBundle(
         name=spec,
         train=_InMemory(train_images, train_labels, transform),
         test=_InMemory(test_images, test_labels, transform),
         num_classes=int(max(train_labels.max(), test_labels.max())) + 1,
-        input_shape=shape,  # type: ignore[arg-type]
+        input_shape=tuple(train_images.shape[1:]),
     )
 
 
