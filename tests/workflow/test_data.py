@@ -377,3 +377,17 @@ def test_unlabelled_images_need_two_files(tmp_path) -> None:
     write_image(tmp_path / "only.png", (20, 20), 0)
     with pytest.raises(DataError, match=r"holds 1 image\(s\) .*give at least two"):
         load_data(f"images:{tmp_path}")
+
+
+def test_a_jpeg_crop_decoded_reduced_matches_the_full_decode(tmp_path) -> None:
+    from gfsprune.workflow.data import _random_box, _read_crop, _to_tensor
+
+    y, x = np.mgrid[0:600, 0:800]
+    pixels = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(pixels).resize((800, 600)).save(tmp_path / "big.jpg", quality=95)
+    crop = _read_crop(tmp_path / "big.jpg", 32, torch.Generator().manual_seed(1))
+    box = _random_box(800, 600, torch.Generator().manual_seed(1))
+    with Image.open(tmp_path / "big.jpg") as image:
+        full = _to_tensor(image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR, box=box))
+    assert crop.shape == (3, 32, 32)
+    assert (crop - full).abs().mean() < 0.05
