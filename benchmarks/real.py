@@ -81,7 +81,7 @@ class Sizes:
 
 
 FULL = Sizes(224, 32, 256, 200, None, 60_000, 10_000, 30, (0, 1, 5), 3, 1.0)
-QUICK = Sizes(96, 4, 64, 8, 4, 3_000, 1_000, 2, (0, 1), 1, 0.5)
+QUICK = Sizes(96, 4, 64, 8, 4, 2_000, 1_000, 2, (0, 1), 1, 0.5)
 
 
 def _gfs(sizes: Sizes) -> tuple[str, PruneConfig]:
@@ -192,7 +192,12 @@ def effnet_table(rows: list[dict], sizes: Sizes) -> str:
     return "\n".join(lines)
 
 
-def fashion(bench: Path, sizes: Sizes, targets: list[float], methods: list[str]) -> dict:
+FASHION_MODELS = ("resnet20", "mobilenet_v2")
+
+
+def fashion(
+    bench: Path, sizes: Sizes, targets: list[float], methods: list[str], models: list[str]
+) -> dict:
     """``{model: [per seed {"base": ..., target: {method: row}}]}`` (``pipelines.py``'s runs)."""
     full = load_data(f"fashion-mnist:{bench / 'fashion-mnist'}")
     bundle = dataclasses.replace(
@@ -202,10 +207,10 @@ def fashion(bench: Path, sizes: Sizes, targets: list[float], methods: list[str])
     )
     name, config = _gfs(sizes)
     runs: dict = {}
-    for model_name, options in (
-        ("resnet20", {}),
-        ("mobilenet_v2", {"small_input": True, "width_mult": sizes.mobilenet_width}),
-    ):
+    for model_name in models:
+        options = {}
+        if model_name == "mobilenet_v2":
+            options = {"small_input": True, "width_mult": sizes.mobilenet_width}
         runs[model_name] = []
         for seed in range(sizes.seeds):
             model = train_zoo(
@@ -253,6 +258,9 @@ def main() -> None:
     parser.add_argument("--bench", type=Path, default=Path(".bench"), help="setup_real.sh's")
     parser.add_argument("--targets", type=float, nargs="+", help="MACs ratios to keep")
     parser.add_argument("--methods", default=",".join(TP), help="besides gfs, comma-separated")
+    parser.add_argument(
+        "--models", default=",".join(FASHION_MODELS), help="fashion: comma-separated"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="write the record here")
     args = parser.parse_args()
@@ -275,7 +283,7 @@ def main() -> None:
         table = effnet_table(record["rows"], sizes)
     else:
         record["gfs"] = json.dumps(record["gfs"])
-        record["runs"] = fashion(args.bench, sizes, targets, methods)
+        record["runs"] = fashion(args.bench, sizes, targets, methods, args.models.split(","))
         table = None
     record["load_average_end"] = os.getloadavg()
     if args.json:
