@@ -81,7 +81,7 @@ class Sizes:
 
 
 FULL = Sizes(224, 32, 256, 200, None, 60_000, 10_000, 30, (0, 1, 5), 3, 1.0)
-QUICK = Sizes(96, 4, 64, 8, 4, 4_000, 1_000, 6, (0, 1), 1, 0.5)
+QUICK = Sizes(96, 4, 64, 8, 4, 2_000, 1_000, 2, (0, 1), 1, 0.5)
 
 
 def _gfs(sizes: Sizes) -> tuple[str, PruneConfig]:
