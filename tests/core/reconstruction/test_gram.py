@@ -40,7 +40,7 @@ def test_rows_times_the_weight_matrix_are_the_modules_outputs(name: str) -> None
     with torch.no_grad():
         expected = outputs(module, module(x)).double()
     got = positions(module, x.double()) @ weight_matrix(module).T
-    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)  # float32 module
     assert unsupported(module) is None
 
 
