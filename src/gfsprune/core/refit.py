@@ -9,7 +9,7 @@ the same calibration batches, given the inputs the pruned-so-far network now giv
     min_W  || Y_unpruned - X_pruned W ||^2 + ridge * trace(X'X) / d * ||W||^2
 
 with X the kept input positions (a convolution's input patches, unfolded), d their number.
-The statistics are :mod:`gfsprune.core.reconstruction`'s (one streamed pass, float64, memory
+The statistics are :mod:`gfsprune.scoring.reconstruction`'s (one streamed pass, float64, memory
 bounded by X'X), and so is the solve (grouped convolutions group by group).
 A refit that does not lower the loss on the calibration batches is rolled back.
 """
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from gfsprune._inputs import run_model
-from gfsprune.core.reconstruction.gram import collect_stats, unsupported
-from gfsprune.core.reconstruction.problem import LayerProblem
+from gfsprune.scoring.reconstruction.gram import collect_stats, unsupported
+from gfsprune.scoring.reconstruction.problem import LayerProblem
 from gfsprune.surgery import ChannelLayer, Masks
 
 __all__ = ["refit_consumers"]

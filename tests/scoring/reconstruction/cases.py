@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from gfsprune.core.reconstruction.gram import collect_stats, outputs, positions, weight_matrix
-from gfsprune.core.reconstruction.problem import LayerProblem
+from gfsprune.scoring.reconstruction.gram import collect_stats, outputs, positions, weight_matrix
+from gfsprune.scoring.reconstruction.problem import LayerProblem
 from gfsprune.surgery import ChannelLayer, Masks, find_layers
 from tests.nets import Fan, randomize_norms, tiny_vit
 

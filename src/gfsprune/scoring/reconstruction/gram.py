@@ -15,7 +15,7 @@ with ``X`` the inputs the *network pruned so far* gives the consumer (its masks 
 over rows, so the statistics of several chunks or processes add up to one pass's
 (:meth:`ConsumerStats.__add__`, :meth:`ConsumerStats.all_reduce`). The squared error of the
 consumer with its inputs scaled, or its weights re-solved, is a quadratic in them
-(:mod:`gfsprune.core.reconstruction`); memory is ``Q x Q`` whatever the number of batches.
+(:mod:`gfsprune.scoring.reconstruction`); memory is ``Q x Q`` whatever the number of batches.
 """
 
 from __future__ import annotations

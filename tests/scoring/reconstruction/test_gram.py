@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from gfsprune.core.reconstruction.gram import (
+from gfsprune.scoring.reconstruction.gram import (
     collect_stats,
     outputs,
     positions,
     unsupported,
     weight_matrix,
 )
-from tests.core.reconstruction.cases import CASES
+from tests.scoring.reconstruction.cases import CASES
 
 MODULES = {
     "conv2d": (

@@ -1,5 +1,5 @@
 """One channel layer's reconstruction problem: its consumers' outputs as a function of its
-items, from the Gram statistics (:mod:`~gfsprune.core.reconstruction.gram`).
+items, from the Gram statistics (:mod:`~gfsprune.scoring.reconstruction.gram`).
 
 The error is the squared distance of the consumers' outputs (with the layer's items scaled by
 ``m``, or the consumers' weights re-solved) from the unpruned network's, summed over the
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gfsprune.core.reconstruction.gram import ConsumerStats, taps, weight_matrix
+from gfsprune.scoring.reconstruction.gram import ConsumerStats, taps, weight_matrix
 from gfsprune.surgery import ChannelLayer
 
 __all__ = ["Block", "LayerProblem", "QuadraticForm", "output_weights"]

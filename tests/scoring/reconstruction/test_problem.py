@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.core.reconstruction.cases import CASES
+from tests.scoring.reconstruction.cases import CASES
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gfsprune.core.reconstruction.paths import SCALES, greedy, make_path, scorer
+from gfsprune.scoring.reconstruction.paths import SCALES, greedy, make_path, scorer
 from gfsprune.core.select import forward_select
 from gfsprune.errors import ConfigError
-from tests.core.reconstruction.cases import CASES
+from tests.scoring.reconstruction.cases import CASES
 
 
 def _factors(n: int, items: list[int], value: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ were added next. Four ways to set the kept items' factors (``SCALES``):
 - ``"refit"``: the consumers' weights re-solved by least squares at every step (fully
   corrective: forward stepwise regression, group orthogonal matching pursuit).
 
-The first three run on the :class:`~gfsprune.core.reconstruction.problem.QuadraticForm`: with
+The first three run on the :class:`~gfsprune.scoring.reconstruction.problem.QuadraticForm`: with
 ``g = G 1_S``, ``q = 1_S' G 1_S`` and ``s = 1_S' b`` kept up to date, adding ``j`` gives
 ``q + 2 g_j + G_jj`` and ``s + b_j``, so a step costs O(items). ``refit`` keeps, per block,
 the damped Gram matrix of the layer's positions with the selected ones (and the consumer's
@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from gfsprune.core.reconstruction.problem import Block, LayerProblem, QuadraticForm
+from gfsprune.scoring.reconstruction.problem import Block, LayerProblem, QuadraticForm
 from gfsprune.errors import ConfigError
 
 __all__ = ["SCALES", "CorrectivePath", "Path", "ScaledPath", "greedy", "make_path", "scorer"]
@@ -166,20 +166,27 @@ class _Residual:
         return torch.where(info == 0, gain, 0.0)
 
     def add(self, item: int) -> float:
-        """Project ``item``'s positions out; returns the error's decrease."""
+        """Project ``item``'s positions out (and drop them); returns the error's decrease."""
         pos = self.index[item]
         pos = pos[pos >= 0]
         if len(pos) == 0:
             return 0.0
         kp = self.k[:, pos]  # (L, p)
         chol, info = torch.linalg.cholesky_ex(self.k[pos][:, pos])
-        if int(info):
-            return 0.0  # positions already spanned (a dead or duplicated input)
-        solved = torch.cholesky_solve(torch.cat([kp.T, self.u[pos]], 1), chol)
-        gain = float(self.w @ (self.u[pos] * solved[:, kp.shape[0] :]).sum(0))
-        self.k = self.k - kp @ solved[:, : kp.shape[0]]
-        self.u = self.u - kp @ solved[:, kp.shape[0] :]
-        self.error -= gain
+        gain = 0.0
+        if not int(info):  # else: positions already spanned (a dead or duplicated input)
+            solved = torch.cholesky_solve(torch.cat([kp.T, self.u[pos]], 1), chol)
+            gain = float(self.w @ (self.u[pos] * solved[:, kp.shape[0] :]).sum(0))
+            self.k.addmm_(kp, solved[:, : kp.shape[0]], alpha=-1)
+            self.u.addmm_(kp, solved[:, kp.shape[0] :], alpha=-1)
+            self.error -= gain
+        # the item's positions are spanned now: drop them, and renumber the others
+        alive = torch.ones(self.k.shape[0], dtype=torch.bool, device=self.k.device)
+        alive[pos] = False
+        self.k, self.u = self.k[alive][:, alive], self.u[alive]
+        renumber = torch.cumsum(alive, 0) - 1
+        self.index = torch.where(self.index >= 0, renumber[self.index.clamp(min=0)], -1)
+        self.index[item] = -1
         return gain
 
 
