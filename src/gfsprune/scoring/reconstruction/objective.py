@@ -262,4 +262,3 @@ class _LayerReconstruction(LayerObjective):
         finally:
             for name, state in saved.items():
                 modules[name].load_state_dict(state)
-
