@@ -1,12 +1,12 @@
 """Objectives (what one layer's selection minimises) and the evaluators of the network loss.
 
-:mod:`gfsprune.scoring.objective` is the objective protocol. :class:`Reconstruction`
-scores item sets by each layer's reconstruction of its consumers' outputs, in closed form
+:mod:`gfsprune.scoring.objective` is the objective protocol. :class:`Reconstruction` scores
+item sets by each layer's reconstruction of its consumers' outputs, in closed form
 (:mod:`gfsprune.scoring.reconstruction`). :class:`NetworkLoss` (the default) scores them by
-the loss of the whole network through an evaluator: ``naive`` runs the whole network once per candidate, as the official code does (the reference);
-``batched`` (the default) gives the same losses up to float rounding, faster (see
-:mod:`gfsprune.scoring.batched`). Under ``torch.distributed`` either is wrapped in a
-:class:`ShardedEvaluator`.
+the loss of the whole network through an evaluator: ``naive`` runs the whole network once
+per candidate, as the official code does (the reference); ``batched`` (the default) gives
+the same losses up to float rounding, faster (see :mod:`gfsprune.scoring.batched`). Under
+``torch.distributed`` either is wrapped in a :class:`ShardedEvaluator`.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gfsprune.scoring.reconstruction.paths import SCALES, greedy, make_path, scorer
 from gfsprune.core.select import forward_select
 from gfsprune.errors import ConfigError
+from gfsprune.scoring.reconstruction.paths import SCALES, greedy, make_path, scorer
 from tests.scoring.reconstruction.cases import CASES
 
 

@@ -16,8 +16,8 @@ loss, measured at a few widths along the layer's reconstruction path and interpo
 from __future__ import annotations
 
 import contextlib
-import math
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -185,14 +185,15 @@ class _LayerReconstruction(LayerObjective):
             return errors
         ranked = sorted(zip(errors, candidates, strict=True))[: self.options.judge]
         self._judged = [c for _, c in ranked]
-        losses = dict(zip(self._judged, self._judge.score_added(selected, self._judged)))
+        scored = self._judge.score_added(selected, self._judged)
+        losses = dict(zip(self._judged, scored, strict=True))
         return [losses.get(c, math.inf) for c in candidates]
 
     def refine_added(self, selected, candidates):
         if self._judge is None:
             return self.score_added(selected, candidates)
         judged = [c for c in candidates if c in self._judged]
-        losses = dict(zip(judged, self._judge.refine_added(selected, judged)))
+        losses = dict(zip(judged, self._judge.refine_added(selected, judged), strict=True))
         return [losses.get(c, math.inf) for c in candidates]
 
     def screen(self, selected, allowed, count):

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from gfsprune.scoring.reconstruction.problem import Block, LayerProblem, QuadraticForm
 from gfsprune.errors import ConfigError
+from gfsprune.scoring.reconstruction.problem import Block, LayerProblem, QuadraticForm
 
 __all__ = ["SCALES", "CorrectivePath", "Path", "ScaledPath", "greedy", "make_path", "scorer"]
 
