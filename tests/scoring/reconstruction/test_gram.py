@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -13,6 +16,7 @@ from gfsprune.scoring.reconstruction.gram import (
     unsupported,
     weight_matrix,
 )
+from tests.launch import torchrun
 from tests.scoring.reconstruction.cases import CASES
 
 MODULES = {
@@ -68,3 +72,46 @@ def test_the_unpruned_network_may_be_the_pruned_one() -> None:
         # the targets are the consumers' own outputs: X'Y = X'X W'
         weight = weight_matrix(c.work.get_submodule(name))
         torch.testing.assert_close(s.cross, s.gram @ weight.T, rtol=1e-5, atol=1e-5)
+
+
+# Run by torchrun in each of two processes: each gathers its share of the batches (every
+# second one) and the sums are all-reduced; each saves what it holds.
+WORKER = textwrap.dedent(
+    """
+    import sys
+
+    import torch
+
+    from gfsprune import distributed
+    from gfsprune.scoring.reconstruction.gram import collect_stats
+
+    assert distributed.setup()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(6, 4, 3, stride=2)
+    ).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 6, 6, generator=g), None) for _ in range(5)]
+    stats = collect_stats(model, model, ["2"], batches)["2"]
+    torch.save(vars(stats), f"{sys.argv[1]}/rank{distributed.rank()}.pt")
+    distributed.barrier()
+    distributed.teardown()
+    """
+)
+
+
+def test_two_processes_hold_the_statistics_of_one_pass(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    done = torchrun(str(script), str(tmp_path), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2))
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 6, 6, generator=g), None) for _ in range(5)]
+    single = collect_stats(model.eval(), model, ["2"], batches)["2"]
+    for rank in (0, 1):
+        shared = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert shared["rows"] == single.rows
+        for key in ("gram", "cross", "energy"):
+            torch.testing.assert_close(shared[key], getattr(single, key))
