@@ -6,13 +6,13 @@ initialisation and data order), then pruned to each MACs budget by every method 
 shuffled training mini-batches (``--batch``); the held-out test split (the same for every
 seed) measures cross-entropy and accuracy with no fine-tuning. All gfsprune methods take
 their widths from the ``uniform`` allocator (so that only the selection differs), except
-``recon, curves``, whose widths come from the ``curves`` allocator measured along the
+``recon curves``, whose widths come from the ``curves`` allocator measured along the
 reconstruction paths (``Curves(schedule=Exact())``: the network loss at ``points`` widths per
 layer, no greedy pass of the network loss). Methods:
 
 - ``exact``: the network loss, the exact schedule, 50 random candidates per step (the
-  library's selection today); ``exact, seed+1000``: the same with other candidates (how far
-  exact lies from itself);
+  library's selection today); ``exact reseeded``: the same with the pruning seed + 1000
+  (other candidates: how far exact lies from itself);
 - ``recon refit``: ``Reconstruction()``: every item scored per step, the consumers re-solved
   by least squares at every step (fully corrective), refit after the choice;
 - ``recon best``: the best scalar factor in closed form, no refit; ``recon best+refit``: the
@@ -61,13 +61,13 @@ from gfsprune.workflow.train import evaluate
 RECON = {"candidates": None, "allocator": "uniform"}
 GFS = {
     "exact": ("loss", {"allocator": "uniform"}),
-    "exact, seed+1000": ("loss", {"allocator": "uniform"}),
+    "exact reseeded": ("loss", {"allocator": "uniform"}),
     "recon refit": (Reconstruction(), RECON),
     "recon best": (Reconstruction(scale="best", refit=False), RECON),
     "recon best+refit": (Reconstruction(scale="best"), RECON),
     "recon mean-field": (Reconstruction(scale="mean-field", refit=False), RECON),
     "recon judge4": (Reconstruction(judge=4), RECON),
-    "recon, curves": (
+    "recon curves": (
         Reconstruction(),
         {"candidates": None, "allocator": Curves(schedule=Exact())},
     ),
@@ -93,7 +93,7 @@ def run(case: str, seed: int, budgets: list[float], batch: int, methods: list[st
         for method in [m for m in methods if m in GFS]:
             objective, extra = GFS[method]
             config = PruneConfig(
-                objective=objective, seed=seed + 1000 * ("1000" in method), **extra
+                objective=objective, seed=seed + 1000 * (method == "exact reseeded"), **extra
             )
             start = time.perf_counter()
             result = prune(

@@ -29,9 +29,10 @@ def _setup(width: int = 12):
 
 
 def _prune(model, data, objective, target=None, **options):
-    config = PruneConfig(objective=objective, candidates=None, allocator="uniform", **options)
+    config = PruneConfig(objective=objective, candidates=None, allocator="uniform")
+    target = target or Macs(0.5)
     return prune(
-        model, data, data[0][0][:1], target=target or Macs(0.5), config=config, progress=False
+        model, data, data[0][0][:1], target=target, config=config, progress=False, **options
     )
 
 
@@ -116,3 +117,13 @@ def test_bad_options_are_refused(options: dict, message: str) -> None:
 
 def test_it_is_reachable_by_name() -> None:
     assert PruneConfig(objective="reconstruction").make_objective() == Reconstruction()
+
+
+def test_a_resumed_run_refits_the_restored_layers_to_the_same_weights(tmp_path) -> None:
+    model, data = _setup()
+    first = _prune(model, data, Reconstruction(), checkpoint=tmp_path / "p.json")
+    resumed = _prune(model, data, Reconstruction(), checkpoint=tmp_path / "p.json")
+    for a, b in zip(
+        first.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

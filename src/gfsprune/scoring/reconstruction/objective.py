@@ -119,30 +119,44 @@ class _BoundReconstruction(BoundObjective):
         self.loss = NetworkLoss().bind(run)  # the judge, and the layers not described
         self._last: _LayerReconstruction | None = None
 
-    def layer(self, layer, *, draw, held_out) -> LayerObjective:
+    def _problem(self, layer: ChannelLayer) -> LayerProblem | None:
+        """``layer``'s problem on the calibration batches, from the network as it is now
+        (``None`` where a consumer is not described)."""
         names = sorted({c.name for c in layer.consumers})
         modules = {n: self.run.model.get_submodule(n) for n in names}
         if any(unsupported(m) for m in modules.values()):
-            self._last = None
-            return self.loss.layer(layer, draw=draw, held_out=held_out)
+            return None
         stats = collect_stats(self.run.model, self.unpruned, names, self.calibration)
         factors = {n: self.run.masks.input_factors(n) for n in names}
         norms = {n: self.norms[n] for n in names if n in self.norms}
-        problem = LayerProblem(layer, stats, modules, factors, norms)
+        return LayerProblem(layer, stats, modules, factors, norms)
+
+    def layer(self, layer, *, draw, held_out) -> LayerObjective:
+        problem = self._problem(layer)
+        if problem is None:
+            self._last = None
+            return self.loss.layer(layer, draw=draw, held_out=held_out)
         judge = self.loss.layer(layer, draw=draw, held_out=()) if self.options.judge else None
         self._last = _LayerReconstruction(problem, self.options, self.run, held_out, judge)
         return self._last
 
     def after(self, layer: ChannelLayer) -> None:
-        last = self._last
-        if last is None or last.layer is not layer or not self.options.refit:
+        if not self.options.refit:
             return
         masks = self.run.masks
         first = layer.consumers[0]  # every consumer sees the layer's channels alike
         factors = masks.input_factors(first.name)[first.index].cpu()
-        kept = layer.items_of(first.root[factors != 0].tolist())
-        scale = float(factors[factors != 0][0]) if len(kept) else 1.0
-        if last.problem.refit(kept, scale, ridge=self.options.ridge):
+        channels = sorted(set(first.root[factors != 0].tolist()))
+        scale = float(factors[factors != 0][0]) if channels else 1.0
+        if self._last is not None and self._last.layer is layer:
+            problem = self._last.problem
+        else:  # a layer a resumed run restores: its statistics as its selection saw them
+            masks.set(layer, range(layer.width), 1.0)
+            problem = self._problem(layer)
+            masks.set(layer, channels, scale)
+        if problem is not None and problem.refit(
+            layer.items_of(channels), scale, ridge=self.options.ridge
+        ):
             self.loss.reset()  # the evaluator's copy of the network is stale
 
     def reset(self) -> None:
