@@ -13,13 +13,15 @@ layer, no greedy pass of the network loss). Methods:
 - ``exact``: the network loss, the exact schedule, 50 random candidates per step (the
   library's selection today); ``exact reseeded``: the same with the pruning seed + 1000
   (other candidates: how far exact lies from itself);
-- ``recon refit``: ``Reconstruction(scale="refit")``: every item scored per step, the
-  consumers re-solved by least squares at every step (fully corrective), refit after;
+- ``exact+refit``: ``exact`` with ``PruneConfig(refit=True)``: the network loss's choice,
+  the consumers refit after each layer's (how much of the gain is the refit alone);
+- ``recon refit``: ``Reconstruction()``: every item scored per step, the consumers re-solved
+  by least squares at every step (fully corrective), refit after the choice;
 - ``recon best``: the best scalar factor in closed form, no refit; ``recon best+refit``:
-  ``Reconstruction()``, the same with the refit after the choice; ``recon mean-field``: the
-  paper's ``n / k``, no refit;
+  the same with the refit after the choice; ``recon mean-field``: the paper's ``n / k``, no
+  refit;
 - ``recon judge4``: ``Reconstruction(judge=4)``: the network loss picks among the
-  reconstruction's 4 best candidates at every step;
+  reconstruction's 4 best candidates at every step (with the fully corrective scores);
 - ``tp best``: the best (lowest held-out loss) of Torch-Pruning's pipelines ``tp-l1``,
   ``tp-l2-global``, ``tp-taylor-global`` and ``tp-lamp-global``
   (:mod:`gfsprune.workflow.methods`; their own widths, the pruning ratio bisected to the
@@ -63,9 +65,10 @@ RECON = {"candidates": None, "allocator": "uniform"}
 GFS = {
     "exact": ("loss", {"allocator": "uniform"}),
     "exact reseeded": ("loss", {"allocator": "uniform"}),
-    "recon refit": (Reconstruction(scale="refit"), RECON),
+    "exact+refit": ("loss", {"allocator": "uniform", "refit": True}),
+    "recon refit": (Reconstruction(), RECON),
     "recon best": (Reconstruction(scale="best", refit=False), RECON),
-    "recon best+refit": (Reconstruction(), RECON),
+    "recon best+refit": (Reconstruction(scale="best"), RECON),
     "recon mean-field": (Reconstruction(scale="mean-field", refit=False), RECON),
     "recon judge4": (Reconstruction(judge=4), RECON),
     "recon curves": (
