@@ -1,4 +1,4 @@
-"""How to rebuild a model: ``model.json`` of a trained checkpoint, and the same fields in
+"""How to rebuild a model: ``model.json`` of a trained model folder, and the same fields in
 the metadata of a pruned model's ``plan.json``.
 
 :func:`read_model_info` and :func:`model_info` are the one reader of these fields: every size
@@ -119,7 +119,7 @@ class ModelInfo:
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """The model described by a ``model.json``; FileFormatError naming the file and field."""
     fields = read_json(path, fmt=FORMAT, fix=_FIX)
-    fields["data"].text()  # optional in a plan's metadata only: a checkpoint was trained on data
+    fields["data"].text()  # optional in a plan's metadata only: a trained model was trained on data
     return model_info(fields)
 
 

@@ -280,7 +280,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights",
         type=Path,
-        help="with --model: a .safetensors file or PyTorch checkpoint (read with "
+        help="with --model: a .safetensors file or PyTorch weights file (read with "
         "torch.load(weights_only=True); a bare state dict or one under 'state_dict'/'model', "
         "'module.'/'model.' prefixes stripped); without it, freshly initialised (seeded) weights",
     )
@@ -577,7 +577,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         parents=[common],
         help="fine-tune a pruned model",
         description="Fine-tune the pruned model in DIR with the paper's recipe; "
-        "checkpoints every epoch.",
+        "writes a checkpoint (train_state.pt) every epoch.",
     )
     _add_folder_or_spec(p, "`gfsprune prune` (or train)")
     p.add_argument("--out", type=Path, help="folder to write (default DIR/finetuned)")

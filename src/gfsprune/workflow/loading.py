@@ -57,7 +57,7 @@ def open_spec(
             (``num_classes`` defaults to the data's class count), ``input_shape``, ``mean``
             and ``std``; the rest comes from the model's source and the data.
         data: The data spec (``request.data`` where ``None``).
-        weights: A ``.safetensors`` file or PyTorch checkpoint to start from (``None``: fresh
+        weights: A ``.safetensors`` file or PyTorch weights file to start from (``None``: fresh
             weights from ``seed``); the description records its SHA-256.
         seed: Seeds the fresh initialisation.
 
@@ -201,7 +201,7 @@ def check_fits(bundle: DataBundle, info: ModelInfo) -> None:
 def load_model(
     directory: str | os.PathLike, *, model: str | None = None
 ) -> tuple[nn.Module, ModelInfo]:
-    """The model in a trained checkpoint or a pruned folder, on the CPU in eval mode.
+    """The model in a trained or a pruned model folder, on the CPU in eval mode.
 
     Args:
         directory: The folder.
@@ -225,7 +225,7 @@ def load_model(
     try:
         load_weights(net, directory / WEIGHTS_FILE)
     except (FileFormatError, ModelError) as err:
-        raise ModelError(f"{err}; the checkpoint is incomplete or damaged.") from err
+        raise ModelError(f"{err}; the folder is incomplete or damaged.") from err
     return net.eval(), info
 
 
