@@ -1,10 +1,10 @@
 """Loading trained weights from a file into a model, with one readable error on mismatch.
 
 ``.safetensors`` files are read as they are; anything else is a PyTorch weights file
-(``torch.save``) read with ``torch.load(weights_only=True)``, which builds tensors and plain containers only and
-refuses any other object a pickle names. Such a file may be a bare state dict or hold one
-under ``state_dict`` or ``model``; the ``module.`` prefix of ``DataParallel`` and a
-``model.`` prefix are stripped where the model's own names lack them.
+(``torch.save``) read with ``torch.load(weights_only=True)``, which builds tensors and plain
+containers only and refuses any other object a pickle names. Such a file may be a bare state
+dict or hold one under ``state_dict`` or ``model``; the ``module.`` prefix of
+``DataParallel`` and a ``model.`` prefix are stripped where the model's own names lack them.
 """
 
 from __future__ import annotations
