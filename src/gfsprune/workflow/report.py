@@ -270,7 +270,7 @@ def write_report(
     """Write ``results.json``, ``report.md``, ``accuracy.png`` and ``widths.png`` into ``out``.
 
     Args:
-        comparison: What :func:`gfsprune.compare.compare` returned.
+        comparison: What :func:`gfsprune.workflow.compare.compare` returned.
         out: The folder, created if missing.
         context: JSON-serialisable settings shown in the report; ``test_samples`` there adds
             the resolution of the accuracies.
