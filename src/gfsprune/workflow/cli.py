@@ -507,7 +507,7 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--model-dir", metavar="DIR", help="trained model folder (written by `gfsprune train`)"
     )
-    # --model-dir's name until 0.1 (a "checkpoint" is now only the file a run resumes from)
+    # --model-dir's former name, still accepted (a "checkpoint" is only the file a run resumes from)
     source.add_argument("--checkpoint", dest="model_dir", help=argparse.SUPPRESS)
     source.add_argument("--model", metavar="SPEC", help=_MODEL_HELP)
     _add_model_options(p)
