@@ -12,6 +12,7 @@ import torch
 from gfsprune import Macs, PruneConfig, Tolerance, prune
 from gfsprune.errors import ConfigError
 from gfsprune.scoring import Reconstruction
+from gfsprune.scoring.reconstruction import objective as objective_module
 from gfsprune.scoring.reconstruction.gram import collect_stats
 from gfsprune.scoring.reconstruction.paths import greedy, make_path
 from gfsprune.scoring.reconstruction.problem import LayerProblem
@@ -129,3 +130,20 @@ def test_a_resumed_run_refits_the_restored_layers_to_the_same_weights(tmp_path) 
         first.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_layers_with_an_undescribed_consumer_are_selected_by_the_network_loss(
+    monkeypatch,
+) -> None:
+    model, data = _setup(width=8)
+    monkeypatch.setattr(objective_module, "unsupported", lambda module: "a test's refusal")
+    fallback = _prune(model, data, Reconstruction())
+    exact = prune(
+        model,
+        data,
+        data[0][0][:1],
+        target=Macs(0.5),
+        config=PruneConfig(candidates=None, allocator="uniform"),
+        progress=False,
+    )
+    assert [p.kept for p in fallback.plan] == [p.kept for p in exact.plan]
