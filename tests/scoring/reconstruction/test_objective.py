@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from gfsprune import Macs, PruneConfig, Tolerance, prune
+from gfsprune.core.allocate import Curves
+from gfsprune.core.schedules import Exact
 from gfsprune.errors import ConfigError
 from gfsprune.scoring import Reconstruction
 from gfsprune.scoring.reconstruction import objective as objective_module
@@ -147,3 +149,21 @@ def test_layers_with_an_undescribed_consumer_are_selected_by_the_network_loss(
         progress=False,
     )
     assert [p.kept for p in fallback.plan] == [p.kept for p in exact.plan]
+
+
+def test_the_curves_measure_the_network_loss_at_a_few_widths_per_layer(monkeypatch) -> None:
+    model, data = _setup()
+    widths: list[int] = []
+    measure = objective_module._LayerReconstruction._measure
+
+    def counted(self, items):
+        widths.append(len(items))
+        return measure(self, items)
+
+    monkeypatch.setattr(objective_module._LayerReconstruction, "_measure", counted)
+    config = PruneConfig(
+        objective=Reconstruction(points=4), candidates=None, allocator=Curves(schedule=Exact())
+    )
+    result = prune(model, data, data[0][0][:1], target=Macs(0.5), config=config, progress=False)
+    assert result.macs_ratio == pytest.approx(0.5, rel=0.05)
+    assert sorted(widths) == [1, 1, 5, 5, 8, 8, 12, 12]  # two layers of 12 channels

@@ -31,7 +31,7 @@ from gfsprune.errors import ConfigError
 from gfsprune.scoring.loss import NetworkLoss
 from gfsprune.scoring.objective import BoundObjective, LayerObjective, Objective, SelectionRun
 from gfsprune.scoring.reconstruction.gram import collect_stats, unsupported
-from gfsprune.scoring.reconstruction.paths import SCALES, Path, greedy, make_path, scorer
+from gfsprune.scoring.reconstruction.paths import SCALES, Path, make_path, scorer
 from gfsprune.scoring.reconstruction.problem import LayerProblem
 from gfsprune.surgery import ChannelLayer, batchnorm_after
 
@@ -183,6 +183,7 @@ class _LayerReconstruction(LayerObjective):
         self._added = scorer(self._fresh)
         self._judged: list[int] = []  # the candidates the judge scored at the last step
         self._path: list[int] | None = None  # the pure greedy order over all items
+        self._steps: list[torch.Tensor] = []  # every item's error before each step of it
         self._measured: dict[int, float] = {}  # held-out loss at widths along that path
 
     def _fresh(self) -> Path:
@@ -197,8 +198,16 @@ class _LayerReconstruction(LayerObjective):
     def score(self, sets):
         return [self._along(items).error for items in sets]
 
+    def _errors(self, selected: list[int], candidates: list[int]) -> list[float]:
+        """Each candidate's error added to ``selected``; read off the full path where it
+        was computed (for the held-out value) and ``selected`` follows it."""
+        k = len(selected)
+        if self._path is not None and k < len(self._steps) and selected == self._path[:k]:
+            return self._steps[k][candidates].tolist()
+        return self._added(selected, candidates)
+
     def score_added(self, selected, candidates):
-        errors = self._added(list(selected), list(candidates))
+        errors = self._errors(list(selected), list(candidates))
         if self._judge is None:
             return errors
         ranked = sorted(zip(errors, candidates, strict=True))[: self.options.judge]
@@ -215,7 +224,7 @@ class _LayerReconstruction(LayerObjective):
         return [losses.get(c, math.inf) for c in candidates]
 
     def screen(self, selected, allowed, count):
-        errors = self._added(list(selected), list(allowed))
+        errors = self._errors(list(selected), list(allowed))
         return [c for _, c in sorted(zip(errors, allowed, strict=True))[:count]]
 
     def scale(self, channels):
@@ -248,8 +257,12 @@ class _LayerReconstruction(LayerObjective):
         return (1 - t) * self._measured[low] + t * self._measured[high]
 
     def _fresh_order(self) -> list[int]:
+        """The pure greedy order over all items (each step's errors kept in ``_steps``)."""
         path = self._fresh()
-        greedy(path, self.layer.n_items)
+        for _ in range(self.layer.n_items):
+            errors = path.errors()
+            self._steps.append(errors)
+            path.add(int(torch.argmin(errors)))
         return path.selected
 
     def _measure(self, items: Sequence[int]) -> float:
