@@ -183,7 +183,7 @@ class _LayerReconstruction(LayerObjective):
         self._added = scorer(self._fresh)
         self._judged: list[int] = []  # the candidates the judge scored at the last step
         self._path: list[int] | None = None  # the pure greedy order over all items
-        self._steps: list[torch.Tensor] = []  # every item's error before each step of it
+        self._steps: list[torch.Tensor] = []  # every item's error at each step of that path
         self._measured: dict[int, float] = {}  # held-out loss at widths along that path
 
     def _fresh(self) -> Path:
