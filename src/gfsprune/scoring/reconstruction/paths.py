@@ -148,6 +148,7 @@ class _Residual:
         index = torch.full((problem.n_items, width), -1, dtype=torch.long, device=order.device)
         index[block.items[order], slot] = order
         self.index = index
+        self._alive = torch.ones(len(block.items), dtype=torch.bool, device=order.device)
 
     def gains(self) -> torch.Tensor:
         """How much adding each item lowers this block's error, ``(n_items,)``."""
@@ -166,7 +167,7 @@ class _Residual:
         return torch.where(info == 0, gain, 0.0)
 
     def add(self, item: int) -> float:
-        """Project ``item``'s positions out (and drop them); returns the error's decrease."""
+        """Project ``item``'s positions out; returns the error's decrease."""
         pos = self.index[item]
         pos = pos[pos >= 0]
         if len(pos) == 0:
@@ -180,13 +181,17 @@ class _Residual:
             self.k.addmm_(kp, solved[:, : kp.shape[0]], alpha=-1)
             self.u.addmm_(kp, solved[:, kp.shape[0] :], alpha=-1)
             self.error -= gain
-        # the item's positions are spanned now: drop them, and renumber the others
-        alive = torch.ones(self.k.shape[0], dtype=torch.bool, device=self.k.device)
-        alive[pos] = False
-        self.k, self.u = self.k[alive][:, alive], self.u[alive]
-        renumber = torch.cumsum(alive, 0) - 1
-        self.index = torch.where(self.index >= 0, renumber[self.index.clamp(min=0)], -1)
+        # the item's positions are spanned now (their rows of K and U are zero): drop them
+        # once a quarter of the rows are such, so that the updates shrink with the path
         self.index[item] = -1
+        self._alive[pos] = False
+        if (~self._alive).sum() * 4 > len(self._alive):
+            keep = self._alive.nonzero().flatten()
+            self.k = self.k.index_select(0, keep).index_select(1, keep)
+            self.u = self.u.index_select(0, keep)
+            renumber = torch.cumsum(self._alive, 0) - 1
+            self.index = torch.where(self.index >= 0, renumber[self.index.clamp(min=0)], -1)
+            self._alive = self._alive[keep]
         return gain
 
 
