@@ -77,9 +77,10 @@ class PruneConfig:
         seed: Seeds the candidate sampling (layer ``i`` uses ``seed + i``).
         strategy: ``"forward"`` (greedy forward selection, the paper), ``"backward"``
             (greedy backward elimination by loss; needs a size target), or a ``Strategy``.
-        allocator: How a ``Macs``/``Params`` budget becomes per-layer widths: ``"curves"``
-            (from each layer's loss against its width, measured by a first fast pass of
-            greedy selection on each layer alone: wider where the loss rises faster),
+        allocator: How a budget (``Macs``, ``Params``, ...) becomes per-layer widths:
+            ``"curves"`` (from each layer's loss against its width, measured by a first pass
+            of greedy selection on each layer alone, fast by default, see
+            :class:`~gfsprune.core.allocate.Curves`: wider where the loss rises faster),
             ``"uniform"`` (the same fraction of every layer) or a ``WidthAllocator``.
         schedule: How forward selection steps: ``"exact"`` (the paper's rule: one pick per
             step among ``candidates`` random channels, each scored by its loss) or
@@ -104,7 +105,7 @@ class PruneConfig:
             kernels made for such channel counts (8: GPU tensor cores); whether it is faster
             on a CPU depends on its kernels, so compare the measured latencies. Budgets are
             still met, to the nearest step. Applies to ``Macs``, ``Params`` and
-            ``Tolerance`` targets (``Widths`` are taken as given).
+            ``Tolerance`` targets (refused with ``Widths``, which are taken as given).
         device: Where to run (``None``: the device of the model's parameters).
 
     Example:
