@@ -63,6 +63,9 @@ CASES: dict[str, tuple[str, object, dict]] = {
         {"allocator": "uniform", "round_to": 8},
     ),
     "mobilenet_v2-tolerance-fast": ("mobilenet_v2", Tolerance(0.1), {"schedule": "fast"}),
+    "mobilenet_v3_small-macs-curves": ("mobilenet_v3_small", Macs(0.5), {}),
+    "proxylessnas_mobile-uniform": ("proxylessnas_mobile", Macs(0.5), {"allocator": "uniform"}),
+    "vgg16_bn-uniform": ("vgg16_bn", Macs(0.5), {"allocator": "uniform"}),
     "resnet18-fast-uniform-round8": (
         "torchvision:resnet18",
         Macs(0.5),
@@ -78,7 +81,7 @@ def _model(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
         return models.get(name), (1, 8, 8)
     if name.startswith("torchvision:"):
         return models.get(name, num_classes=7), (3, 32, 32)
-    options = {"small_input": True} if "mobilenet" in name else {}
+    options = {"small_input": True} if "mobilenet" in name or "proxyless" in name else {}
     return models.get(name, num_classes=7, width_mult=0.25, **options), (3, 32, 32)
 
 
