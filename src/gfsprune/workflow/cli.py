@@ -8,6 +8,7 @@ as one line and exits with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -698,6 +699,10 @@ def _run(argv: Sequence[str] | None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    # the library's warnings (e.g. a scoring speed-up a model does not allow), one line each
+    log = logging.StreamHandler(sys.stderr)
+    log.setFormatter(logging.Formatter(f"gfsprune {args.command_name}: note: %(message)s"))
+    logging.getLogger("gfsprune").addHandler(log)
     try:
         _set_threads(getattr(args, "threads", None))
         if getattr(args, "distributed", False):
@@ -712,6 +717,7 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"gfsprune {args.command_name}: interrupted{hint}.", file=sys.stderr)
         return 130
     finally:
+        logging.getLogger("gfsprune").removeHandler(log)
         distributed.teardown()
 
 
