@@ -214,7 +214,7 @@ def prune(
         checkpoint, settings, [(layer.name, layer.width) for layer in layers], max_drawn=max_drawn
     )
 
-    stream = BatchStream(data, device)
+    stream = BatchStream(data, device, seed=config.seed, name="main")
     first = stream.next()
     _check_first_batch(work, first, loss_fn)
     held_out = []
@@ -247,7 +247,7 @@ def prune(
         def curves() -> list[LossCurve]:
             # Before any layer is pruned, on its own pass over the data, so that the main
             # stream (and a resumed run's position in it) is unchanged.
-            own = BatchStream(data, device)
+            own = BatchStream(data, device, seed=config.seed, name="curves")
             batches = [own.next() for _ in range(_HELD_OUT_BATCHES)]
             # The fast schedule, scoring no more candidates per step than the run itself.
             screen = min(Fast.screen, config.candidates or Fast.screen)
@@ -261,9 +261,10 @@ def prune(
             context.curves  # noqa: B018 (measured now, before any layer is restored or pruned)
         if config.refit:
             unpruned = copy_model(model).to(device).eval()
-            own = BatchStream(data, device)
+            own = BatchStream(data, device, seed=config.seed, name="refit")
             calibration = [own.next() for _ in range(_HELD_OUT_BATCHES)]
-        tuning = BatchStream(data, device)  # its own pass: the main stream stays as it was
+        # its own pass: the main stream stays as it was
+        tuning = BatchStream(data, device, seed=config.seed, name="tuning")
 
         def finish(layer: ChannelLayer) -> None:
             """After a layer's choice: refit its consumers, fine-tune. Both are repeatable

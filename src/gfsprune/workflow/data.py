@@ -196,11 +196,13 @@ def make_loader(
     *,
     batch_size: int,
     shuffle: bool,
-    seed: int = 0,
+    seed: int | None = 0,
     drop_last: bool = False,
     workers: int = 0,
 ) -> DataLoader:
-    """A DataLoader whose shuffled order is fixed by ``seed``.
+    """A DataLoader whose shuffled order is fixed by ``seed``; with ``seed=None``, drawn at
+    each pass from torch's global generator (which ``prune``'s streams seed per stream, so
+    that a resumed run draws what the uninterrupted one did).
 
     ``workers=0`` (the default) loads in this process; worker processes are seeded from the
     loader's generator, so their augmentation is reproducible too.
@@ -218,7 +220,7 @@ def make_loader(
         shuffle=shuffle,
         drop_last=drop_last,
         num_workers=workers,
-        generator=torch.Generator().manual_seed(seed),
+        generator=None if seed is None else torch.Generator().manual_seed(seed),
     )
 
 

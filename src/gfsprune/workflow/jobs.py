@@ -207,7 +207,8 @@ def prune_checkpoint(
         **config.settings(),
     }
     claim(out, Run("prune", settings), resume=resume)
-    loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=config.seed)
+    # shuffled from the generator prune's streams seed (config.seed): an exact resume
+    loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=None)
     data, loss_fn = (
         text_objective(model.to(device), loader, bundle)
         if isinstance(bundle, TextData)
