@@ -86,7 +86,7 @@ def _add_theory(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("gfsprune-theory"), help="output folder")
     p.add_argument("--quick", action="store_true", help="a smaller run (seconds) for smoke tests")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.set_defaults(handler=_theory, command_name="theory")
 
 
@@ -141,8 +141,8 @@ def _add_recipe(p: argparse.ArgumentParser, *, budgets: bool = False) -> None:
         default=defaults.weight_decay,
         help=f"weight decay, none on BN and biases (default {defaults.weight_decay})",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=_workers, default=0, help="data loader processes (default 0)")
 
 
 def _recipe(args: argparse.Namespace, *, epochs: int | None = None) -> TrainConfig:
@@ -273,6 +273,31 @@ def _numbers(kind: type, count: int, text: str, *, alone: bool = False) -> tuple
             f"expected {either}{count} comma-separated {kind.__name__}s, got {text!r}"
         )
     return values
+
+
+def _seed(text: str) -> int:
+    """A seed torch's generators take: an integer in [0, 2**63)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return seed
+
+
+def _workers(text: str) -> int:
+    """Data loader processes: 0 to the CPU count (each is a process; issue 28: 100000)."""
+    cpus = os.cpu_count() or 1
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = -1
+    if not 0 <= workers <= cpus:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from 0 to {cpus} (this machine's CPUs), got {text!r}"
+        )
+    return workers
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -554,7 +579,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="folder for the pruned model")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="seeds batches and candidates")
+    p.add_argument("--seed", type=_seed, default=0, help="seeds batches and candidates")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -631,7 +656,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         default=Path("gfsprune-demo"),
         help="output folder (default ./gfsprune-demo)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument(
         "--device",
         default="cpu",
@@ -674,8 +699,11 @@ def _set_threads(threads: int | None) -> None:
     if threads is None:
         torch.set_num_threads(default_threads())
         return
-    if threads < 1:
-        raise ConfigError(f"--threads must be a positive integer. Got {threads}.")
+    cpus = os.cpu_count() or 1
+    if not 1 <= threads <= cpus:
+        raise ConfigError(
+            f"--threads must be an integer from 1 to {cpus} (this machine's CPUs). Got {threads}."
+        )
     torch.set_num_threads(threads)
 
 

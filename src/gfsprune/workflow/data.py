@@ -261,11 +261,16 @@ def _existing_dir(arg: str, spec: str) -> Path:
     return path
 
 
+# 3 KiB per sample: a million is 3 GiB in memory; synthetic:100000000000 asked for 800 GB
+# before failing in the allocator (issue 28).
+_SYNTHETIC_MAX = 1_000_000
+
+
 def _parse_count(spec: str, arg: str) -> int:
-    if not arg.isdigit() or int(arg) < _SYNTHETIC_MIN:
+    if not arg.isdigit() or not _SYNTHETIC_MIN <= int(arg) <= _SYNTHETIC_MAX:
         raise DataError(
-            f"the sample count N of 'synthetic:N' must be an integer >= {_SYNTHETIC_MIN}; "
-            f"got {spec!r}. Use e.g. 'synthetic:2000'."
+            f"the sample count N of 'synthetic:N' must be an integer from {_SYNTHETIC_MIN} to "
+            f"{_SYNTHETIC_MAX:,}; got {spec!r}. Use e.g. 'synthetic:2000'."
         )
     return int(arg)
 

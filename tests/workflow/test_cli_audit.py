@@ -1,0 +1,69 @@
+"""The break-it audit (issue 28): what a user can type or leave in a folder is one line with
+exit status 2, or the right result; never a traceback, a hang, or a run over petabytes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from gfsprune.workflow.cli import main
+from tests.workflow.runs import FAST, one_line_error
+
+_PRUNE = ["prune", "--model", "digits_cnn", "--data", "digits", "--macs", "0.5"]
+_TRAIN = ["train", "--model", "digits_cnn", "--data", "digits", "--epochs", "1"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "message"),
+    [
+        (
+            [*_PRUNE, "--seed", str(2**70)],
+            "prune",
+            r"--seed: expected an integer in \[0, 2\*\*63\)",
+        ),
+        ([*_PRUNE, "--device", "meta"], "prune", "device 'meta' holds no data"),
+        ([*_PRUNE, "--threads", "100000"], "prune", "--threads must be an integer from 1 to"),
+        (
+            ["prune", "--model", "digits_cnn", "--data", "synthetic:100000000000", "--macs", "0.5"],
+            "prune",
+            "sample count N of 'synthetic:N' must be an integer from 20 to 1,000,000",
+        ),
+        ([*_TRAIN, "--width-mult", "1e6"], "train", r"width_mult must be a float in \(0, 16\]"),
+        ([*_TRAIN, "--workers", "100000"], "train", "--workers: expected an integer from 0 to"),
+    ],
+    ids=["seed", "meta", "threads", "synthetic", "width-mult", "workers"],
+)
+def test_out_of_range_options_are_one_line(argv, command, message, tmp_path, capsys) -> None:
+    assert _status([*argv, "--out", str(tmp_path / "out"), *FAST]) == 2
+    assert re.search(message, one_line_error(capsys, command))
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def _status(argv: list[str]) -> int:
+    """``main``'s exit status, also where argparse exits (a bad option's value)."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return int(stop.code)
+
+
+def test_a_results_row_missing_a_budget_is_measured_again_on_resume(
+    checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "compare"
+    argv = ["compare", "--checkpoint", str(checkpoint), "--macs", "0.5", "--epochs", "0,1"]
+    argv += ["--methods", "gfs,random", "--candidates", "2", "--out", str(out), *FAST]
+    assert main(argv) == 0
+    path = out / "results.json"
+    results = json.loads(path.read_text())
+    del results["methods"]["gfs"]["epochs"]["1"]
+    path.write_text(json.dumps(results))
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert "After 1 epochs of fine-tuning" in capsys.readouterr().out
+    again = json.loads(path.read_text())["methods"]
+    assert set(again["gfs"]["epochs"]) == {"0", "1"}
+    assert again["random"] == results["methods"]["random"]  # complete: reused
