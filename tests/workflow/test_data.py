@@ -82,7 +82,9 @@ def test_synthetic_is_seeded_and_sized() -> None:
 
 @pytest.mark.parametrize("spec", ["synthetic:abc", "synthetic:5", "synthetic:"])
 def test_synthetic_bad_count(spec: str) -> None:
-    with pytest.raises(DataError, match=r"'synthetic:N' must be an integer >= 20.*synthetic:2000"):
+    with pytest.raises(
+        DataError, match=r"'synthetic:N' must be an integer from 20 to 1,000,000.*synthetic:2000"
+    ):
         load_data(spec)
 
 

@@ -172,6 +172,12 @@ def prune(
             f"'data' must be re-iterable (a DataLoader or a list), not a "
             f"{type(data).__name__}: each pass over it must start again at its first batch."
         )
+    if isinstance(model, torch.jit.ScriptModule):  # no hooks, no module graph to cut
+        raise ModelError(
+            f"'model' is a TorchScript module ({type(model).__name__}, from torch.jit.script "
+            "or torch.jit.trace), which gfsprune cannot trace or cut; pass the nn.Module it "
+            "was made from."
+        )
     if type(model).__module__.startswith("transformers."):
         raise ConfigError(
             f"'model' is a transformers {type(model).__name__}, which returns a ModelOutput "
