@@ -67,3 +67,25 @@ def test_a_results_row_missing_a_budget_is_measured_again_on_resume(
     again = json.loads(path.read_text())["methods"]
     assert set(again["gfs"]["epochs"]) == {"0", "1"}
     assert again["random"] == results["methods"]["random"]  # complete: reused
+
+
+def test_a_full_disk_while_prune_saves_is_one_line_and_no_result(
+    checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    def full(_tensors, path, *args, **kwargs):
+        Path(path).write_bytes(b"half")
+        raise Exception(
+            'Error while serializing: IoError(Os { message: "No space left on device" })'
+        )
+
+    out = tmp_path / "p"
+    argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--candidates", "2"]
+    with monkeypatch.context() as patch:
+        patch.setattr("gfsprune.io.saved.save_file", full)
+        assert main([*argv, "--out", str(out), *FAST]) == 2
+    assert "No space left on device" in one_line_error(capsys, "prune")
+    assert not (out / "model.safetensors").exists() and not list(out.glob(".*tmp"))
+    assert main(["eval", str(out)]) == 2  # what is there is not taken for a result
+    one_line_error(capsys, "eval")
+    assert main([*argv, "--out", str(out), "--resume", *FAST]) == 0  # space again: it ends
+    assert (out / "model.safetensors").exists()
