@@ -393,8 +393,8 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with path.open("rb") as file:
             batch = load_data_pickle(file, encoding="bytes")  # refuses anything but data
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        raw, labels = batch[b"data"], np.asarray(batch[b"labels"], dtype=np.int64)
+        data = _pixels(raw)
     except (FileFormatError, KeyError, TypeError, ValueError, OverflowError, OSError) as err:
         reason = err if isinstance(err, FileFormatError) else f"{type(err).__name__}: {err}"
         raise DataError(
@@ -413,6 +413,22 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         )
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(labels)
+
+
+def _pixels(raw: object) -> np.ndarray:
+    """CIFAR pixel values as uint8: integers in 0..255 (a cast would wrap negatives and turn
+    NaN into 0 silently; issue 28)."""
+    values = np.asarray(raw)
+    if values.dtype == np.uint8:
+        return values
+    if not np.issubdtype(values.dtype, np.integer) or (
+        values.size and (values.min() < 0 or values.max() > 255)
+    ):
+        low, high = (values.min(), values.max()) if values.size else ("", "")
+        raise ValueError(
+            f"pixel values must be integers in 0..255; got {values.dtype} values {low}..{high}"
+        )
+    return values.astype(np.uint8)
 
 
 def _cifar_transform(
@@ -445,6 +461,11 @@ def _load_imagefolder(
             f"{only_train}, only in val: {only_val}); give both splits the same classes."
         )
     classes = sorted(train_files)
+    if len(classes) < 2:  # a classifier's loss on one class is 0 whatever it keeps (issue 28)
+        raise DataError(
+            f"image folder '{root}' has one class ({classes[0]!r}); a classifier needs at "
+            "least two class folders to learn or be pruned by its loss."
+        )
     train = _ImageFolder(
         _samples(train_files, classes), partial(_train_image, size=size, stats=stats)
     )
