@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from gfsprune.workflow.cli import main
 from tests.workflow.runs import FAST, one_line_error
@@ -89,3 +92,14 @@ def test_a_full_disk_while_prune_saves_is_one_line_and_no_result(
     one_line_error(capsys, "eval")
     assert main([*argv, "--out", str(out), "--resume", *FAST]) == 0  # space again: it ends
     assert (out / "model.safetensors").exists()
+
+
+def test_eval_of_weights_holding_nan_is_one_line(pruned: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "nan"
+    shutil.copytree(pruned, folder)
+    weights = load_file(folder / "model.safetensors")
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, folder / "model.safetensors")
+    assert main(["eval", str(folder)]) == 2
+    assert f"hold NaN or infinite values (first in '{name}')" in one_line_error(capsys, "eval")

@@ -36,7 +36,7 @@ from gfsprune import distributed
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
-from gfsprune.errors import ConfigError, FileFormatError
+from gfsprune.errors import ConfigError, FileFormatError, ModelError
 from gfsprune.io.atomic import write_json
 from gfsprune.io.folders import Run, claim, write_run
 from gfsprune.io.model_info import FORMAT as MODEL_FORMAT
@@ -332,6 +332,7 @@ def evaluate_dir(
     in :func:`finetune_dir`)."""
     device = resolve_device(device)
     model, info, bundle = _open(directory, data=data, model_spec=model_spec)
+    _check_finite(model)
     # Text is scored against the unpruned model: the base the folder was pruned from.
     teacher = info.build(spec=model_spec) if isinstance(bundle, TextData) else model
     scores = _scores(model, bundle, teacher=teacher, device=device)
@@ -339,6 +340,17 @@ def evaluate_dir(
     macs, params = count(model, info.example_inputs())
     speed = latencies(model, _sample(info), device)
     return {**scores, "macs": macs, "params": params, **speed}
+
+
+def _check_finite(model: nn.Module) -> None:
+    """Refuse weights holding NaN or infinity: every score of such a model is NaN, which is
+    no measurement (issue 28: eval printed ``loss nan`` and succeeded)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise ModelError(
+                f"the model's weights hold NaN or infinite values (first in '{name}'); "
+                "restore them, or train or prune the model again."
+            )
 
 
 def compare_checkpoint(
