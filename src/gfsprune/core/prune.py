@@ -25,6 +25,7 @@ from gfsprune.core.config import PruneConfig
 from gfsprune.core.cost import CostModel
 from gfsprune.core.counting import count
 from gfsprune.core.curves import LossCurve, measure_curves
+from gfsprune.core.eta import RunClock
 from gfsprune.core.refit import refit_consumers
 from gfsprune.core.schedules import Fast
 from gfsprune.core.strategies import LayerSearch, select_layer
@@ -86,6 +87,11 @@ class _Context:
 
     def check_budget(self, budget: Budget) -> None:
         check_reachable(self.cost, budget, round_to=self.round_to)
+
+    @property
+    def needs_curves(self) -> bool:
+        """Whether the allocator measures the layers' loss curves first."""
+        return self._allocator.needs_curves
 
     @property
     def curves(self) -> list[LossCurve] | None:
@@ -232,8 +238,21 @@ def prune(
     with Masks(work, layers) as masks:
         evaluator = make_evaluator(config.evaluator_class(), work, masks, loss_fn, graph=graph)
 
-        def search_of(index: int, total: int | None, **options) -> LayerSearch:
+        # The curves pass (where the allocator measures them) then the selection pass: their
+        # bars are named apart, and say how long the whole run has left.
+        screen = min(Fast.screen, config.candidates or Fast.screen)
+        passes = ("curves", "select") if target.sized and context.needs_curves else ("select",)
+        clock = RunClock(
+            [
+                layer.n_items * (screen if name == "curves" else config.candidates or layer.n_items)
+                for name in passes
+                for layer in layers
+            ]
+        )
+
+        def search_of(index: int, total: int | None, phase: str, **options) -> LayerSearch:
             layer = layers[index]
+            position = passes.index(phase) * len(layers) + index
             return LayerSearch(
                 layer=layer,
                 evaluator=evaluator,
@@ -243,7 +262,7 @@ def prune(
                 seed=config.seed + index,
                 bar=tqdm(
                     total=total or layer.n_items,
-                    desc=f"[{index + 1}/{len(layers)}] {layer.name}",
+                    desc=f"{phase} [{index + 1}/{len(layers)}] {layer.name}" + clock.left(position),
                     disable=not progress or not distributed.is_main(),
                     leave=False,
                 ),
@@ -256,9 +275,10 @@ def prune(
             own = BatchStream(data, device, seed=config.seed, name="curves")
             batches = [own.next() for _ in range(_HELD_OUT_BATCHES)]
             # The fast schedule, scoring no more candidates per step than the run itself.
-            screen = min(Fast.screen, config.candidates or Fast.screen)
             return measure_curves(
-                search_of(i, None, stream=own, schedule=Fast(screen=screen), held_out=batches)
+                search_of(
+                    i, None, "curves", stream=own, schedule=Fast(screen=screen), held_out=batches
+                )
                 for i in range(len(layers))
             )
 
@@ -290,7 +310,7 @@ def prune(
             layer = layers[index]
             goal = _in_items(goals(index, {i: p.kept for i, p in enumerate(plan)}), layer)
             search = search_of(
-                index, goal.width, stream=stream, schedule=schedule, held_out=held_out
+                index, goal.width, "select", stream=stream, schedule=schedule, held_out=held_out
             )
             choice, scale = select_layer(strategy, search, goal, masks)
             finish(layer)
