@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gfsprune.workflow.cli import main
+from gfsprune.workflow.cli import build_parser, main
 from tests.workflow.runs import FAST, one_line_error
 
 _PRUNE = ["prune", "--model", "digits_cnn", "--data", "digits", "--macs", "0.5"]
@@ -103,3 +103,17 @@ def test_eval_of_weights_holding_nan_is_one_line(pruned: Path, tmp_path: Path, c
     save_file(weights, folder / "model.safetensors")
     assert main(["eval", str(folder)]) == 2
     assert f"hold NaN or infinite values (first in '{name}')" in one_line_error(capsys, "eval")
+
+
+def test_a_relative_data_path_is_recorded_resolved(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "cifar").mkdir()
+    (tmp_path / "2000").write_text("")  # a file named like a count changes nothing
+    monkeypatch.chdir(tmp_path)
+    parser = build_parser()
+    args = parser.parse_args(["prune", "--model", "resnet20", "--data", "cifar10:cifar"] + _OUT)
+    assert args.data == f"cifar10:{tmp_path / 'cifar'}"
+    for spec in ("synthetic:2000", "cifar10:missing", "digits"):
+        assert parser.parse_args(["prune", "--model", "x", "--data", spec] + _OUT).data == spec
+
+
+_OUT = ["--macs", "0.5", "--out", "o"]

@@ -275,6 +275,16 @@ def _numbers(kind: type, count: int, text: str, *, alone: bool = False) -> tuple
     return values
 
 
+def _data_spec(text: str) -> str:
+    """A data spec whose path (``cifar10:DIR``, ``text:FILE``, ...) is made absolute where it
+    exists: the folders written record it, and ``eval`` or ``--resume`` from another
+    directory must find the same data (issue 28)."""
+    name, colon, arg = text.partition(":")
+    if colon and arg and not arg.isdigit() and Path(arg).expanduser().exists():
+        return f"{name}:{Path(arg).expanduser().resolve()}"
+    return text  # a count (synthetic:N), or a path that is not there: its error names it
+
+
 def _seed(text: str) -> int:
     """A seed torch's generators take: an integer in [0, 2**63)."""
     try:
@@ -302,7 +312,7 @@ def _workers(text: str) -> int:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     """--weights, --num-classes, --input-size, --mean, --std (what goes with --model), --data."""
-    p.add_argument("--data", help=_data_help("the model"))
+    p.add_argument("--data", type=_data_spec, help=_data_help("the model"))
     p.add_argument(
         "--weights",
         type=Path,
@@ -553,7 +563,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         "cosine, label smoothing 0.1); checkpoints every epoch.",
     )
     p.add_argument("--model", required=True, help="zoo model name, e.g. digits_cnn, resnet20")
-    p.add_argument("--data", required=True, help=f"data spec: {', '.join(SPECS)}")
+    p.add_argument("--data", type=_data_spec, required=True, help=f"data spec: {', '.join(SPECS)}")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier (default 1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
