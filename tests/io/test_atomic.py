@@ -38,6 +38,13 @@ def test_a_full_disk_is_one_error_and_leaves_no_file(tmp_path: Path, error) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
 
 
+def test_torch_saves_short_write_is_one_error(tmp_path: Path) -> None:
+    error = RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 64 vs 0")
+    with pytest.raises(ConfigError, match=r"torch.save could not write: .*unexpected pos"):
+        write_atomic(tmp_path / "checkpoint.pt", _fails_with(error))
+    assert not list(tmp_path.iterdir())
+
+
 def test_other_errors_of_the_writer_are_not_disguised(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="a bug"):
         write_atomic(tmp_path / "x", _fails_with(TypeError("a bug")))

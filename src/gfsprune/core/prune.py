@@ -144,7 +144,10 @@ def prune(
             cross-entropy. It may ignore ``targets`` (e.g. distillation to a teacher).
         ignore: Modules (or their qualified names) whose channel groups are left untouched.
         checkpoint: A JSON file updated after every layer; if it exists, the finished layers
-            are restored from it and the run continues where it stopped, to the same plan.
+            are restored from it and the run continues where it stopped, to the same plan
+            and weights. Every pass over ``data`` draws under its own seeded state of torch's
+            global generator, so a DataLoader shuffling without a ``generator`` of its own
+            and random augmentations repeat too (one with its own generator does not).
         progress: Show a progress bar per layer.
 
     Under ``torch.distributed`` (e.g. ``torchrun``), every process must be given the same

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from gfsprune.errors import ConfigError
+from gfsprune.errors import ConfigError, first_line
 
 __all__ = ["write_atomic", "write_json", "write_text"]
 
@@ -70,7 +70,11 @@ def _system_failure(err: Exception) -> str | None:
     """The system's reason why a write failed, or ``None`` for another kind of error."""
     if isinstance(err, OSError):
         return err.strerror or str(err)
-    return next((text for text in _SYSTEM_FAILURES if text in str(err)), None)
+    found = next((text for text in _SYSTEM_FAILURES if text in str(err)), None)
+    if found is None and "inline_container.cc" in str(err):
+        # torch.save's zip writer reports a short write ("unexpected pos ..."), not errno
+        found = f"torch.save could not write: {first_line(err)}; is the disk full?"
+    return found
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
