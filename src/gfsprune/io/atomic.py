@@ -50,7 +50,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             raise
         raise ConfigError(
             f"cannot write '{path}' ({reason}); free some space or choose another output "
-            "folder (--out). Nothing was written in its place."
+            "folder (out=). Nothing was written in its place."
         ) from err
     finally:
         if tmp is not None:

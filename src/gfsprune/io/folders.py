@@ -53,7 +53,7 @@ class Run:
 
 def read_run(path: str | os.PathLike) -> Run:
     """The record in a ``run.json``; FileFormatError naming the file if it is damaged."""
-    fix = "Delete the folder or choose another output folder (--out)."
+    fix = "Delete the folder or choose another output folder (out=)."
     root = read_json(path, fmt=_FORMAT, fix=fix)
     root.keys_exactly("format", "version", "job", "settings", "context")
     root["version"].integer(1, 1)
@@ -111,7 +111,7 @@ def claim(folder: str | os.PathLike, run: Run, *, resume: bool) -> Path:
 def _unwritable(folder: Path, err: OSError) -> ConfigError:
     return ConfigError(
         f"cannot write the output folder '{folder}' ({err.strerror or err}); choose another "
-        "output folder (--out)."
+        "output folder (out=)."
     )
 
 
@@ -142,7 +142,7 @@ def _lock(folder: Path) -> tuple[int, int] | None:
         os.close(fd)
         raise ConfigError(
             f"another gfsprune job is writing into the output folder '{folder}' right now; "
-            "wait for it to end, or choose another output folder (--out)."
+            "wait for it to end, or choose another output folder (out=)."
         ) from err
     _HELD[key] = fd
     return key
@@ -155,20 +155,20 @@ def _check_place(folder: Path) -> bool:
     if existing is not None and not existing.is_dir():
         raise ConfigError(
             f"the output folder '{folder}' is under '{existing}', a file; choose another "
-            "output folder (--out) or delete it."
+            "output folder (out=) or delete it."
         )
     if existing != folder:
         if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(
                 f"cannot create the output folder '{folder}': '{existing}' is not writable; "
-                "choose another output folder (--out)."
+                "choose another output folder (out=)."
             )
         return False
     return True
 
 
 def _check(folder: Path, run: Run, *, resume: bool) -> None:
-    fix = "choose another output folder (--out) or delete it"
+    fix = "choose another output folder (out=) or delete it"
     if not _check_place(folder):
         return
     try:
@@ -192,8 +192,8 @@ def _check(folder: Path, run: Run, *, resume: bool) -> None:
         )
     if not resume:
         raise ConfigError(
-            f"'{folder}' holds an earlier {run.job} run; pass resume=True (--resume) to "
-            "continue it, or choose another output folder (--out) to start over."
+            f"'{folder}' holds an earlier {run.job} run; pass resume=True to "
+            "continue it, or choose another output folder (out=) to start over."
         )
     now = json.loads(json.dumps(run.settings))  # as read back: tuples become lists
     changed = sorted(k for k in {*before.settings, *now} if before.settings.get(k) != now.get(k))
@@ -201,5 +201,5 @@ def _check(folder: Path, run: Run, *, resume: bool) -> None:
         was = ", ".join(f"{k}={before.settings.get(k)!r}" for k in changed)
         raise ConfigError(
             f"cannot resume '{folder}': the run was started with other {', '.join(changed)} "
-            f"({was}); resume with the same options or choose another output folder (--out)."
+            f"({was}); resume with the same options or choose another output folder (out=)."
         )
