@@ -54,10 +54,10 @@ def _status(argv: list[str]) -> int:
 
 
 def test_a_results_row_missing_a_budget_is_measured_again_on_resume(
-    checkpoint: Path, tmp_path: Path, capsys
+    trained: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "compare"
-    argv = ["compare", "--checkpoint", str(checkpoint), "--macs", "0.5", "--epochs", "0,1"]
+    argv = ["compare", "--model-dir", str(trained), "--macs", "0.5", "--epochs", "0,1"]
     argv += ["--methods", "gfs,random", "--candidates", "2", "--out", str(out), *FAST]
     assert main(argv) == 0
     path = out / "results.json"
@@ -73,7 +73,7 @@ def test_a_results_row_missing_a_budget_is_measured_again_on_resume(
 
 
 def test_a_full_disk_while_prune_saves_is_one_line_and_no_result(
-    checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+    trained: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     def full(_tensors, path, *args, **kwargs):
         Path(path).write_bytes(b"half")
@@ -82,7 +82,7 @@ def test_a_full_disk_while_prune_saves_is_one_line_and_no_result(
         )
 
     out = tmp_path / "p"
-    argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--candidates", "2"]
+    argv = ["prune", "--model-dir", str(trained), "--macs", "0.5", "--candidates", "2"]
     with monkeypatch.context() as patch:
         patch.setattr("gfsprune.io.saved.save_file", full)
         assert main([*argv, "--out", str(out), *FAST]) == 2
