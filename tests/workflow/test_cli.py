@@ -324,7 +324,7 @@ def test_demo_is_deterministic_for_its_seed(tmp_path: Path, monkeypatch, capsys)
             "'magic' is unknown",
         ),
         (["finetune", "{tmp}", "--epochs", "1"], "finetune", "holds neither model.json"),
-        (["eval", "{ck}", "--threads", "0"], "eval", "--threads must be a positive integer"),
+        (["eval", "{ck}", "--threads", "0"], "eval", "--threads must be an integer from 1 to"),
         (
             ["train", "--model", "nonet", "--data", "digits", "--epochs", "1", "--out", "{tmp}/o"],
             "train",
@@ -387,7 +387,7 @@ def test_bad_input_exits_2_with_one_line(
             "argument --macs: invalid float value: 'half'",
         ),
         (["finetune"], "the following arguments are required: --epochs"),
-        (["theory", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+        (["theory", "--seed", "abc"], "--seed: expected an integer in [0, 2**63), got 'abc'"),
         (["theory", "--quick", "--fast"], "unrecognized arguments: --fast"),
         *SPEC_ARGUMENT_ERRORS,
     ],

@@ -151,7 +151,7 @@ def read_plan(directory: str | os.PathLike) -> dict:
         kept = [item.integer(0, width - 1) for item in entry["kept"].items(width)]
         if not kept or len(set(kept)) != len(kept):
             raise entry["kept"].fail(f"a non-empty list of distinct channels of 0..{width - 1}")
-        scale = entry["scale"].number(positive=True)
+        scale = entry["scale"].number(positive=True, at_most=width)  # width / kept at most
         layers.append({"name": entry["name"].text(), "width": width, "kept": kept, "scale": scale})
     return {
         "format": _FORMAT,

@@ -93,10 +93,23 @@ class Evaluator(ABC):
                 net = copy.deepcopy(self.model).double()
             self._float64 = self.masks.attach(net)
         inputs, targets = map_tensors((inputs, targets), _as_float64)
+        return self._one_by_one(self._float64, inputs, targets, layer, keep)
+
+    @torch.no_grad()
+    def _one_by_one(
+        self,
+        net: nn.Module,
+        inputs: object,
+        targets: torch.Tensor,
+        layer: ChannelLayer,
+        keep: torch.Tensor,
+    ) -> list[float]:
+        """The loss for each row of ``keep``: one plain masked forward pass of ``net`` per
+        row (the reference way of scoring)."""
         losses = []
         for row in keep:
             with self.masks.candidates(layer, row[None]):
-                losses.append(float(self.loss_fn(run_model(self._float64, inputs), targets)))
+                losses.append(float(self.loss_fn(run_model(net, inputs), targets)))
         return losses
 
     @abstractmethod

@@ -8,6 +8,7 @@ as one line and exits with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -81,7 +82,7 @@ def _add_theory(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("gfsprune-theory"), help="output folder")
     p.add_argument("--quick", action="store_true", help="a smaller run (seconds) for smoke tests")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.set_defaults(handler=_theory, command_name="theory")
 
 
@@ -136,8 +137,8 @@ def _add_recipe(p: argparse.ArgumentParser, *, budgets: bool = False) -> None:
         default=defaults.weight_decay,
         help=f"weight decay, none on BN and biases (default {defaults.weight_decay})",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=_workers, default=0, help="data loader processes (default 0)")
 
 
 def _recipe(args: argparse.Namespace, *, epochs: int | None = None) -> TrainConfig:
@@ -190,9 +191,44 @@ def _numbers(kind: type, count: int, text: str, *, alone: bool = False) -> tuple
     return values
 
 
+def _data_spec(text: str) -> str:
+    """A data spec whose path (``cifar10:DIR``, ``text:FILE``, ...) is made absolute where it
+    exists: the folders written record it, and ``eval`` or ``--resume`` from another
+    directory must find the same data (issue 28)."""
+    name, colon, arg = text.partition(":")
+    if colon and arg and not arg.isdigit() and Path(arg).expanduser().exists():
+        return f"{name}:{Path(arg).expanduser().resolve()}"
+    return text  # a count (synthetic:N), or a path that is not there: its error names it
+
+
+def _seed(text: str) -> int:
+    """A seed torch's generators take: an integer in [0, 2**63)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return seed
+
+
+def _workers(text: str) -> int:
+    """Data loader processes: 0 to the CPU count (each is a process; issue 28: 100000)."""
+    cpus = os.cpu_count() or 1
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = -1
+    if not 0 <= workers <= cpus:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from 0 to {cpus} (this machine's CPUs), got {text!r}"
+        )
+    return workers
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     """--weights, --num-classes, --input-size, --mean, --std (what goes with --model), --data."""
-    p.add_argument("--data", help=_data_help("the model"))
+    p.add_argument("--data", type=_data_spec, help=_data_help("the model"))
     p.add_argument(
         "--weights",
         type=Path,
@@ -452,7 +488,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         "cosine, label smoothing 0.1); writes a checkpoint (train_state.pt) every epoch.",
     )
     p.add_argument("--model", required=True, help="zoo model name, e.g. digits_cnn, resnet20")
-    p.add_argument("--data", required=True, help=f"data spec: {', '.join(SPECS)}")
+    p.add_argument("--data", type=_data_spec, required=True, help=f"data spec: {', '.join(SPECS)}")
     p.add_argument("--out", type=Path, required=True, help="trained model folder to write")
     p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier (default 1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -478,7 +514,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="folder for the pruned model")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="seeds batches and candidates")
+    p.add_argument("--seed", type=_seed, default=0, help="seeds batches and candidates")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -555,7 +591,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         default=Path("gfsprune-demo"),
         help="output folder (default ./gfsprune-demo)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument(
         "--device",
         default="cpu",
@@ -637,8 +673,11 @@ def _set_threads(threads: int | None) -> None:
     if threads is None:
         torch.set_num_threads(default_threads())
         return
-    if threads < 1:
-        raise ConfigError(f"--threads must be a positive integer. Got {threads}.")
+    cpus = os.cpu_count() or 1
+    if not 1 <= threads <= cpus:
+        raise ConfigError(
+            f"--threads must be an integer from 1 to {cpus} (this machine's CPUs). Got {threads}."
+        )
     torch.set_num_threads(threads)
 
 
@@ -662,6 +701,10 @@ def _run(argv: Sequence[str] | None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    # the library's warnings (e.g. a scoring speed-up a model does not allow), one line each
+    log = logging.StreamHandler(sys.stderr)
+    log.setFormatter(logging.Formatter(f"gfsprune {args.command_name}: note: %(message)s"))
+    logging.getLogger("gfsprune").addHandler(log)
     try:
         _set_threads(getattr(args, "threads", None))
         if getattr(args, "distributed", False):
@@ -677,6 +720,7 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"gfsprune {args.command_name}: interrupted{hint}.", file=sys.stderr)
         return 130
     finally:
+        logging.getLogger("gfsprune").removeHandler(log)
         distributed.teardown()
 
 

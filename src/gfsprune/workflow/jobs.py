@@ -39,7 +39,7 @@ from gfsprune import distributed
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
-from gfsprune.errors import ConfigError, FileFormatError
+from gfsprune.errors import ConfigError, FileFormatError, ModelError
 from gfsprune.io.atomic import write_json
 from gfsprune.io.folders import Run, claim, write_run
 from gfsprune.io.latency import MeasuredLatency
@@ -263,7 +263,8 @@ def prune_model(
         **config.settings(),
     }
     claim(out, Run("prune", settings), resume=resume)
-    loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=config.seed)
+    # shuffled from the generator prune's streams seed (config.seed): an exact resume
+    loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=None)
     data, loss_fn = (
         text_objective(model.to(device), loader, bundle)
         if isinstance(bundle, TextData)
@@ -379,6 +380,7 @@ def evaluate_dir(
     :func:`finetune_dir`)."""
     device = resolve_device(device)
     model, info, bundle = _open(directory, data=data, weights=weights, model_spec=model_spec)
+    _check_finite(model)
     # Text is scored against the unpruned model: the base the folder was pruned from.
     teacher = info.build(spec=model_spec) if isinstance(bundle, TextData) else model
     scores = _scores(model, bundle, teacher=teacher, device=device)
@@ -386,6 +388,17 @@ def evaluate_dir(
     macs, params = count(model, info.example_inputs())
     speed = latencies(model, _sample(info), device)
     return Evaluation({**scores, "macs": macs, "params": params}, speed)
+
+
+def _check_finite(model: nn.Module) -> None:
+    """Refuse weights holding NaN or infinity: every score of such a model is NaN, which is
+    no measurement (issue 28: eval printed ``loss nan`` and succeeded)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise ModelError(
+                f"the model's weights hold NaN or infinite values (first in '{name}'); "
+                "restore them, or train or prune the model again."
+            )
 
 
 def compare_model(
