@@ -25,6 +25,7 @@ __all__ = ["CostModel"]
 
 @dataclass(frozen=True)
 class _Term:
+    name: str  # the module's qualified name
     macs: float
     weights: float  # parameters with two or more dimensions
     vectors: float  # biases and norm parameters
@@ -71,7 +72,7 @@ class CostModel:
                 if macs > 0:
                     self.fixed_parts[name] = macs
             elif own or macs:
-                self.terms.append(_Term(macs, weights, vectors, outputs.get(name), parts))
+                self.terms.append(_Term(name, macs, weights, vectors, outputs.get(name), parts))
         self.fixed_parts = dict(sorted(self.fixed_parts.items(), key=lambda kv: -kv[1]))
         self._vectorize()
         self.full = [np.ones(int(w)) for w in self.widths]
@@ -116,14 +117,20 @@ class CostModel:
         """:meth:`predict` for the keep vectors of all layers concatenated, in layer order."""
         if not self.terms:
             return self.fixed_macs, self.fixed_params
+        out, inp = self.shares(flat)
+        macs = self.fixed_macs + float((self._macs * out * inp).sum())
+        params = self.fixed_params + float(((self._weights * inp + self._vectors) * out).sum())
+        return macs, params
+
+    def shares(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The kept share of each term's (:attr:`terms`) output channels and of its input
+        positions, for keep vectors concatenated as :meth:`predict_flat` takes them."""
         means = np.add.reduceat(flat[self._gather], self._starts) / self._lengths
         out = np.where(self._out >= 0, means[np.maximum(self._out, 0)], 1.0)
         inp = self._in_base + np.bincount(
             self._in_term, weights=self._in_share * means[self._in_ref], minlength=len(self.terms)
         )
-        macs = self.fixed_macs + float((self._macs * out * inp).sum())
-        params = self.fixed_params + float(((self._weights * inp + self._vectors) * out).sum())
-        return macs, params
+        return out, inp
 
     def ratio(self, keep: Sequence[np.ndarray] | np.ndarray, budget: Budget) -> float:
         """The fraction of the original cost (of the budget's kind) for the keep vectors
