@@ -7,16 +7,17 @@ at the batch size asked for, in the memory format asked for, with torch's curren
 count, on the model's device; once per call where a module runs more than once. A
 convolution's time depends on both its widths (which kernel the backend picks, whether the
 input is reordered to a blocked layout first), so each is timed on a small grid of (input,
-output) widths drawn from the widths the allocator may give (:func:`allowed_widths`) and
-interpolated bilinearly; a depthwise convolution or a BatchNorm has one width and a grid of
-one dimension. Identical pieces (same module, input size and widths) are timed once.
+output) widths (the narrowest, the full and a few between, multiples of 8 where the layer is
+wide enough) and interpolated bilinearly; a depthwise convolution or a BatchNorm has one
+width and a grid of one dimension. Identical pieces (same module, input size and widths) are timed once.
 
 What a sum of pieces misses (the modules that are not timed, activations and residual adds,
 reorders between pieces, fusions) is the *rest*, modelled as ``c0 + c1 * v``, where ``v`` is
 the share of the timed pieces' output elements kept (the activations the rest reads and
 writes). Two whole-model timings calibrate it: the unpruned model, and a copy pruned to
 half of every layer's channels (physically smaller, as the result will be); ``c1`` is
-clipped at 0. So the prediction equals the measured latency of both calibration models.
+clipped at 0 (timing noise can make the smaller model look slower). Unless it was clipped,
+the prediction equals the measured latency of both calibration models.
 
 Timings are cached on disk (JSON, never unpickled) per device, torch version, threads,
 batch size and memory format; whole-model timings also per model structure and input shape.
@@ -83,7 +84,6 @@ class LatencyCost:
         example_inputs: One example input of batch 1 (a tensor, tuple or dict).
         layers: Its channel layers, in selection order.
         batch: The batch size timed.
-        round_to: Grid widths are drawn from the widths allowed with this rounding.
         channels_last: Time modules and inputs in channels-last memory format.
         points: Grid widths per dimension of a piece, at most (the narrowest and the full
             width among them).
@@ -105,7 +105,6 @@ class LatencyCost:
         layers: Sequence[ChannelLayer],
         *,
         batch: int = 1,
-        round_to: int = 1,
         channels_last: bool = False,
         points: int = 5,
         timer: Timer | None = None,
@@ -119,7 +118,7 @@ class LatencyCost:
         self.structure = structure or CostModel(model, example_inputs, layers)
         self.widths, self.sizes = self.structure.widths, self.structure.sizes
         self.terms = self.structure.terms
-        self._batch, self._round_to, self._points = batch, round_to, points
+        self._batch, self._points = batch, points
         self._channels_last = channels_last
         self._timer = timer or median_seconds
         self._inputs = batched(example_inputs, batch)
@@ -164,12 +163,14 @@ class LatencyCost:
         self._elements = np.array([r[7] for r in rows], dtype=float)
 
     def _axis(self, full: int, step: int) -> np.ndarray:
-        """Up to :attr:`points` allowed widths of a dimension of ``full`` channels, evenly
-        spread from the narrowest to the full one."""
-        unit = math.lcm(self._round_to, step)
-        allowed = np.array([*range(unit, full, unit), full])
-        picks = np.unique(np.round(np.linspace(0, len(allowed) - 1, self._points)).astype(int))
-        return allowed[picks]
+        """Up to :attr:`points` widths of a dimension of ``full`` channels (multiples of
+        ``step``): the narrowest, the full one, and evenly spread ones between, each moved to
+        the nearest multiple of 8 where that is a multiple of ``step`` below ``full`` (the
+        widths kernels are made for, and what ``round_to=8`` allows)."""
+        inner = np.linspace(step, full, self._points)[1:-1]
+        unit = math.lcm(8, step) if full > 2 * math.lcm(8, step) else step
+        inner = np.clip(np.round(inner / unit) * unit, step, full)
+        return np.unique(np.concatenate([[step], inner, [full]]).astype(int))
 
     def _time(
         self, module: nn.Module, shape: tuple[int, ...], width_in: int, width_out: int
