@@ -62,8 +62,12 @@ def test_prediction_equals_the_timing_of_the_pruned_model(net, shape, seed: int)
         for segment in layer.segments:  # every concatenated part keeps at least one channel
             if not set(segment) & set(kept[layer.name]):
                 kept[layer.name].append(segment[0])
-    measured = fake_timer([])(prune_channels(model, x, kept), x)
+    pruned = prune_channels(model, x, kept)
+    measured = fake_timer([])(pruned, x)
     assert cost.predict(_keep(layers, kept)) == pytest.approx(measured, rel=1e-9)
+    assert cost.measure(pruned) == pytest.approx(
+        {"latency": measured, "latency_predicted": measured}, rel=1e-9
+    )
     assert cost.full_seconds == pytest.approx(fake_timer([])(model, x), rel=1e-9)
     assert cost.calibration["c0"] == pytest.approx(_REST)
     assert cost.ratio(cost.full) == pytest.approx(1.0)

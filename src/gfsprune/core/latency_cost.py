@@ -9,7 +9,8 @@ convolution's time depends on both its widths (which kernel the backend picks, w
 input is reordered to a blocked layout first), so each is timed on a small grid of (input,
 output) widths (the narrowest, the full and a few between, multiples of 8 where the layer is
 wide enough) and interpolated bilinearly; a depthwise convolution or a BatchNorm has one
-width and a grid of one dimension. Identical pieces (same module, input size and widths) are timed once.
+width and a grid of one dimension. Identical pieces (same module, input size and widths) are
+timed once.
 
 What a sum of pieces misses (the modules that are not timed, activations and residual adds,
 reorders between pieces, fusions) is the *rest*, modelled as ``c0 + c1 * v``, where ``v`` is
@@ -152,6 +153,7 @@ class LatencyCost:
                 rows.append((k, full_in, full_out, one_d, ins, outs, seconds, elements))
         width = self._points
         self._term = np.array([r[0] for r in rows], dtype=np.int64)
+        self._names = [self.terms[r[0]].name for r in rows]
         self._full_in = np.array([r[1] for r in rows], dtype=float)
         self._full_out = np.array([r[2] for r in rows], dtype=float)
         self._one_d = np.array([r[3] for r in rows], dtype=bool)
@@ -222,6 +224,12 @@ class LatencyCost:
         c0 = rest_full - c1 * volume_full
         self.calibration = {"full": timings[0], "half": timings[1], "c0": c0, "c1": c1}
 
+    def measure(self, model: nn.Module) -> dict[str, float]:
+        """Seconds of ``model`` (this model, or it physically pruned) measured whole, as the
+        calibration times it (``"latency"``), and as predicted from its modules' widths
+        (``"latency_predicted"``)."""
+        return {"latency": self._time_model(model), "latency_predicted": self.predict_model(model)}
+
     def _time_model(self, model: nn.Module) -> float:
         net = copy_model(model).eval()
         if self._channels_last:
@@ -231,15 +239,19 @@ class LatencyCost:
     # -- prediction ------------------------------------------------------------------------
 
     def _pieces(self, flat: np.ndarray) -> tuple[float, float]:
-        """The timed pieces' summed seconds and kept share of their output elements."""
+        """The timed pieces' summed seconds and kept share of their output elements, for
+        keep vectors."""
         if not len(self._term):
             return 0.0, 1.0
         out, inp = self.structure.shares(flat)
-        o = out[self._term] * self._full_out
         i = np.where(self._one_d, self._full_in, inp[self._term] * self._full_in)
+        return self._sum(i, out[self._term] * self._full_out)
+
+    def _sum(self, width_in: np.ndarray, width_out: np.ndarray) -> tuple[float, float]:
+        """:meth:`_pieces` for each piece's input and output width."""
         rows = np.arange(len(self._term))
-        a, ta = _locate(self._ins, i)
-        b, tb = _locate(self._outs, o)
+        a, ta = _locate(self._ins, width_in)
+        b, tb = _locate(self._outs, width_out)
         s = self._seconds
         seconds = (
             (1 - ta) * (1 - tb) * s[rows, a, b]
@@ -247,13 +259,27 @@ class LatencyCost:
             + (1 - ta) * tb * s[rows, a, b + 1]
             + ta * tb * s[rows, a + 1, b + 1]
         )
-        volume = float((out[self._term] * self._elements).sum() / self._elements.sum())
-        return float(seconds.sum()), volume
+        kept = width_out / self._full_out * self._elements
+        return float(seconds.sum()), float(kept.sum() / self._elements.sum())
 
     def predict_flat(self, flat: np.ndarray) -> float:
         """Predicted seconds for the keep vectors of all layers concatenated, in layer
         order."""
-        seconds, volume = self._pieces(np.asarray(flat, dtype=float))
+        return self._total(*self._pieces(np.asarray(flat, dtype=float)))
+
+    def predict_model(self, model: nn.Module) -> float:
+        """Predicted seconds of ``model``, this model physically pruned (its modules keep
+        their names), from its modules' widths."""
+        if not len(self._term):
+            return self._total(0.0, 1.0)
+        modules = dict(model.named_modules())
+        widths = np.array([_widths(modules[name])[:2] for name in self._names], dtype=float)
+        return self._total(
+            *self._sum(np.where(self._one_d, self._full_in, widths[:, 0]), widths[:, 1])
+        )
+
+    def _total(self, seconds: float, volume: float) -> float:
+        """The pieces' seconds and the rest at the pieces' kept output share."""
         return seconds + self.calibration["c0"] + self.calibration["c1"] * volume
 
     def predict(self, keep: Sequence[np.ndarray]) -> float:
