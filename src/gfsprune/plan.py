@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -61,6 +61,8 @@ class PruneResult:
         example_inputs: The inputs the model was traced with (needed to rebuild it).
         skipped: Channel groups and attention modules left at full width because they
             cannot be masked exactly, each as ``"name (reason)"``.
+        metrics_before, metrics_after: Every metric the run's cost model measures (its
+            MACs and parameters among them), of the unpruned and of the pruned model.
     """
 
     model: nn.Module
@@ -72,6 +74,8 @@ class PruneResult:
     params_after: int
     example_inputs: object
     skipped: list[str]
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
 
     @property
     def macs_ratio(self) -> float:

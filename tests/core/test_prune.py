@@ -250,7 +250,7 @@ def test_bad_options_are_refused_before_any_work(chain, kwargs, error, match) ->
         ({"seed": -1}, "'seed' option of PruneConfig must be a non-negative integer"),
         ({"rescale": "yes"}, "'rescale' option"),
         ({"tie": -1e-3}, r"'tie' option of PruneConfig must be a number in \[0, 1\)"),
-        ({"evaluator": "x"}, r"'evaluator' option of PruneConfig must be one of \['batched'"),
+        ({"evaluator": "x"}, r"'evaluator' option of NetworkLoss must be one of \['batched'"),
         ({"strategy": "sideways"}, r"'strategy' option .* \['backward', 'forward'\]"),
         ({"allocator": 3}, "'allocator' option of PruneConfig must be one of"),
         ({"device": "gpu7"}, "'device' option of PruneConfig must name a torch device"),

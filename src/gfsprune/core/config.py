@@ -22,7 +22,7 @@ from gfsprune.core.schedules import SCHEDULES, Exact, Schedule
 from gfsprune.core.strategies import STRATEGIES, Strategy
 from gfsprune.core.tuning import LayerTuning
 from gfsprune.errors import ConfigError
-from gfsprune.scoring import EVALUATORS, Evaluator
+from gfsprune.scoring import OBJECTIVES, Evaluator, NetworkLoss, Objective
 
 __all__ = ["PruneConfig"]
 
@@ -86,6 +86,9 @@ class PruneConfig:
         evaluator: How candidates are scored: ``"batched"`` (fast: cached prefix, stacked
             candidates), ``"naive"`` (one forward pass per candidate, the reference), or an
             ``Evaluator`` subclass. Both built-ins give the same losses up to float rounding.
+        objective: What each layer's selection minimises: ``"loss"`` (the network's loss on
+            a fresh mini-batch per step, through ``evaluator``) or an
+            :class:`~gfsprune.scoring.Objective`.
         tie: Candidates whose losses are within this relative distance of the step's best
             are a tie, won by the lowest channel index; where a gap lies near ``tie`` itself
             the candidates near the best are scored again in float64 and decide
@@ -116,6 +119,7 @@ class PruneConfig:
     allocator: str | WidthAllocator = "curves"
     schedule: str | Schedule | None = None
     evaluator: str | type[Evaluator] = "batched"
+    objective: str | Objective = "loss"
     tie: float = 1e-5
     round_to: int = 1
     device: str | torch.device | None = None
@@ -171,7 +175,7 @@ class PruneConfig:
                 f"'schedule' out. Got schedule={self.schedule!r}."
             )
         self.make_allocator()
-        self.evaluator_class()
+        self.make_objective()
         if self.device is not None:
             try:
                 torch.device(self.device)
@@ -193,17 +197,17 @@ class PruneConfig:
         """The width allocator, instantiated where it was given by name."""
         return _resolve("allocator", self.allocator, ALLOCATORS, WidthAllocator)
 
-    def evaluator_class(self) -> type[Evaluator]:
-        """The evaluator class."""
-        value = self.evaluator
-        if isinstance(value, type) and issubclass(value, Evaluator):
-            return value
-        if isinstance(value, str) and value in EVALUATORS:
-            return EVALUATORS[value]
-        raise ConfigError(
-            f"The 'evaluator' option of PruneConfig must be one of {sorted(EVALUATORS)} or an "
-            f"Evaluator subclass. Got {value!r} instead."
-        )
+    def make_objective(self) -> Objective:
+        """The objective, instantiated where it was given by name (``"loss"``: the network
+        loss through ``evaluator``)."""
+        if self.objective == NetworkLoss.name:
+            return NetworkLoss(evaluator=self.evaluator)
+        if self.evaluator != "batched":
+            raise ConfigError(
+                "The 'evaluator' option of PruneConfig scores the network loss; with another "
+                f"objective leave it out. Got evaluator={self.evaluator!r}."
+            )
+        return _resolve("objective", self.objective, OBJECTIVES, Objective)
 
     def settings(self) -> dict[str, Any]:
         """The options that decide the plan, as JSON (for resuming with the same options).
@@ -220,4 +224,10 @@ class PruneConfig:
             "round_to": self.round_to,
             "tie": self.tie,
             "schedule": self.make_schedule().settings(),
-        }
+        } | self._objective_settings()
+
+    def _objective_settings(self) -> dict[str, str]:
+        """The objective's settings, where it is not the network loss (so that progress files
+        written before objectives existed still resume)."""
+        settings = self.make_objective().settings()
+        return {} if settings == NetworkLoss.name else {"objective": settings}
