@@ -3,20 +3,23 @@ are cached on disk per setting (a fake timer keeps every test deterministic)."""
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from gfsprune import Latency, PruneConfig, prune
 from gfsprune.core.latency_cost import LatencyCost
 from gfsprune.errors import ConfigError
 from gfsprune.surgery import find_layers, prune_channels
 from tests.nets import Chain, Coupled, GroupedBlock, randomize_norms
 
 _PIECES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
-_REST = 0.05  # the fake whole model's seconds outside its pieces
+_REST = 0.002  # the fake whole model's seconds outside its pieces
 
 
 def _piece(module: nn.Module) -> float:
@@ -64,13 +67,14 @@ def test_prediction_equals_the_timing_of_the_pruned_model(net, shape, seed: int)
                 kept[layer.name].append(segment[0])
     pruned = prune_channels(model, x, kept)
     measured = fake_timer([])(pruned, x)
-    assert cost.predict(_keep(layers, kept)) == pytest.approx(measured, rel=1e-9)
-    assert cost.measure(pruned) == pytest.approx(
+    assert cost.predict(_keep(layers, kept))["latency"] == pytest.approx(measured, rel=1e-9)
+    assert cost.measure(pruned, x) == pytest.approx(
         {"latency": measured, "latency_predicted": measured}, rel=1e-9
     )
     assert cost.full_seconds == pytest.approx(fake_timer([])(model, x), rel=1e-9)
     assert cost.calibration["c0"] == pytest.approx(_REST)
-    assert cost.ratio(cost.full) == pytest.approx(1.0)
+    full = [np.ones(layer.width) for layer in layers]
+    assert cost.ratio(full, "latency") == pytest.approx(1.0)
 
 
 def test_interpolation_is_exact_at_grid_widths_and_between_them_linear() -> None:
@@ -87,7 +91,7 @@ def test_interpolation_is_exact_at_grid_widths_and_between_them_linear() -> None
     # c2's output grid: 1, 5, 9 channels (its input width held at full)
     def at(width: float) -> float:
         keep = {"c1": np.ones(9), "c2": np.full(9, width / 9)}
-        return cost.predict([keep[layer.name] for layer in layers])
+        return cost.predict([keep[layer.name] for layer in layers])["latency"]
 
     assert at(5) - at(1) == pytest.approx(1e-3 * (25 - 1))
     assert at(3) - at(1) == pytest.approx((at(5) - at(1)) / 2)
@@ -129,3 +133,34 @@ def test_bad_options_are_refused(option: str, value: object) -> None:
     layers, _ = find_layers(model, x)
     with pytest.raises(ConfigError, match=option if option == "points" else "batch size"):
         LatencyCost(model, x, layers, timer=fake_timer([]), cache=False, **{option: value})
+
+
+@dataclass(frozen=True)
+class FakeLatency(Latency):
+    """A latency budget on the fake timer."""
+
+    def cost_model(self):
+        return functools.partial(LatencyCost, batch=self.batch, timer=fake_timer([]), cache=False)
+
+
+def _prune_chain(target):
+    torch.manual_seed(0)
+    model, x = randomize_norms(Chain(width=16)), torch.randn(8, 2, 5, 5)
+    data = [(x, torch.randint(0, 3, (8,)))]
+    config = PruneConfig(candidates=2, allocator="uniform")
+    return prune(model, data, x[:1], target=target, config=config, progress=False)
+
+
+@pytest.mark.parametrize("ratio", [0.4, 0.7])
+def test_prune_fills_a_latency_budget(ratio: float) -> None:
+    result = _prune_chain(FakeLatency(ratio, batch=4))
+    before, after = result.metrics_before, result.metrics_after
+    assert after["latency"] / before["latency"] == pytest.approx(ratio, abs=0.03)
+    assert after["latency_predicted"] == pytest.approx(after["latency"], rel=1e-9)
+    assert {"macs", "params"} <= set(after)
+
+
+@pytest.mark.parametrize(("ratio", "nearest"), [(0.02, "at least"), (0.9999, "at most")])
+def test_an_unreachable_latency_budget_is_refused_with_the_nearest_ratio(ratio, nearest) -> None:
+    with pytest.raises(ConfigError, match=f"FakeLatency\\({ratio}\\) cannot .* {nearest} 0\\."):
+        _prune_chain(FakeLatency(ratio))

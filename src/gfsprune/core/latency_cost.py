@@ -41,6 +41,7 @@ from torch import nn
 
 from gfsprune._copying import copy_model
 from gfsprune._inputs import map_tensors, model_device, run_hooked, tensors
+from gfsprune.core.compute_cost import ComputeCost
 from gfsprune.core.cost import CostModel
 from gfsprune.core.timing import batched, median_seconds
 from gfsprune.errors import ConfigError
@@ -76,9 +77,10 @@ def cache_folder() -> Path:
     return Path(base) / "gfsprune"
 
 
-class LatencyCost:
-    """Predicts the seconds of a forward pass of a model pruned to given per-channel keep
-    shares (keep vectors as :class:`~gfsprune.core.cost.CostModel` takes them).
+class LatencyCost(CostModel):
+    """Predicts ``"latency"``, the seconds of a forward pass of a model pruned to given
+    per-channel keep shares, and measures it (with the prediction, ``"latency_predicted"``)
+    on a real model.
 
     Args:
         model: The unpruned network, on the device to time on.
@@ -91,7 +93,8 @@ class LatencyCost:
         timer: Times one forward pass (default: the median of 5 after 2 warm-up runs).
         cache: A folder for the timing cache, ``True`` for :func:`cache_folder`, ``False``
             for none.
-        structure: The model's :class:`CostModel` where the caller has one.
+        structure: The model's :class:`ComputeCost` where the caller has one (the pieces'
+            kept shares come from it).
 
     Attributes:
         full_seconds: The unpruned model's measured seconds.
@@ -110,14 +113,14 @@ class LatencyCost:
         points: int = 5,
         timer: Timer | None = None,
         cache: str | os.PathLike | bool = True,
-        structure: CostModel | None = None,
+        structure: ComputeCost | None = None,
     ) -> None:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ConfigError(f"The batch size to time must be a positive integer. Got {batch!r}.")
         if isinstance(points, bool) or not isinstance(points, int) or points < 2:
             raise ConfigError(f"'points' must be an integer of at least 2. Got {points!r}.")
-        self.structure = structure or CostModel(model, example_inputs, layers)
-        self.widths, self.sizes = self.structure.widths, self.structure.sizes
+        super().__init__(layers)
+        self.structure = structure or ComputeCost(model, example_inputs, layers)
         self.terms = self.structure.terms
         self._batch, self._points = batch, points
         self._channels_last = channels_last
@@ -129,8 +132,7 @@ class LatencyCost:
         self.measured = 0
         self._build(model, example_inputs)
         self._calibrate(model, example_inputs, layers)
-        self.full = [np.ones(int(w)) for w in self.widths]
-        self.full_seconds = self.predict(self.full)
+        self.full_seconds = self.full["latency"]
         self._table.save()
 
     # -- the pieces ------------------------------------------------------------------------
@@ -224,10 +226,10 @@ class LatencyCost:
         c0 = rest_full - c1 * volume_full
         self.calibration = {"full": timings[0], "half": timings[1], "c0": c0, "c1": c1}
 
-    def measure(self, model: nn.Module) -> dict[str, float]:
-        """Seconds of ``model`` (this model, or it physically pruned) measured whole, as the
-        calibration times it (``"latency"``), and as predicted from its modules' widths
-        (``"latency_predicted"``)."""
+    def measure(self, model: nn.Module, example_inputs: object) -> dict[str, float]:
+        """Seconds of ``model`` (this model, or it physically pruned) measured whole at the
+        batch size, as the calibration times it (``"latency"``), and as predicted from its
+        modules' widths (``"latency_predicted"``)."""
         return {"latency": self._time_model(model), "latency_predicted": self.predict_model(model)}
 
     def _time_model(self, model: nn.Module) -> float:
@@ -262,10 +264,8 @@ class LatencyCost:
         kept = width_out / self._full_out * self._elements
         return float(seconds.sum()), float(kept.sum() / self._elements.sum())
 
-    def predict_flat(self, flat: np.ndarray) -> float:
-        """Predicted seconds for the keep vectors of all layers concatenated, in layer
-        order."""
-        return self._total(*self._pieces(np.asarray(flat, dtype=float)))
+    def predict_flat(self, flat: np.ndarray) -> dict[str, float]:
+        return {"latency": self._total(*self._pieces(np.asarray(flat, dtype=float)))}
 
     def predict_model(self, model: nn.Module) -> float:
         """Predicted seconds of ``model``, this model physically pruned (its modules keep
@@ -282,15 +282,9 @@ class LatencyCost:
         """The pieces' seconds and the rest at the pieces' kept output share."""
         return seconds + self.calibration["c0"] + self.calibration["c1"] * volume
 
-    def predict(self, keep: Sequence[np.ndarray]) -> float:
-        """Predicted seconds for per-layer keep vectors."""
-        return self.predict_flat(np.concatenate([np.asarray(k, dtype=float) for k in keep]))
-
-    def ratio(self, keep: Sequence[np.ndarray] | np.ndarray, budget: object = None) -> float:
-        """The predicted fraction of the unpruned model's latency for the keep vectors (per
-        layer, or concatenated as :meth:`predict_flat` takes them)."""
-        seconds = self.predict_flat(keep) if isinstance(keep, np.ndarray) else self.predict(keep)
-        return seconds / self.full_seconds
+    def neighbours(self) -> list[set[int]]:
+        """The layers sharing a piece (the rest, which every layer touches, is left out)."""
+        return self.structure.neighbours()
 
 
 def _locate(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

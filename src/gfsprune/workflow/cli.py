@@ -23,7 +23,7 @@ from gfsprune.core.schedules import SCHEDULES
 from gfsprune.core.strategies import STRATEGIES
 from gfsprune.errors import ConfigError, GfsPruneError
 from gfsprune.scoring import EVALUATORS
-from gfsprune.targets import Macs, Params, Target, Tolerance
+from gfsprune.targets import Latency, Macs, Params, Target, Tolerance
 from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.compare import CompareConfig, Comparison, parse_epochs, parse_methods
 from gfsprune.workflow.data import SPECS
@@ -238,6 +238,8 @@ def _selection(args: argparse.Namespace, **options: object) -> PruneConfig:
 def _target(args: argparse.Namespace) -> Target:
     if args.macs is not None:
         return Macs(args.macs)
+    if args.latency is not None:
+        return Latency(args.latency, batch=args.latency_batch)
     return Params(args.params) if args.params is not None else Tolerance(args.tolerance)
 
 
@@ -546,10 +548,22 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--macs", type=float, help="keep this fraction of the MACs, in (0, 1)")
     target.add_argument("--params", type=float, help="keep this fraction of the parameters")
     target.add_argument(
+        "--latency",
+        type=float,
+        help="keep this fraction of the latency measured on the run's device (the CPU with "
+        "this run's threads, or --device), at --latency-batch",
+    )
+    target.add_argument(
         "--tolerance",
         type=float,
         help="per layer, add channels until the loss is within this relative "
         "increase of the layer's starting loss (the paper's rule)",
+    )
+    p.add_argument(
+        "--latency-batch",
+        type=int,
+        default=1,
+        help="the batch size --latency is timed at (default 1; both 1 and 64 are reported)",
     )
     p.add_argument("--out", type=Path, required=True, help="folder for the pruned model")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
