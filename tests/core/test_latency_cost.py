@@ -69,7 +69,7 @@ def test_prediction_equals_the_timing_of_the_pruned_model(net, shape, seed: int)
     measured = fake_timer([])(pruned, x)
     assert cost.predict(_keep(layers, kept))["latency"] == pytest.approx(measured, rel=1e-9)
     assert cost.measure(pruned, x) == pytest.approx(
-        {"latency": measured, "latency_predicted": measured}, rel=1e-9
+        {"latency": measured, "latency_predicted": measured, "latency_batch": 2}, rel=1e-9
     )
     assert cost.full_seconds == pytest.approx(fake_timer([])(model, x), rel=1e-9)
     assert cost.calibration["c0"] == pytest.approx(_REST)

@@ -228,9 +228,13 @@ class LatencyCost(CostModel):
 
     def measure(self, model: nn.Module, example_inputs: object) -> dict[str, float]:
         """Seconds of ``model`` (this model, or it physically pruned) measured whole at the
-        batch size, as the calibration times it (``"latency"``), and as predicted from its
-        modules' widths (``"latency_predicted"``)."""
-        return {"latency": self._time_model(model), "latency_predicted": self.predict_model(model)}
+        batch size (``"latency_batch"``), as the calibration times it (``"latency"``), and as
+        predicted from its modules' widths (``"latency_predicted"``)."""
+        return {
+            "latency": self._time_model(model),
+            "latency_predicted": self.predict_model(model),
+            "latency_batch": float(self._batch),
+        }
 
     def _time_model(self, model: nn.Module) -> float:
         net = copy_model(model).eval()

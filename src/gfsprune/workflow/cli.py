@@ -414,7 +414,27 @@ def _prune(args: argparse.Namespace) -> None:
                     f"{f'ms b={batch}':9}{before:>12.3f}{after:>12.3f}{before / after:>8.2f}x"
                     f"   ({label})"
                 )
+    for line in _budget_latency_lines(scores, target=repr(_target(args))):
+        _say(line)
     _say(f"wrote {args.out}")
+
+
+def _budget_latency_lines(scores: dict[str, float], *, target: str) -> list[str]:
+    """What a latency budget got: its target, the latency its cost model predicted and the
+    latency it measured at the budget's batch size, before and after pruning, and the
+    measured speed-up ([] without a latency budget)."""
+    if "budget_latency_after" not in scores:
+        return []
+    ms = {k: 1e3 * v for k, v in scores.items() if k.startswith("budget_latency_")}
+    measured = ms["budget_latency_before"] / ms["budget_latency_after"]
+    predicted = ms["budget_latency_predicted_after"] / ms["budget_latency_predicted_before"]
+    return [
+        f"target   {target}, at batch {scores['budget_latency_batch']:.0f}:",
+        f"{'':9}{'predicted':>12}{ms['budget_latency_predicted_before']:>9.3f} ms ->"
+        f"{ms['budget_latency_predicted_after']:>9.3f} ms  ({predicted:.1%})",
+        f"{'':9}{'measured':>12}{ms['budget_latency_before']:>9.3f} ms ->"
+        f"{ms['budget_latency_after']:>9.3f} ms  ({1 / measured:.1%}, speed-up {measured:.2f}x)",
+    ]
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -456,6 +476,8 @@ def _eval(args: argparse.Namespace) -> None:
             if f"{where}latency_b{batch}" in scores:
                 seconds = scores[f"{where}latency_b{batch}"]
                 print(f"{f'latency b={batch}':14}{1e3 * seconds:.3f} ms ({label}, median)")
+    for line in _budget_latency_lines(scores, target="latency budget, when pruned"):
+        print(line)
 
 
 def _compare(args: argparse.Namespace) -> None:

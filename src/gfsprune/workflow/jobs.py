@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,7 +232,24 @@ def prune_checkpoint(
         found = _scores(net, bundle, teacher=model, device=device)
         found |= latencies(net, _sample(info), device)
         scores |= {f"{k}_{when}": v for k, v in found.items()}
-    return result, scores
+    return result, scores | _budget_latency(result.metrics_before, result.metrics_after)
+
+
+def _budget_latency(before: Mapping, after: Mapping) -> dict[str, float]:
+    """A latency budget's own timings (its cost model's, at the budget's batch size),
+    measured and predicted, before and after pruning: ``budget_latency_before``,
+    ``budget_latency_predicted_after``, ... and ``budget_latency_batch`` ({} for other
+    budgets)."""
+    if "latency" not in after:
+        return {}
+    return {
+        "budget_latency_batch": after["latency_batch"],
+        **{
+            f"budget_{key}_{when}": metrics[key]
+            for when, metrics in (("before", before), ("after", after))
+            for key in ("latency", "latency_predicted")
+        },
+    }
 
 
 def _scores(
@@ -328,7 +346,8 @@ def evaluate_dir(
 ) -> dict[str, float]:
     """Accuracy, loss, MACs, params and latency (batch 1 and 64; on the CPU, and on
     ``device`` where it is a GPU) of a saved model or a :class:`ModelSpec` (``model_spec``: as
-    in :func:`finetune_dir`)."""
+    in :func:`finetune_dir`); for a model pruned to a latency budget also the latencies its
+    pruning recorded (:func:`_budget_latency`)."""
     device = resolve_device(device)
     model, info, bundle = _open(directory, data=data, model_spec=model_spec)
     # Text is scored against the unpruned model: the base the folder was pruned from.
@@ -337,7 +356,11 @@ def evaluate_dir(
     model.cpu()
     macs, params = count(model, info.example_inputs())
     speed = latencies(model, _sample(info), device)
-    return {**scores, "macs": macs, "params": params, **speed}
+    recorded = {}
+    if not isinstance(directory, ModelSpec) and (Path(directory) / PLAN_FILE).is_file():
+        plan = read_plan(directory)
+        recorded = _budget_latency(plan.get("metrics_before", {}), plan.get("metrics_after", {}))
+    return {**scores, "macs": macs, "params": params, **speed, **recorded}
 
 
 def compare_checkpoint(
