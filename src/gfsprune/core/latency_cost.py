@@ -16,9 +16,11 @@ What a sum of pieces misses (the modules that are not timed, activations and res
 reorders between pieces, fusions) is the *rest*, modelled as ``c0 + c1 * v``, where ``v`` is
 the share of the timed pieces' output elements kept (the activations the rest reads and
 writes). Two whole-model timings calibrate it: the unpruned model, and a copy pruned to
-half of every layer's channels (physically smaller, as the result will be); ``c1`` is
-clipped at 0 (timing noise can make the smaller model look slower). Unless it was clipped,
-the prediction equals the measured latency of both calibration models.
+half of every layer's channels (physically smaller, as the result will be). ``c1`` is
+clipped to ``[0, rest at full width]``, so that the rest never grows as the model shrinks
+nor turns negative (timing noise can make the smaller model look slower, or much faster).
+Unless it was clipped, the prediction equals the measured latency of both calibration
+models.
 
 Timings are cached on disk (JSON, never unpickled) per device, torch version, threads,
 batch size and memory format; whole-model timings also per model structure and input shape.
@@ -27,6 +29,7 @@ A second model sharing pieces with the first reuses their timings.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -55,6 +58,9 @@ Timer = Callable[[nn.Module, object], float]
 
 #: Version of the cache files' content; files of another version are ignored.
 _SCHEMA = 1
+#: Each timing repeats its forward pass (at least 5 times, at most 100) until the timed
+#: passes add up to this many seconds.
+_MIN_SECONDS = 0.05
 #: The share of every layer's channels the second calibration model keeps.
 _CALIBRATION_SHARE = 0.5
 _TIMED = (
@@ -90,7 +96,8 @@ class LatencyCost(CostModel):
         channels_last: Time modules and inputs in channels-last memory format.
         points: Grid widths per dimension of a piece, at most (the narrowest and the full
             width among them).
-        timer: Times one forward pass (default: the median of 5 after 2 warm-up runs).
+        timer: Times one forward pass (default: the median of 5 to 100 passes, as many as
+            fit in 0.05 s, after 2 warm-up passes).
         cache: A folder for the timing cache, ``True`` for :func:`cache_folder`, ``False``
             for none.
         structure: The model's :class:`ComputeCost` where the caller has one (the pieces'
@@ -124,7 +131,7 @@ class LatencyCost(CostModel):
         self.terms = self.structure.terms
         self._batch, self._points = batch, points
         self._channels_last = channels_last
-        self._timer = timer or median_seconds
+        self._timer = timer or functools.partial(median_seconds, min_seconds=_MIN_SECONDS)
         self._inputs = batched(example_inputs, batch)
         if channels_last:
             self._inputs = _in_format(self._inputs)
@@ -221,8 +228,9 @@ class LatencyCost(CostModel):
         )
         rest_full, rest_half = timings[0] - pieces_full, timings[1] - pieces_half
         c1 = 0.0
-        if volume_full - volume_half > 0.05:
-            c1 = max(0.0, (rest_full - rest_half) / (volume_full - volume_half))
+        if volume_full - volume_half > 0.05:  # 0 <= c1 <= rest_full: no negative rest
+            c1 = (rest_full - rest_half) / (volume_full - volume_half)
+            c1 = min(max(c1, 0.0), max(rest_full, 0.0) / volume_full)
         c0 = rest_full - c1 * volume_full
         self.calibration = {"full": timings[0], "half": timings[1], "c0": c0, "c1": c1}
 

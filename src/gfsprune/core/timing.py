@@ -24,26 +24,34 @@ def synchronize(device: torch.device) -> None:
 
 
 def median_seconds(
-    module: nn.Module, inputs: object, *, warmup: int = 2, repeats: int = 5
+    module: nn.Module,
+    inputs: object,
+    *,
+    warmup: int = 2,
+    repeats: int = 5,
+    min_seconds: float = 0.0,
+    max_repeats: int = 100,
 ) -> float:
     """Median seconds of ``module`` called on ``inputs`` (a tensor, tuple or dict) in
     inference mode, over ``repeats`` calls after ``warmup`` untimed ones, waiting for the
-    inputs' device to finish each.
+    inputs' device to finish each; more calls (up to ``max_repeats``) while the timed ones
+    add up to less than ``min_seconds`` (a fast module is timed more often).
 
     Example:
         >>> median_seconds(nn.Linear(4, 2), torch.randn(8, 4)) > 0
         True
     """
     device = next(iter(tensors(inputs)), torch.empty(0)).device
-    times = []
+    times: list[float] = []
     with torch.inference_mode():
-        for step in range(warmup + repeats):
+        for _ in range(warmup):
+            run_model(module, inputs)
+        while len(times) < repeats or (sum(times) < min_seconds and len(times) < max_repeats):
             synchronize(device)
             start = time.perf_counter()
             run_model(module, inputs)
             synchronize(device)
-            if step >= warmup:
-                times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
