@@ -254,6 +254,8 @@ def test_bad_options_are_refused_before_any_work(chain, kwargs, error, match) ->
         ({"strategy": "sideways"}, r"'strategy' option .* \['backward', 'forward'\]"),
         ({"allocator": 3}, "'allocator' option of PruneConfig must be one of"),
         ({"device": "gpu7"}, "'device' option of PruneConfig must name a torch device"),
+        ({"schedule": None}, "spelled schedule='exact'"),
+        ({"rescale": False, "rescale_into": "weights"}, "rescale=False has none"),
     ],
 )
 def test_bad_config_options_are_refused_when_built(options, match) -> None:

@@ -11,7 +11,7 @@ object. Each extension axis takes a name or an instance of its protocol:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,9 +22,12 @@ from gfsprune.core.schedules import SCHEDULES, Exact, Schedule
 from gfsprune.core.strategies import STRATEGIES, Strategy
 from gfsprune.core.tuning import LayerTuning
 from gfsprune.errors import ConfigError
-from gfsprune.scoring import OBJECTIVES, Evaluator, NetworkLoss, Objective
+from gfsprune.scoring import EVALUATORS, OBJECTIVES, Evaluator, NetworkLoss, Objective
 
-__all__ = ["PruneConfig"]
+__all__ = ["CHOICES", "RESCALE_INTO", "PruneConfig", "option_docs"]
+
+#: Where ``PruneConfig(rescale_into=...)`` may put the rescale's factor.
+RESCALE_INTO = ("batchnorm", "weights")
 
 _T = TypeVar("_T")
 
@@ -74,15 +77,16 @@ class PruneConfig:
         seed: Seeds the candidate sampling (layer ``i`` uses ``seed + i``).
         strategy: ``"forward"`` (greedy forward selection, the paper), ``"backward"``
             (greedy backward elimination by loss; needs a size target), or a ``Strategy``.
-        allocator: How a ``Macs``/``Params`` budget becomes per-layer widths: ``"curves"``
-            (from each layer's loss against its width, measured by a first fast pass of
-            greedy selection on each layer alone: wider where the loss rises faster),
+        allocator: How a budget (``Macs``, ``Params``, ...) becomes per-layer widths:
+            ``"curves"`` (from each layer's loss against its width, measured by a first pass
+            of greedy selection on each layer alone, fast by default, see
+            :class:`~gfsprune.core.allocate.Curves`: wider where the loss rises faster),
             ``"uniform"`` (the same fraction of every layer) or a ``WidthAllocator``.
         schedule: How forward selection steps: ``"exact"`` (the paper's rule: one pick per
             step among ``candidates`` random channels, each scored by its loss) or
             ``"fast"`` (a first-order screen picks the channels worth scoring, and several
-            are added per step once a layer has some), or a ``Schedule``; ``None`` is
-            ``"exact"``. Backward elimination only runs exactly.
+            are added per step once a layer has some), or a ``Schedule``. Backward
+            elimination only runs exactly.
         evaluator: How candidates are scored: ``"batched"`` (fast: cached prefix, stacked
             candidates), ``"naive"`` (one forward pass per candidate, the reference), or an
             ``Evaluator`` subclass. Both built-ins give the same losses up to float rounding.
@@ -101,7 +105,7 @@ class PruneConfig:
             kernels made for such channel counts (8: GPU tensor cores); whether it is faster
             on a CPU depends on its kernels, so compare the measured latencies. Budgets are
             still met, to the nearest step. Applies to ``Macs``, ``Params`` and
-            ``Tolerance`` targets (``Widths`` are taken as given).
+            ``Tolerance`` targets (refused with ``Widths``, which are taken as given).
         device: Where to run (``None``: the device of the model's parameters).
 
     Example:
@@ -117,7 +121,7 @@ class PruneConfig:
     seed: int = 0
     strategy: str | Strategy = "forward"
     allocator: str | WidthAllocator = "curves"
-    schedule: str | Schedule | None = None
+    schedule: str | Schedule = "exact"
     evaluator: str | type[Evaluator] = "batched"
     objective: str | Objective = "loss"
     tie: float = 1e-5
@@ -163,11 +167,18 @@ class PruneConfig:
                 f"The 'rescale' option of PruneConfig must be True or False. Got "
                 f"{self.rescale!r} instead."
             )
-        if self.rescale_into not in ("batchnorm", "weights"):
+        if self.rescale_into not in RESCALE_INTO:
             raise ConfigError(
                 "The 'rescale_into' option of PruneConfig must be 'batchnorm' or 'weights'. "
                 f"Got {self.rescale_into!r} instead."
             )
+        if not self.rescale and self.rescale_into != "batchnorm":
+            raise ConfigError(
+                f"'rescale_into={self.rescale_into!r}' says where the rescale's factor goes, "
+                "but rescale=False has none; leave rescale_into out."
+            )
+        if self.schedule is None:
+            raise ConfigError("'schedule=None' is spelled schedule='exact' (the default).")
         strategy, schedule = self.make_strategy(), self.make_schedule()
         if not strategy.uses_schedule and not isinstance(schedule, Exact):
             raise ConfigError(
@@ -190,8 +201,8 @@ class PruneConfig:
         return _resolve("strategy", self.strategy, STRATEGIES, Strategy)
 
     def make_schedule(self) -> Schedule:
-        """The schedule, instantiated where it was given by name (``None``: exact)."""
-        return _resolve("schedule", self.schedule or "exact", SCHEDULES, Schedule)
+        """The schedule, instantiated where it was given by name."""
+        return _resolve("schedule", self.schedule, SCHEDULES, Schedule)
 
     def make_allocator(self) -> WidthAllocator:
         """The width allocator, instantiated where it was given by name."""
@@ -231,3 +242,38 @@ class PruneConfig:
         written before objectives existed still resume)."""
         settings = self.make_objective().settings()
         return {} if settings == NetworkLoss.name else {"objective": settings}
+
+
+def option_docs(cls: type = PruneConfig) -> dict[str, str]:
+    """Each option's documentation, from the ``Attributes:`` section of ``cls``'s docstring
+    (the one place options are documented; the command line's help is made from it).
+
+    Example:
+        >>> option_docs()["seed"]
+        'Seeds the candidate sampling (layer ``i`` uses ``seed + i``).'
+    """
+    docs: dict[str, list[str]] = {}
+    lines = (cls.__doc__ or "").split("Attributes:", 1)[-1].splitlines()
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith(("Example", ">>>")):
+            if text:
+                break
+            continue
+        head, _, rest = text.partition(": ")
+        if line.startswith(" " * 8) and not line.startswith(" " * 12) and head.isidentifier():
+            docs[head] = [rest]
+        elif docs:
+            docs[next(reversed(docs))].append(text)
+    return {name: " ".join(parts) for name, parts in docs.items()}
+
+
+#: The names the options given by name accept (the command line's choices).
+CHOICES: Mapping[str, Sequence[str]] = {
+    "strategy": sorted(STRATEGIES),
+    "allocator": sorted(ALLOCATORS),
+    "schedule": sorted(SCHEDULES),
+    "evaluator": sorted(EVALUATORS),
+    "objective": sorted(OBJECTIVES),
+    "rescale_into": RESCALE_INTO,
+}

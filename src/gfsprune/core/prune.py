@@ -375,6 +375,11 @@ def _check_arguments(model: nn.Module, data: Iterable, target: Target, config: P
             "and may hold Conv1D layers; pass gfsprune.models.hf.prepare(model) instead "
             "(hf:DIR models come prepared)."
         )
+    if target.sized and not target.allocated and config.round_to != 1:
+        raise ConfigError(
+            f"round_to={config.round_to} rounds the widths of a budget or Tolerance; "
+            f"{type(target).__name__} widths are taken as given: leave round_to out."
+        )
     strategy = config.make_strategy()
     if strategy.needs_width and not target.sized:
         raise ConfigError(

@@ -1,4 +1,5 @@
-"""The evaluator protocol: the loss of the network for several channel sets of one layer."""
+"""The evaluator protocol: the loss of the network for several channel sets of one layer (the
+engine of the :class:`~gfsprune.scoring.loss.NetworkLoss` objective)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass
 class Evaluator(ABC):
     """Scores channel sets of one layer on one mini-batch: one small class per way of
-    computing the same losses. ``prune`` builds it as ``cls(model, masks, loss_fn,
-    graph=graph)``.
+    computing the same losses. :class:`~gfsprune.scoring.loss.NetworkLoss` builds it as
+    ``cls(model, masks, loss_fn, graph=graph)``.
 
     Attributes:
         model: The network in eval mode, with ``masks`` installed.

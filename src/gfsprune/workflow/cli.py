@@ -17,12 +17,7 @@ import torch
 
 from gfsprune import distributed, models
 from gfsprune._version import __version__
-from gfsprune.core.allocate import ALLOCATORS
-from gfsprune.core.config import PruneConfig
-from gfsprune.core.schedules import SCHEDULES
-from gfsprune.core.strategies import STRATEGIES
 from gfsprune.errors import ConfigError, GfsPruneError
-from gfsprune.scoring import EVALUATORS
 from gfsprune.targets import Latency, Macs, Params, Target, Tolerance
 from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.compare import CompareConfig, Comparison, parse_epochs, parse_methods
@@ -31,6 +26,7 @@ from gfsprune.workflow.jobs import ModelSpec, Source
 from gfsprune.workflow.latency import BATCHES
 from gfsprune.workflow.methods import METHODS
 from gfsprune.workflow.report import format_table, summarize
+from gfsprune.workflow.selection_flags import add_selection_flags, selection_config
 from gfsprune.workflow.train import TrainConfig
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -152,86 +148,6 @@ def _recipe(args: argparse.Namespace, *, epochs: int | None = None) -> TrainConf
         weight_decay=args.weight_decay,
         seed=args.seed,
         workers=args.workers,
-    )
-
-
-def _add_selection(p: argparse.ArgumentParser, *, greedy_only: bool) -> None:
-    """The options of :class:`gfsprune.PruneConfig` (defaults and meanings are its own)."""
-    default = PruneConfig()
-    p.add_argument(
-        "--candidates",
-        type=int,
-        default=default.candidates,
-        help=f"channels scored per greedy step, 0 for all (default {default.candidates})",
-    )
-    p.add_argument(
-        "--rescale",
-        action=argparse.BooleanOptionalAction,
-        default=default.rescale,
-        help="multiply kept channels by width/kept (the paper's mean-field average; default "
-        f"{'on' if default.rescale else 'off'})",
-    )
-    p.add_argument(
-        "--rescale-into",
-        choices=("batchnorm", "weights"),
-        default=default.rescale_into,
-        help="where the pruned model holds that factor: the next BatchNorm's statistics where "
-        f"it can (fine-tuning unaffected) or the weights (default {default.rescale_into})",
-    )
-    p.add_argument(
-        "--schedule",
-        choices=sorted(SCHEDULES),
-        default=None,
-        help="exact: one pick per step among --candidates random channels (the paper's "
-        "rule); fast: a first-order screen and several picks per step (default "
-        f"{default.make_schedule().name})",
-    )
-    p.add_argument(
-        "--round-to",
-        type=int,
-        default=default.round_to,
-        help="every pruned width a multiple of this, or the full width, e.g. 8 for GPU "
-        "tensor cores; on a CPU compare the measured latencies "
-        f"(default {default.round_to}: any width)",
-    )
-    p.add_argument(
-        "--allocator",
-        choices=sorted(ALLOCATORS),
-        default=default.allocator,
-        help=f"how a MACs/params budget becomes per-layer widths (default {default.allocator})",
-    )
-    if greedy_only:
-        return
-    p.add_argument(
-        "--evaluator",
-        choices=sorted(EVALUATORS),
-        default=default.evaluator,
-        help="candidate scoring: batched (fast) or naive (the reference); the same losses",
-    )
-    p.add_argument(
-        "--strategy",
-        choices=sorted(STRATEGIES),
-        default=default.strategy,
-        help="greedy forward selection (default) or backward elimination",
-    )
-
-
-def _selection(args: argparse.Namespace, **options: object) -> PruneConfig:
-    """The :class:`PruneConfig` of the options :func:`_add_selection` added."""
-    if args.candidates < 0:
-        raise ConfigError(
-            f"--candidates must be 0 (all) or a positive integer. Got {args.candidates}."
-        )
-    extra = {k: getattr(args, k) for k in ("evaluator",) if hasattr(args, k)}
-    return PruneConfig(
-        candidates=args.candidates or None,
-        rescale=args.rescale,
-        rescale_into=args.rescale_into,
-        schedule=args.schedule,
-        round_to=args.round_to,
-        allocator=args.allocator,
-        **extra,
-        **options,
     )
 
 
@@ -372,7 +288,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    config = _selection(args, seed=args.seed, strategy=args.strategy, device=args.device)
+    config = selection_config(args, seed=args.seed, device=args.device)
     result, scores = workflow.prune_checkpoint(
         _model_spec(args) or args.checkpoint,
         args.out,
@@ -487,7 +403,7 @@ def _compare(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         recalibrate=args.recalibrate,
         methods=parse_methods(args.methods),
-        prune=_selection(args),
+        prune=selection_config(args),
         seed=args.seed,
     )
     comparison = workflow.compare_checkpoint(
@@ -596,7 +512,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         help="continue the interrupted run in --out (without it, an existing "
         "progress.json is refused)",
     )
-    _add_selection(p, greedy_only=False)
+    add_selection_flags(p)
     p.set_defaults(handler=_prune, command_name="prune", distributed=True)
 
     p = sub.add_parser(
@@ -650,7 +566,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         help="re-estimate every pruned model's BatchNorm statistics on training batches "
         "before it is measured and fine-tuned (every method alike)",
     )
-    _add_selection(p, greedy_only=True)
+    add_selection_flags(p, leave_out=("strategy",))  # the methods decide it
     _add_recipe(p, budgets=True)
     p.set_defaults(handler=_compare, command_name="compare")
 
