@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -191,7 +192,7 @@ class LatencyCost(CostModel):
         piece, dim, width = _resized(module, width_in, width_out)
         size = [self._batch, *shape[1:]]
         size[dim] = width
-        parameter = next(module.parameters())
+        parameter = next(itertools.chain(module.parameters(), module.buffers()))
         key = f"{piece!r} {tuple(size)} {parameter.dtype}"
         if key not in self._table.pieces:
             x = torch.randn(size, dtype=parameter.dtype, device=parameter.device)
