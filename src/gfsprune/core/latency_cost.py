@@ -338,7 +338,13 @@ def _resized(module: nn.Module, width_in: int, width_out: int) -> tuple[nn.Modul
     (for a module of one width, ``width_out`` sets both), the input dimension holding its
     inputs' channels and their number."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return type(module)(width_out, eps=module.eps), 1, width_out
+        norm = type(module)(
+            width_out,
+            eps=module.eps,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        )
+        return norm, 1, width_out
     if isinstance(module, nn.Linear):
         return nn.Linear(width_in, width_out, bias=module.bias is not None), -1, width_in
     groups = module.groups
