@@ -8,7 +8,8 @@ budget is searched for whose pruned model the same cost model predicts as fast (
 each MACs ratio corrected by the predicted latency's miss), so that the two are compared at
 the same latency. Selection draws random images labelled by the unpruned model's own
 predictions (agreement is what it keeps); "agreement" is the share of 512 held-out random
-images on which a pruned model's top-1 class is the unpruned model's.
+images on which a pruned model's top-1 class is the unpruned model's, "output error" the
+distance of its outputs to the unpruned model's relative to their norm.
 
 Both pruned models are saved and timed with the unpruned one as ``round_to.py`` times its
 models: in turns, one forward each per round after warm-up rounds, in ``--processes`` fresh
@@ -57,9 +58,13 @@ def _data(base: nn.Module, side: int, seed: int, batches: int) -> list[tuple]:
         return [(x, base(x).argmax(1)) for x in images]
 
 
-def _agreement(model: nn.Module, base: nn.Module, images: torch.Tensor) -> float:
+def _fidelity(model: nn.Module, base: nn.Module, images: torch.Tensor) -> tuple[float, float]:
+    """The share of ``images`` on which ``model``'s top-1 class is ``base``'s, and the
+    relative distance of its outputs to ``base``'s."""
     with torch.no_grad():
-        return float((model(images).argmax(1) == base(images).argmax(1)).float().mean())
+        got, wanted = model(images), base(images)
+    agreement = float((got.argmax(1) == wanted.argmax(1)).float().mean())
+    return agreement, float((got - wanted).norm() / wanted.norm())
 
 
 def _prune(base, side, target, args) -> PruneResult:
@@ -126,6 +131,7 @@ def _case(spec, side, batch, ratio, args, pool) -> list[dict]:
             each = [statistics.median(r) for r in per_round]
             ratio_measured, low, high = statistics.median(each), min(each), max(each)
         seconds = statistics.median(statistics.median(t[batch][name]) for t in runs)
+        fields = ("agreement", "output_error")
         row = {
             **case,
             "budget": f"Latency({ratio})"
@@ -138,7 +144,7 @@ def _case(spec, side, batch, ratio, args, pool) -> list[dict]:
             "ms": 1e3 * seconds,
             "full_ms": 1e3 * statistics.median(statistics.median(t[batch]["full"]) for t in runs),
             "prediction_error": predicted[name] / seconds - 1,
-            "agreement": _agreement(result.model, base, test),
+            **dict(zip(fields, _fidelity(result.model, base, test), strict=True)),
             "processes": len(runs),
         }
         rows.append(row)
@@ -146,7 +152,8 @@ def _case(spec, side, batch, ratio, args, pool) -> list[dict]:
             f"| {spec} | {side} | {batch} | {row['budget']} | {row['macs_ratio']:.3f} | "
             f"{row['predicted_ratio']:.3f} | {ratio_measured:.3f} [{low:.3f}, {high:.3f}] | "
             f"{row['speedup'][0]:.2f}x | {row['full_ms']:.2f} / {row['ms']:.2f} | "
-            f"{row['prediction_error']:+.1%} | {row['agreement']:.1%} |",
+            f"{row['prediction_error']:+.1%} | {row['agreement']:.1%} | "
+            f"{row['output_error']:.3f} |",
             flush=True,
         )
     return rows
@@ -181,9 +188,9 @@ def main() -> None:
     )
     print(
         "| model | input | batch | budget | MACs ratio | predicted latency | measured latency "
-        "[95%] | speed-up | ms full / pruned | pred. error | agreement |"
+        "[95%] | speed-up | ms full / pruned | pred. error | agreement | output error |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
         for spec, side in cases:
