@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from gfsprune import Latency, PruneConfig, prune
 from gfsprune.core.latency_cost import LatencyCost
 from gfsprune.errors import ConfigError
 from gfsprune.surgery import find_layers, prune_channels
+from tests.launch import torchrun
 from tests.nets import Chain, Coupled, GroupedBlock, randomize_norms
 
 _PIECES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
@@ -164,3 +166,46 @@ def test_prune_fills_a_latency_budget(ratio: float) -> None:
 def test_an_unreachable_latency_budget_is_refused_with_the_nearest_ratio(ratio, nearest) -> None:
     with pytest.raises(ConfigError, match=f"FakeLatency\\({ratio}\\) cannot .* {nearest} 0\\."):
         _prune_chain(FakeLatency(ratio))
+
+
+# Run by torchrun in two processes whose timers disagree (rank r times everything r + 1
+# times slower): both must predict with rank 0's timings.
+WORKER = textwrap.dedent(
+    """
+    import sys
+
+    import numpy as np
+    import torch
+
+    from gfsprune import distributed
+    from gfsprune.core.latency_cost import LatencyCost
+    from gfsprune.surgery import find_layers
+    from tests.core.test_latency_cost import fake_timer
+    from tests.nets import Chain
+
+    assert distributed.setup()
+    slower = distributed.rank() + 1
+    timer = fake_timer([])
+    model, x = Chain(width=6), torch.randn(1, 2, 5, 5)
+    layers, _ = find_layers(model, x)
+    cost = LatencyCost(model, x, layers, timer=lambda m, i: slower * timer(m, i), cache=False)
+    keep = [np.full(6, 0.5), np.ones(6)]
+    seconds = cost.predict(keep)["latency"]
+    print("predicted", distributed.rank(), repr(seconds))
+    distributed.teardown()
+    """
+)
+
+
+def test_distributed_processes_plan_with_the_main_process_timings(tmp_path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    done = torchrun(str(script))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line.split() for line in done.stdout.splitlines() if line.startswith("predicted")]
+    predicted = {int(rank): float(seconds) for _, rank, seconds in lines}
+    model, x = Chain(width=6), torch.randn(1, 2, 5, 5)
+    layers, _ = find_layers(model, x)
+    alone = LatencyCost(model, x, layers, timer=fake_timer([]), cache=False)
+    expected = alone.predict([np.full(6, 0.5), np.ones(6)])["latency"]
+    assert predicted == pytest.approx({0: expected, 1: expected}, rel=1e-12)

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gfsprune import distributed
 from gfsprune._copying import copy_model
 from gfsprune._inputs import map_tensors, model_device, run_hooked, tensors
 from gfsprune.core.compute_cost import ComputeCost
@@ -140,6 +141,7 @@ class LatencyCost(CostModel):
         self.measured = 0
         self._build(model, example_inputs)
         self._calibrate(model, example_inputs, layers)
+        self._agree()
         self.full_seconds = self.full["latency"]
         self._table.save()
 
@@ -234,6 +236,22 @@ class LatencyCost(CostModel):
             c1 = min(max(c1, 0.0), max(rest_full, 0.0) / volume_full)
         c0 = rest_full - c1 * volume_full
         self.calibration = {"full": timings[0], "half": timings[1], "c0": c0, "c1": c1}
+
+    def _agree(self) -> None:
+        """Under ``torch.distributed``, take the main process's timings and fit on every
+        process, so that all plan the same widths."""
+        if not distributed.is_distributed():
+            return
+        c = self.calibration
+        values = np.concatenate([self._seconds.ravel(), [c["full"], c["half"], c["c0"], c["c1"]]])
+        tensor = torch.from_numpy(values)
+        if torch.distributed.get_backend() == "nccl":
+            tensor = tensor.cuda()
+        values = distributed.all_gather(tensor)[0].cpu().numpy()
+        self._seconds = values[: self._seconds.size].reshape(self._seconds.shape)
+        self.calibration = dict(
+            zip(("full", "half", "c0", "c1"), values[-4:].tolist(), strict=True)
+        )
 
     def measure(self, model: nn.Module, example_inputs: object) -> dict[str, float]:
         """Seconds of ``model`` (this model, or it physically pruned) measured whole at the
