@@ -17,7 +17,9 @@ processes one after another, at batch 1 and 64. "latency" is a pruned model's ti
 unpruned model's, round by round (the median of the per-round ratios; with one process a
 95% interval over the rounds, with several the median over the processes with their range);
 "speed-up" is its inverse; "pred. error" is the cost model's predicted seconds over the
-measured median, minus one.
+measured median, minus one. Before the cases of a model and batch size, the cost model is
+also checked on ``--random-widths`` copies pruned to random widths (timed in turns with the
+unpruned model in the main process).
 
     .venv/bin/python benchmarks/latency.py                       # the issue's models
     .venv/bin/python benchmarks/latency.py --models resnet20 --size 32 --batches 1 \\
@@ -35,15 +37,16 @@ import platform
 import statistics
 import tempfile
 
+import numpy as np
 import torch
-from round_to import _DEFAULT_MODELS, _measure, _median_interval
+from round_to import _DEFAULT_MODELS, _measure, _median_interval, in_turns
 from torch import nn
 
 import gfsprune
 from gfsprune import Latency, Macs, PruneConfig, PruneResult, models, prune, save
-from gfsprune.core.latency_cost import LatencyCost
+from gfsprune.core.latency_cost import LatencyCost, _spread
 from gfsprune.errors import ConfigError
-from gfsprune.surgery import find_layers, removable_layers
+from gfsprune.surgery import find_layers, prune_channels, removable_layers
 
 #: How close (relative) the matched MACs model's predicted latency must come to the
 #: latency model's before the search stops.
@@ -96,13 +99,47 @@ def _matched_macs(base, side, cost: LatencyCost, wanted: float, start: float, ar
     return best
 
 
-def _case(spec, side, batch, ratio, args, pool) -> list[dict]:
+def _cost(spec: str, side: int, batch: int, args) -> tuple[nn.Module, list, LatencyCost]:
+    """The unpruned model (random weights, seeded), its channel layers and its latency cost
+    model at ``batch`` (as ``prune`` builds them)."""
     torch.manual_seed(args.seed)
     base = models.get(spec, num_classes=10, image_size=side).eval()
     example = torch.randn(1, 3, side, side)
     layers, _ = find_layers(base, example)
     layers, _ = removable_layers(base, example, layers, seed=args.seed)
     cost = LatencyCost(base, example, layers, batch=batch, channels_last=args.channels_last)
+    return base, layers, cost
+
+
+def _random_widths(spec: str, side: int, batch: int, args) -> dict:
+    """The cost model's error on ``args.random_widths`` copies pruned to random widths
+    (every layer a uniform share in [0.2, 1] of its items), timed in turns with the unpruned
+    model in this process: the median predicted over measured seconds, minus one, each."""
+    base, layers, cost = _cost(spec, side, batch, args)
+    rng = np.random.default_rng(args.seed)
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, side, side).contiguous(memory_format=layout)
+    cases, predicted = {"full": (base.to(memory_format=layout), x)}, {}
+    for k in range(args.random_widths):
+        kept = {}
+        for layer in layers:
+            share = rng.uniform(0.2, 1.0)
+            kept[layer.name] = _spread(layer, share)
+        model = prune_channels(base, x[:1], kept, layers=layers).eval()
+        predicted[f"w{k}"] = cost.predict_model(model)
+        cases[f"w{k}"] = (model.to(memory_format=layout), x)
+    times = in_turns(cases, args.rounds)
+    errors = [predicted[n] / statistics.median(times[n]) - 1 for n in predicted]
+    print(
+        f"random widths, {spec} {side} batch {batch}: prediction errors "
+        f"{', '.join(f'{e:+.1%}' for e in errors)}",
+        flush=True,
+    )
+    return {"model": spec, "input": side, "batch": batch, "random_width_errors": errors}
+
+
+def _case(spec, side, batch, ratio, args, pool) -> list[dict]:
+    base, _, cost = _cost(spec, side, batch, args)
     case = {"model": spec, "input": side, "batch": batch, "target": ratio}
     try:
         latency = _prune(
@@ -175,6 +212,9 @@ def main() -> None:
     parser.add_argument("--data-batches", type=int, default=8, help="selection batches of 32")
     parser.add_argument("--allocator", choices=("curves", "uniform"))
     parser.add_argument("--match-steps", type=int, default=4, help="Macs prunes, at most")
+    parser.add_argument(
+        "--random-widths", type=int, default=3, help="random-width models to check predictions on"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
     cases = [(m, args.size or 32) for m in args.models] if args.models else _DEFAULT_MODELS
@@ -195,6 +235,8 @@ def main() -> None:
     with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
         for spec, side in cases:
             for batch in args.batches:
+                if args.random_widths:
+                    rows.append(_random_widths(spec, side, batch, args))
                 for ratio in args.ratios:
                     rows += _case(spec, side, batch, ratio, args, pool)
     if args.json:
