@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -127,7 +128,9 @@ def compare(a_path: str, b_path: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", help="write the plans here (JSON)")
+    parser.add_argument(
+        "--out", help="write the plans here (JSON; cases added to an existing file)"
+    )
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two outputs")
     args = parser.parse_args()
@@ -135,12 +138,15 @@ def main() -> None:
         sys.exit(0 if compare(*args.compare) else 1)
     torch.set_num_threads(1)
     results = {}
+    if args.out and os.path.exists(args.out):  # a file from an earlier run: cases added
+        with open(args.out) as f:
+            results = json.load(f)
     for name in args.cases:
         results[name] = run_case(name)
         print(f"{name}: {results[name]['seconds']} s", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        if args.out:  # after every case, so an interrupted run keeps what it did
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

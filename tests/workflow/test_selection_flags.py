@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from gfsprune import PruneConfig
-from gfsprune.core.config import option_docs
+from gfsprune.core.config import GROUPS, option_docs
 from gfsprune.core.tuning import LayerTuning
 from gfsprune.errors import ConfigError
 from gfsprune.workflow.selection_flags import add_selection_flags, selection_config
@@ -31,6 +31,18 @@ def test_every_option_has_a_flag_with_its_documented_help() -> None:
         assert field.name in flags, field.name
         first_words = " ".join(docs[field.name].replace("``", "").split()[:3])
         assert flags[field.name].help.startswith(first_words)
+
+
+def test_every_option_is_in_one_group_and_its_flag_under_that_title() -> None:
+    grouped = [name for names in GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(PruneConfig))
+    titles = {
+        action.dest: group.title
+        for group in _parser()._action_groups
+        for action in group._group_actions
+    }
+    for title, names in GROUPS.items():
+        assert all(titles[n] == title for n in names if n not in ("seed", "device"))
 
 
 def test_defaults_give_the_default_config() -> None:

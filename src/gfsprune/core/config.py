@@ -24,7 +24,7 @@ from gfsprune.core.tuning import LayerTuning
 from gfsprune.errors import ConfigError
 from gfsprune.scoring import EVALUATORS, OBJECTIVES, Evaluator, NetworkLoss, Objective
 
-__all__ = ["CHOICES", "RESCALE_INTO", "PruneConfig", "option_docs"]
+__all__ = ["CHOICES", "GROUPS", "RESCALE_INTO", "PruneConfig", "option_docs"]
 
 #: Where ``PruneConfig(rescale_into=...)`` may put the rescale's factor.
 RESCALE_INTO = ("batchnorm", "weights")
@@ -54,9 +54,49 @@ def _resolve(option: str, value: object, registry: Mapping[str, type[_T]], base:
 class PruneConfig:
     """How :func:`gfsprune.prune` selects channels.
 
+    The options by concern (:data:`GROUPS`): how each layer's items are chosen (``strategy``,
+    ``schedule``, ``candidates``, ``tie``, ``seed``), what that choice minimises
+    (``objective``, ``evaluator``), how a budget becomes widths (``allocator``,
+    ``round_to``), the mean-field factor (``rescale``, ``rescale_into``), what follows each
+    layer's choice (``refit``, ``tuning``) and where it runs (``device``).
+
     Attributes:
+        strategy: ``"forward"`` (greedy forward selection, the paper), ``"backward"``
+            (greedy backward elimination by loss; needs a size target), or a ``Strategy``.
+        schedule: How forward selection steps: ``"exact"`` (the paper's rule: one pick per
+            step among ``candidates`` random channels, each scored by its loss) or
+            ``"fast"`` (a first-order screen picks the channels worth scoring, and several
+            are added per step once a layer has some), or a ``Schedule``. Backward
+            elimination only runs exactly.
         candidates: Channels scored per greedy step, a seeded random subset of those not yet
-            kept (``None``: all). The official code scores 50.
+            kept (``None``: all). The official code scores 50. A fast schedule's screen
+            replaces it except where that schedule scores at random (``Fast(screen=None)``,
+            its exact warm-up); it also caps the screen of the ``curves`` allocator's pass.
+        tie: Candidates whose losses are within this relative distance of the step's best
+            are a tie, won by the lowest channel index; where a gap lies near ``tie`` itself
+            the candidates near the best are scored again in float64 and decide
+            (:func:`~gfsprune.core.select.rank`). The evaluators agree to about 1e-6 (float32
+            on a CPU; docs/RESULTS.md), so with the default 1e-5 the plan does not depend on
+            the arithmetic path (evaluator, torch version, CPU kernels); GPUs with TF32
+            convolutions differ by up to about 1e-3 (use 4e-3 there). 0: the lowest loss
+            always wins.
+        seed: Seeds the candidate sampling (layer ``i`` uses ``seed + i``).
+        objective: What each layer's selection minimises: ``"loss"`` (the network's loss on
+            a fresh mini-batch per step, through ``evaluator``) or an
+            :class:`~gfsprune.scoring.Objective`.
+        evaluator: How candidates are scored: ``"batched"`` (fast: cached prefix, stacked
+            candidates), ``"naive"`` (one forward pass per candidate, the reference), or an
+            ``Evaluator`` subclass. Both built-ins give the same losses up to float rounding.
+        allocator: How a budget (``Macs``, ``Params``, ...) becomes per-layer widths:
+            ``"curves"`` (from each layer's loss against its width, measured by a first pass
+            of greedy selection on each layer alone, fast by default, see
+            :class:`~gfsprune.core.allocate.Curves`: wider where the loss rises faster),
+            ``"uniform"`` (the same fraction of every layer) or a ``WidthAllocator``.
+        round_to: Every pruned width a multiple of this (or the layer's full width), for
+            kernels made for such channel counts (8: GPU tensor cores); whether it is faster
+            on a CPU depends on its kernels, so compare the measured latencies. Budgets are
+            still met, to the nearest step. Applies to ``Macs``, ``Params`` and
+            ``Tolerance`` targets (refused with ``Widths``, which are taken as given).
         rescale: Multiply kept channels by ``width / kept`` (the paper's mean-field average)
             and fold the factor into the pruned model (see ``rescale_into``).
         rescale_into: Where the pruned model holds that factor: ``"batchnorm"`` (the running
@@ -74,38 +114,6 @@ class PruneConfig:
             does (a :class:`~gfsprune.core.tuning.LayerTuning`: SGD steps on the data, e.g.
             a tenth of an epoch at learning rate 2.5e-3); ``None``: no training during
             pruning.
-        seed: Seeds the candidate sampling (layer ``i`` uses ``seed + i``).
-        strategy: ``"forward"`` (greedy forward selection, the paper), ``"backward"``
-            (greedy backward elimination by loss; needs a size target), or a ``Strategy``.
-        allocator: How a budget (``Macs``, ``Params``, ...) becomes per-layer widths:
-            ``"curves"`` (from each layer's loss against its width, measured by a first pass
-            of greedy selection on each layer alone, fast by default, see
-            :class:`~gfsprune.core.allocate.Curves`: wider where the loss rises faster),
-            ``"uniform"`` (the same fraction of every layer) or a ``WidthAllocator``.
-        schedule: How forward selection steps: ``"exact"`` (the paper's rule: one pick per
-            step among ``candidates`` random channels, each scored by its loss) or
-            ``"fast"`` (a first-order screen picks the channels worth scoring, and several
-            are added per step once a layer has some), or a ``Schedule``. Backward
-            elimination only runs exactly.
-        evaluator: How candidates are scored: ``"batched"`` (fast: cached prefix, stacked
-            candidates), ``"naive"`` (one forward pass per candidate, the reference), or an
-            ``Evaluator`` subclass. Both built-ins give the same losses up to float rounding.
-        objective: What each layer's selection minimises: ``"loss"`` (the network's loss on
-            a fresh mini-batch per step, through ``evaluator``) or an
-            :class:`~gfsprune.scoring.Objective`.
-        tie: Candidates whose losses are within this relative distance of the step's best
-            are a tie, won by the lowest channel index; where a gap lies near ``tie`` itself
-            the candidates near the best are scored again in float64 and decide
-            (:func:`~gfsprune.core.select.rank`). The evaluators agree to about 1e-6 (float32
-            on a CPU; docs/RESULTS.md), so with the default 1e-5 the plan does not depend on
-            the arithmetic path (evaluator, torch version, CPU kernels); GPUs with TF32
-            convolutions differ by up to about 1e-3 (use 4e-3 there). 0: the lowest loss
-            always wins.
-        round_to: Every pruned width a multiple of this (or the layer's full width), for
-            kernels made for such channel counts (8: GPU tensor cores); whether it is faster
-            on a CPU depends on its kernels, so compare the measured latencies. Budgets are
-            still met, to the nearest step. Applies to ``Macs``, ``Params`` and
-            ``Tolerance`` targets (refused with ``Widths``, which are taken as given).
         device: Where to run (``None``: the device of the model's parameters).
 
     Example:
@@ -113,19 +121,19 @@ class PruneConfig:
         'backward'
     """
 
+    strategy: str | Strategy = "forward"
+    schedule: str | Schedule = "exact"
     candidates: int | None = 50
+    tie: float = 1e-5
+    seed: int = 0
+    objective: str | Objective = "loss"
+    evaluator: str | type[Evaluator] = "batched"
+    allocator: str | WidthAllocator = "curves"
+    round_to: int = 1
     rescale: bool = True
     rescale_into: str = "batchnorm"
     refit: bool = False
     tuning: LayerTuning | None = None
-    seed: int = 0
-    strategy: str | Strategy = "forward"
-    allocator: str | WidthAllocator = "curves"
-    schedule: str | Schedule = "exact"
-    evaluator: str | type[Evaluator] = "batched"
-    objective: str | Objective = "loss"
-    tie: float = 1e-5
-    round_to: int = 1
     device: str | torch.device | None = None
 
     def __post_init__(self) -> None:
@@ -267,6 +275,22 @@ def option_docs(cls: type = PruneConfig) -> dict[str, str]:
             docs[next(reversed(docs))].append(text)
     return {name: " ".join(parts) for name, parts in docs.items()}
 
+
+#: The options by concern, with a title (the command line's groups of flags).
+GROUPS: Mapping[str, tuple[str, ...]] = {
+    "selection: how each layer's items are chosen": (
+        "strategy",
+        "schedule",
+        "candidates",
+        "tie",
+        "seed",
+    ),
+    "objective: what a layer's selection minimises": ("objective", "evaluator"),
+    "widths: how a budget becomes per-layer widths": ("allocator", "round_to"),
+    "rescale: the mean-field factor of the kept channels": ("rescale", "rescale_into"),
+    "corrections: what follows each layer's choice": ("refit", "tuning"),
+    "device": ("device",),
+}
 
 #: The names the options given by name accept (the command line's choices).
 CHOICES: Mapping[str, Sequence[str]] = {

@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import re
 
-from gfsprune.core.config import CHOICES, PruneConfig, option_docs
+from gfsprune.core.config import CHOICES, GROUPS, PruneConfig, option_docs
 from gfsprune.core.tuning import LayerTuning
 from gfsprune.errors import ConfigError
 
@@ -39,48 +39,49 @@ def add_selection_flags(
     parser: argparse.ArgumentParser, *, leave_out: tuple[str, ...] = ()
 ) -> None:
     """Add a flag for every :class:`PruneConfig` option but ``leave_out`` (and ``seed`` and
-    ``device``) to ``parser``."""
+    ``device``) to ``parser``, in one group per concern (:data:`~gfsprune.core.config.GROUPS`)."""
     default, docs = PruneConfig(), option_docs()
-    for field in dataclasses.fields(PruneConfig):
-        name = field.name
-        if name in _ELSEWHERE or name in leave_out:
-            continue
-        value = getattr(default, name)
-        help_text = _plain(docs[name])
-        if name == "tuning":
-            _add_tuning(parser, help_text)
-        elif name == "candidates":
-            parser.add_argument(
-                _flag(name), type=int, default=value, help=f"{help_text}; 0: all (default {value})"
-            )
-        elif isinstance(value, bool):
-            parser.add_argument(
-                _flag(name),
-                action=argparse.BooleanOptionalAction,
-                default=value,
-                help=f"{help_text} (default {'on' if value else 'off'})",
-            )
-        elif name in CHOICES:
-            parser.add_argument(
-                _flag(name),
-                choices=CHOICES[name],
-                default=value,
-                help=f"{help_text} (default {value})",
-            )
-        else:
-            parser.add_argument(
-                _flag(name), type=type(value), default=value, help=f"{help_text} (default {value})"
-            )
+    for title, names in GROUPS.items():
+        names = [n for n in names if n not in _ELSEWHERE and n not in leave_out]
+        if names:
+            group = parser.add_argument_group(title)
+            for name in names:
+                _add_flag(group, name, getattr(default, name), _plain(docs[name]))
 
 
-def _add_tuning(parser: argparse.ArgumentParser, help_text: str) -> None:
+def _add_flag(group: argparse._ArgumentGroup, name: str, value: object, help_text: str) -> None:
+    """The flag of the option ``name``, whose default is ``value``."""
+    if name == "tuning":
+        _add_tuning(group, help_text)
+    elif name == "candidates":
+        group.add_argument(
+            _flag(name), type=int, default=value, help=f"{help_text}; 0: all (default {value})"
+        )
+    elif isinstance(value, bool):
+        group.add_argument(
+            _flag(name),
+            action=argparse.BooleanOptionalAction,
+            default=value,
+            help=f"{help_text} (default {'on' if value else 'off'})",
+        )
+    elif name in CHOICES:
+        group.add_argument(
+            _flag(name), choices=CHOICES[name], default=value, help=f"{help_text} (default {value})"
+        )
+    else:
+        group.add_argument(
+            _flag(name), type=type(value), default=value, help=f"{help_text} (default {value})"
+        )
+
+
+def _add_tuning(group: argparse._ArgumentGroup, help_text: str) -> None:
     docs = option_docs(LayerTuning)
-    parser.add_argument(
+    group.add_argument(
         "--tuning", type=int, metavar="STEPS", help=f"{help_text}; STEPS: {_plain(docs['steps'])}"
     )
     for field in dataclasses.fields(LayerTuning):
         if field.name != "steps":
-            parser.add_argument(
+            group.add_argument(
                 _flag(f"tuning_{field.name}"),
                 type=float,
                 default=field.default,
