@@ -197,6 +197,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_distributed_processes_plan_with_the_main_process_timings(tmp_path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -255,8 +255,9 @@ class LatencyCost(CostModel):
 
     def measure(self, model: nn.Module, example_inputs: object) -> dict[str, float]:
         """Seconds of ``model`` (this model, or it physically pruned) measured whole at the
-        batch size (``"latency_batch"``), as the calibration times it (``"latency"``), and as
-        predicted from its modules' widths (``"latency_predicted"``)."""
+        batch size (``"latency_batch"``) on the example inputs the cost model was built with
+        (``example_inputs`` has their shape), as the calibration times it (``"latency"``),
+        and as predicted from its modules' widths (``"latency_predicted"``)."""
         return {
             "latency": self._time_model(model),
             "latency_predicted": self.predict_model(model),
