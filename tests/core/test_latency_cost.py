@@ -145,11 +145,11 @@ class FakeLatency(Latency):
         return functools.partial(LatencyCost, batch=self.batch, timer=fake_timer([]), cache=False)
 
 
-def _prune_chain(target):
+def _prune_chain(target, **options):
     torch.manual_seed(0)
     model, x = randomize_norms(Chain(width=16)), torch.randn(8, 2, 5, 5)
     data = [(x, torch.randint(0, 3, (8,)))]
-    config = PruneConfig(candidates=2, allocator="uniform")
+    config = PruneConfig(**{"candidates": 2, "allocator": "uniform", **options})
     return prune(model, data, x[:1], target=target, config=config, progress=False)
 
 
@@ -160,6 +160,12 @@ def test_prune_fills_a_latency_budget(ratio: float) -> None:
     assert after["latency"] / before["latency"] == pytest.approx(ratio, abs=0.03)
     assert after["latency_predicted"] == pytest.approx(after["latency"], rel=1e-9)
     assert {"macs", "params"} <= set(after)
+
+
+def test_round_to_stays_a_constraint_under_a_latency_budget() -> None:
+    result = _prune_chain(FakeLatency(0.5), round_to=4, allocator="curves")
+    assert all(len(p.kept) % 4 == 0 for p in result.plan)
+    assert result.metrics_after["latency"] < result.metrics_before["latency"]
 
 
 @pytest.mark.parametrize(("ratio", "nearest"), [(0.02, "at least"), (0.9999, "at most")])
