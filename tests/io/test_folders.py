@@ -39,7 +39,7 @@ def test_the_same_job_continues_only_with_resume_and_equal_settings(tmp_path: Pa
     claim(tmp_path, PRUNE, resume=False)
     (tmp_path / "progress.json").write_text("{}")
     with pytest.raises(
-        ConfigError, match=r"holds an earlier prune run; pass resume=True \(--resume\)"
+        ConfigError, match=r"holds an earlier prune run; pass resume=True to continue it"
     ):
         claim(tmp_path, PRUNE, resume=False)
     claim(tmp_path, PRUNE, resume=True)  # tuples compare equal to the lists read back

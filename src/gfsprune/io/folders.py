@@ -46,7 +46,7 @@ class Run:
 
 def read_run(path: str | os.PathLike) -> Run:
     """The record in a ``run.json``; FileFormatError naming the file if it is damaged."""
-    fix = "Delete the folder or choose another output folder (--out)."
+    fix = "Delete the folder or choose another output folder (out=)."
     root = read_json(path, fmt=_FORMAT, fix=fix)
     root.keys_exactly("format", "version", "job", "settings", "context")
     root["version"].integer(1, 1)
@@ -85,13 +85,13 @@ def claim(folder: str | os.PathLike, run: Run, *, resume: bool) -> Path:
         except OSError as err:
             raise ConfigError(
                 f"cannot write the output folder '{folder}' ({err.strerror or err}); choose "
-                "another output folder (--out)."
+                "another output folder (out=)."
             ) from err
     return folder
 
 
 def _check(folder: Path, run: Run, *, resume: bool) -> None:
-    fix = "choose another output folder (--out) or delete it"
+    fix = "choose another output folder (out=) or delete it"
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"the output folder '{folder}' is under '{existing}', a file; {fix}.")
@@ -99,7 +99,7 @@ def _check(folder: Path, run: Run, *, resume: bool) -> None:
         if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(
                 f"cannot create the output folder '{folder}': '{existing}' is not writable; "
-                "choose another output folder (--out)."
+                "choose another output folder (out=)."
             )
         return
     try:
@@ -123,8 +123,8 @@ def _check(folder: Path, run: Run, *, resume: bool) -> None:
         )
     if not resume:
         raise ConfigError(
-            f"'{folder}' holds an earlier {run.job} run; pass resume=True (--resume) to "
-            "continue it, or choose another output folder (--out) to start over."
+            f"'{folder}' holds an earlier {run.job} run; pass resume=True to "
+            "continue it, or choose another output folder (out=) to start over."
         )
     now = json.loads(json.dumps(run.settings))  # as read back: tuples become lists
     changed = sorted(k for k in {*before.settings, *now} if before.settings.get(k) != now.get(k))
@@ -132,5 +132,5 @@ def _check(folder: Path, run: Run, *, resume: bool) -> None:
         was = ", ".join(f"{k}={before.settings.get(k)!r}" for k in changed)
         raise ConfigError(
             f"cannot resume '{folder}': the run was started with other {', '.join(changed)} "
-            f"({was}); resume with the same options or choose another output folder (--out)."
+            f"({was}); resume with the same options or choose another output folder (out=)."
         )

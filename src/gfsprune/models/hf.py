@@ -139,7 +139,7 @@ class HuggingFace(ModelSource):
             if value is not None and own is not None and own != value:
                 raise ConfigError(
                     f"hf:{name} is configured for {key}={own} (config.json), not {value}; "
-                    "pass the model's own input size (--input-size)"
+                    "pass the model's own input shape (input_shape=)"
                 )
         arch = (getattr(config, "architectures", None) or [""])[0]
         head = _auto_class(_CLASSIFIERS, arch)

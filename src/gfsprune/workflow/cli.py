@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,8 +23,7 @@ from gfsprune.targets import Latency, Macs, Params, Target, Tolerance
 from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.compare import CompareConfig, Comparison, parse_epochs, parse_methods
 from gfsprune.workflow.data import SPECS
-from gfsprune.workflow.jobs import ModelSpec, Source
-from gfsprune.workflow.latency import BATCHES
+from gfsprune.workflow.jobs import Evaluation, ModelInfo, Source
 from gfsprune.workflow.methods import METHODS
 from gfsprune.workflow.report import format_table, summarize
 from gfsprune.workflow.selection_flags import add_selection_flags, selection_config
@@ -198,7 +198,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights",
         type=Path,
-        help="with --model: a .safetensors file or PyTorch checkpoint (read with "
+        help="with --model: a .safetensors file or PyTorch weights file (read with "
         "torch.load(weights_only=True); a bare state dict or one under 'state_dict'/'model', "
         "'module.'/'model.' prefixes stripped); without it, freshly initialised (seeded) weights",
     )
@@ -231,7 +231,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _model_spec(args: argparse.Namespace) -> ModelSpec | None:
+def _model_spec(args: argparse.Namespace) -> ModelInfo | None:
     """The --model request, or None; model-only options without --model are refused."""
     if args.model is None:
         given = [f"--{key.replace('_', '-')}" for key in _MODEL_ONLY if getattr(args, key)]
@@ -243,10 +243,9 @@ def _model_spec(args: argparse.Namespace) -> ModelSpec | None:
         return None
     if args.num_classes is not None and args.num_classes < 1:
         raise ConfigError(f"--num-classes must be a positive integer. Got {args.num_classes}.")
-    return ModelSpec(
+    return ModelInfo(
         args.model,
-        weights=args.weights,
-        num_classes=args.num_classes,
+        options={} if args.num_classes is None else {"num_classes": args.num_classes},
         input_shape=args.input_size,
         mean=args.mean,
         std=args.std,
@@ -289,13 +288,14 @@ def _train(args: argparse.Namespace) -> None:
 
 def _prune(args: argparse.Namespace) -> None:
     config = selection_config(args, seed=args.seed, device=args.device)
-    result, scores = workflow.prune_checkpoint(
-        _model_spec(args) or args.checkpoint,
+    result, before, after = workflow.prune_model(
+        _model_spec(args) or args.model_dir,
         args.out,
         target=_target(args),
         config=config,
         batch_size=args.batch_size,
         data=args.data,
+        weights=args.weights,
         resume=args.resume,
         progress=args.progress,
     )
@@ -307,30 +307,25 @@ def _prune(args: argparse.Namespace) -> None:
         f"{'params':9}{result.params_before:>12,}{result.params_after:>12,}"
         f"{result.params_ratio:>9.1%}"
     )
-    if "acc_before" in scores:
+    if "acc" in before.scores:
         _say(
-            f"{'accuracy':9}{scores['acc_before']:>12.2%}{scores['acc_after']:>12.2%}"
+            f"{'accuracy':9}{before.scores['acc']:>12.2%}{after.scores['acc']:>12.2%}"
             "   (test split, before fine-tuning)"
         )
-        _say(f"{'loss':9}{scores['loss_before']:>12.4f}{scores['loss_after']:>12.4f}")
-    if "distill_before" in scores:
+        _say(f"{'loss':9}{before.scores['loss']:>12.4f}{after.scores['loss']:>12.4f}")
+    if "distill" in before.scores:
         _say(
-            f"{'distill':9}{scores['distill_before']:>12.4f}{scores['distill_after']:>12.4f}"
+            f"{'distill':9}{before.scores['distill']:>12.4f}{after.scores['distill']:>12.4f}"
             "   (test split: distance to the unpruned model's outputs)"
         )
-    for where, label in (
-        ("", f"CPU latency, median, {torch.get_num_threads()} thread(s)"),
-        ("gpu_", "GPU latency, median"),
-    ):
-        for batch in BATCHES:
-            key = f"{where}latency_b{batch}"
-            if f"{key}_before" in scores:
-                before, after = (1e3 * scores[f"{key}_{w}"] for w in ("before", "after"))
-                _say(
-                    f"{f'ms b={batch}':9}{before:>12.3f}{after:>12.3f}{before / after:>8.2f}x"
-                    f"   ({label})"
-                )
-    for line in _budget_latency_lines(scores, target=repr(_target(args))):
+    for device, threads, was, now in _latencies(before, after):
+        label = f"{device} latency, median{threads}"
+        for batch, seconds in was.items():
+            ms, ms_after = 1e3 * seconds, 1e3 * now[batch]
+            _say(
+                f"{f'ms b={batch}':9}{ms:>12.3f}{ms_after:>12.3f}{ms / ms_after:>8.2f}x   ({label})"
+            )
+    for line in _budget_latency_lines(after.scores, target=repr(_target(args))):
         _say(line)
     _say(f"wrote {args.out}")
 
@@ -353,6 +348,15 @@ def _budget_latency_lines(scores: dict[str, float], *, target: str) -> list[str]
     ]
 
 
+def _latencies(*found: Evaluation) -> list[tuple]:
+    """``(device, its threads, seconds per batch of each evaluation)`` for the CPU, and for
+    the GPU where it was measured."""
+    rows = [("CPU", f", {torch.get_num_threads()} thread(s)", *(e.latency.cpu for e in found))]
+    if found[0].latency.gpu:
+        rows.append(("GPU", "", *(e.latency.gpu for e in found)))
+    return rows
+
+
 def _finetune(args: argparse.Namespace) -> None:
     source, model_spec = _folder_or_spec(args)
     if args.out is None and args.dir is None:
@@ -363,6 +367,7 @@ def _finetune(args: argparse.Namespace) -> None:
         out,
         config=_recipe(args),
         data=args.data,
+        weights=args.weights,
         resume=args.resume,
         progress=args.progress,
         device=args.device,
@@ -377,9 +382,10 @@ def _finetune(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     source, model_spec = _folder_or_spec(args)
-    scores = workflow.evaluate_dir(
-        source, data=args.data, device=args.device, model_spec=model_spec
+    found = workflow.evaluate_dir(
+        source, data=args.data, weights=args.weights, device=args.device, model_spec=model_spec
     )
+    scores = found.scores
     if "acc" in scores:
         print(f"accuracy      {scores['acc']:.2%}")
         print(f"loss          {scores['loss']:.4f}")
@@ -387,11 +393,9 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"distill       {scores['distill']:.4f} (to the unpruned model)")
     print(f"MACs          {scores['macs']:,}")
     print(f"params        {scores['params']:,}")
-    for where, label in (("", f"CPU, {torch.get_num_threads()} thread(s)"), ("gpu_", "GPU")):
-        for batch in BATCHES:
-            if f"{where}latency_b{batch}" in scores:
-                seconds = scores[f"{where}latency_b{batch}"]
-                print(f"{f'latency b={batch}':14}{1e3 * seconds:.3f} ms ({label}, median)")
+    for device, threads, measured in _latencies(found):
+        for batch, seconds in measured.items():
+            print(f"{f'latency b={batch}':14}{1e3 * seconds:.3f} ms ({device}{threads}, median)")
     for line in _budget_latency_lines(scores, target="latency budget, when pruned"):
         print(line)
 
@@ -406,11 +410,12 @@ def _compare(args: argparse.Namespace) -> None:
         prune=selection_config(args),
         seed=args.seed,
     )
-    comparison = workflow.compare_checkpoint(
-        _model_spec(args) or args.checkpoint,
+    comparison = workflow.compare_model(
+        _model_spec(args) or args.model_dir,
         args.out,
         config=config,
         data=args.data,
+        weights=args.weights,
         resume=args.resume,
         progress=args.progress,
         device=args.device,
@@ -437,9 +442,13 @@ def _say(text: str) -> None:
 
 
 def _add_model_source(p: argparse.ArgumentParser) -> None:
-    """--checkpoint DIR or --model SPEC (one of them), the model options and --data."""
+    """--model-dir DIR or --model SPEC (one of them), the model options and --data."""
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="folder written by `gfsprune train`")
+    source.add_argument(
+        "--model-dir", metavar="DIR", help="trained model folder (written by `gfsprune train`)"
+    )
+    # --model-dir's former name, still accepted (a "checkpoint" is only the file a run resumes from)
+    source.add_argument("--checkpoint", dest="model_dir", help=argparse.SUPPRESS)
     source.add_argument("--model", metavar="SPEC", help=_MODEL_HELP)
     _add_model_options(p)
 
@@ -464,11 +473,11 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         parents=[common],
         help="train a zoo model",
         description="Train a zoo model with the paper's recipe (SGD Nesterov, "
-        "cosine, label smoothing 0.1); checkpoints every epoch.",
+        "cosine, label smoothing 0.1); writes a checkpoint (train_state.pt) every epoch.",
     )
     p.add_argument("--model", required=True, help="zoo model name, e.g. digits_cnn, resnet20")
     p.add_argument("--data", required=True, help=f"data spec: {', '.join(SPECS)}")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    p.add_argument("--out", type=Path, required=True, help="trained model folder to write")
     p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier (default 1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     _add_recipe(p)
@@ -520,7 +529,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         parents=[common],
         help="fine-tune a pruned model",
         description="Fine-tune the pruned model in DIR with the paper's recipe; "
-        "checkpoints every epoch.",
+        "writes a checkpoint (train_state.pt) every epoch.",
     )
     _add_folder_or_spec(p, "`gfsprune prune` (or train)")
     p.add_argument("--out", type=Path, help="folder to write (default DIR/finetuned)")
@@ -614,6 +623,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# API option names whose flag is spelled otherwise (by its argparse dest).
+_RENAMED = {"input_shape": "input_size", "model_spec": "model"}
+# An option named as Python spells it: not inside a word or after a call's comma (a snippet
+# such as ``load(DIR, model=SPEC)`` stays), with ``True`` or a value up to a separator.
+_OPTION = re.compile(r"(?<![\w.])(?<!, )(?<!\w\()([a-z_]+)=(True\b|[^\s,;)]*)")
+
+
+def as_flags(message: str, flags: dict[str, str]) -> str:
+    """``message`` with the options the library names as the API spells them (``out=``,
+    ``resume=True``, ``input_shape=``) written as this command line's flags.
+
+    Example:
+        >>> as_flags("pass resume=True, or another folder (out=)", {"resume": "--resume",
+        ...          "out": "--out"})
+        'pass --resume, or another folder (--out)'
+    """
+
+    def flag(match: re.Match) -> str:
+        name, value = match.groups()
+        option = flags.get(_RENAMED.get(name, name))
+        if option is None:
+            return match.group(0)
+        return option if value in ("", "True") else f"{option} {value}"
+
+    return _OPTION.sub(flag, message)
+
+
+def _option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Every option's argparse dest and its (first) flag, over all subcommands."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _option_flags(sub)
+        elif action.option_strings and action.help is not argparse.SUPPRESS:
+            flags.setdefault(action.dest, action.option_strings[0])
+    return flags
+
+
 def default_threads() -> int:
     """torch's thread count, at most the CPU count less one (at least 1). On a 2-core machine
     whose other core is busy, torch's own default (2 threads) ran prune 8-20x slower than 1
@@ -657,6 +705,7 @@ def _run(argv: Sequence[str] | None) -> int:
         return int(handler(args) or 0)
     except GfsPruneError as err:
         message = " ".join(line.strip() for line in str(err).splitlines())
+        message = as_flags(message, _option_flags(parser))
         print(f"gfsprune {args.command_name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -102,16 +102,17 @@ class Comparison:
     """What :func:`compare` measured.
 
     Attributes:
-        results: ``{"base": {acc, loss, macs, params, latency_b1, latency_b64}, "methods":
-            {name: {macs, params, acc_pruned, loss_pruned, seconds, latency_b1, latency_b64,
-            epochs: {budget: {acc, loss}}}}}``; ``acc_pruned`` and ``loss_pruned`` are right
-            after pruning, ``epochs["0"]`` after the comparison's BatchNorm recalibration (the
-            same without it) and ``epochs[str(e)]`` after ``e`` more epochs of fine-tuning;
+        results: ``{"base": {acc, loss, macs, params, <latency>}, "methods": {name: {macs,
+            params, acc_pruned, loss_pruned, seconds, <latency>, epochs: {budget: {acc,
+            loss}}}}}`` (the layout of ``results.json``); ``acc_pruned`` and ``loss_pruned``
+            are right after pruning, ``epochs["0"]`` after the comparison's BatchNorm
+            recalibration (the same without it) and ``epochs[str(e)]`` after ``e`` more epochs
+            of fine-tuning;
             ``seconds`` is the time to choose the channels and build the pruned model (for
-            ``scratch``, to re-initialise it), without evaluation or fine-tuning; latencies
-            are CPU seconds per forward pass at batch 1 and 64 (median), with torch's current
-            thread count, and where the comparison runs on a GPU also ``gpu_latency_b1`` and
-            ``gpu_latency_b64`` there.
+            ``scratch``, to re-initialise it), without evaluation or fine-tuning;
+            ``<latency>`` is the measured latency's fields
+            (:class:`~gfsprune.io.latency.MeasuredLatency`: the CPU's, and the GPU's where
+            the comparison runs on one).
         plan: The layers greedy forward selection pruned, their widths and kept channels.
     """
 
@@ -214,7 +215,7 @@ def compare(
             "loss": loss,
             "macs": macs,
             "params": params,
-            **latencies(model, data.input_shape, device),
+            **latencies(model, data.input_shape, device).to_json(),
         },
         "methods": {},
     }
@@ -302,6 +303,6 @@ def _finetune_and_score(
         "acc_pruned": acc_pruned,
         "loss_pruned": loss_pruned,
         "seconds": seconds,
-        **speed,
+        **speed.to_json(),
         "epochs": scores,
     }

@@ -12,8 +12,9 @@ else with the data set's own (CIFAR-10's, ImageNet's).
 
 Every data set yields ``(image, label)`` with ``image`` a normalised float tensor (C, H, W) and
 ``labels`` available as one tensor on the data set. Training augmentation (random crops and
-flips) draws from torch's global generator, as torchvision's does; ``gfsprune.train.fit`` seeds
-that generator once per epoch, which makes runs and resumed runs repeat exactly.
+flips) draws from torch's global generator, as torchvision's does;
+``gfsprune.workflow.train.fit`` seeds that generator once per epoch, which makes runs and
+resumed runs repeat exactly.
 """
 
 from __future__ import annotations

@@ -10,11 +10,9 @@ from torch import nn
 
 from gfsprune._inputs import move
 from gfsprune.core.timing import batched, median_seconds, synchronize
+from gfsprune.io.latency import BATCHES, MeasuredLatency
 
 __all__ = ["latencies", "measure_latency", "synchronize"]
-
-#: The batch sizes every report measures: one sample (interactive use) and 64 (throughput).
-BATCHES = (1, 64)
 
 
 def measure_latency(
@@ -40,18 +38,17 @@ def measure_latency(
 
 def latencies(
     model: nn.Module, sample: tuple[int, ...] | object, device: str | torch.device = "cpu"
-) -> dict[str, float]:
-    """:func:`measure_latency` at each of :data:`BATCHES`, with torch's current thread count:
-    ``{"latency_b1": s, "latency_b64": s}`` on the CPU, and where ``device`` is an
-    accelerator also ``gpu_latency_b1`` and ``gpu_latency_b64`` on it.
+) -> MeasuredLatency:
+    """:func:`measure_latency` at each of :data:`~gfsprune.io.latency.BATCHES`: on the CPU
+    with torch's current thread count, and where ``device`` is an accelerator on it too.
 
     Example:
-        >>> sorted(latencies(nn.Linear(4, 2), (4,)))
-        ['latency_b1', 'latency_b64']
+        >>> sorted(latencies(nn.Linear(4, 2), (4,)).cpu)
+        [1, 64]
     """
-    found = {f"latency_b{b}": measure_latency(model, sample, b) for b in BATCHES}
-    if torch.device(device).type != "cpu":
-        found |= {
-            f"gpu_latency_b{b}": measure_latency(model, sample, b, device=device) for b in BATCHES
-        }
-    return found
+    cpu = {b: measure_latency(model, sample, b) for b in BATCHES}
+    if torch.device(device).type == "cpu":
+        return MeasuredLatency(cpu=cpu)
+    return MeasuredLatency(
+        cpu=cpu, gpu={b: measure_latency(model, sample, b, device=device) for b in BATCHES}
+    )

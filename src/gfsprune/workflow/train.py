@@ -15,6 +15,7 @@ bit for bit.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,9 +37,9 @@ from gfsprune.io.atomic import write_atomic
 from gfsprune.workflow.data import DataBundle, check_labels, make_loader
 from gfsprune.workflow.seeding import seeded
 
-__all__ = ["TrainConfig", "evaluate", "fit", "param_groups", "resolve_device"]
+__all__ = ["TRAIN_STATE_FILE", "TrainConfig", "evaluate", "fit", "param_groups", "resolve_device"]
 
-CHECKPOINT_NAME = "train_state.pt"
+TRAIN_STATE_FILE = "train_state.pt"
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def fit(
     data: DataBundle,
     config: TrainConfig,
     *,
-    checkpoint_dir: Path | None = None,
+    checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
     device: str | torch.device | None = None,
@@ -201,9 +202,10 @@ def fit(
         model: Maps a batch (N, C, H, W) to logits (N, classes); moved to ``device``.
         data: Training and test sets; their class count must match the model's outputs.
         config: Optimisation options.
-        checkpoint_dir: If given, ``train_state.pt`` there is rewritten after every epoch.
-        resume: Continue from the checkpoint in ``checkpoint_dir`` (start afresh if there is
-            none yet); the run must use the same ``config``.
+        checkpoint: The file an interrupted run resumes from (a job writes
+            :data:`TRAIN_STATE_FILE` in its folder): if given, rewritten after every epoch.
+        resume: Continue from ``checkpoint`` (start afresh if there is none yet); the run
+            must use the same ``config``.
         progress: Show a progress bar per epoch with the running loss and accuracy.
         device: Where to train; None means CUDA when available, else CPU.
         label: Names the run in the progress bars (e.g. which method is fine-tuned).
@@ -219,8 +221,8 @@ def fit(
         >>> history[-1]["test_acc"] > 0.5
         True
     """
-    if resume and checkpoint_dir is None:
-        raise ConfigError("resume=True needs the checkpoint_dir of the run to continue.")
+    if resume and checkpoint is None:
+        raise ConfigError("resume=True needs the checkpoint of the run to continue.")
     for split, dataset in ("train", data.train), ("test", data.test):
         if len(dataset) == 0:
             raise DataError(f"the {split} set of {data.name!r} is empty; give it some samples.")
@@ -239,7 +241,7 @@ def fit(
     samples = len(data.train) if sampler is None else len(sampler)
     steps = math.ceil(samples / (config.batch_size // world))
     optimizer, scheduler = _make_optimizer(model, config, steps_per_epoch=steps)
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
+    path = None if checkpoint is None else Path(checkpoint)
     history: list[dict[str, float]] = []
     if resume and path.exists():
         history = _load_checkpoint(path, model, optimizer, scheduler, config=config, device=device)
