@@ -419,7 +419,7 @@ def test_bad_input_exits_2_with_one_line(
         ),
         (
             ["prune", "--model-dir", "c", "--out", "o"],
-            "one of the arguments --macs --params --tolerance is required",
+            "one of the arguments --macs --params --latency --tolerance is required",
         ),
         (
             ["compare", "--model-dir", "c", "--macs", "half", "--epochs", "1", "--out", "o"],
