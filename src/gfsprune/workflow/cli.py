@@ -20,7 +20,7 @@ import torch
 from gfsprune import distributed, models
 from gfsprune._version import __version__
 from gfsprune.errors import ConfigError, GfsPruneError
-from gfsprune.targets import Macs, Params, Target, Tolerance
+from gfsprune.targets import Latency, Macs, Params, Target, Tolerance
 from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.compare import CompareConfig, Comparison, parse_epochs, parse_methods
 from gfsprune.workflow.data import SPECS
@@ -155,6 +155,8 @@ def _recipe(args: argparse.Namespace, *, epochs: int | None = None) -> TrainConf
 def _target(args: argparse.Namespace) -> Target:
     if args.macs is not None:
         return Macs(args.macs)
+    if args.latency is not None:
+        return Latency(args.latency, batch=args.latency_batch)
     return Params(args.params) if args.params is not None else Tolerance(args.tolerance)
 
 
@@ -359,7 +361,27 @@ def _prune(args: argparse.Namespace) -> None:
             _say(
                 f"{f'ms b={batch}':9}{ms:>12.3f}{ms_after:>12.3f}{ms / ms_after:>8.2f}x   ({label})"
             )
+    for line in _budget_latency_lines(after.scores, target=repr(_target(args))):
+        _say(line)
     _say(f"wrote {args.out}")
+
+
+def _budget_latency_lines(scores: dict[str, float], *, target: str) -> list[str]:
+    """What a latency budget got: its target, the latency its cost model predicted and the
+    latency it measured at the budget's batch size, before and after pruning, and the
+    measured speed-up ([] without a latency budget)."""
+    if "budget_latency_after" not in scores:
+        return []
+    ms = {k: 1e3 * v for k, v in scores.items() if k.startswith("budget_latency_")}
+    measured = ms["budget_latency_before"] / ms["budget_latency_after"]
+    predicted = ms["budget_latency_predicted_after"] / ms["budget_latency_predicted_before"]
+    return [
+        f"target   {target}, at batch {scores['budget_latency_batch']:.0f}:",
+        f"{'':9}{'predicted':>12}{ms['budget_latency_predicted_before']:>9.3f} ms ->"
+        f"{ms['budget_latency_predicted_after']:>9.3f} ms  ({predicted:.1%})",
+        f"{'':9}{'measured':>12}{ms['budget_latency_before']:>9.3f} ms ->"
+        f"{ms['budget_latency_after']:>9.3f} ms  ({1 / measured:.1%}, speed-up {measured:.2f}x)",
+    ]
 
 
 def _latencies(*found: Evaluation) -> list[tuple]:
@@ -410,6 +432,8 @@ def _eval(args: argparse.Namespace) -> None:
     for device, threads, measured in _latencies(found):
         for batch, seconds in measured.items():
             print(f"{f'latency b={batch}':14}{1e3 * seconds:.3f} ms ({device}{threads}, median)")
+    for line in _budget_latency_lines(scores, target="latency budget, when pruned"):
+        print(line)
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -507,10 +531,22 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--macs", type=float, help="keep this fraction of the MACs, in (0, 1)")
     target.add_argument("--params", type=float, help="keep this fraction of the parameters")
     target.add_argument(
+        "--latency",
+        type=float,
+        help="keep this fraction of the latency measured on the run's device (the CPU with "
+        "this run's threads, or --device), at --latency-batch",
+    )
+    target.add_argument(
         "--tolerance",
         type=float,
         help="per layer, add channels until the loss is within this relative "
         "increase of the layer's starting loss (the paper's rule)",
+    )
+    p.add_argument(
+        "--latency-batch",
+        type=int,
+        default=1,
+        help="the batch size --latency is timed at (default 1; both 1 and 64 are reported)",
     )
     p.add_argument("--out", type=Path, required=True, help="folder for the pruned model")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")

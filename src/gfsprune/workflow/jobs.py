@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,9 @@ class Evaluation:
     Attributes:
         scores: ``acc`` and ``loss`` (images, labelled text), ``distill`` (text: the distance
             to the unpruned model's outputs); from :func:`evaluate_dir` also ``macs`` and
-            ``params``.
+            ``params``; after pruning to a latency budget, and from :func:`evaluate_dir` of
+            such a model, the budget's timings (``budget_latency_after``, ...:
+            :func:`_budget_latency`).
         latency: On the CPU, and on the job's device where it is a GPU.
     """
 
@@ -290,7 +293,25 @@ def prune_model(
         )
         for net in (model, result.model)
     )
+    after.scores.update(_budget_latency(result.metrics_before, result.metrics_after))
     return result, before, after
+
+
+def _budget_latency(before: Mapping, after: Mapping) -> dict[str, float]:
+    """A latency budget's own timings (its cost model's, at the budget's batch size),
+    measured and predicted, before and after pruning: ``budget_latency_before``,
+    ``budget_latency_predicted_after``, ... and ``budget_latency_batch`` ({} for other
+    budgets)."""
+    if "latency" not in after:
+        return {}
+    return {
+        "budget_latency_batch": after["latency_batch"],
+        **{
+            f"budget_{key}_{when}": metrics[key]
+            for when, metrics in (("before", before), ("after", after))
+            for key in ("latency", "latency_predicted")
+        },
+    }
 
 
 def _scores(
@@ -377,7 +398,8 @@ def evaluate_dir(
 ) -> Evaluation:
     """Accuracy, loss, MACs, params and latency (on the CPU, and on ``device`` where it is a
     GPU) of a saved model or a :class:`ModelInfo` with its ``weights`` (``model_spec``: as in
-    :func:`finetune_dir`)."""
+    :func:`finetune_dir`); for a model pruned to a latency budget also the latencies its
+    pruning recorded (:func:`_budget_latency`)."""
     device = resolve_device(device)
     model, info, bundle = _open(directory, data=data, weights=weights, model_spec=model_spec)
     _check_finite(model)
@@ -387,7 +409,11 @@ def evaluate_dir(
     model.cpu()
     macs, params = count(model, info.example_inputs())
     speed = latencies(model, _sample(info), device)
-    return Evaluation({**scores, "macs": macs, "params": params}, speed)
+    recorded = {}
+    if not isinstance(directory, ModelInfo) and (Path(directory) / PLAN_FILE).is_file():
+        plan = read_plan(directory)
+        recorded = _budget_latency(plan.get("metrics_before", {}), plan.get("metrics_after", {}))
+    return Evaluation({**scores, "macs": macs, "params": params, **recorded}, speed)
 
 
 def _check_finite(model: nn.Module) -> None:
