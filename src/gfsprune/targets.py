@@ -1,14 +1,17 @@
-"""What to prune to: a MACs or parameter budget, exact widths, or the paper's loss tolerance.
+"""What to prune to: a MACs, parameter or latency budget, exact widths, or the paper's loss
+tolerance.
 
 A target is one small class behind one protocol, :class:`Target`: given the channel layers,
 it plans a :class:`Goal` for each layer as selection reaches it. Budgets (:class:`Macs`,
-:class:`Params`) name the metric they constrain, and the run's width planner splits them into
-widths; :class:`Widths` fixes them; :class:`Tolerance` stops each layer by its loss. A target
-may name the cost model the run plans and reports with (:meth:`Target.cost_model`).
+:class:`Params`, :class:`Latency`) name the metric they constrain, and the run's width
+planner splits them into widths; :class:`Widths` fixes them; :class:`Tolerance` stops each
+layer by its loss. A target may name the cost model the run plans and reports with
+(:meth:`Target.cost_model`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +23,17 @@ from gfsprune.errors import ConfigError
 if TYPE_CHECKING:
     from gfsprune.core.cost import CostFactory
 
-__all__ = ["Budget", "Goal", "Macs", "Params", "Target", "TargetContext", "Tolerance", "Widths"]
+__all__ = [
+    "Budget",
+    "Goal",
+    "Latency",
+    "Macs",
+    "Params",
+    "Target",
+    "TargetContext",
+    "Tolerance",
+    "Widths",
+]
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,41 @@ class Params(Budget):
     """Keep ``ratio`` of the original parameter count, e.g. ``Params(0.25)``."""
 
     metric: ClassVar[str] = "params"
+
+
+@dataclass(frozen=True)
+class Latency(Budget):
+    """Keep ``ratio`` of the unpruned model's latency on the run's device (the CPU with the
+    run's torch threads, or its accelerator) at batch size ``batch``, e.g.
+    ``Latency(0.5, batch=64)``; in channels-last memory format with ``channels_last``.
+
+    The widths come from a :class:`~gfsprune.core.latency_cost.LatencyCost` model: the
+    network's convolutions, linear layers and norms timed on the device at a few widths
+    each (cached on disk), interpolated between them, plus a calibrated rest. The default
+    batch of 1 is the latency of one request; reports also give batch 64.
+    """
+
+    batch: int = 1
+    channels_last: bool = False
+    metric: ClassVar[str] = "latency"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError(
+                "The 'batch' parameter of Latency must be a positive integer (the batch size "
+                f"the latency is timed at). Got {self.batch!r} instead."
+            )
+        if not isinstance(self.channels_last, bool):
+            raise ConfigError(
+                "The 'channels_last' parameter of Latency must be True or False. Got "
+                f"{self.channels_last!r} instead."
+            )
+
+    def cost_model(self) -> CostFactory:
+        from gfsprune.core.latency_cost import LatencyCost  # the library's core imports this
+
+        return functools.partial(LatencyCost, batch=self.batch, channels_last=self.channels_last)
 
 
 @dataclass(frozen=True)

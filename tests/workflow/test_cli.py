@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gfsprune.core import latency_cost
 from gfsprune.core import strategies as channels
 from gfsprune.core.counting import count
 from gfsprune.errors import ConfigError
@@ -18,6 +19,7 @@ from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.cli import main
 from gfsprune.workflow.methods import METHODS, TorchPruning
 from gfsprune.workflow.train import TrainConfig
+from tests.core.test_latency_cost import fake_timer
 from tests.workflow.runs import FAST, one_line_error, shell_error
 from tests.workflow.test_cli_models import SPEC_ARGUMENT_ERRORS, SPEC_REFUSALS
 
@@ -129,6 +131,28 @@ def test_resume_with_other_options_is_refused(pruned: Path, trained: Path, capsy
     argv = ["prune", "--model-dir", str(trained), "--macs", "0.5", "--out", str(pruned)]
     assert main([*argv, "--resume", "--no-progress", "--batch-size", "32"]) == 2
     assert "other batch_size (--batch-size 64)" in one_line_error(capsys, "prune")
+
+
+def test_prune_and_eval_report_a_latency_budget(
+    trained: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(latency_cost, "median_seconds", fake_timer([]))  # deterministic
+    monkeypatch.setenv("GFSPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "pruned"
+    argv = ["prune", "--model-dir", str(trained), "--latency", "0.6", "--out", str(out)]
+    assert main([*argv, "--latency-batch", "2", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "target   Latency(ratio=0.6, batch=2, channels_last=False), at batch 2:" in printed
+    after = json.loads((out / "plan.json").read_text())["metrics_after"]
+    before = json.loads((out / "plan.json").read_text())["metrics_before"]
+    assert after["latency"] / before["latency"] == pytest.approx(0.6, abs=0.05)
+    assert f"{1e3 * after['latency']:.3f} ms" in printed
+    assert f"speed-up {before['latency'] / after['latency']:.2f}x" in printed
+    assert list((tmp_path / "cache").glob("latency-*.json"))
+    assert main(["eval", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "latency budget, when pruned, at batch 2:" in printed
+    assert f"{1e3 * after['latency_predicted']:.3f} ms" in printed
 
 
 def test_finetune_then_eval(pruned: Path, capsys) -> None:
@@ -296,6 +320,21 @@ def test_demo_is_deterministic_for_its_seed(tmp_path: Path, monkeypatch, capsys)
                 "prune",
                 "--model-dir",
                 "{ck}",
+                "--latency",
+                "0.5",
+                "--latency-batch",
+                "0",
+                "--out",
+                "{tmp}/o",
+            ],
+            "prune",
+            "'batch' parameter of Latency must be a positive integer",
+        ),
+        (
+            [
+                "prune",
+                "--checkpoint",
+                "{ck}",
                 "--macs",
                 "0.5",
                 "--out",
@@ -324,7 +363,7 @@ def test_demo_is_deterministic_for_its_seed(tmp_path: Path, monkeypatch, capsys)
             "'magic' is unknown",
         ),
         (["finetune", "{tmp}", "--epochs", "1"], "finetune", "holds neither model.json"),
-        (["eval", "{ck}", "--threads", "0"], "eval", "--threads must be a positive integer"),
+        (["eval", "{ck}", "--threads", "0"], "eval", "--threads must be an integer from 1 to"),
         (
             ["train", "--model", "nonet", "--data", "digits", "--epochs", "1", "--out", "{tmp}/o"],
             "train",
@@ -380,14 +419,14 @@ def test_bad_input_exits_2_with_one_line(
         ),
         (
             ["prune", "--model-dir", "c", "--out", "o"],
-            "one of the arguments --macs --params --tolerance is required",
+            "one of the arguments --macs --params --latency --tolerance is required",
         ),
         (
             ["compare", "--model-dir", "c", "--macs", "half", "--epochs", "1", "--out", "o"],
             "argument --macs: invalid float value: 'half'",
         ),
         (["finetune"], "the following arguments are required: --epochs"),
-        (["theory", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+        (["theory", "--seed", "abc"], "--seed: expected an integer in [0, 2**63), got 'abc'"),
         (["theory", "--quick", "--fast"], "unrecognized arguments: --fast"),
         *SPEC_ARGUMENT_ERRORS,
     ],

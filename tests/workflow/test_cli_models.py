@@ -188,3 +188,32 @@ SPEC_ARGUMENT_ERRORS = [
     ),
     (["eval", "--model", "m", "--input-size", "3,32"], "expected 1 or 3 comma-separated ints"),
 ]
+
+
+VIEW_NET = """
+import torch.nn.functional as F
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(s):
+        super().__init__(); s.c1 = nn.Conv2d(1, 16, 3, padding=1)
+        s.c2 = nn.Conv2d(16, 32, 3, padding=1); s.fc = nn.Linear(32 * 2 * 2, 10)
+    def forward(s, x):
+        x = F.max_pool2d(F.relu(s.c1(x)), 2); x = F.max_pool2d(F.relu(s.c2(x)), 2)
+        return s.fc(x.view(x.size(0), -1))
+"""
+
+
+def test_a_users_view_head_cnn_prunes_with_default_options(tmp_path: Path, capsys) -> None:
+    """Issue 28's model (sized for the 8x8 digits): ``Net()`` takes no options and its
+    ``.view`` head fails channels-last; the scoring falls back and says so."""
+    (tmp_path / "net.py").write_text(VIEW_NET)
+    spec = f"{tmp_path / 'net.py'}:Net"
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save(gfsprune.models.get(spec).state_dict(), weights)
+    argv = ["prune", "--model", spec, "--weights", str(weights), "--data", "digits"]
+    out = tmp_path / "p"
+    assert main([*argv, "--macs", "0.5", "--out", str(out), *SELECT, "--no-progress"]) == 0
+    assert "own memory format" in capsys.readouterr().err
+    assert gfsprune.load(out, model=spec)(torch.randn(2, 1, 8, 8)).shape == (2, 10)

@@ -25,6 +25,7 @@ __all__ = ["ComputeCost"]
 
 @dataclass(frozen=True)
 class _Term:
+    name: str  # the module's qualified name
     macs: float
     weights: float  # parameters with two or more dimensions
     vectors: float  # biases and norm parameters
@@ -66,7 +67,7 @@ class ComputeCost(CostModel):
                 if macs > 0:
                     self.fixed_parts[name] = macs
             elif own or macs:
-                self.terms.append(_Term(macs, weights, vectors, outputs.get(name), parts))
+                self.terms.append(_Term(name, macs, weights, vectors, outputs.get(name), parts))
         self.fixed_parts = dict(sorted(self.fixed_parts.items(), key=lambda kv: -kv[1]))
         self._vectorize()
 
@@ -104,14 +105,20 @@ class ComputeCost(CostModel):
     def predict_flat(self, flat: np.ndarray) -> dict[str, float]:
         if not self.terms:
             return {"macs": self.fixed_macs, "params": self.fixed_params}
+        out, inp = self.shares(flat)
+        macs = self.fixed_macs + float((self._macs * out * inp).sum())
+        params = self.fixed_params + float(((self._weights * inp + self._vectors) * out).sum())
+        return {"macs": macs, "params": params}
+
+    def shares(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The kept share of each term's (:attr:`terms`) output channels and of its input
+        positions, for keep vectors concatenated as :meth:`predict_flat` takes them."""
         means = np.add.reduceat(flat[self._gather], self._starts) / self._lengths
         out = np.where(self._out >= 0, means[np.maximum(self._out, 0)], 1.0)
         inp = self._in_base + np.bincount(
             self._in_term, weights=self._in_share * means[self._in_ref], minlength=len(self.terms)
         )
-        macs = self.fixed_macs + float((self._macs * out * inp).sum())
-        params = self.fixed_params + float(((self._weights * inp + self._vectors) * out).sum())
-        return {"macs": macs, "params": params}
+        return out, inp
 
     def measure(self, model: nn.Module, example_inputs: object) -> dict[str, float]:
         macs, params = count(model, example_inputs)

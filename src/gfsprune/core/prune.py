@@ -25,6 +25,7 @@ from gfsprune.core.config import PruneConfig
 from gfsprune.core.cost import CostModel
 from gfsprune.core.counting import count
 from gfsprune.core.curves import LossCurve, measure_curve
+from gfsprune.core.eta import RunClock
 from gfsprune.core.planner import WidthPlanner
 from gfsprune.core.refit import refit_consumers
 from gfsprune.core.schedules import Schedule
@@ -85,7 +86,10 @@ def prune(
             cross-entropy. It may ignore ``targets`` (e.g. distillation to a teacher).
         ignore: Modules (or their qualified names) whose channel groups are left untouched.
         checkpoint: A JSON file updated after every layer; if it exists, the finished layers
-            are restored from it and the run continues where it stopped, to the same plan.
+            are restored from it and the run continues where it stopped, to the same plan
+            and weights. Every pass over ``data`` draws under its own seeded state of torch's
+            global generator, so a DataLoader shuffling without a ``generator`` of its own
+            and random augmentations repeat too (one with its own generator does not).
         progress: Show a progress bar per layer.
 
     The stages (docs/ARCHITECTURE.md): **prepare** (copy, trace, find the layers, build the
@@ -136,7 +140,7 @@ def prune(
         [(layer.name, layer.width) for layer in run.layers],
         max_drawn=max_drawn,
     )
-    stream = BatchStream(data, run.device)
+    stream = BatchStream(data, run.device, seed=config.seed, name="main")
     first = stream.next()
     _check_first_batch(run.work, first, loss_fn)
     held_out = []
@@ -156,11 +160,14 @@ def prune(
             rescale=config.rescale,
         )
         objective = config.make_objective().bind(selection)
-        selector = _Selector(objective, config, run, masks, data, progress)
+        curve_schedule = None
         if WidthPlanner.needs_curves(target, planner.allocator):
+            curve_schedule = planner.allocator.curve_schedule(config.candidates)
+        selector = _Selector(objective, config, run, masks, data, progress, curve_schedule)
+        if curve_schedule is not None:
             # Before any layer is restored or pruned, on its own pass over the data, so that
             # the main stream (and a resumed run's position in it) is unchanged.
-            planner.use_curves(selector.curves(planner.allocator.curve_schedule(config.candidates)))
+            planner.use_curves(selector.curves(curve_schedule))
         # 3. Select, layer by layer (a resumed run restores its finished layers first), each
         #    choice followed by the corrective steps.
         correct = _Corrections(objective, config, run, masks, data, loss_fn)
@@ -223,25 +230,43 @@ class _Selector:
         masks: Masks,
         data: Iterable,
         progress: bool,
+        curve_schedule: Schedule | None,
     ) -> None:
         self.objective, self.config, self.run, self.masks = objective, config, run, masks
         self.data, self.progress = data, progress
         self.strategy, self.schedule = config.make_strategy(), config.make_schedule()
+        # The curves pass (where the allocator measures them) then the selection pass: their
+        # bars are named apart, and say how long the whole run has left (candidates scored
+        # per step as the measure of a step's work).
+        self.passes = ("select",) if curve_schedule is None else ("curves", "select")
+        per_step = {
+            "curves": getattr(curve_schedule, "screen", None) or config.candidates,
+            "select": config.candidates,
+        }
+        self.clock = RunClock(
+            [
+                layer.n_items * (per_step[phase] or layer.n_items)
+                for phase in self.passes
+                for layer in run.layers
+            ]
+        )
 
     def _layer(
         self,
         index: int,
+        phase: str,
         *,
         stream: BatchStream,
         held_out: Sequence[tuple],
         total: int | None,
     ) -> tuple[LayerObjective, tqdm]:
         """Layer ``index``'s objective, built now (before its selection), and its bar."""
-        layer = self.run.layers[index]
+        layer, count = self.run.layers[index], len(self.run.layers)
         objective = self.objective.layer(layer, draw=stream.next, held_out=held_out)
+        left = self.clock.left(self.passes.index(phase) * count + index)
         bar = tqdm(
             total=total or layer.n_items,
-            desc=f"[{index + 1}/{len(self.run.layers)}] {layer.name}",
+            desc=f"{phase} [{index + 1}/{count}] {layer.name}{left}",
             disable=not self.progress or not distributed.is_main(),
             leave=False,
         )
@@ -250,11 +275,13 @@ class _Selector:
     def curves(self, schedule: Schedule) -> list[LossCurve]:
         """Every layer's loss curve, every other layer at full width, on a pass of its own
         over the data (its first batches held out)."""
-        own = BatchStream(self.data, self.run.device)
+        own = BatchStream(self.data, self.run.device, seed=self.config.seed, name="curves")
         batches = [own.next() for _ in range(_HELD_OUT_BATCHES)]
         curves = []
         for index in range(len(self.run.layers)):
-            objective, bar = self._layer(index, stream=own, held_out=batches, total=None)
+            objective, bar = self._layer(
+                index, "curves", stream=own, held_out=batches, total=None
+            )
             curves.append(
                 measure_curve(
                     objective,
@@ -271,7 +298,9 @@ class _Selector:
         self, index: int, goal: Goal, *, stream: BatchStream, held_out: Sequence[tuple]
     ) -> tuple[LayerChoice, float]:
         """Layer ``index``'s choice for ``goal`` (in items), left on the masks."""
-        objective, bar = self._layer(index, stream=stream, held_out=held_out, total=goal.width)
+        objective, bar = self._layer(
+            index, "select", stream=stream, held_out=held_out, total=goal.width
+        )
         config = self.config
         search = LayerSearch(
             objective, self.schedule, config.candidates, config.tie, config.seed + index, bar
@@ -298,9 +327,10 @@ class _Corrections:
         self.loss_fn = loss_fn
         if config.refit:
             self.unpruned = copy_model(run.original).to(run.device).eval()
-            own = BatchStream(data, run.device)
+            own = BatchStream(data, run.device, seed=config.seed, name="refit")
             self.calibration = [own.next() for _ in range(_HELD_OUT_BATCHES)]
-        self.tuning = BatchStream(data, run.device)  # its own pass: the main stream stays
+        # its own pass: the main stream stays as it was
+        self.tuning = BatchStream(data, run.device, seed=config.seed, name="tuning")
 
     def __call__(self, layer: ChannelLayer) -> None:
         config, work = self.config, self.run.work
@@ -369,11 +399,22 @@ def _check_arguments(model: nn.Module, data: Iterable, target: Target, config: P
             f"'data' must be re-iterable (a DataLoader or a list), not a "
             f"{type(data).__name__}: each pass over it must start again at its first batch."
         )
+    if isinstance(model, torch.jit.ScriptModule):  # no hooks, no module graph to cut
+        raise ModelError(
+            f"'model' is a TorchScript module ({type(model).__name__}, from torch.jit.script "
+            "or torch.jit.trace), which gfsprune cannot trace or cut; pass the nn.Module it "
+            "was made from."
+        )
     if type(model).__module__.startswith("transformers."):
         raise ConfigError(
             f"'model' is a transformers {type(model).__name__}, which returns a ModelOutput "
             "and may hold Conv1D layers; pass gfsprune.models.hf.prepare(model) instead "
             "(hf:DIR models come prepared)."
+        )
+    if target.sized and not target.allocated and config.round_to != 1:
+        raise ConfigError(
+            f"round_to={config.round_to} rounds the widths of a budget or Tolerance; "
+            f"{type(target).__name__} widths are taken as given: leave round_to out."
         )
     strategy = config.make_strategy()
     if strategy.needs_width and not target.sized:

@@ -88,6 +88,8 @@ def save(
         "macs_after": result.macs_after,
         "params_before": result.params_before,
         "params_after": result.params_after,
+        "metrics_before": result.metrics_before,
+        "metrics_after": result.metrics_after,
         "metadata": dict(metadata or {}),
     }
     return _write(directory, result.model, plan)
@@ -151,7 +153,7 @@ def read_plan(directory: str | os.PathLike) -> dict:
         kept = [item.integer(0, width - 1) for item in entry["kept"].items(width)]
         if not kept or len(set(kept)) != len(kept):
             raise entry["kept"].fail(f"a non-empty list of distinct channels of 0..{width - 1}")
-        scale = entry["scale"].number(positive=True)
+        scale = entry["scale"].number(positive=True, at_most=width)  # width / kept at most
         layers.append({"name": entry["name"].text(), "width": width, "kept": kept, "scale": scale})
     return {
         "format": _FORMAT,
@@ -161,8 +163,17 @@ def read_plan(directory: str | os.PathLike) -> dict:
         "example_inputs": _inputs(root["example_inputs"]),
         "layers": layers,
         **{key: root[key].integer(0) for key in _COSTS},
+        **{key: _metrics(root.get(key)) for key in ("metrics_before", "metrics_after")},
         "metadata": dict(root["metadata"].require(Mapping, "an object")),
     }
+
+
+def _metrics(field: Fields | None) -> dict[str, float]:
+    """A result's recorded metrics, name to number (none in plans saved before they were
+    recorded)."""
+    if field is None:
+        return {}
+    return {key: field[key].number() for key in field.require(Mapping, "an object")}
 
 
 def _inputs(spec: Fields, depth: int = 0) -> dict:

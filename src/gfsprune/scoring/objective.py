@@ -103,7 +103,8 @@ class LayerObjective(ABC):
         (refused)."""
         raise ConfigError(
             f"The {type(self).__name__} objective has no first-order screen; use the exact "
-            "schedule or Fast(screen=None)."
+            "schedule or Fast(screen=None) (for the curves allocator's own pass: "
+            "allocator=Curves(schedule=...))."
         )
 
     @abstractmethod

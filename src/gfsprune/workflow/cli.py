@@ -8,6 +8,7 @@ as one line and exits with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -18,19 +19,15 @@ import torch
 
 from gfsprune import distributed, models
 from gfsprune._version import __version__
-from gfsprune.core.allocate import ALLOCATORS
-from gfsprune.core.config import PruneConfig
-from gfsprune.core.schedules import SCHEDULES
-from gfsprune.core.strategies import STRATEGIES
 from gfsprune.errors import ConfigError, GfsPruneError
-from gfsprune.scoring import EVALUATORS
-from gfsprune.targets import Macs, Params, Target, Tolerance
+from gfsprune.targets import Latency, Macs, Params, Target, Tolerance
 from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.compare import CompareConfig, Comparison, parse_epochs, parse_methods
 from gfsprune.workflow.data import SPECS
 from gfsprune.workflow.jobs import Evaluation, ModelInfo, Source
 from gfsprune.workflow.methods import METHODS
 from gfsprune.workflow.report import format_table, summarize
+from gfsprune.workflow.selection_flags import add_selection_flags, selection_config
 from gfsprune.workflow.train import TrainConfig
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -85,7 +82,7 @@ def _add_theory(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("gfsprune-theory"), help="output folder")
     p.add_argument("--quick", action="store_true", help="a smaller run (seconds) for smoke tests")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.set_defaults(handler=_theory, command_name="theory")
 
 
@@ -140,8 +137,8 @@ def _add_recipe(p: argparse.ArgumentParser, *, budgets: bool = False) -> None:
         default=defaults.weight_decay,
         help=f"weight decay, none on BN and biases (default {defaults.weight_decay})",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=_workers, default=0, help="data loader processes (default 0)")
 
 
 def _recipe(args: argparse.Namespace, *, epochs: int | None = None) -> TrainConfig:
@@ -155,89 +152,11 @@ def _recipe(args: argparse.Namespace, *, epochs: int | None = None) -> TrainConf
     )
 
 
-def _add_selection(p: argparse.ArgumentParser, *, greedy_only: bool) -> None:
-    """The options of :class:`gfsprune.PruneConfig` (defaults and meanings are its own)."""
-    default = PruneConfig()
-    p.add_argument(
-        "--candidates",
-        type=int,
-        default=default.candidates,
-        help=f"channels scored per greedy step, 0 for all (default {default.candidates})",
-    )
-    p.add_argument(
-        "--rescale",
-        action=argparse.BooleanOptionalAction,
-        default=default.rescale,
-        help="multiply kept channels by width/kept (the paper's mean-field average; default "
-        f"{'on' if default.rescale else 'off'})",
-    )
-    p.add_argument(
-        "--rescale-into",
-        choices=("batchnorm", "weights"),
-        default=default.rescale_into,
-        help="where the pruned model holds that factor: the next BatchNorm's statistics where "
-        f"it can (fine-tuning unaffected) or the weights (default {default.rescale_into})",
-    )
-    p.add_argument(
-        "--schedule",
-        choices=sorted(SCHEDULES),
-        default=None,
-        help="exact: one pick per step among --candidates random channels (the paper's "
-        "rule); fast: a first-order screen and several picks per step (default "
-        f"{default.make_schedule().name})",
-    )
-    p.add_argument(
-        "--round-to",
-        type=int,
-        default=default.round_to,
-        help="every pruned width a multiple of this, or the full width, e.g. 8 for GPU "
-        "tensor cores; on a CPU compare the measured latencies "
-        f"(default {default.round_to}: any width)",
-    )
-    p.add_argument(
-        "--allocator",
-        choices=sorted(ALLOCATORS),
-        default=default.allocator,
-        help=f"how a MACs/params budget becomes per-layer widths (default {default.allocator})",
-    )
-    if greedy_only:
-        return
-    p.add_argument(
-        "--evaluator",
-        choices=sorted(EVALUATORS),
-        default=default.evaluator,
-        help="candidate scoring: batched (fast) or naive (the reference); the same losses",
-    )
-    p.add_argument(
-        "--strategy",
-        choices=sorted(STRATEGIES),
-        default=default.strategy,
-        help="greedy forward selection (default) or backward elimination",
-    )
-
-
-def _selection(args: argparse.Namespace, **options: object) -> PruneConfig:
-    """The :class:`PruneConfig` of the options :func:`_add_selection` added."""
-    if args.candidates < 0:
-        raise ConfigError(
-            f"--candidates must be 0 (all) or a positive integer. Got {args.candidates}."
-        )
-    extra = {k: getattr(args, k) for k in ("evaluator",) if hasattr(args, k)}
-    return PruneConfig(
-        candidates=args.candidates or None,
-        rescale=args.rescale,
-        rescale_into=args.rescale_into,
-        schedule=args.schedule,
-        round_to=args.round_to,
-        allocator=args.allocator,
-        **extra,
-        **options,
-    )
-
-
 def _target(args: argparse.Namespace) -> Target:
     if args.macs is not None:
         return Macs(args.macs)
+    if args.latency is not None:
+        return Latency(args.latency, batch=args.latency_batch)
     return Params(args.params) if args.params is not None else Tolerance(args.tolerance)
 
 
@@ -274,9 +193,44 @@ def _numbers(kind: type, count: int, text: str, *, alone: bool = False) -> tuple
     return values
 
 
+def _data_spec(text: str) -> str:
+    """A data spec whose path (``cifar10:DIR``, ``text:FILE``, ...) is made absolute where it
+    exists: the folders written record it, and ``eval`` or ``--resume`` from another
+    directory must find the same data (issue 28)."""
+    name, colon, arg = text.partition(":")
+    if colon and arg and not arg.isdigit() and Path(arg).expanduser().exists():
+        return f"{name}:{Path(arg).expanduser().resolve()}"
+    return text  # a count (synthetic:N), or a path that is not there: its error names it
+
+
+def _seed(text: str) -> int:
+    """A seed torch's generators take: an integer in [0, 2**63)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return seed
+
+
+def _workers(text: str) -> int:
+    """Data loader processes: 0 to the CPU count (each is a process; issue 28: 100000)."""
+    cpus = os.cpu_count() or 1
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = -1
+    if not 0 <= workers <= cpus:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from 0 to {cpus} (this machine's CPUs), got {text!r}"
+        )
+    return workers
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     """--weights, --num-classes, --input-size, --mean, --std (what goes with --model), --data."""
-    p.add_argument("--data", help=_data_help("the model"))
+    p.add_argument("--data", type=_data_spec, help=_data_help("the model"))
     p.add_argument(
         "--weights",
         type=Path,
@@ -369,7 +323,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    config = _selection(args, seed=args.seed, strategy=args.strategy, device=args.device)
+    config = selection_config(args, seed=args.seed, device=args.device)
     result, before, after = workflow.prune_model(
         _model_spec(args) or args.model_dir,
         args.out,
@@ -407,7 +361,27 @@ def _prune(args: argparse.Namespace) -> None:
             _say(
                 f"{f'ms b={batch}':9}{ms:>12.3f}{ms_after:>12.3f}{ms / ms_after:>8.2f}x   ({label})"
             )
+    for line in _budget_latency_lines(after.scores, target=repr(_target(args))):
+        _say(line)
     _say(f"wrote {args.out}")
+
+
+def _budget_latency_lines(scores: dict[str, float], *, target: str) -> list[str]:
+    """What a latency budget got: its target, the latency its cost model predicted and the
+    latency it measured at the budget's batch size, before and after pruning, and the
+    measured speed-up ([] without a latency budget)."""
+    if "budget_latency_after" not in scores:
+        return []
+    ms = {k: 1e3 * v for k, v in scores.items() if k.startswith("budget_latency_")}
+    measured = ms["budget_latency_before"] / ms["budget_latency_after"]
+    predicted = ms["budget_latency_predicted_after"] / ms["budget_latency_predicted_before"]
+    return [
+        f"target   {target}, at batch {scores['budget_latency_batch']:.0f}:",
+        f"{'':9}{'predicted':>12}{ms['budget_latency_predicted_before']:>9.3f} ms ->"
+        f"{ms['budget_latency_predicted_after']:>9.3f} ms  ({predicted:.1%})",
+        f"{'':9}{'measured':>12}{ms['budget_latency_before']:>9.3f} ms ->"
+        f"{ms['budget_latency_after']:>9.3f} ms  ({1 / measured:.1%}, speed-up {measured:.2f}x)",
+    ]
 
 
 def _latencies(*found: Evaluation) -> list[tuple]:
@@ -458,6 +432,8 @@ def _eval(args: argparse.Namespace) -> None:
     for device, threads, measured in _latencies(found):
         for batch, seconds in measured.items():
             print(f"{f'latency b={batch}':14}{1e3 * seconds:.3f} ms ({device}{threads}, median)")
+    for line in _budget_latency_lines(scores, target="latency budget, when pruned"):
+        print(line)
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -467,7 +443,7 @@ def _compare(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         recalibrate=args.recalibrate,
         methods=parse_methods(args.methods),
-        prune=_selection(args),
+        prune=selection_config(args),
         seed=args.seed,
     )
     comparison = workflow.compare_model(
@@ -536,7 +512,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         "cosine, label smoothing 0.1); writes a checkpoint (train_state.pt) every epoch.",
     )
     p.add_argument("--model", required=True, help="zoo model name, e.g. digits_cnn, resnet20")
-    p.add_argument("--data", required=True, help=f"data spec: {', '.join(SPECS)}")
+    p.add_argument("--data", type=_data_spec, required=True, help=f"data spec: {', '.join(SPECS)}")
     p.add_argument("--out", type=Path, required=True, help="trained model folder to write")
     p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier (default 1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -555,21 +531,33 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--macs", type=float, help="keep this fraction of the MACs, in (0, 1)")
     target.add_argument("--params", type=float, help="keep this fraction of the parameters")
     target.add_argument(
+        "--latency",
+        type=float,
+        help="keep this fraction of the latency measured on the run's device (the CPU with "
+        "this run's threads, or --device), at --latency-batch",
+    )
+    target.add_argument(
         "--tolerance",
         type=float,
         help="per layer, add channels until the loss is within this relative "
         "increase of the layer's starting loss (the paper's rule)",
     )
+    p.add_argument(
+        "--latency-batch",
+        type=int,
+        default=1,
+        help="the batch size --latency is timed at (default 1; both 1 and 64 are reported)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for the pruned model")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="seeds batches and candidates")
+    p.add_argument("--seed", type=_seed, default=0, help="seeds batches and candidates")
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run in --out (without it, an existing "
         "progress.json is refused)",
     )
-    _add_selection(p, greedy_only=False)
+    add_selection_flags(p)
     p.set_defaults(handler=_prune, command_name="prune", distributed=True)
 
     p = sub.add_parser(
@@ -623,7 +611,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         help="re-estimate every pruned model's BatchNorm statistics on training batches "
         "before it is measured and fine-tuned (every method alike)",
     )
-    _add_selection(p, greedy_only=True)
+    add_selection_flags(p, leave_out=("strategy",))  # the methods decide it
     _add_recipe(p, budgets=True)
     p.set_defaults(handler=_compare, command_name="compare")
 
@@ -639,7 +627,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         default=Path("gfsprune-demo"),
         help="output folder (default ./gfsprune-demo)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument(
         "--device",
         default="cpu",
@@ -721,8 +709,11 @@ def _set_threads(threads: int | None) -> None:
     if threads is None:
         torch.set_num_threads(default_threads())
         return
-    if threads < 1:
-        raise ConfigError(f"--threads must be a positive integer. Got {threads}.")
+    cpus = os.cpu_count() or 1
+    if not 1 <= threads <= cpus:
+        raise ConfigError(
+            f"--threads must be an integer from 1 to {cpus} (this machine's CPUs). Got {threads}."
+        )
     torch.set_num_threads(threads)
 
 
@@ -746,6 +737,10 @@ def _run(argv: Sequence[str] | None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    # the library's warnings (e.g. a scoring speed-up a model does not allow), one line each
+    log = logging.StreamHandler(sys.stderr)
+    log.setFormatter(logging.Formatter(f"gfsprune {args.command_name}: note: %(message)s"))
+    logging.getLogger("gfsprune").addHandler(log)
     try:
         _set_threads(getattr(args, "threads", None))
         if getattr(args, "distributed", False):
@@ -761,6 +756,7 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"gfsprune {args.command_name}: interrupted{hint}.", file=sys.stderr)
         return 130
     finally:
+        logging.getLogger("gfsprune").removeHandler(log)
         distributed.teardown()
 
 

@@ -242,7 +242,10 @@ def compare(
         progress=progress,
     )
     for name in config.methods:
-        if done is not None and name in done:
+        # a row is reused only where it scored every budget (a damaged results.json may lack
+        # one: issue 28); otherwise the method runs again
+        wanted = {"0", *map(str, _recipes(name, config))}
+        if done is not None and name in done and set(done[name]["epochs"]) >= wanted:
             results["methods"][name] = dict(done[name])
             continue
         method = METHODS[name]
@@ -266,6 +269,13 @@ def compare(
     return Comparison(results=results, plan=greedy.plan)
 
 
+def _recipes(name: str, config: CompareConfig) -> dict[int, TrainConfig]:
+    """The fine-tuning budgets (epochs) a method is scored at after pruning, and how."""
+    if METHODS[name].from_scratch:
+        return {config.epochs[-1]: config.scratch}
+    return {e: dataclasses.replace(config.finetune, epochs=e) for e in config.epochs[1:]}
+
+
 def _finetune_and_score(
     name: str,
     pruned: nn.Module,
@@ -287,11 +297,7 @@ def _finetune_and_score(
         recalibrate_bn(start, calibration(), labelled=True)
     acc, loss = evaluate(start, data.test)
     scores = {"0": {"acc": acc, "loss": loss}}
-    if METHODS[name].from_scratch:
-        recipes = {config.epochs[-1]: config.scratch}
-    else:
-        recipes = {e: dataclasses.replace(config.finetune, epochs=e) for e in config.epochs[1:]}
-    for budget, recipe in recipes.items():
+    for budget, recipe in _recipes(name, config).items():
         tuned = copy.deepcopy(start)
         history = fit(
             tuned, data, recipe, progress=progress, device=device, label=f"fine-tune {name}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from gfsprune import distributed
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
-from gfsprune.errors import ConfigError, FileFormatError
+from gfsprune.errors import ConfigError, FileFormatError, ModelError
 from gfsprune.io.atomic import write_json
 from gfsprune.io.folders import Run, claim, write_run
 from gfsprune.io.latency import MeasuredLatency
@@ -92,7 +93,9 @@ class Evaluation:
     Attributes:
         scores: ``acc`` and ``loss`` (images, labelled text), ``distill`` (text: the distance
             to the unpruned model's outputs); from :func:`evaluate_dir` also ``macs`` and
-            ``params``.
+            ``params``; after pruning to a latency budget, and from :func:`evaluate_dir` of
+            such a model, the budget's timings (``budget_latency_after``, ...:
+            :func:`_budget_latency`).
         latency: On the CPU, and on the job's device where it is a GPU.
     """
 
@@ -263,7 +266,8 @@ def prune_model(
         **config.settings(),
     }
     claim(out, Run("prune", settings), resume=resume)
-    loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=config.seed)
+    # shuffled from the generator prune's streams seed (config.seed): an exact resume
+    loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=None)
     data, loss_fn = (
         text_objective(model.to(device), loader, bundle)
         if isinstance(bundle, TextData)
@@ -289,7 +293,25 @@ def prune_model(
         )
         for net in (model, result.model)
     )
+    after.scores.update(_budget_latency(result.metrics_before, result.metrics_after))
     return result, before, after
+
+
+def _budget_latency(before: Mapping, after: Mapping) -> dict[str, float]:
+    """A latency budget's own timings (its cost model's, at the budget's batch size),
+    measured and predicted, before and after pruning: ``budget_latency_before``,
+    ``budget_latency_predicted_after``, ... and ``budget_latency_batch`` ({} for other
+    budgets)."""
+    if "latency" not in after:
+        return {}
+    return {
+        "budget_latency_batch": after["latency_batch"],
+        **{
+            f"budget_{key}_{when}": metrics[key]
+            for when, metrics in (("before", before), ("after", after))
+            for key in ("latency", "latency_predicted")
+        },
+    }
 
 
 def _scores(
@@ -376,16 +398,33 @@ def evaluate_dir(
 ) -> Evaluation:
     """Accuracy, loss, MACs, params and latency (on the CPU, and on ``device`` where it is a
     GPU) of a saved model or a :class:`ModelInfo` with its ``weights`` (``model_spec``: as in
-    :func:`finetune_dir`)."""
+    :func:`finetune_dir`); for a model pruned to a latency budget also the latencies its
+    pruning recorded (:func:`_budget_latency`)."""
     device = resolve_device(device)
     model, info, bundle = _open(directory, data=data, weights=weights, model_spec=model_spec)
+    _check_finite(model)
     # Text is scored against the unpruned model: the base the folder was pruned from.
     teacher = info.build(spec=model_spec) if isinstance(bundle, TextData) else model
     scores = _scores(model, bundle, teacher=teacher, device=device)
     model.cpu()
     macs, params = count(model, info.example_inputs())
     speed = latencies(model, _sample(info), device)
-    return Evaluation({**scores, "macs": macs, "params": params}, speed)
+    recorded = {}
+    if not isinstance(directory, ModelInfo) and (Path(directory) / PLAN_FILE).is_file():
+        plan = read_plan(directory)
+        recorded = _budget_latency(plan.get("metrics_before", {}), plan.get("metrics_after", {}))
+    return Evaluation({**scores, "macs": macs, "params": params, **recorded}, speed)
+
+
+def _check_finite(model: nn.Module) -> None:
+    """Refuse weights holding NaN or infinity: every score of such a model is NaN, which is
+    no measurement (issue 28: eval printed ``loss nan`` and succeeded)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise ModelError(
+                f"the model's weights hold NaN or infinite values (first in '{name}'); "
+                "restore them, or train or prune the model again."
+            )
 
 
 def compare_model(

@@ -4,13 +4,12 @@ runs on one, on the accelerator (a GPU)."""
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import torch
 from torch import nn
 
-from gfsprune._inputs import map_tensors, run_model
+from gfsprune._inputs import move
+from gfsprune.core.timing import batched, median_seconds, synchronize
 from gfsprune.io.latency import BATCHES, MeasuredLatency
 
 __all__ = ["latencies", "measure_latency", "synchronize"]
@@ -33,28 +32,8 @@ def measure_latency(
     if isinstance(sample, tuple) and all(isinstance(size, int) for size in sample):
         inputs: object = torch.randn(batch_size, *sample, device=device)
     else:
-        inputs = map_tensors(
-            sample, lambda t: t.to(device).expand(batch_size, *t.shape[1:]).clone()
-        )
-    times = []
-    with torch.inference_mode():
-        for step in range(repeats + 2):
-            synchronize(device)
-            start = time.perf_counter()
-            run_model(model, inputs)
-            synchronize(device)
-            if step >= 2:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on an accelerator (``torch.cuda``, ``torch.mps``, ...): on
-    ``device`` itself where its backend takes one (CUDA and XPU)."""
-    if device.type in ("cuda", "xpu"):
-        getattr(torch, device.type).synchronize(device)
-    elif device.type != "cpu":
-        getattr(torch, device.type).synchronize()
+        inputs = batched(move(sample, device), batch_size)
+    return median_seconds(model, inputs, repeats=repeats)
 
 
 def latencies(

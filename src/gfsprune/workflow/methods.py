@@ -126,7 +126,10 @@ class Backward(Method):
     name = "backward"
 
     def build(self, context: MethodContext) -> nn.Module:
-        config = dataclasses.replace(context.prune, strategy="backward")
+        # The widths are given: no schedule or rounding of greedy selection's applies.
+        config = dataclasses.replace(
+            context.prune, strategy="backward", schedule="exact", round_to=1
+        )
         with seeded(context.seed):  # the training images' augmentation draws from it
             return prune(
                 context.model,

@@ -104,6 +104,11 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
                 f"device must name a torch device such as 'cpu' or 'cuda:0'. Got {device!r} "
                 "instead."
             ) from err
+        if device.type == "meta":  # shapes only: nothing could be computed or measured
+            raise ConfigError(
+                "device 'meta' holds no data, so nothing can be computed on it; use 'cpu' or "
+                "'cuda' (--device)."
+            )
         if device.type == "cuda":
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if count == 0 or (device.index or 0) >= count:
