@@ -255,7 +255,8 @@ def test_bad_options_are_refused_before_any_work(chain, kwargs, error, match) ->
     [
         ({"candidates": 0}, r"'candidates' option of PruneConfig must be a positive.*Got 0"),
         ({"candidates": True}, "'candidates' option"),
-        ({"seed": -1}, "'seed' option of PruneConfig must be a non-negative integer"),
+        ({"seed": -1}, r"'seed' option of PruneConfig must be an integer in \[0, 2\*\*63\)"),
+        ({"seed": 2**70}, r"'seed' option .* Got 1180591620717411303424 instead"),
         ({"rescale": "yes"}, "'rescale' option"),
         ({"tie": -1e-3}, r"'tie' option of PruneConfig must be a number in \[0, 1\)"),
         ({"evaluator": "x"}, r"'evaluator' option of NetworkLoss must be one of \['batched'"),

@@ -143,10 +143,12 @@ class PruneConfig:
                 "The 'candidates' option of PruneConfig must be a positive integer or None "
                 f"(all channels). Got {c!r} instead."
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        s = self.seed
+        # torch's generators take seeds below 2**64; layer i is seeded with seed + i.
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63:
             raise ConfigError(
-                f"The 'seed' option of PruneConfig must be a non-negative integer. Got "
-                f"{self.seed!r} instead."
+                f"The 'seed' option of PruneConfig must be an integer in [0, 2**63). Got "
+                f"{s!r} instead."
             )
         t = self.tie
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t < 1:
