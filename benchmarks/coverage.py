@@ -131,7 +131,7 @@ class OneShot(Strategy):
         size = search.layer.n_items
         if goal.width is None or goal.width >= size:
             return LayerChoice(list(range(size)), [])
-        return LayerChoice(search.screen([], range(size), goal.width), [])
+        return LayerChoice(search.objective.screen([], range(size), goal.width), [])
 
 
 # Widths from ``uniform``: coverage is a question of tracing and surgery, and the default

@@ -98,10 +98,10 @@ def _exact_estimate(model, data, example, ratio: float, candidates: int, steps: 
     ``min(candidates, width - kept)`` candidates, so the timed steps' candidate count is
     scaled to the layer's mean)."""
     from gfsprune.core.allocate import Uniform
-    from gfsprune.core.cost import CostModel
+    from gfsprune.core.compute_cost import ComputeCost
 
     layers, _ = find_layers(model, example)
-    widths = Uniform().allocate(CostModel(model, example, layers), Macs(ratio), {})
+    widths = Uniform().allocate(ComputeCost(model, example, layers), Macs(ratio), {})
     graph = build_graph(model, example)
     loss = torch.nn.functional.cross_entropy
     total = 0.0

@@ -64,7 +64,7 @@ from torch import nn  # noqa: E402
 
 import gfsprune  # noqa: E402
 from gfsprune import Macs, PruneConfig, prune  # noqa: E402
-from gfsprune.core.cost import CostModel  # noqa: E402
+from gfsprune.core.compute_cost import ComputeCost  # noqa: E402
 from gfsprune.core.losses import DistillLoss, distill  # noqa: E402
 from gfsprune.models.hf import prepare  # noqa: E402
 from gfsprune.surgery import ChannelLayer, find_layers, prune_channels  # noqa: E402
@@ -158,9 +158,9 @@ def prunable_share(model: nn.Module, example: dict, share: float) -> float:
     """The ``Macs`` ratio of the whole model that keeps ``share`` of the MACs of its
     prunable layers (attention heads with their products, MLP neurons)."""
     layers, _ = find_layers(model, example)
-    cost = CostModel(model, example, layers)
-    fixed, _ = cost.predict([np.zeros(layer.width) for layer in layers])
-    return (fixed + share * (cost.full_macs - fixed)) / cost.full_macs
+    cost = ComputeCost(model, example, layers)
+    fixed = cost.predict([np.zeros(layer.width) for layer in layers])["macs"]
+    return (fixed + share * (cost.full["macs"] - fixed)) / cost.full["macs"]
 
 
 def magnitude_channels(model: nn.Module, example: dict, widths: dict[str, int]) -> dict:

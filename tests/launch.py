@@ -6,8 +6,15 @@ import os
 import subprocess
 import sys
 
+#: The repository root, so that a test program can import the suite's own helpers (``tests.``).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Environment for the processes: one thread each, GPUs hidden so that gloo runs on the CPU.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "CUDA_VISIBLE_DEVICES": "",
+    "PYTHONPATH": os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p),
+}
 
 
 def torchrun(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -100,3 +100,26 @@ class PartialConv(nn.Module):
         a, b = torch.split(x, [2, 6], dim=1)  # b is used nearer the output than a
         x = torch.cat((self.pc(a), b), dim=1)
         return self.fc(torch.relu(self.b1(self.c1(x))).mean((2, 3)))
+
+
+class Fan(nn.Module):
+    """One layer (``c0``, 8 channels) read by three consumers: a strided convolution with
+    reflect padding and a BatchNorm after it, a dilated grouped convolution (2 groups: the
+    layer's items are channel pairs), and a linear layer on the flattened, pooled map; a
+    classifier reads all three."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.c0, self.b0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.s = nn.Conv2d(8, 6, 3, stride=2, padding=1, padding_mode="reflect", bias=False)
+        self.bs = nn.BatchNorm2d(6)
+        self.g = nn.Conv2d(8, 4, 3, padding=2, dilation=2, groups=2)
+        self.fc = nn.Linear(32, 5)
+        self.head = nn.Linear(15, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.b0(self.c0(x)))
+        u = torch.relu(self.bs(self.s(a))).mean((2, 3))
+        v = self.g(a).mean((2, 3))
+        w = self.fc(nn.functional.adaptive_avg_pool2d(a, 2).flatten(1))
+        return self.head(torch.cat([u, v, w], 1))

@@ -32,7 +32,8 @@ WORKER = textwrap.dedent(
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10),
     )
     config = TrainConfig(epochs=1, batch_size=32, lr=0.05)
-    history = fit(model, load_data("synthetic:200"), config, checkpoint_dir=out, progress=False)
+    data = load_data("synthetic:200")
+    history = fit(model, data, config, checkpoint=out / "train_state.pt", progress=False)
     weights = torch.cat([t.flatten().double() for t in model.state_dict().values()])
     torch.save(
         {

@@ -30,7 +30,7 @@ from gfsprune.errors import (
 from gfsprune.io.onnx import export_onnx
 from gfsprune.io.saved import load, save
 from gfsprune.plan import LayerLog, LayerPlan, PruneResult
-from gfsprune.targets import Macs, Params, Target, Tolerance, Widths
+from gfsprune.targets import Latency, Macs, Params, Target, Tolerance, Widths
 
 __all__ = [
     "__version__",
@@ -38,6 +38,7 @@ __all__ = [
     "DataError",
     "FileFormatError",
     "GfsPruneError",
+    "Latency",
     "LayerLog",
     "LayerPlan",
     "LayerTuning",

@@ -1,7 +1,7 @@
 """Thin helpers over ``torch.distributed`` that are no-ops in a single process.
 
 Launch a script with ``torchrun --nproc_per_node=K script.py`` and call :func:`setup` first;
-``gfsprune.train.fit`` then trains with DistributedDataParallel on its own.
+``gfsprune.workflow.train.fit`` then trains with DistributedDataParallel on its own.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -20,8 +20,10 @@ class LayerPlan:
             channels together): in the order picked by forward selection (then any item
             added to keep a concatenated part non-empty), ascending after backward
             elimination.
-        scale: The factor folded into the consumers' weights (``width / len(kept)`` with
-            rescaling, else 1).
+        scale: The mean-field rescale of the kept channels (``width / len(kept)`` with
+            rescaling, else 1), folded into the pruned network: by default into the running
+            statistics of the BatchNorm after a consumer, where there is one
+            (``rescale_into="batchnorm"``), else into the consumers' weights.
     """
 
     name: str
@@ -59,8 +61,10 @@ class PruneResult:
         layers: Per channel layer, its selection trace (:class:`LayerLog`).
         macs_before, macs_after, params_before, params_after: Costs of one forward pass.
         example_inputs: The inputs the model was traced with (needed to rebuild it).
-        skipped: Channel groups and attention modules left at full width because they
-            cannot be masked exactly, each as ``"name (reason)"``.
+        skipped: Channel groups and unit modules (attention, gated MLPs) left at full width
+            because they cannot be masked exactly, each as ``"name (reason)"``.
+        metrics_before, metrics_after: Every metric the run's cost model measures (its
+            MACs and parameters among them), of the unpruned and of the pruned model.
     """
 
     model: nn.Module
@@ -72,6 +76,8 @@ class PruneResult:
     params_after: int
     example_inputs: object
     skipped: list[str]
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
 
     @property
     def macs_ratio(self) -> float:

@@ -1,22 +1,39 @@
-"""What to prune to: a MACs or parameter budget, exact widths, or the paper's loss tolerance.
+"""What to prune to: a MACs, parameter or latency budget, exact widths, or the paper's loss
+tolerance.
 
 A target is one small class behind one protocol, :class:`Target`: given the channel layers,
 it plans a :class:`Goal` for each layer as selection reaches it. Budgets (:class:`Macs`,
-:class:`Params`) ask the run's width allocator for the widths; :class:`Widths` fixes them;
-:class:`Tolerance` stops each layer by its loss.
+:class:`Params`, :class:`Latency`) name the metric they constrain, and the run's width
+planner splits them into widths; :class:`Widths` fixes them; :class:`Tolerance` stops each
+layer by its loss. A target may name the cost model the run plans and reports with
+(:meth:`Target.cost_model`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from gfsprune.errors import ConfigError
 
-__all__ = ["Budget", "Goal", "Macs", "Params", "Target", "TargetContext", "Tolerance", "Widths"]
+if TYPE_CHECKING:
+    from gfsprune.core.cost import CostFactory
+
+__all__ = [
+    "Budget",
+    "Goal",
+    "Latency",
+    "Macs",
+    "Params",
+    "Target",
+    "TargetContext",
+    "Tolerance",
+    "Widths",
+]
 
 
 @dataclass(frozen=True)
@@ -36,7 +53,8 @@ GoalPlan = Callable[[int, Mapping[int, Sequence[int]]], Goal]
 
 
 class TargetContext(Protocol):
-    """What a target may ask of the pruning run (implemented by :func:`gfsprune.prune`)."""
+    """What a target may ask of the pruning run (the run's width planner,
+    :class:`gfsprune.core.planner.WidthPlanner`)."""
 
     names: Sequence[str]  # the channel layers, in the order selected
     widths: Sequence[int]  # their full widths
@@ -53,12 +71,21 @@ class Target(ABC):
     """What to prune to: plans each layer's :class:`Goal`."""
 
     #: Whether the goals are fixed widths (a size target), as backward elimination needs.
-    sized: bool = True
+    sized: ClassVar[bool] = True
+    #: Whether the widths come from the run's allocator (a budget): only then are the
+    #: layers' loss curves measured for an allocator that needs them.
+    allocated: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, context: TargetContext) -> GoalPlan:
         """Check the target against the model (before any weight is touched) and return
         the per-layer goal function."""
+
+    def cost_model(self) -> CostFactory | None:
+        """What builds the run's cost model (the metrics a budget is planned on and the
+        result records); ``None``: MACs and parameters
+        (:class:`~gfsprune.core.compute_cost.ComputeCost`)."""
+        return None
 
 
 def _check_ratio(owner: str, ratio: object) -> None:
@@ -76,16 +103,16 @@ def _check_ratio(owner: str, ratio: object) -> None:
 
 @dataclass(frozen=True)
 class Budget(Target):
-    """Keep ``ratio`` of the original cost; subclasses say which cost (:meth:`measure`)."""
+    """Keep ``ratio`` of the original cost; subclasses say which cost (:attr:`metric`, a
+    metric the run's cost model predicts)."""
 
     ratio: float
+    #: The cost model's metric this budget constrains.
+    metric: ClassVar[str]
+    allocated: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_ratio(type(self).__name__, self.ratio)
-
-    @abstractmethod
-    def measure(self, macs: float, params: float) -> float:
-        """The cost this budget constrains, out of a model's MACs and parameters."""
 
     def plan(self, context: TargetContext) -> GoalPlan:
         context.check_budget(self)
@@ -97,16 +124,49 @@ class Budget(Target):
 class Macs(Budget):
     """Keep ``ratio`` of the original multiply-accumulates, e.g. ``Macs(0.5)``."""
 
-    def measure(self, macs: float, params: float) -> float:
-        return macs
+    metric: ClassVar[str] = "macs"
 
 
 @dataclass(frozen=True)
 class Params(Budget):
     """Keep ``ratio`` of the original parameter count, e.g. ``Params(0.25)``."""
 
-    def measure(self, macs: float, params: float) -> float:
-        return params
+    metric: ClassVar[str] = "params"
+
+
+@dataclass(frozen=True)
+class Latency(Budget):
+    """Keep ``ratio`` of the unpruned model's latency on the run's device (the CPU with the
+    run's torch threads, or its accelerator) at batch size ``batch``, e.g.
+    ``Latency(0.5, batch=64)``; in channels-last memory format with ``channels_last``.
+
+    The widths come from a :class:`~gfsprune.core.latency_cost.LatencyCost` model: the
+    network's convolutions, linear layers and norms timed on the device at a few widths
+    each (cached on disk), interpolated between them, plus a calibrated rest. The default
+    batch of 1 is the latency of one request; reports also give batch 64.
+    """
+
+    batch: int = 1
+    channels_last: bool = False
+    metric: ClassVar[str] = "latency"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError(
+                "The 'batch' parameter of Latency must be a positive integer (the batch size "
+                f"the latency is timed at). Got {self.batch!r} instead."
+            )
+        if not isinstance(self.channels_last, bool):
+            raise ConfigError(
+                "The 'channels_last' parameter of Latency must be True or False. Got "
+                f"{self.channels_last!r} instead."
+            )
+
+    def cost_model(self) -> CostFactory:
+        from gfsprune.core.latency_cost import LatencyCost  # the library's core imports this
+
+        return functools.partial(LatencyCost, batch=self.batch, channels_last=self.channels_last)
 
 
 @dataclass(frozen=True)
@@ -115,7 +175,7 @@ class Tolerance(Target):
     of the layer's starting loss, e.g. ``Tolerance(0.02)``."""
 
     eps: float
-    sized = False
+    sized: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         eps = self.eps

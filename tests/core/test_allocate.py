@@ -15,7 +15,7 @@ from gfsprune.core.allocate import (
     allowed_widths,
     check_reachable,
 )
-from gfsprune.core.cost import CostModel
+from gfsprune.core.compute_cost import ComputeCost
 from gfsprune.core.counting import count
 from gfsprune.core.curves import LossCurve
 from gfsprune.errors import ConfigError
@@ -28,11 +28,11 @@ from tests.nets import Chain, randomize_norms
 def test_allocated_widths_meet_the_budget(target) -> None:
     model, x = randomize_norms(Chain(width=64)), torch.randn(1, 2, 6, 6)
     layers, _ = find_layers(model, x)
-    cost = CostModel(model, x, layers)
+    cost = ComputeCost(model, x, layers)
     widths = Uniform().allocate(cost, target, {})
     kept = {layer.name: list(range(w)) for layer, w in zip(layers, widths, strict=True)}
     macs, params = count(prune_channels(model, x, kept), x)
-    got = macs / cost.full_macs if isinstance(target, Macs) else params / cost.full_params
+    got = macs / cost.full["macs"] if isinstance(target, Macs) else params / cost.full["params"]
     assert got == pytest.approx(target.ratio, rel=0.02)
     assert max(widths) - min(widths) <= 2  # uniform up to the final single-channel moves
 
@@ -40,7 +40,7 @@ def test_allocated_widths_meet_the_budget(target) -> None:
 def test_selected_layers_are_held_fixed() -> None:
     model, x = randomize_norms(Chain(width=40)), torch.randn(1, 2, 6, 6)
     layers, _ = find_layers(model, x)
-    cost = CostModel(model, x, layers)
+    cost = ComputeCost(model, x, layers)
     widths = Uniform().allocate(cost, Macs(0.5), {0: list(range(35))})
     # MACs ~ 2*w0 + w0*w1 (in units of 9*36): 70 + 35 * w1 = 0.5 * (80 + 1600) gives w1 = 22
     assert widths == [35, 22]
@@ -56,7 +56,7 @@ def _curve(full: int, steepness: float) -> LossCurve:
 def test_curves_give_the_steeper_layer_more_width_and_meet_the_budget(steep: int) -> None:
     model, x = randomize_norms(Chain(width=32)), torch.randn(1, 2, 6, 6)
     layers, _ = find_layers(model, x)
-    cost = CostModel(model, x, layers)
+    cost = ComputeCost(model, x, layers)
     curves = [_curve(32, 1.0), _curve(32, 1.0)]
     curves[steep] = _curve(32, 8.0)
     widths = Curves().allocate(cost, Macs(0.5), {}, curves=curves)
@@ -64,7 +64,7 @@ def test_curves_give_the_steeper_layer_more_width_and_meet_the_budget(steep: int
     assert widths[steep] > uniform[steep] and widths[1 - steep] < uniform[1 - steep]
     kept = {layer.name: list(range(w)) for layer, w in zip(layers, widths, strict=True)}
     macs, _ = count(prune_channels(model, x, kept), x)
-    assert macs / cost.full_macs == pytest.approx(0.5, rel=0.02)
+    assert macs / cost.full["macs"] == pytest.approx(0.5, rel=0.02)
     # After the first layer is pruned, the second takes what the budget leaves.
     narrower = Curves().allocate(cost, Macs(0.5), {0: list(range(widths[0] - 3))}, curves=curves)
     assert narrower[0] == widths[0] - 3 and narrower[1] >= widths[1]
@@ -119,16 +119,16 @@ def test_a_new_allocator_is_one_class_passed_in_the_config() -> None:
 def test_round_to_gives_multiples_and_still_meets_the_budget(target) -> None:
     model, x = randomize_norms(Chain(width=64)), torch.randn(1, 2, 6, 6)
     layers, _ = find_layers(model, x)
-    cost = CostModel(model, x, layers)
+    cost = ComputeCost(model, x, layers)
     widths = Uniform().allocate(cost, target, {}, round_to=8)
     assert all(w % 8 == 0 for w in widths)
     kept = {layer.name: list(range(w)) for layer, w in zip(layers, widths, strict=True)}
     macs, params = count(prune_channels(model, x, kept), x)
-    got = target.measure(macs, params) / target.measure(cost.full_macs, cost.full_params)
+    got = {"macs": macs, "params": params}[target.metric] / cost.full[target.metric]
 
     # Steps of 8 of 64 channels are coarse: no single step of one layer gets closer.
     def error(w: list[int]) -> float:
-        return abs(cost.ratio([np.full(64, v / 64) for v in w], target) - target.ratio)
+        return abs(cost.ratio([np.full(64, v / 64) for v in w], target.metric) - target.ratio)
 
     assert error(widths) == pytest.approx(abs(got - target.ratio), abs=1e-9)
     for i in range(2):
@@ -154,7 +154,7 @@ def test_round_to_through_prune_for_budgets_and_tolerance() -> None:
 def test_round_to_larger_than_a_layer_leaves_it_whole_or_refuses_the_budget() -> None:
     model, x = randomize_norms(Chain(width=6)), torch.randn(1, 2, 6, 6)
     layers, _ = find_layers(model, x)
-    cost = CostModel(model, x, layers)
+    cost = ComputeCost(model, x, layers)
     with pytest.raises(ConfigError, match="round_to=8 leaves nothing to prune.*widest has 6"):
         check_reachable(cost, Macs(0.5), round_to=8)
     with pytest.raises(ConfigError, match="cannot be met to the nearest step.*at most 0\\."):
@@ -169,7 +169,7 @@ def test_uniform_spreads_the_budget_correction_over_the_layers(round_to: int) ->
     torch.manual_seed(0)
     model, x = models.get("resnet20", num_classes=10).eval(), torch.randn(1, 3, 32, 32)
     layers, _ = find_layers(model, x)
-    cost = CostModel(model, x, layers)
+    cost = ComputeCost(model, x, layers)
     widths = Uniform().allocate(cost, Macs(0.25), {}, round_to=round_to)
     for full in set(cost.widths.tolist()):
         same = [w for w, f in zip(widths, cost.widths, strict=True) if f == full]
@@ -200,7 +200,7 @@ def test_a_coarse_layer_keeps_its_nearest_width_when_finer_steps_reach_the_budge
     # layers cut back to pay for it) while the wide layers' eighths can fill the gap.
     model, x = _NarrowThenWide(), torch.randn(1, 3, 32, 32)
     layers, _ = find_layers(model, x)
-    cost = CostModel(model, x, layers)
+    cost = ComputeCost(model, x, layers)
     shares = np.array(Uniform().allocate(cost, Macs(ratio), {})) / cost.widths
     widths = Uniform().allocate(cost, Macs(ratio), {}, round_to=8)
     grid = allowed_widths(16, 8)
@@ -209,7 +209,7 @@ def test_a_coarse_layer_keeps_its_nearest_width_when_finer_steps_reach_the_budge
 
     def ratio_at(w: list[int]) -> float:
         return cost.ratio(
-            [np.full(int(f), v / f) for v, f in zip(w, cost.widths, strict=True)], Macs(ratio)
+            [np.full(int(f), v / f) for v, f in zip(w, cost.widths, strict=True)], "macs"
         )
 
     # within the least one eighth of one wide layer changes the ratio

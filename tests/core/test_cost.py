@@ -1,93 +1,69 @@
-"""The cost model predicts real pruned costs; budgets no widths can meet are refused."""
+"""The cost-model protocol: a new cost (here, kept channels) plugs in from one class and a
+budget that names its metric; the result records every metric it measures."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from gfsprune.core.allocate import check_reachable
+from gfsprune import PruneConfig, prune
 from gfsprune.core.cost import CostModel
-from gfsprune.core.counting import count
 from gfsprune.errors import ConfigError
-from gfsprune.surgery import find_layers, prune_channels
-from gfsprune.targets import Macs
-from tests.nets import Chain, Coupled, randomize_norms
+from gfsprune.targets import Budget, Macs
+from tests.nets import Chain, randomize_norms
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_prediction_equals_the_count_of_the_pruned_model(seed: int) -> None:
-    torch.manual_seed(seed)
-    model, x = randomize_norms(Coupled()), torch.randn(1, 3, 4, 4)
-    layers, _ = find_layers(model, x)
-    cost = CostModel(model, x, layers)
-    rng = np.random.default_rng(seed)
-    kept = {}
-    for layer in layers:
-        n = int(rng.integers(1, layer.width + 1))
-        kept[layer.name] = sorted(rng.choice(layer.width, n, replace=False).tolist())
-    for layer in layers:  # every concatenated part keeps at least one channel
-        for segment in layer.segments:
-            if not set(segment) & set(kept[layer.name]):
-                kept[layer.name].append(segment[0])
-    keep = [np.isin(np.arange(layer.width), kept[layer.name]).astype(float) for layer in layers]
-    assert cost.predict(keep) == pytest.approx(count(prune_channels(model, x, kept), x))
-    assert (cost.full_macs, cost.full_params) == pytest.approx(count(model, x))
+class KeptChannels(CostModel):
+    """The number of channels the pruned layers keep (a toy cost)."""
+
+    def __init__(self, model: nn.Module, example_inputs: object, layers) -> None:
+        super().__init__(layers)
+        self.names = [layer.name for layer in layers]
+
+    def predict_flat(self, flat: np.ndarray) -> dict[str, float]:
+        return {"channels": float(flat.sum())}
+
+    def measure(self, model: nn.Module, example_inputs: object) -> dict[str, float]:
+        modules = dict(model.named_modules())
+        return {"channels": float(sum(modules[n].out_channels for n in self.names))}
+
+    def neighbours(self) -> list[set[int]]:
+        return [set() for _ in self.widths]  # additive: no layer changes another's saving
 
 
-def test_unreachable_budget_names_the_smallest_ratio() -> None:
-    model, x = randomize_norms(Chain(width=8)), torch.randn(1, 2, 6, 6)
-    layers, _ = find_layers(model, x)
-    cost = CostModel(model, x, layers)
-    smallest = cost.ratio([np.full(8, 1 / 8)] * 2, Macs(0.5))
-    with pytest.raises(ConfigError, match=f"at least {smallest:.4f}"):
-        check_reachable(cost, Macs(smallest / 2))
-    check_reachable(cost, Macs(smallest * 1.01))
+class Channels(Budget):
+    """Keep ``ratio`` of the pruned layers' channels."""
+
+    metric = "channels"
+
+    def cost_model(self):
+        return KeptChannels
 
 
-def test_a_budget_whose_nearest_width_choice_is_the_full_model_is_refused() -> None:
-    model, x = randomize_norms(Chain(width=4)), torch.randn(1, 2, 6, 6)
-    layers, _ = find_layers(model, x)
-    cost = CostModel(model, x, layers)
-    largest = max(
-        cost.ratio([np.array([0.0, 1, 1, 1]), np.ones(4)], Macs(0.5)),
-        cost.ratio([np.ones(4), np.array([0.0, 1, 1, 1])], Macs(0.5)),
-    )
-    with pytest.raises(ConfigError, match=f"at most {largest:.4f}"):
-        check_reachable(cost, Macs(0.99))
-    check_reachable(cost, Macs(largest))  # one channel removed meets it exactly
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(8, 2, 5, 5, generator=g), torch.randint(0, 3, (8,), generator=g))]
 
 
-class _Gram(torch.nn.Module):
-    """A container whose own operations (products of its input with itself, no module of
-    their own) cost MACs that no channel choice changes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.norm = torch.nn.BatchNorm2d(3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = self.norm(x).flatten(2)  # (B, C, HW)
-        mixed = (flat.transpose(1, 2) @ flat) @ flat.transpose(1, 2)  # (B, HW, C)
-        return mixed.transpose(1, 2).reshape(x.shape)
+@pytest.mark.parametrize("allocator", ["uniform", "curves"])
+def test_a_budget_on_a_new_cost_model_is_met_and_recorded(allocator: str) -> None:
+    torch.manual_seed(0)
+    model, data = randomize_norms(Chain(width=10)), _data()
+    config = PruneConfig(candidates=3, allocator=allocator)
+    result = prune(model, data, data[0][0][:1], target=Channels(0.4), config=config, progress=False)
+    assert sum(len(p.kept) for p in result.plan) == 8  # 40% of 2 x 10 channels
+    assert result.metrics_before["channels"] == 20
+    assert result.metrics_after["channels"] == 8
+    assert result.macs_after < result.macs_before  # MACs and parameters are still counted
 
 
-class _Fixed(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gram = _Gram()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, 3)
+def test_a_budget_the_cost_model_does_not_predict_is_refused() -> None:
+    class MacsOnChannels(Macs):
+        def cost_model(self):
+            return KeptChannels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(self.gram(x)).mean((2, 3)))
-
-
-def test_unreachable_budget_names_the_modules_outside_the_pruned_layers() -> None:
-    model, x = _Fixed().eval(), torch.randn(1, 3, 12, 12)
-    layers, _ = find_layers(model, x)
-    cost = CostModel(model, x, layers)
-    assert sum(cost.fixed_parts.values()) == pytest.approx(cost.fixed_macs)
-    assert next(iter(cost.fixed_parts)) == "gram"  # its products outweigh the rest
-    with pytest.raises(ConfigError, match=r"the largest: gram \d+%.*; ask for a ratio"):
-        check_reachable(cost, Macs(0.01))
+    model, data = randomize_norms(Chain(width=4)), _data()
+    with pytest.raises(ConfigError, match="counts 'macs'.*predicts \\['channels'\\]"):
+        prune(model, data, data[0][0][:1], target=MacsOnChannels(0.5), progress=False)

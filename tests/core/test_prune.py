@@ -210,6 +210,14 @@ def test_interrupted_run_resumes_to_the_same_plan(chain, tmp_path, monkeypatch) 
         )
 
 
+def test_the_curves_and_selection_passes_are_named_apart(chain, capsys) -> None:
+    model, data = chain
+    prune(model, data, data[0][0][:1], target=Macs(0.5), config=PruneConfig(candidates=2))
+    err = capsys.readouterr().err
+    assert "curves [1/2] c1" in err and "select [1/2] c1" in err
+    assert re.search(r"select \[2/2\] c2 \(run ~\d+s left\)", err)
+
+
 def test_progress_bar_is_silent_when_disabled(chain, capsys) -> None:
     model, data = chain
     for progress in (False, True):
@@ -247,13 +255,16 @@ def test_bad_options_are_refused_before_any_work(chain, kwargs, error, match) ->
     [
         ({"candidates": 0}, r"'candidates' option of PruneConfig must be a positive.*Got 0"),
         ({"candidates": True}, "'candidates' option"),
-        ({"seed": -1}, "'seed' option of PruneConfig must be a non-negative integer"),
+        ({"seed": -1}, r"'seed' option of PruneConfig must be an integer in \[0, 2\*\*63\)"),
+        ({"seed": 2**70}, r"'seed' option .* Got 1180591620717411303424 instead"),
         ({"rescale": "yes"}, "'rescale' option"),
         ({"tie": -1e-3}, r"'tie' option of PruneConfig must be a number in \[0, 1\)"),
-        ({"evaluator": "x"}, r"'evaluator' option of PruneConfig must be one of \['batched'"),
+        ({"evaluator": "x"}, r"'evaluator' option of NetworkLoss must be one of \['batched'"),
         ({"strategy": "sideways"}, r"'strategy' option .* \['backward', 'forward'\]"),
         ({"allocator": 3}, "'allocator' option of PruneConfig must be one of"),
         ({"device": "gpu7"}, "'device' option of PruneConfig must name a torch device"),
+        ({"schedule": None}, "spelled schedule='exact'"),
+        ({"rescale": False, "rescale_into": "weights"}, "rescale=False has none"),
     ],
 )
 def test_bad_config_options_are_refused_when_built(options, match) -> None:

@@ -31,7 +31,7 @@ class _EveryOther(Strategy):
     def choose(self, search: LayerSearch, goal: Goal) -> LayerChoice:
         order = [*range(0, search.layer.width, 2), *range(1, search.layer.width, 2)]
         kept = order[: goal.width]
-        losses = [search.score([kept[: i + 1]])[0] for i in range(len(kept))]
+        losses = [search.objective.score([kept[: i + 1]])[0] for i in range(len(kept))]
         return LayerChoice(kept, losses)
 
 

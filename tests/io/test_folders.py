@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gfsprune.errors import ConfigError, FileFormatError
 from gfsprune.io.folders import Run, claim, read_run
+from gfsprune.workflow.cli import main
+from tests.workflow.runs import one_line_error
 
 PRUNE = Run("prune", {"target": "Macs(0.5)", "methods": ("gfs", "l1")})
 
@@ -39,7 +43,7 @@ def test_the_same_job_continues_only_with_resume_and_equal_settings(tmp_path: Pa
     claim(tmp_path, PRUNE, resume=False)
     (tmp_path / "progress.json").write_text("{}")
     with pytest.raises(
-        ConfigError, match=r"holds an earlier prune run; pass resume=True \(--resume\)"
+        ConfigError, match=r"holds an earlier prune run; pass resume=True to continue it"
     ):
         claim(tmp_path, PRUNE, resume=False)
     claim(tmp_path, PRUNE, resume=True)  # tuples compare equal to the lists read back
@@ -96,3 +100,35 @@ def test_a_damaged_marker_is_one_error(tmp_path: Path, text: str, message: str) 
     with pytest.raises(FileFormatError, match=message):
         claim(tmp_path, PRUNE, resume=True)
     assert json.loads((tmp_path / "run.json").read_text()) == json.loads(text)
+
+
+def test_a_folder_another_job_is_writing_into_is_refused_until_that_job_ends(
+    tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "race"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from gfsprune.io.folders import Run, claim; "
+            f"claim({str(out)!r}, Run('prune', {{'target': 'Macs(0.3)'}}), resume=False); "
+            "print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ConfigError, match="another gfsprune job is writing into"):
+            claim(out, PRUNE, resume=False)
+        argv = ["prune", "--model", "digits_cnn", "--data", "digits", "--macs", "0.5"]
+        assert main([*argv, "--out", str(out), "--no-progress"]) == 2
+        assert "another gfsprune job" in one_line_error(capsys, "prune")
+        assert read_run(out / "run.json").settings == {"target": "Macs(0.3)"}
+    finally:
+        holder.kill()  # as kill -9: the kernel drops the lock, none is left stale
+        holder.wait()
+    claim(out, PRUNE, resume=False)  # the killed job had written nothing but run.json
+    claim(out, PRUNE, resume=False)  # this process's own lock does not refuse it
+    assert read_run(out / "run.json").settings["target"] == "Macs(0.5)"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -152,3 +154,48 @@ def test_mutated_files_give_a_gfsprune_error_or_a_valid_object(documents, name, 
         assert name == "progress.json" and "other settings" in str(err), err
     finally:
         path.write_text(original)
+
+
+@pytest.mark.parametrize("name", ["plan.json", "progress.json"])
+def test_a_scale_beyond_the_layers_width_is_refused(documents, name) -> None:
+    """The mean-field scale is width / kept: 1e308 overflowed the masks (issue 28)."""
+    path, document, reader = documents[name]
+    original = path.read_text()
+    changed = json.loads(original)
+    entries = changed["layers"] if name == "plan.json" else changed["plan"]
+    entries[0]["scale"] = 1e308
+    path.write_text(json.dumps(changed))
+    try:
+        with pytest.raises(FileFormatError, match=r"scale' must be a number of at most"):
+            reader(path)
+    finally:
+        path.write_text(original)
+
+
+@pytest.mark.parametrize(
+    "name", ["model.json", "plan.json", "run.json", "results.json", "progress.json"]
+)
+def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(documents, name) -> None:
+    path, _, reader = documents[name]
+    original = path.read_text()
+    path.unlink()
+    os.mkfifo(path)
+    outcome: list[BaseException] = []
+    # a daemon thread: were the FIFO opened, the test would fail instead of hanging
+    thread = threading.Thread(target=lambda: outcome.append(_raised(reader, path)), daemon=True)
+    try:
+        thread.start()
+        thread.join(timeout=30)
+        assert len(outcome) == 1 and isinstance(outcome[0], GfsPruneError), outcome
+        assert "regular file" in str(outcome[0]) or "No plan.json" in str(outcome[0])
+    finally:
+        path.unlink()
+        path.write_text(original)
+
+
+def _raised(reader: Callable[[Path], object], path: Path) -> BaseException | None:
+    try:
+        reader(path)
+    except BaseException as err:  # noqa: BLE001 (handed to the test's thread)
+        return err
+    return None

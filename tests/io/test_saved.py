@@ -12,6 +12,7 @@ from torch import nn
 
 from gfsprune import Macs, PruneConfig, Widths, export_onnx, load, prune, save
 from gfsprune.errors import FileFormatError, ModelError
+from gfsprune.io.saved import read_plan, save_with_plan
 from tests.nets import Chain, Coupled, randomize_norms
 
 
@@ -38,6 +39,22 @@ def test_round_trip_gives_identical_outputs(result, tmp_path) -> None:
     loaded = load(tmp_path, Coupled())
     x = torch.randn(5, 3, 4, 4)
     torch.testing.assert_close(loaded(x), result.model.eval()(x), rtol=0, atol=0)
+
+
+def test_a_retrained_pruned_model_is_saved_with_the_plan_it_came_from(result, tmp_path) -> None:
+    save(result, tmp_path / "pruned", metadata={"note": "x"})
+    tuned = load(tmp_path / "pruned", Coupled())
+    with torch.no_grad():
+        for param in tuned.parameters():
+            param.add_(1.0)  # as fine-tuning would change them
+    plan = read_plan(tmp_path / "pruned")
+    plan["metadata"] = {"note": "x", "finetune": {"epochs": 1}}
+    save_with_plan(tuned, plan, tmp_path / "tuned")
+    again = read_plan(tmp_path / "tuned")
+    assert again["layers"] == read_plan(tmp_path / "pruned")["layers"]
+    assert again["metadata"] == plan["metadata"]
+    x = torch.randn(5, 3, 4, 4)
+    torch.testing.assert_close(load(tmp_path / "tuned", Coupled())(x), tuned(x), rtol=0, atol=0)
 
 
 def test_mismatched_base_is_refused(result, tmp_path) -> None:

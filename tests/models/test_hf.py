@@ -3,6 +3,8 @@ pruned one rebuilds exactly from its folder plus the plan, grouped-query attenti
 
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,27 @@ def test_prepared_models_count_the_attention_products() -> None:
     assert gfsprune.count(hf_nets.tiny("llama", attn_implementation="sdpa"), x) == eager
     linear = sum(m.in_features * m.out_features for m in _linears(hf_nets.tiny("llama")))
     assert eager[0] == linear * 8 + 2 * 2 * 4 * 8 * 8 * 8  # + QK^T and AV: layers, heads, 8x8x8
+
+
+def test_a_folder_whose_weights_do_not_match_its_config_is_refused(tmp_path) -> None:
+    """transformers would initialise the missing layer at random and only log it."""
+    folder = hf_nets.save_folder(tmp_path / "vit", hf_nets.raw("vit"), tokenizer=False)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"weights do not match its config.json: \d+ weight"):
+        models.get(f"hf:{folder}")
+
+
+def test_a_pickle_payload_as_pytorch_model_bin_is_one_line(tmp_path, capsys) -> None:
+    folder = hf_nets.save_folder(tmp_path / "vit", hf_nets.raw("vit"), tokenizer=False)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload()))
+    with pytest.raises(ConfigError, match="transformers could not load hf:") as caught:
+        models.get(f"hf:{folder}")
+    assert "\n" not in str(caught.value) and "ran" not in capsys.readouterr().out
+
+
+class _Payload:
+    def __reduce__(self):
+        return print, ("ran",)

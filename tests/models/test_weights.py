@@ -1,4 +1,4 @@
-"""Weights from a file: safetensors or a PyTorch checkpoint in its common shapes, one error."""
+"""Weights from a file: safetensors or a PyTorch weights file in its common shapes, one error."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _same(a: nn.Module, b: nn.Module) -> None:
     ],
     ids=["bare", "state_dict", "model", "module-prefix", "model-prefix"],
 )
-def test_a_pytorch_checkpoint_round_trips(tmp_path: Path, wrap) -> None:
+def test_a_pytorch_weights_file_round_trips(tmp_path: Path, wrap) -> None:
     trained = _net(seed=1)
     torch.save(wrap(trained.state_dict()), tmp_path / "w.pth")
     _same(models.load_weights(_net(), tmp_path / "w.pth"), trained)
@@ -49,7 +49,7 @@ def test_safetensors_round_trip_and_get_with_weights(tmp_path: Path) -> None:
     _same(models.get("resnet20", num_classes=4, weights=tmp_path / "w.safetensors"), trained)
 
 
-def test_older_checkpoints_without_num_batches_tracked_load(tmp_path: Path) -> None:
+def test_older_weights_files_without_num_batches_tracked_load(tmp_path: Path) -> None:
     trained = _net(seed=1)
     weights = {k: v for k, v in trained.state_dict().items() if "num_batches" not in k}
     torch.save(weights, tmp_path / "w.pth")
@@ -99,7 +99,7 @@ def test_a_damaged_or_missing_file_is_one_line_naming_it(
     assert "\n" not in str(info.value)
 
 
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+def test_a_weights_file_that_would_run_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "payload-ran"
 
     class Payload:

@@ -26,7 +26,7 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
+def trained(tmp_path_factory) -> Path:
     """A digits CNN at half width, trained for two epochs."""
     out = tmp_path_factory.mktemp("cli") / "model"
     with _one_thread():
@@ -36,10 +36,10 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pruned(checkpoint: Path) -> Path:
-    """The checkpoint pruned to half its MACs."""
-    out = checkpoint.parent / "pruned"
+def pruned(trained: Path) -> Path:
+    """The trained model pruned to half its MACs."""
+    out = trained.parent / "pruned"
     with _one_thread():
-        argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(out)]
+        argv = ["prune", "--model-dir", str(trained), "--macs", "0.5", "--out", str(out)]
         assert main([*argv, *FAST]) == 0
     return out

@@ -11,18 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from gfsprune.core import latency_cost
 from gfsprune.core import strategies as channels
 from gfsprune.core.counting import count
+from gfsprune.errors import ConfigError
 from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.cli import main
 from gfsprune.workflow.methods import METHODS, TorchPruning
 from gfsprune.workflow.train import TrainConfig
+from tests.core.test_latency_cost import fake_timer
 from tests.workflow.runs import FAST, one_line_error, shell_error
 from tests.workflow.test_cli_models import SPEC_ARGUMENT_ERRORS, SPEC_REFUSALS
 
 
-def test_train_writes_a_checkpoint_that_rebuilds_the_model(checkpoint: Path) -> None:
-    info = json.loads((checkpoint / "model.json").read_text())
+def test_train_writes_a_folder_that_rebuilds_the_model(trained: Path) -> None:
+    info = json.loads((trained / "model.json").read_text())
     assert info["name"] == "digits_cnn" and info["data"] == "digits"
     assert info["options"] == {
         "num_classes": 10,
@@ -31,13 +34,13 @@ def test_train_writes_a_checkpoint_that_rebuilds_the_model(checkpoint: Path) -> 
         "width_mult": 0.5,
     }
     assert info["pretrain"]["epochs"] == 2 and len(info["history"]) == 2
-    assert (checkpoint / "train_state.pt").is_file()
-    model, loaded = workflow.load_model(checkpoint)
+    assert (trained / "train_state.pt").is_file()
+    model, loaded = workflow.load_model(trained)
     assert loaded.input_shape == (1, 8, 8)
     assert model.features[0][0].out_channels == 8  # 16 channels at width 0.5
 
 
-def test_train_refuses_to_overwrite_and_resumes_a_finished_run(checkpoint: Path, capsys) -> None:
+def test_train_refuses_to_overwrite_and_resumes_a_finished_run(trained: Path, capsys) -> None:
     argv = [
         "train",
         "--model",
@@ -51,26 +54,26 @@ def test_train_refuses_to_overwrite_and_resumes_a_finished_run(checkpoint: Path,
         "--lr",
         "0.05",
         "--out",
-        str(checkpoint),
+        str(trained),
         *FAST,
     ]
-    before = (checkpoint / "model.safetensors").read_bytes()
+    before = (trained / "model.safetensors").read_bytes()
     assert main(argv) == 2
-    assert "pass resume=True (--resume) to continue it" in one_line_error(capsys, "train")
+    assert "pass --resume to continue it" in one_line_error(capsys, "train")
     assert main([*argv, "--resume"]) == 0  # both epochs are done: nothing left to train
-    assert (checkpoint / "model.safetensors").read_bytes() == before
+    assert (trained / "model.safetensors").read_bytes() == before
 
 
 def test_prune_prints_costs_and_accuracy_and_saves_a_loadable_model(
-    checkpoint: Path, tmp_path: Path, capsys
+    trained: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "pruned"
     assert (
         main(
             [
                 "prune",
-                "--checkpoint",
-                str(checkpoint),
+                "--model-dir",
+                str(trained),
                 "--params",
                 "0.6",
                 "--out",
@@ -97,10 +100,10 @@ def test_prune_prints_costs_and_accuracy_and_saves_a_loadable_model(
 
 
 def test_an_interrupted_prune_resumes_to_the_same_plan(
-    checkpoint: Path, pruned: Path, tmp_path: Path, monkeypatch, capsys
+    trained: Path, pruned: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     out = tmp_path / "interrupted"
-    argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(out), *FAST]
+    argv = ["prune", "--model-dir", str(trained), "--macs", "0.5", "--out", str(out), *FAST]
     real = channels.select_layer
     calls = []
 
@@ -124,10 +127,32 @@ def test_an_interrupted_prune_resumes_to_the_same_plan(
     assert resumed == json.loads((pruned / "plan.json").read_text())["layers"]
 
 
-def test_resume_with_other_options_is_refused(pruned: Path, checkpoint: Path, capsys) -> None:
-    argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(pruned)]
+def test_resume_with_other_options_is_refused(pruned: Path, trained: Path, capsys) -> None:
+    argv = ["prune", "--model-dir", str(trained), "--macs", "0.5", "--out", str(pruned)]
     assert main([*argv, "--resume", "--no-progress", "--batch-size", "32"]) == 2
-    assert "other batch_size (batch_size=64)" in one_line_error(capsys, "prune")
+    assert "other batch_size (--batch-size 64)" in one_line_error(capsys, "prune")
+
+
+def test_prune_and_eval_report_a_latency_budget(
+    trained: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(latency_cost, "median_seconds", fake_timer([]))  # deterministic
+    monkeypatch.setenv("GFSPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "pruned"
+    argv = ["prune", "--model-dir", str(trained), "--latency", "0.6", "--out", str(out)]
+    assert main([*argv, "--latency-batch", "2", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "target   Latency(ratio=0.6, batch=2, channels_last=False), at batch 2:" in printed
+    after = json.loads((out / "plan.json").read_text())["metrics_after"]
+    before = json.loads((out / "plan.json").read_text())["metrics_before"]
+    assert after["latency"] / before["latency"] == pytest.approx(0.6, abs=0.05)
+    assert f"{1e3 * after['latency']:.3f} ms" in printed
+    assert f"speed-up {before['latency'] / after['latency']:.2f}x" in printed
+    assert list((tmp_path / "cache").glob("latency-*.json"))
+    assert main(["eval", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "latency budget, when pruned, at batch 2:" in printed
+    assert f"{1e3 * after['latency_predicted']:.3f} ms" in printed
 
 
 def test_finetune_then_eval(pruned: Path, capsys) -> None:
@@ -144,27 +169,32 @@ def test_finetune_then_eval(pruned: Path, capsys) -> None:
     assert "latency b=1" in printed and "latency b=64" in printed
     assert f"ms (CPU, {torch.get_num_threads()} thread(s), median)" in printed
     assert "GPU" not in printed  # measured only where the job runs on one
-    scores = workflow.evaluate_dir(out)
-    assert f"accuracy      {scores['acc']:.2%}" in printed
-    assert scores["latency_b1"] > 0 and scores["latency_b64"] > 0
+    found = workflow.evaluate_dir(out)
+    assert f"accuracy      {found.scores['acc']:.2%}" in printed
+    assert found.latency.cpu[1] > 0 and found.latency.cpu[64] > 0 and not found.latency.gpu
 
 
-def test_eval_reads_a_trained_checkpoint(checkpoint: Path, capsys) -> None:
-    assert main(["eval", str(checkpoint)]) == 0
-    model, info = workflow.load_model(checkpoint)
+def test_weights_go_with_a_described_model_not_a_folder(trained: Path) -> None:
+    with pytest.raises(ConfigError, match="weights= goes with a model described by a ModelInfo"):
+        workflow.evaluate_dir(trained, weights=trained / "model.safetensors")
+
+
+def test_eval_reads_a_trained_model_folder(trained: Path, capsys) -> None:
+    assert main(["eval", str(trained)]) == 0
+    model, info = workflow.load_model(trained)
     macs, params = count(model, info.example_inputs())
     printed = capsys.readouterr().out
     assert f"MACs          {macs:,}" in printed and f"params        {params:,}" in printed
 
 
-def test_compare_writes_results_report_and_plots(checkpoint: Path, tmp_path: Path, capsys) -> None:
+def test_compare_writes_results_report_and_plots(trained: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "compare"
     assert (
         main(
             [
                 "compare",
-                "--checkpoint",
-                str(checkpoint),
+                "--model-dir",
+                str(trained),
                 "--macs",
                 "0.5",
                 "--epochs",
@@ -215,10 +245,10 @@ def test_compare_writes_results_report_and_plots(checkpoint: Path, tmp_path: Pat
 
 
 def test_compare_recalibrates_every_method_and_reports_each_budget(
-    checkpoint: Path, tmp_path: Path
+    trained: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "compare"
-    argv = ["compare", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(out)]
+    argv = ["compare", "--model-dir", str(trained), "--macs", "0.5", "--out", str(out)]
     options = ["--epochs", "2,0", "--methods", "gfs,l1", "--recalibrate", "--candidates", "4"]
     assert main([*argv, *options, *FAST]) == 0
     rows = json.loads((out / "results.json").read_text())["methods"]
@@ -256,19 +286,19 @@ def test_demo_is_deterministic_for_its_seed(tmp_path: Path, monkeypatch, capsys)
     ("argv", "command", "message"),
     [
         (
-            ["prune", "--checkpoint", "{tmp}/none", "--macs", "0.5", "--out", "{tmp}/o"],
+            ["prune", "--model-dir", "{tmp}/none", "--macs", "0.5", "--out", "{tmp}/o"],
             "prune",
             "model folder '{tmp}/none' does not exist",
         ),
         (
-            ["prune", "--checkpoint", "{ck}", "--macs", "1.5", "--out", "{tmp}/o"],
+            ["prune", "--model-dir", "{ck}", "--macs", "1.5", "--out", "{tmp}/o"],
             "prune",
             "must be a float in the open interval (0, 1)",
         ),
         (
             [
                 "prune",
-                "--checkpoint",
+                "--model-dir",
                 "{ck}",
                 "--macs",
                 "0.5",
@@ -281,9 +311,24 @@ def test_demo_is_deterministic_for_its_seed(tmp_path: Path, monkeypatch, capsys)
             "--candidates must be 0 (all) or a positive integer",
         ),
         (
-            ["prune", "--checkpoint", "{ck}", "--tolerance", "-1", "--out", "{tmp}/o"],
+            ["prune", "--model-dir", "{ck}", "--tolerance", "-1", "--out", "{tmp}/o"],
             "prune",
             "'eps' parameter of Tolerance must be a non-negative float",
+        ),
+        (
+            [
+                "prune",
+                "--model-dir",
+                "{ck}",
+                "--latency",
+                "0.5",
+                "--latency-batch",
+                "0",
+                "--out",
+                "{tmp}/o",
+            ],
+            "prune",
+            "'batch' parameter of Latency must be a positive integer",
         ),
         (
             [
@@ -303,7 +348,7 @@ def test_demo_is_deterministic_for_its_seed(tmp_path: Path, monkeypatch, capsys)
         (
             [
                 "compare",
-                "--checkpoint",
+                "--model-dir",
                 "{ck}",
                 "--macs",
                 "0.5",
@@ -318,7 +363,7 @@ def test_demo_is_deterministic_for_its_seed(tmp_path: Path, monkeypatch, capsys)
             "'magic' is unknown",
         ),
         (["finetune", "{tmp}", "--epochs", "1"], "finetune", "holds neither model.json"),
-        (["eval", "{ck}", "--threads", "0"], "eval", "--threads must be a positive integer"),
+        (["eval", "{ck}", "--threads", "0"], "eval", "--threads must be an integer from 1 to"),
         (
             ["train", "--model", "nonet", "--data", "digits", "--epochs", "1", "--out", "{tmp}/o"],
             "train",
@@ -358,9 +403,9 @@ def test_demo_is_deterministic_for_its_seed(tmp_path: Path, monkeypatch, capsys)
     ],
 )
 def test_bad_input_exits_2_with_one_line(
-    argv: list[str], command: str, message: str, checkpoint: Path, tmp_path: Path, capsys
+    argv: list[str], command: str, message: str, trained: Path, tmp_path: Path, capsys
 ) -> None:
-    fill = {"tmp": str(tmp_path), "ck": str(checkpoint)}
+    fill = {"tmp": str(tmp_path), "ck": str(trained)}
     assert main([a.format(**fill) for a in argv]) == 2
     assert message.format(**fill) in one_line_error(capsys, command)
 
@@ -369,19 +414,19 @@ def test_bad_input_exits_2_with_one_line(
     ("argv", "message"),
     [
         (
-            ["prune", "--checkpoint", "c", "--macs", "0.5", "--params", "0.5", "--out", "o"],
+            ["prune", "--model-dir", "c", "--macs", "0.5", "--params", "0.5", "--out", "o"],
             "argument --params: not allowed with argument --macs",
         ),
         (
-            ["prune", "--checkpoint", "c", "--out", "o"],
-            "one of the arguments --macs --params --tolerance is required",
+            ["prune", "--model-dir", "c", "--out", "o"],
+            "one of the arguments --macs --params --latency --tolerance is required",
         ),
         (
-            ["compare", "--checkpoint", "c", "--macs", "half", "--epochs", "1", "--out", "o"],
+            ["compare", "--model-dir", "c", "--macs", "half", "--epochs", "1", "--out", "o"],
             "argument --macs: invalid float value: 'half'",
         ),
         (["finetune"], "the following arguments are required: --epochs"),
-        (["theory", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+        (["theory", "--seed", "abc"], "--seed: expected an integer in [0, 2**63), got 'abc'"),
         (["theory", "--quick", "--fast"], "unrecognized arguments: --fast"),
         *SPEC_ARGUMENT_ERRORS,
     ],
@@ -394,7 +439,7 @@ def test_bad_arguments_exit_2_with_one_line(argv: list[str], message: str, capsy
     assert message in err and err.count("\n") == 1
 
 
-def test_a_missing_checkpoint_prints_no_traceback_from_the_shell(tmp_path: Path) -> None:
+def test_a_missing_model_folder_prints_no_traceback_from_the_shell(tmp_path: Path) -> None:
     assert "does not exist" in shell_error("eval", str(tmp_path / "missing"))
 
 
@@ -427,3 +472,29 @@ def test_the_default_thread_count_leaves_a_core_on_small_machines(monkeypatch) -
         assert cli.default_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_old_checkpoint_flag_still_names_the_model_folder(capsys) -> None:
+    from gfsprune.workflow.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["prune", "--checkpoint", "d", "--macs", "0.5", "--out", "o"])
+    assert args.model_dir == "d"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["prune", "--help"])
+    printed = capsys.readouterr().out
+    assert "--model-dir DIR" in printed and "--checkpoint" not in printed
+
+
+def test_the_library_s_option_names_are_printed_as_flags() -> None:
+    from gfsprune.workflow.cli import _option_flags, as_flags, build_parser
+
+    flags = _option_flags(build_parser())
+    message = (
+        "pass resume=True, or another folder (out=); pass model='f.py:net', a square "
+        "input shape (input_shape=); snippets stay: gfsprune.load(DIR, model=SPEC)"
+    )
+    assert as_flags(message, flags) == (
+        "pass --resume, or another folder (--out); pass --model 'f.py:net', a square "
+        "input shape (--input-size); snippets stay: gfsprune.load(DIR, model=SPEC)"
+    )

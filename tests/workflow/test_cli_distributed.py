@@ -16,7 +16,7 @@ def test_torchrun_prune_and_finetune(tmp_path) -> None:
     model = tmp_path / "model"
     train = ["train", "--model", "digits_cnn", "--data", "digits", "--epochs", "1"]
     assert main([*train, "--width-mult", "0.5", "--out", str(model), *FAST]) == 0
-    prune = ["prune", "--checkpoint", str(model), "--macs", "0.5", "--candidates", "4", *FAST]
+    prune = ["prune", "--model-dir", str(model), "--macs", "0.5", "--candidates", "4", *FAST]
     assert main([*prune, "--out", str(tmp_path / "single")]) == 0
     done = torchrun("-m", "gfsprune", *prune, "--out", str(tmp_path / "multi"))
     assert done.returncode == 0, done.stderr[-3000:]

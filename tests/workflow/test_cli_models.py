@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,8 @@ def test_the_users_own_code_runs_only_where_the_user_names_it(
     capsys.readouterr()
 
     assert main(["eval", str(out)]) == 2
-    assert f"pass --model {user_net}" in one_line_error(capsys, "eval")
-    with pytest.raises(gfsprune.ModelError, match=f"pass --model {user_net}"):
+    assert f"pass --model '{user_net}'" in one_line_error(capsys, "eval")
+    with pytest.raises(gfsprune.ModelError, match=re.escape(f"pass model='{user_net}'")):
         gfsprune.load(out)
 
     assert main(["eval", str(out), "--model", user_net]) == 0
@@ -137,7 +138,7 @@ def test_a_folder_saved_from_python_with_a_model_spec_is_read_by_the_cli(
         gfsprune.load(tmp_path / "saved")(batch[0][0]), result.model.eval()(batch[0][0])
     )
     assert main(["eval", str(tmp_path / "saved")]) == 2
-    assert "does not record the data it was pruned on; pass --data" in one_line_error(
+    assert "does not record the data it was pruned on; pass it (--data)" in one_line_error(
         capsys, "eval"
     )
     assert main(["eval", str(tmp_path / "saved"), "--data", f"imagefolder:{data}"]) == 0
@@ -147,14 +148,14 @@ def test_a_folder_saved_from_python_with_a_model_spec_is_read_by_the_cli(
 # test_cli.py, whose tests run them: (argv, command, message) and (argv, message).
 SPEC_REFUSALS = [
     (["eval"], "eval", "pass a folder (DIR) written by gfsprune, or --model SPEC"),
-    (["eval", "--model", "resnet20"], "eval", "needs data to work on; pass --data"),
+    (["eval", "--model", "resnet20"], "eval", "needs data; pass it (--data)"),
     (
         ["eval", "{tmp}", "--model", "resnet20", "--weights", "w.pth"],
         "eval",
         "--weights cannot change a folder's model",
     ),
     (
-        ["prune", "--checkpoint", "{tmp}", "--num-classes", "3", "--macs", "0.5", "--out", "o"],
+        ["prune", "--model-dir", "{tmp}", "--num-classes", "3", "--macs", "0.5", "--out", "o"],
         "prune",
         "--num-classes go(es) with --model",
     ),
@@ -166,7 +167,7 @@ SPEC_REFUSALS = [
     (
         ["eval", "--model", "resnet20", "--data", "digits", "--num-classes", "3"],
         "eval",
-        "asked for 3 classes (num_classes, --num-classes) but data 'digits' has 10",
+        "asked for 3 classes (--num-classes) but data 'digits' has 10",
     ),
     (
         ["eval", "--model", "resnet20", "--data", "digits", "--weights", "{tmp}/none.pth"],
@@ -180,10 +181,39 @@ SPEC_REFUSALS = [
     ),
 ]
 SPEC_ARGUMENT_ERRORS = [
-    (["prune", "--macs", "0.5", "--out", "o"], "one of the arguments --checkpoint --model is"),
+    (["prune", "--macs", "0.5", "--out", "o"], "one of the arguments --model-dir --model is"),
     (
-        ["prune", "--checkpoint", "c", "--model", "m", "--macs", "0.5", "--out", "o"],
-        "argument --model: not allowed with argument --checkpoint",
+        ["prune", "--model-dir", "c", "--model", "m", "--macs", "0.5", "--out", "o"],
+        "argument --model: not allowed with argument --model-dir",
     ),
     (["eval", "--model", "m", "--input-size", "3,32"], "expected 1 or 3 comma-separated ints"),
 ]
+
+
+VIEW_NET = """
+import torch.nn.functional as F
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(s):
+        super().__init__(); s.c1 = nn.Conv2d(1, 16, 3, padding=1)
+        s.c2 = nn.Conv2d(16, 32, 3, padding=1); s.fc = nn.Linear(32 * 2 * 2, 10)
+    def forward(s, x):
+        x = F.max_pool2d(F.relu(s.c1(x)), 2); x = F.max_pool2d(F.relu(s.c2(x)), 2)
+        return s.fc(x.view(x.size(0), -1))
+"""
+
+
+def test_a_users_view_head_cnn_prunes_with_default_options(tmp_path: Path, capsys) -> None:
+    """Issue 28's model (sized for the 8x8 digits): ``Net()`` takes no options and its
+    ``.view`` head fails channels-last; the scoring falls back and says so."""
+    (tmp_path / "net.py").write_text(VIEW_NET)
+    spec = f"{tmp_path / 'net.py'}:Net"
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save(gfsprune.models.get(spec).state_dict(), weights)
+    argv = ["prune", "--model", spec, "--weights", str(weights), "--data", "digits"]
+    out = tmp_path / "p"
+    assert main([*argv, "--macs", "0.5", "--out", str(out), *SELECT, "--no-progress"]) == 0
+    assert "own memory format" in capsys.readouterr().err
+    assert gfsprune.load(out, model=spec)(torch.randn(2, 1, 8, 8)).shape == (2, 10)

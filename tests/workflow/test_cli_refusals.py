@@ -38,13 +38,13 @@ def finetuned(pruned: Path, tmp_path: Path) -> Path:
     ("argv", "command", "victim", "message"),
     [
         (
-            ["prune", "--checkpoint", "{ck}", "--macs", "0.5", "--out", "{ft}"],
+            ["prune", "--model-dir", "{ck}", "--macs", "0.5", "--out", "{ft}"],
             "prune",
             "{ft}",
             "holds the output of `gfsprune finetune`, which a prune run would replace",
         ),
         (
-            ["prune", "--checkpoint", "{pr}", "--macs", "0.5", "--out", "{ck}", "--resume"],
+            ["prune", "--model-dir", "{pr}", "--macs", "0.5", "--out", "{ck}", "--resume"],
             "prune",
             "{ck}",
             "holds the output of `gfsprune train`",
@@ -72,7 +72,7 @@ def finetuned(pruned: Path, tmp_path: Path) -> Path:
             "holds the output of `gfsprune prune`, which a train run would replace",
         ),
         (
-            ["compare", "--checkpoint", "{ck}", "--macs", "0.5", "--epochs", "1", "--out", "{pr}"],
+            ["compare", "--model-dir", "{ck}", "--macs", "0.5", "--epochs", "1", "--out", "{pr}"],
             "compare",
             "{pr}",
             "holds the output of `gfsprune prune`",
@@ -81,9 +81,9 @@ def finetuned(pruned: Path, tmp_path: Path) -> Path:
     ],
 )
 def test_another_runs_folder_is_never_overwritten(
-    argv, command, victim, message, checkpoint, pruned, finetuned, capsys
+    argv, command, victim, message, trained, pruned, finetuned, capsys
 ) -> None:
-    fill = {"ck": str(checkpoint), "pr": str(pruned), "ft": str(finetuned)}
+    fill = {"ck": str(trained), "pr": str(pruned), "ft": str(finetuned)}
     victim = Path(victim.format(**fill))
     before = _files(victim)
     assert main([*(a.format(**fill) for a in argv), *(FAST if command != "demo" else [])]) == 2
@@ -91,9 +91,9 @@ def test_another_runs_folder_is_never_overwritten(
     assert _files(victim) == before
 
 
-def test_a_folder_gfsprune_did_not_write_is_refused(checkpoint: Path, tmp_path: Path, capsys):
+def test_a_folder_gfsprune_did_not_write_is_refused(trained: Path, tmp_path: Path, capsys):
     (tmp_path / "thesis.tex").write_text("years of work")
-    argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(tmp_path)]
+    argv = ["prune", "--model-dir", str(trained), "--macs", "0.5", "--out", str(tmp_path)]
     assert main([*argv, *FAST]) == 2
     assert "holds files gfsprune prune did not write" in one_line_error(capsys, "prune")
     assert _files(tmp_path) == {"thesis.tex": b"years of work"}
@@ -101,7 +101,7 @@ def test_a_folder_gfsprune_did_not_write_is_refused(checkpoint: Path, tmp_path: 
 
 @pytest.mark.parametrize("out", ["{tmp}/file/out", "/proc/gfsprune-out"])
 def test_compare_refuses_an_unwritable_out_before_any_work(
-    out: str, checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+    out: str, trained: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     (tmp_path / "file").write_text("x")
 
@@ -109,16 +109,16 @@ def test_compare_refuses_an_unwritable_out_before_any_work(
         raise AssertionError("compared before checking --out")
 
     monkeypatch.setattr(jobs, "compare", no_work)
-    argv = [*COMPARE, "--checkpoint", str(checkpoint), "--out", out.format(tmp=tmp_path)]
+    argv = [*COMPARE, "--model-dir", str(trained), "--out", out.format(tmp=tmp_path)]
     assert main(argv) == 2
     assert "choose another output folder (--out)" in one_line_error(capsys, "compare")
 
 
 def test_an_interrupted_compare_keeps_its_rows_and_resumes(
-    checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+    trained: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     out = tmp_path / "compare"
-    argv = [*COMPARE, "--checkpoint", str(checkpoint), "--out", str(out)]
+    argv = [*COMPARE, "--model-dir", str(trained), "--out", str(out)]
 
     def interrupt(context):
         raise KeyboardInterrupt
@@ -130,9 +130,7 @@ def test_an_interrupted_compare_keeps_its_rows_and_resumes(
     saved = json.loads((out / "results.json").read_text())
     assert list(saved) == ["methods"] and list(saved["methods"]) == ["gfs"]
     assert main(argv) == 2
-    assert "holds an earlier compare run; pass resume=True (--resume)" in one_line_error(
-        capsys, "compare"
-    )
+    assert "holds an earlier compare run; pass --resume" in one_line_error(capsys, "compare")
     assert main([*argv, "--epochs", "2", "--resume"]) == 2
     assert "started with other epochs, finetune" in one_line_error(capsys, "compare")
     assert main([*argv, "--resume"]) == 0
@@ -141,9 +139,9 @@ def test_an_interrupted_compare_keeps_its_rows_and_resumes(
     assert results["methods"]["gfs"] == saved["methods"]["gfs"]  # reused, not run again
 
 
-def _damaged_copy(checkpoint: Path, tmp_path: Path, name: str, change) -> Path:
+def _damaged_copy(trained: Path, tmp_path: Path, name: str, change) -> Path:
     folder = tmp_path / "damaged"
-    shutil.copytree(checkpoint, folder)
+    shutil.copytree(trained, folder)
     document = json.loads((folder / name).read_text())
     change(document)
     (folder / name).write_text(json.dumps(document))
@@ -169,8 +167,8 @@ def _damaged_copy(checkpoint: Path, tmp_path: Path, name: str, change) -> Path:
         (lambda d: d.update(format="other"), "is not a 'gfsprune-model' file"),
     ],
 )
-def test_a_damaged_model_json_is_one_line(change, message, checkpoint, tmp_path, capsys):
-    folder = _damaged_copy(checkpoint, tmp_path, "model.json", change)
+def test_a_damaged_model_json_is_one_line(change, message, trained, tmp_path, capsys):
+    folder = _damaged_copy(trained, tmp_path, "model.json", change)
     assert main(["eval", str(folder)]) == 2
     err = one_line_error(capsys, "eval")
     assert message in err and str(folder / "model.json") in err
@@ -220,7 +218,7 @@ def test_a_folder_saved_from_python_says_what_to_add(tmp_path: Path, capsys) -> 
 
 
 def test_eval_never_runs_code_from_the_models_data_folder(
-    checkpoint: Path, tmp_path: Path, capsys
+    trained: Path, tmp_path: Path, capsys
 ) -> None:
     marker = tmp_path / "payload-ran"
 
@@ -233,7 +231,7 @@ def test_eval_never_runs_code_from_the_models_data_folder(
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (cifar / name).write_bytes(pickle.dumps({b"data": Payload(), b"labels": [0]}))
     folder = _damaged_copy(
-        checkpoint, tmp_path, "model.json", lambda d: d.update(data=f"cifar10:{cifar}")
+        trained, tmp_path, "model.json", lambda d: d.update(data=f"cifar10:{cifar}")
     )
     assert main(["eval", str(folder)]) == 2
     assert "names builtins.eval, which a data file has no use for" in one_line_error(capsys, "eval")
@@ -242,13 +240,13 @@ def test_eval_never_runs_code_from_the_models_data_folder(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("command", ["train", "finetune", "eval", "compare", "prune"])
-def test_cuda_on_a_machine_without_it_is_one_line(command, checkpoint, pruned, tmp_path, capsys):
+def test_cuda_on_a_machine_without_it_is_one_line(command, trained, pruned, tmp_path, capsys):
     argv = {
         "train": ["train", "--model", "digits_cnn", "--data", "digits", "--epochs", "1"],
         "finetune": ["finetune", str(pruned), "--epochs", "1"],
         "eval": ["eval", str(pruned)],
-        "compare": [*COMPARE, "--checkpoint", str(checkpoint)],
-        "prune": ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5"],
+        "compare": [*COMPARE, "--model-dir", str(trained)],
+        "prune": ["prune", "--model-dir", str(trained), "--macs", "0.5"],
     }[command]
     out = [] if command == "eval" else ["--out", str(tmp_path / "o")]
     assert main([*argv, *out, "--device", "cuda"]) == 2
@@ -256,11 +254,11 @@ def test_cuda_on_a_machine_without_it_is_one_line(command, checkpoint, pruned, t
     assert not (tmp_path / "o").exists()
 
 
-def test_an_unreachable_budget_is_one_line(checkpoint: Path, tmp_path: Path, capsys) -> None:
+def test_an_unreachable_budget_is_one_line(trained: Path, tmp_path: Path, capsys) -> None:
     argv = [
         "prune",
-        "--checkpoint",
-        str(checkpoint),
+        "--model-dir",
+        str(trained),
         "--macs",
         "0.99",
         "--out",
@@ -271,7 +269,7 @@ def test_an_unreachable_budget_is_one_line(checkpoint: Path, tmp_path: Path, cap
     assert not (tmp_path / "o" / "plan.json").exists()
 
 
-@pytest.mark.parametrize("command", [["demo"], ["compare", "--checkpoint", "x"]])
+@pytest.mark.parametrize("command", [["demo"], ["compare", "--model-dir", "x"]])
 def test_compare_and_demo_refuse_torchrun(command, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     argv = [*command, "--out", str(tmp_path / "o")]
@@ -283,9 +281,9 @@ def test_compare_and_demo_refuse_torchrun(command, tmp_path, monkeypatch, capsys
     assert not (tmp_path / "o").exists()
 
 
-def test_output_piped_into_a_closed_reader_ends_quietly(checkpoint: Path) -> None:
+def test_output_piped_into_a_closed_reader_ends_quietly(trained: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gfsprune", "eval", str(checkpoint)],
+        [sys.executable, "-m", "gfsprune", "eval", str(trained)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,9 @@ def test_synthetic_is_seeded_and_sized() -> None:
 
 @pytest.mark.parametrize("spec", ["synthetic:abc", "synthetic:5", "synthetic:"])
 def test_synthetic_bad_count(spec: str) -> None:
-    with pytest.raises(DataError, match=r"'synthetic:N' must be an integer >= 20.*synthetic:2000"):
+    with pytest.raises(
+        DataError, match=r"'synthetic:N' must be an integer from 20 to 1,000,000.*synthetic:2000"
+    ):
         load_data(spec)
 
 
@@ -244,8 +247,9 @@ def test_imagefolder_eval_crop_is_the_centre(tmp_path: Path) -> None:
     pixels = np.zeros((64, 128, 3), dtype=np.uint8)  # wide image: a white centre square
     pixels[8:56, 40:88] = 255
     for split in ("train", "val"):
-        (tmp_path / split / "a").mkdir(parents=True)
-        Image.fromarray(pixels).save(tmp_path / split / "a" / "x.png")
+        for cls in ("a", "b"):  # two classes: one alone is refused
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(pixels).save(tmp_path / split / cls / "x.png")
     image, _ = load_data(f"imagefolder:{tmp_path}", image_size=16).test[0]
     white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     torch.testing.assert_close(image[:, 4:12, 4:12], white.view(3, 1, 1).expand(3, 8, 8))
@@ -391,3 +395,37 @@ def test_a_jpeg_crop_decoded_reduced_matches_the_full_decode(tmp_path) -> None:
         full = _to_tensor(image.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR, box=box))
     assert crop.shape == (3, 32, 32)
     assert (crop - full).abs().mean() < 0.05
+
+
+class _Strided:
+    """Pickles as ``numpy.ndarray((2000000, 3072), uint8, one byte, 0, (0, 0))``: a view of
+    one byte as large as six gigabytes, which a copy would allocate (issue 28)."""
+
+    def __reduce__(self):
+        return np.ndarray, ((2_000_000, 3072), np.dtype("uint8"), b"x", 0, (0, 0))
+
+
+def test_cifar10_batch_posing_as_a_huge_array_is_refused(cifar_dir: Path) -> None:
+    (cifar_dir / "data_batch_2").write_bytes(
+        pickle.dumps({b"data": _Strided(), b"labels": [0] * 2_000_000})
+    )
+    with pytest.raises(DataError, match=r"data_batch_2' is not a readable batch.*is a view"):
+        load_data(f"cifar10:{cifar_dir}")
+
+
+@pytest.mark.parametrize(
+    ("values", "shown"), [(np.nan, "float64 values nan"), (-1.0, "float64 values -1.0")]
+)
+def test_cifar10_pixels_that_are_not_bytes_are_refused(cifar_dir: Path, values, shown) -> None:
+    data = np.full((4, 3072), 7.0)
+    data[0, 0] = values
+    (cifar_dir / "data_batch_4").write_bytes(pickle.dumps({b"data": data, b"labels": [0] * 4}))
+    with pytest.raises(DataError, match=f"pixel values must be integers in 0..255; got {shown}"):
+        load_data(f"cifar10:{cifar_dir}")
+
+
+def test_an_image_folder_of_one_class_is_refused(folder_dir: Path) -> None:
+    for split in ("train", "val"):
+        shutil.rmtree(folder_dir / split / "dog")
+    with pytest.raises(DataError, match=r"has one class \('cat'\); a classifier needs at least"):
+        load_data(f"imagefolder:{folder_dir}")

@@ -127,7 +127,7 @@ def test_importance_scores_attention_heads_whole() -> None:
     pytest.importorskip("timm")
     model = tiny_vit(depth=1)
     x = torch.randn(2, 3, 16, 16)
-    heads = next(layer for layer in find_layers(model, x)[0] if layer.heads is not None)
+    heads = next(layer for layer in find_layers(model, x)[0] if layer.units is not None)
     widths = {heads.name: 2 * heads.item_size}
     kept = importance_channels(model, x, widths, GroupMagnitudeImportance(p=1))
     assert len(heads.items_of(kept[heads.name])) == 2

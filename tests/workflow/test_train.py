@@ -63,6 +63,7 @@ def test_resume_gives_the_same_weights(synthetic, tmp_path: Path, monkeypatch) -
     # on CPU: CUDA repeats runs exactly only under torch.use_deterministic_algorithms(True)
     config = TrainConfig(epochs=3, batch_size=32, lr=0.05)
     options = {"progress": False, "device": "cpu"}
+    state = tmp_path / "train_state.pt"
     straight = tiny_net(3)
     straight_history = fit(straight, synthetic, config, **options)
 
@@ -77,51 +78,44 @@ def test_resume_gives_the_same_weights(synthetic, tmp_path: Path, monkeypatch) -
 
     monkeypatch.setattr(train, "evaluate", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_net(3), synthetic, config, checkpoint_dir=tmp_path, **options)
+        fit(tiny_net(3), synthetic, config, checkpoint=state, **options)
     monkeypatch.undo()
-    saved = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    saved = torch.load(state, weights_only=True)
     assert saved["epoch"] == 2 and not list(tmp_path.glob("*.tmp"))
 
     resumed = tiny_net(3, seed=1)  # another initialisation: the checkpoint must overwrite it
-    resumed_history = fit(
-        resumed, synthetic, config, checkpoint_dir=tmp_path, resume=True, **options
-    )
+    resumed_history = fit(resumed, synthetic, config, checkpoint=state, resume=True, **options)
     torch.testing.assert_close(resumed.state_dict(), straight.state_dict(), rtol=0, atol=0)
     drop_time = [{k: v for k, v in h.items() if k != "seconds"} for h in resumed_history]
     assert drop_time == [{k: v for k, v in h.items() if k != "seconds"} for h in straight_history]
 
 
 def test_resume_rejects_changed_options(synthetic, tmp_path: Path) -> None:
-    fit(
-        tiny_net(3),
-        synthetic,
-        TrainConfig(epochs=1, batch_size=64),
-        checkpoint_dir=tmp_path,
-        progress=False,
-    )
+    state = tmp_path / "train_state.pt"
+    config = TrainConfig(epochs=1, batch_size=64)
+    fit(tiny_net(3), synthetic, config, checkpoint=state, progress=False)
     with pytest.raises(ConfigError, match=r"written with epochs=1 \(now 2\), lr=0.1 \(now 0.05\)"):
         config = TrainConfig(epochs=2, batch_size=64, lr=0.05)
-        fit(tiny_net(3), synthetic, config, checkpoint_dir=tmp_path, resume=True, progress=False)
+        fit(tiny_net(3), synthetic, config, checkpoint=state, resume=True, progress=False)
     with pytest.raises(ModelError, match=r"checkpoint '.*train_state.pt' does not fit this model"):
         config = TrainConfig(epochs=1, batch_size=64)
         linear = nn.Sequential(nn.Flatten(), nn.Linear(768, 10))
-        fit(linear, synthetic, config, checkpoint_dir=tmp_path, resume=True, progress=False)
+        fit(linear, synthetic, config, checkpoint=state, resume=True, progress=False)
 
 
 def test_resume_of_a_finished_or_missing_run(synthetic, tmp_path: Path) -> None:
+    state = tmp_path / "train_state.pt"
     config = TrainConfig(epochs=1, batch_size=64)
-    first = fit(
-        tiny_net(3), synthetic, config, checkpoint_dir=tmp_path, resume=True, progress=False
-    )
+    first = fit(tiny_net(3), synthetic, config, checkpoint=state, resume=True, progress=False)
     net = tiny_net(3)
     with torch.no_grad():
         net[0].weight.zero_()
-    again = fit(net, synthetic, config, checkpoint_dir=tmp_path, resume=True, progress=False)
+    again = fit(net, synthetic, config, checkpoint=state, resume=True, progress=False)
     assert again == first and net[0].weight.abs().sum() > 0  # loaded, not retrained
-    (tmp_path / "train_state.pt").write_bytes(b"broken")
+    state.write_bytes(b"broken")
     with pytest.raises(ModelError, match=r"cannot read checkpoint '.*'.*delete it to start over"):
-        fit(net, synthetic, config, checkpoint_dir=tmp_path, resume=True, progress=False)
-    with pytest.raises(ConfigError, match="resume=True needs the checkpoint_dir"):
+        fit(net, synthetic, config, checkpoint=state, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="resume=True needs the checkpoint"):
         fit(net, synthetic, config, resume=True, progress=False)
 
 

@@ -1,4 +1,5 @@
-"""Width allocators: how a MACs or parameter budget becomes per-layer widths.
+"""Width allocators: how a budget (MACs, parameters, any metric of the cost model) becomes
+per-layer widths.
 
 An allocator is one small class behind :class:`WidthAllocator`. Widths come from each
 layer's :func:`allowed_widths`: with ``round_to=N`` every pruned width is a multiple of ``N``
@@ -21,6 +22,7 @@ import numpy as np
 
 from gfsprune.core.cost import CostModel
 from gfsprune.core.curves import LossCurve
+from gfsprune.core.schedules import Fast, Schedule
 from gfsprune.errors import ConfigError
 from gfsprune.targets import Budget
 
@@ -62,7 +64,7 @@ def check_reachable(cost: CostModel, budget: Budget, *, round_to: int = 1) -> No
             "round_to."
         )
     narrowest = [np.full(int(w), g[0] / w) for w, g in zip(cost.widths, grids, strict=True)]
-    smallest = cost.ratio(narrowest, budget)
+    smallest = cost.ratio(narrowest, budget.metric)
     unit = "one channel" if round_to == 1 else f"{round_to} channels (round_to)"
     if budget.ratio < smallest - 1e-9:
         raise ConfigError(
@@ -76,7 +78,7 @@ def check_reachable(cost: CostModel, budget: Budget, *, round_to: int = 1) -> No
         if len(grid) > 1:
             keep = [np.ones(int(w)) for w in cost.widths]
             keep[i][int(grid[-2]) :] = 0.0
-            largest = max(largest, cost.ratio(keep, budget))
+            largest = max(largest, cost.ratio(keep, budget.metric))
     if budget.ratio > (1 + largest) / 2:
         raise ConfigError(
             f"{name} cannot be met to the nearest step: the smallest reduction (one layer "
@@ -87,17 +89,17 @@ def check_reachable(cost: CostModel, budget: Budget, *, round_to: int = 1) -> No
 
 
 def _largest_fixed(cost: CostModel, budget: Budget, shown: int = 3) -> str:
-    """The modules whose MACs no pruned layer changes, the largest few with their share of
-    the model's MACs, for a refused ``Macs`` budget ("" for other budgets, or when none
-    costs 1%)."""
-    if budget.measure(1.0, 0.0) == 0.0:
-        return ""
+    """The modules whose cost (of the budget's metric) no pruned layer changes, the largest
+    few with their share of the model's, for a refused budget ("" where the cost model does
+    not know them, or none costs 1%)."""
+    full = cost.full[budget.metric]
     parts = [
-        f"{name or 'the model itself'} {macs / cost.full_macs:.0%}"
-        for name, macs in list(cost.fixed_parts.items())[:shown]
-        if macs >= 0.01 * cost.full_macs
+        f"{name or 'the model itself'} {value / full:.0%}"
+        for name, value in list(cost.fixed(budget.metric).items())[:shown]
+        if value >= 0.01 * full
     ]
-    return f" (MACs outside the pruned layers, the largest: {', '.join(parts)})" if parts else ""
+    label = type(budget).__name__
+    return f" ({label} outside the pruned layers, the largest: {', '.join(parts)})" if parts else ""
 
 
 def _grids(cost: CostModel, round_to: int) -> list[np.ndarray]:
@@ -175,7 +177,7 @@ def _fit(
 
     def error(widths: np.ndarray) -> float:
         flat = np.where(is_fixed, fixed_flat, (widths / full)[owner])
-        return cost.ratio(flat, budget) - budget.ratio
+        return cost.ratio(flat, budget.metric) - budget.ratio
 
     grids = _grids(cost, round_to)
     plain = round_to == 1 and bool((cost.sizes == 1).all())
@@ -255,19 +257,34 @@ class Curves(WidthAllocator):
 
     Attributes:
         steps: Steps a layer's width is cut in, at most (finer is slower to solve).
+        schedule: The schedule of the pass that measures the curves (each layer selected
+            alone, from no channel to all); ``None``: ``Fast(screen=s)`` with ``s`` the
+            smaller of ``Fast.screen`` and the run's ``candidates``, so the pass scores no
+            more candidates per step than the run itself (:meth:`curve_schedule`).
     """
 
     name = "curves"
     needs_curves = True
 
-    def __init__(self, steps: int = 32) -> None:
+    def __init__(self, steps: int = 32, *, schedule: Schedule | None = None) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(
                 f"The 'steps' parameter of Curves must be a positive integer. Got {steps!r} "
                 "instead."
             )
-        self.steps = steps
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise ConfigError(
+                f"The 'schedule' parameter of Curves must be a Schedule or None. Got "
+                f"{schedule!r} instead."
+            )
+        self.steps, self.schedule = steps, schedule
         self._solved: tuple[tuple, np.ndarray] | None = None
+
+    def curve_schedule(self, candidates: int | None) -> Schedule:
+        """The schedule the curves are measured with, for a run scoring ``candidates``."""
+        if self.schedule is not None:
+            return self.schedule
+        return Fast(screen=min(Fast.screen, candidates or Fast.screen))
 
     def allocate(self, cost, budget, selected, *, round_to=1, curves=None) -> list[int]:
         if curves is None or len(curves) != len(cost.widths):
@@ -280,7 +297,7 @@ class Curves(WidthAllocator):
             budget,
             round_to,
             cost.widths.tobytes(),
-            cost.full_macs,
+            tuple(sorted(cost.full.items())),
             tuple((c.widths.tobytes(), c.losses.tobytes()) for c in curves),
         )
         if self._solved is None or self._solved[0] != key:
@@ -295,11 +312,11 @@ class Curves(WidthAllocator):
         grids = _grids(cost, round_to)
         position = [len(g) - 1 for g in grids]  # index into each layer's grid: full width
         stride = [max(1, (len(g) - 1) // self.steps) for g in grids]
-        neighbours = _neighbours(cost)
+        neighbours = cost.neighbours()
 
         def ratio(pos: Sequence[int]) -> float:
             keep = [np.full(int(w), g[p] / w) for w, g, p in zip(full, grids, pos, strict=True)]
-            return cost.ratio(keep, budget)
+            return cost.ratio(keep, budget.metric)
 
         def gain(i: int, now: float) -> tuple[float, float, int]:
             """(loss per freed budget, -freed, i) of layer i's next step down; inf if none."""
@@ -325,17 +342,6 @@ class Curves(WidthAllocator):
             for j in {i, *neighbours[i]}:
                 gains[j] = gain(j, now)
         return np.array([g[p] for g, p in zip(grids, position, strict=True)], dtype=float)
-
-
-def _neighbours(cost: CostModel) -> list[set[int]]:
-    """For each layer, the layers whose cost shares a term with it (narrowing one changes
-    what narrowing the others frees)."""
-    linked: list[set[int]] = [set() for _ in cost.widths]
-    for term in cost.terms:
-        layers = {i for i, _, _ in term.inputs} | ({term.out[0]} if term.out else set())
-        for i in layers:
-            linked[i] |= layers - {i}
-    return linked
 
 
 #: The allocators ``PruneConfig(allocator=NAME)`` accepts.

@@ -1,165 +1,85 @@
-"""The cost model: MACs and parameters of a model pruned to given per-channel keep shares.
+"""The cost-model protocol: what a budget counts, predicted for given per-layer widths.
 
-It is exact for convolutions, linear layers and norms: a module's MACs and weights scale with
-the kept share of its output channels times that of its input positions, its biases and norm
-parameters with the former. Which channels are kept matters where a group is joined by a
-concatenation (each concatenated part feeds other modules). An attention module's own
-products (no module of their own) scale with its kept heads: it is a producer of its head
-layer.
+A cost model is one small class behind :class:`CostModel`. It predicts named metrics
+(``{"macs": ..., "params": ...}`` for :class:`~gfsprune.core.compute_cost.ComputeCost`, the
+default) of the model pruned to given per-channel keep shares, fast enough for an allocator
+that asks thousands of times, and measures the same metrics on a real model for the result.
+A budget (:class:`~gfsprune.targets.Budget`) names the metric it constrains and may name the
+cost model that predicts it (:meth:`~gfsprune.targets.Target.cost_model`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from torch import nn
 
-from gfsprune.core.counting import count_flops
+from gfsprune.errors import ConfigError
 from gfsprune.surgery import ChannelLayer
-from gfsprune.targets import Budget
 
-__all__ = ["CostModel"]
-
-
-@dataclass(frozen=True)
-class _Term:
-    macs: float
-    weights: float  # parameters with two or more dimensions
-    vectors: float  # biases and norm parameters
-    out: tuple[int, np.ndarray] | None  # (layer, channels) this module's outputs carry
-    inputs: tuple[tuple[int, np.ndarray, float], ...]  # (layer, channels, share of positions)
+__all__ = ["CostFactory", "CostModel"]
 
 
-class CostModel:
-    """Predicts the MACs and parameters of a model pruned to given per-channel keep shares.
+class CostModel(ABC):
+    """Predicts named metrics of a model pruned to given per-channel keep shares.
 
     A keep vector per layer holds, for each channel, 1 (kept), 0 (removed) or, for a layer
-    not yet selected, its planned width divided by its full width.
+    not yet selected, its planned width divided by its full width. Subclasses call
+    ``super().__init__(layers)`` and implement :meth:`predict_flat` and :meth:`measure`.
+
+    Attributes:
+        widths: The layers' full widths, in selection order.
+        sizes: Channels per selection item of each layer (widths are multiples of it).
     """
 
-    def __init__(self, model: nn.Module, example_inputs: object, layers: Sequence[ChannelLayer]):
-        producers = {p.name for layer in layers for p in layer.producers}
-        flops, rest = _flops_per_module(model, example_inputs, producers)
+    def __init__(self, layers: Sequence[ChannelLayer]) -> None:
         self.widths = np.array([layer.width for layer in layers], dtype=float)
-        #: Channels per selection item of each layer (widths are multiples of it).
         self.sizes = np.array([layer.item_size for layer in layers], dtype=float)
-        outputs: dict[str, tuple[int, np.ndarray]] = {}
-        inputs: dict[str, list[tuple[int, np.ndarray, float]]] = {}
-        for i, layer in enumerate(layers):
-            for p in layer.producers:
-                outputs[p.name] = (i, np.array(p.root))
-            for c in layer.consumers:
-                inputs.setdefault(c.name, []).append((i, c.root.numpy(), float(len(c.index))))
-        self.terms: list[_Term] = []
-        self.fixed_macs = flops.pop("", 0) / 2
-        self.fixed_params = 0.0
-        #: MACs no pruned layer changes, by the module that spends them (its own operations
-        #: outside its children for a container; ``""``: the model's own), the largest first.
-        self.fixed_parts = {n: f / 2 for n, f in rest.items() if f > 0}
-        for name, module in model.named_modules():
-            own = list(module.parameters(recurse=False))
-            macs = flops.get(name, 0) / 2
-            weights = float(sum(p.numel() for p in own if p.dim() > 1))
-            vectors = float(sum(p.numel() for p in own if p.dim() <= 1))
-            size = getattr(module, "in_features", getattr(module, "in_channels", 1))
-            parts = tuple((i, root, n / size) for i, root, n in inputs.get(name, []))
-            if name not in outputs and not parts:
-                self.fixed_macs += macs
-                self.fixed_params += weights + vectors
-                if macs > 0:
-                    self.fixed_parts[name] = macs
-            elif own or macs:
-                self.terms.append(_Term(macs, weights, vectors, outputs.get(name), parts))
-        self.fixed_parts = dict(sorted(self.fixed_parts.items(), key=lambda kv: -kv[1]))
-        self._vectorize()
-        self.full = [np.ones(int(w)) for w in self.widths]
-        self.full_macs, self.full_params = self.predict(self.full)
 
-    def _vectorize(self) -> None:
-        """Index arrays that let :meth:`predict` evaluate every term at once (the allocator
-        calls it thousands of times on networks of hundreds of layers)."""
-        offsets = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(np.int64)
-        references: list[np.ndarray] = []  # flat channel positions of each mean taken
+    @abstractmethod
+    def predict_flat(self, flat: np.ndarray) -> dict[str, float]:
+        """Every metric for the keep vectors of all layers concatenated, in layer order."""
 
-        def reference(layer: int, root: np.ndarray) -> int:
-            references.append(offsets[layer] + np.asarray(root, dtype=np.int64))
-            return len(references) - 1
+    @abstractmethod
+    def measure(self, model: nn.Module, example_inputs: object) -> dict[str, float]:
+        """Every metric of a real model (the unpruned one, or the physically pruned one)."""
 
-        terms = self.terms
-        self._out = np.array([-1 if t.out is None else reference(*t.out) for t in terms])
-        inputs = [
-            (k, reference(i, root), share)
-            for k, t in enumerate(terms)
-            for i, root, share in t.inputs
-        ]
-        self._in_term = np.array([k for k, _, _ in inputs], dtype=np.int64)
-        self._in_ref = np.array([r for _, r, _ in inputs], dtype=np.int64)
-        self._in_share = np.array([share for _, _, share in inputs], dtype=float)
-        self._in_base = 1.0 - np.bincount(
-            self._in_term, weights=self._in_share, minlength=len(terms)
-        )
-        lengths = np.array([len(r) for r in references], dtype=np.int64)
-        self._gather = np.concatenate(references) if references else np.zeros(0, np.int64)
-        self._starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        self._lengths = lengths.astype(float)
-        self._macs = np.array([t.macs for t in terms], dtype=float)
-        self._weights = np.array([t.weights for t in terms], dtype=float)
-        self._vectors = np.array([t.vectors for t in terms], dtype=float)
-
-    def predict(self, keep: Sequence[np.ndarray]) -> tuple[float, float]:
-        """``(macs, params)`` for per-layer keep vectors."""
+    def predict(self, keep: Sequence[np.ndarray]) -> dict[str, float]:
+        """Every metric for per-layer keep vectors."""
         return self.predict_flat(np.concatenate([np.asarray(k, dtype=float) for k in keep]))
 
-    def predict_flat(self, flat: np.ndarray) -> tuple[float, float]:
-        """:meth:`predict` for the keep vectors of all layers concatenated, in layer order."""
-        if not self.terms:
-            return self.fixed_macs, self.fixed_params
-        means = np.add.reduceat(flat[self._gather], self._starts) / self._lengths
-        out = np.where(self._out >= 0, means[np.maximum(self._out, 0)], 1.0)
-        inp = self._in_base + np.bincount(
-            self._in_term, weights=self._in_share * means[self._in_ref], minlength=len(self.terms)
-        )
-        macs = self.fixed_macs + float((self._macs * out * inp).sum())
-        params = self.fixed_params + float(((self._weights * inp + self._vectors) * out).sum())
-        return macs, params
+    @functools.cached_property
+    def full(self) -> dict[str, float]:
+        """Every metric of the unpruned model, as predicted."""
+        return self.predict([np.ones(int(w)) for w in self.widths])
 
-    def ratio(self, keep: Sequence[np.ndarray] | np.ndarray, budget: Budget) -> float:
-        """The fraction of the original cost (of the budget's kind) for the keep vectors
-        (per layer, or concatenated as :meth:`predict_flat` takes them)."""
+    def ratio(self, keep: Sequence[np.ndarray] | np.ndarray, metric: str) -> float:
+        """``metric`` for the keep vectors (per layer, or concatenated as :meth:`predict_flat`
+        takes them) as a fraction of the unpruned model's."""
+        if metric not in self.full:
+            raise ConfigError(
+                f"The budget counts {metric!r}, which the {type(self).__name__} cost model "
+                f"does not predict (it predicts {sorted(self.full)}); give the budget a cost "
+                "model that does (Target.cost_model)."
+            )
         cost = self.predict_flat(keep) if isinstance(keep, np.ndarray) else self.predict(keep)
-        return budget.measure(*cost) / budget.measure(self.full_macs, self.full_params)
+        return cost[metric] / self.full[metric]
+
+    def neighbours(self) -> list[set[int]]:
+        """For each layer, the layers whose widths change what narrowing it saves (an
+        allocator re-prices only those after a step). Default: every other layer."""
+        everyone = set(range(len(self.widths)))
+        return [everyone - {i} for i in range(len(self.widths))]
+
+    def fixed(self, metric: str) -> Mapping[str, float]:
+        """The part of ``metric`` no pruned layer changes, by the module that spends it, the
+        largest first (named when a budget is refused); empty where the model does not know."""
+        return {}
 
 
-def _flops_per_module(
-    model: nn.Module, example_inputs: object, containers: Iterable[str] = ()
-) -> tuple[dict[str, int], dict[str, int]]:
-    """FLOPs of each leaf module's calls and of the ``containers``' own operations (outside
-    their leaves), by qualified name, ``""`` holding the rest; and that rest by the module
-    whose own operations (outside its children) they are, ``""`` for the model's."""
-    counter = count_flops(model, example_inputs)
-    counts = counter.get_flop_counts()
-    prefix = type(model).__name__
-    per_module = {
-        key[len(prefix) + 1 :]: sum(ops.values())
-        for key, ops in counts.items()
-        if key.startswith(prefix + ".")
-    }
-    per_module[""] = counter.get_total_flops()
-    children = {
-        name: [f"{name}.{c}" if name else c for c, _ in module.named_children()]
-        for name, module in model.named_modules()
-    }
-    leaves = {n for n, kids in children.items() if not kids}
-    leaf_flops = {n: f for n, f in per_module.items() if n in leaves}
-    for name in set(containers) - leaves:
-        inner = sum(f for n, f in leaf_flops.items() if n.startswith(name + "."))
-        leaf_flops[name] = per_module.get(name, 0) - inner
-    leaf_flops[""] = per_module[""] - sum(leaf_flops.values())
-    rest = {
-        name: per_module.get(name, 0) - sum(per_module.get(c, 0) for c in kids)
-        for name, kids in children.items()
-        if kids and name not in containers
-    }
-    return leaf_flops, rest
+#: Builds a run's cost model: ``factory(model, example_inputs, layers)`` (the model traced,
+#: its channel layers in selection order). A :class:`CostModel` subclass is one.
+CostFactory = Callable[[nn.Module, object, Sequence[ChannelLayer]], CostModel]

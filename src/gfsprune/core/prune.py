@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -20,20 +20,22 @@ from tqdm.auto import tqdm
 from gfsprune import distributed
 from gfsprune._copying import copy_model
 from gfsprune._inputs import model_device, move, run_model
-from gfsprune.core.allocate import WidthAllocator, allowed_widths, check_reachable
+from gfsprune.core.compute_cost import ComputeCost
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.cost import CostModel
 from gfsprune.core.counting import count
-from gfsprune.core.curves import LossCurve, measure_curves
+from gfsprune.core.curves import LossCurve, measure_curve
+from gfsprune.core.eta import RunClock
+from gfsprune.core.planner import WidthPlanner
 from gfsprune.core.refit import refit_consumers
-from gfsprune.core.schedules import Fast
-from gfsprune.core.strategies import LayerSearch, select_layer
+from gfsprune.core.schedules import Schedule
+from gfsprune.core.strategies import LayerChoice, LayerSearch, select_layer
 from gfsprune.core.stream import BatchStream
 from gfsprune.core.tuning import tune
 from gfsprune.errors import ConfigError, DataError, ModelError, first_line
 from gfsprune.io.progress import read_progress, write_progress
 from gfsprune.plan import LayerLog, LayerPlan, PruneResult
-from gfsprune.scoring import make_evaluator
+from gfsprune.scoring import BoundObjective, LayerObjective, SelectionRun
 from gfsprune.surgery import (
     ChannelLayer,
     Masks,
@@ -44,70 +46,15 @@ from gfsprune.surgery import (
     removable_layers,
     removal_difference,
 )
-from gfsprune.targets import Budget, Goal, Target
+from gfsprune.targets import Goal, Target
 
 __all__ = ["prune"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # The tolerance rule compares losses on a fixed set of batches (the paper uses a fixed
-# training subset); picks are still scored on the fresh batches that follow.
+# training subset); picks are still scored on the fresh batches that follow. The curves pass
+# and the refit read as many batches of their own pass over the data.
 _HELD_OUT_BATCHES = 4
-
-
-class _Context:
-    """What targets may ask of the run (:class:`gfsprune.targets.TargetContext`): the layers,
-    and the cost model and allocator behind a budget (the cost model built on first use)."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        example_inputs: object,
-        layers: Sequence[ChannelLayer],
-        allocator: WidthAllocator,
-        round_to: int,
-    ) -> None:
-        self.names = [layer.name for layer in layers]
-        self.widths = [layer.width for layer in layers]
-        self._sizes = [layer.item_size for layer in layers]
-        self.round_to = round_to
-        self._model, self._inputs, self._layers = model, example_inputs, layers
-        self._allocator = allocator
-        self._cost: CostModel | None = None
-        #: Measures the layers' loss curves (set by ``prune`` once the masks are on), for
-        #: an allocator that needs them; measured on first use.
-        self.measure_curves: Callable[[], list[LossCurve]] | None = None
-        self._curves: list[LossCurve] | None = None
-
-    @property
-    def cost(self) -> CostModel:
-        if self._cost is None:
-            self._cost = CostModel(self._model, self._inputs, self._layers)
-        return self._cost
-
-    def check_budget(self, budget: Budget) -> None:
-        check_reachable(self.cost, budget, round_to=self.round_to)
-
-    @property
-    def curves(self) -> list[LossCurve] | None:
-        """The layers' loss curves where the allocator needs them (measured once)."""
-        if self._allocator.needs_curves and self._curves is None:
-            assert self.measure_curves is not None, "prune() sets measure_curves first"
-            self._curves = self.measure_curves()
-        return self._curves
-
-    def allocate(self, budget: Budget, selected: Mapping[int, Sequence[int]]) -> list[int]:
-        extra = {"curves": self.curves} if self._allocator.needs_curves else {}
-        widths = self._allocator.allocate(
-            self.cost, budget, selected, round_to=self.round_to, **extra
-        )
-        for i, (width, full, size) in enumerate(zip(widths, self.widths, self._sizes, strict=True)):
-            if i not in selected and width not in allowed_widths(full, self.round_to, size):
-                raise ModelError(
-                    f"The {self._allocator.name!r} allocator gave layer '{self.names[i]}' "
-                    f"{width} of {full} channels, not a multiple of round_to={self.round_to} "
-                    f"and of its item size {size} (or the full width); fix the allocator."
-                )
-        return widths
 
 
 def prune(
@@ -132,14 +79,24 @@ def prune(
         target: ``Macs(r)`` or ``Params(r)`` (fraction of the original cost to keep, split
             into per-layer widths by ``config.allocator``), ``Tolerance(eps)`` (per layer,
             add channels until the loss on a fixed held-out batch set is within ``eps`` of
-            its starting value), or ``Widths({layer: n})`` (exact widths).
+            its starting value), ``Widths({layer: n})`` (exact widths), or another
+            :class:`~gfsprune.targets.Target` (a budget on any metric of its cost model).
         config: The selection options (:class:`PruneConfig`; default ``PruneConfig()``).
         loss_fn: ``loss_fn(outputs, targets)``, a scalar mean over the batch; defaults to
             cross-entropy. It may ignore ``targets`` (e.g. distillation to a teacher).
         ignore: Modules (or their qualified names) whose channel groups are left untouched.
         checkpoint: A JSON file updated after every layer; if it exists, the finished layers
-            are restored from it and the run continues where it stopped, to the same plan.
+            are restored from it and the run continues where it stopped, to the same plan
+            and weights. Every pass over ``data`` draws under its own seeded state of torch's
+            global generator, so a DataLoader shuffling without a ``generator`` of its own
+            and random augmentations repeat too (one with its own generator does not).
         progress: Show a progress bar per layer.
+
+    The stages (docs/ARCHITECTURE.md): **prepare** (copy, trace, find the layers, build the
+    cost model), **plan widths** (a :class:`~gfsprune.core.planner.WidthPlanner`: the target
+    checked, loss curves measured where a budget's allocator needs them, each layer's goal
+    re-planned with the picks so far), **select** layer by layer (the objective, the strategy
+    and its schedule; then the corrective steps), **remove, verify, count**.
 
     Under ``torch.distributed`` (e.g. ``torchrun``), every process must be given the same
     data in the same order: the candidates of each step are split across the processes and
@@ -159,6 +116,274 @@ def prune(
         True
     """
     config = config if config is not None else PruneConfig()
+    _check_arguments(model, data, target, config)
+    loss_fn = loss_fn or nn.functional.cross_entropy
+
+    # 1. Prepare: the working copy, its graph and channel layers, the cost model.
+    run = _Prepared(model, example_inputs, target, config, ignore)
+    # 2. Plan widths: the target checked before any batch is drawn.
+    planner = WidthPlanner(run.layers, run.cost, config.make_allocator(), config.round_to)
+    planner.start(target)
+    settings = {
+        "model": type(model).__name__,
+        "layers": [[layer.name, layer.width] for layer in run.layers],
+        "target": repr(target),
+        **config.settings(),
+    }
+    # Each step draws one batch; a layer takes at most items + segments steps.
+    max_drawn = _HELD_OUT_BATCHES + sum(
+        1 + layer.n_items + len(layer.segments) for layer in run.layers
+    )
+    saved = read_progress(
+        checkpoint,
+        settings,
+        [(layer.name, layer.width) for layer in run.layers],
+        max_drawn=max_drawn,
+    )
+    stream = BatchStream(data, run.device, seed=config.seed, name="main")
+    first = stream.next()
+    _check_first_batch(run.work, first, loss_fn)
+    held_out = []
+    if not target.sized:
+        held_out = [first] + [stream.next() for _ in range(_HELD_OUT_BATCHES - 1)]
+    stream.skip_to(saved.drawn)
+
+    with Masks(run.work, run.layers) as masks:
+        selection = SelectionRun(
+            model=run.work,
+            original=model,
+            masks=masks,
+            loss_fn=loss_fn,
+            graph=run.graph,
+            data=data,
+            device=run.device,
+            rescale=config.rescale,
+        )
+        objective = config.make_objective().bind(selection)
+        curve_schedule = None
+        if WidthPlanner.needs_curves(target, planner.allocator):
+            curve_schedule = planner.allocator.curve_schedule(config.candidates)
+        selector = _Selector(objective, config, run, masks, data, progress, curve_schedule)
+        if curve_schedule is not None:
+            # Before any layer is restored or pruned, on its own pass over the data, so that
+            # the main stream (and a resumed run's position in it) is unchanged.
+            planner.use_curves(selector.curves(curve_schedule))
+        # 3. Select, layer by layer (a resumed run restores its finished layers first), each
+        #    choice followed by the corrective steps.
+        correct = _Corrections(objective, config, run, masks, data, loss_fn)
+        plan, logs = saved.plan, saved.logs
+        for layer, done in zip(run.layers, plan, strict=False):
+            masks.set(layer, done.kept, done.scale)
+            correct(layer)
+        for index in range(len(plan), len(run.layers)):
+            layer = run.layers[index]
+            goal = _in_items(planner.goal(index, {i: p.kept for i, p in enumerate(plan)}), layer)
+            choice, scale = selector.select(index, goal, stream=stream, held_out=held_out)
+            correct(layer)
+            plan.append(LayerPlan(layer.name, layer.width, choice.kept, scale))
+            logs.append(LayerLog(layer.name, choice.losses, choice.reference))
+            if checkpoint is not None and distributed.is_main():
+                write_progress(checkpoint, settings, plan, logs, stream.drawn)
+
+    # 4. Remove the channels, verify the smaller model, count.
+    return _remove(run, plan, logs, config)
+
+
+class _Prepared:
+    """The prepare stage's output: the working copy and what was found in it."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: object,
+        target: Target,
+        config: PruneConfig,
+        ignore: Sequence[nn.Module | str],
+    ) -> None:
+        self.device = _device(model, config.device)
+        self.work = work = copy_model(model).to(self.device).eval()
+        self.inputs = inputs = move(example_inputs, self.device)
+        modules = dict(work.named_modules())
+        ignored = [modules[n] for n in _resolve_ignore(model, ignore)]
+        self.graph = build_graph(work, inputs)
+        layers, skipped = find_layers(work, inputs, ignore=ignored, graph=self.graph)
+        self.layers, unsafe = removable_layers(work, inputs, layers, seed=config.seed)
+        self.skipped = skipped + unsafe
+        if not self.layers:
+            raise ModelError(
+                f"{type(model).__name__} has no prunable channel layer (every group is "
+                "ignored, feeds the output directly, or cannot be masked exactly)."
+            )
+        self.original = model
+        self.cost = (target.cost_model() or ComputeCost)(work, inputs, self.layers)
+        self.before = _measured(self.cost, work, inputs)
+
+
+class _Selector:
+    """The select stage: each layer's search (its objective, the strategy and its schedule)."""
+
+    def __init__(
+        self,
+        objective: BoundObjective,
+        config: PruneConfig,
+        run: _Prepared,
+        masks: Masks,
+        data: Iterable,
+        progress: bool,
+        curve_schedule: Schedule | None,
+    ) -> None:
+        self.objective, self.config, self.run, self.masks = objective, config, run, masks
+        self.data, self.progress = data, progress
+        self.strategy, self.schedule = config.make_strategy(), config.make_schedule()
+        # The curves pass (where the allocator measures them) then the selection pass: their
+        # bars are named apart, and say how long the whole run has left (candidates scored
+        # per step as the measure of a step's work).
+        self.passes = ("select",) if curve_schedule is None else ("curves", "select")
+        per_step = {
+            "curves": getattr(curve_schedule, "screen", None) or config.candidates,
+            "select": config.candidates,
+        }
+        self.clock = RunClock(
+            [
+                layer.n_items * (per_step[phase] or layer.n_items)
+                for phase in self.passes
+                for layer in run.layers
+            ]
+        )
+
+    def _layer(
+        self,
+        index: int,
+        phase: str,
+        *,
+        stream: BatchStream,
+        held_out: Sequence[tuple],
+        total: int | None,
+    ) -> tuple[LayerObjective, tqdm]:
+        """Layer ``index``'s objective, built now (before its selection), and its bar."""
+        layer, count = self.run.layers[index], len(self.run.layers)
+        objective = self.objective.layer(layer, draw=stream.next, held_out=held_out)
+        left = self.clock.left(self.passes.index(phase) * count + index)
+        bar = tqdm(
+            total=total or layer.n_items,
+            desc=f"{phase} [{index + 1}/{count}] {layer.name}{left}",
+            disable=not self.progress or not distributed.is_main(),
+            leave=False,
+        )
+        return objective, bar
+
+    def curves(self, schedule: Schedule) -> list[LossCurve]:
+        """Every layer's loss curve, every other layer at full width, on a pass of its own
+        over the data (its first batches held out)."""
+        own = BatchStream(self.data, self.run.device, seed=self.config.seed, name="curves")
+        batches = [own.next() for _ in range(_HELD_OUT_BATCHES)]
+        curves = []
+        for index in range(len(self.run.layers)):
+            objective, bar = self._layer(index, "curves", stream=own, held_out=batches, total=None)
+            curves.append(
+                measure_curve(
+                    objective,
+                    schedule=schedule,
+                    candidates=self.config.candidates,
+                    tie=self.config.tie,
+                    seed=self.config.seed + index,
+                    bar=bar,
+                )
+            )
+        return curves
+
+    def select(
+        self, index: int, goal: Goal, *, stream: BatchStream, held_out: Sequence[tuple]
+    ) -> tuple[LayerChoice, float]:
+        """Layer ``index``'s choice for ``goal`` (in items), left on the masks."""
+        objective, bar = self._layer(
+            index, "select", stream=stream, held_out=held_out, total=goal.width
+        )
+        config = self.config
+        search = LayerSearch(
+            objective, self.schedule, config.candidates, config.tie, config.seed + index, bar
+        )
+        return select_layer(self.strategy, search, goal, self.masks)
+
+
+class _Corrections:
+    """What follows each layer's choice: the objective's own step, the refit of the layer's
+    consumers, the fine-tuning. All are repeatable (fixed batches, in order), so a resumed
+    run redoes the finished layers' to the same weights (on a CPU; GPU kernels may differ in
+    the last bits)."""
+
+    def __init__(
+        self,
+        objective: BoundObjective,
+        config: PruneConfig,
+        run: _Prepared,
+        masks: Masks,
+        data: Iterable,
+        loss_fn: LossFn,
+    ) -> None:
+        self.objective, self.config, self.run, self.masks = objective, config, run, masks
+        self.loss_fn = loss_fn
+        if config.refit:
+            self.unpruned = copy_model(run.original).to(run.device).eval()
+            own = BatchStream(data, run.device, seed=config.seed, name="refit")
+            self.calibration = [own.next() for _ in range(_HELD_OUT_BATCHES)]
+        # its own pass: the main stream stays as it was
+        self.tuning = BatchStream(data, run.device, seed=config.seed, name="tuning")
+
+    def __call__(self, layer: ChannelLayer) -> None:
+        config, work = self.config, self.run.work
+        self.objective.after(layer)
+        if config.refit:
+            refit_consumers(work, self.unpruned, layer, self.masks, self.calibration, self.loss_fn)
+        if config.tuning is not None:
+            tune(work, self.tuning, self.loss_fn, config.tuning)
+        if config.refit or config.tuning is not None:
+            self.objective.reset()
+
+
+def _remove(
+    run: _Prepared, plan: list[LayerPlan], logs: list[LayerLog], config: PruneConfig
+) -> PruneResult:
+    """The remove stage: the channels physically removed, the smaller model checked against
+    the masked one, its metrics counted."""
+    work, inputs, layers = run.work, run.inputs, run.layers
+    kept, scales = {p.name: p.kept for p in plan}, {p.name: p.scale for p in plan}
+    norms = batchnorm_after(work, run.graph) if config.rescale_into == "batchnorm" else None
+    pruned = prune_channels(work, inputs, kept, scales=scales, layers=layers, norms=norms)
+    difference = removal_difference(work, pruned, inputs, layers, kept, scales, held=norms or ())
+    if difference is not None:
+        raise ModelError(
+            f"The physically pruned model does not compute what the masked model did "
+            f"({difference}); the model has an operation that depends on its channel counts "
+            "outside Conv/Linear layers. Add the modules around it to 'ignore'."
+        )
+    after = _measured(run.cost, pruned, inputs)
+    return PruneResult(
+        model=pruned,
+        plan=plan,
+        layers=logs,
+        macs_before=int(run.before["macs"]),
+        macs_after=int(after["macs"]),
+        params_before=int(run.before["params"]),
+        params_after=int(after["params"]),
+        example_inputs=inputs,
+        skipped=run.skipped,
+        metrics_before=run.before,
+        metrics_after=after,
+    )
+
+
+def _measured(cost: CostModel, model: nn.Module, inputs: object) -> dict[str, float]:
+    """Every metric of the cost model on ``model``, and its MACs and parameters (counted
+    where the cost model does not give them)."""
+    metrics = dict(cost.measure(model, inputs))
+    if "macs" not in metrics or "params" not in metrics:
+        macs, params = count(model, inputs)
+        metrics = {"macs": macs, "params": params, **metrics}
+    return metrics
+
+
+def _check_arguments(model: nn.Module, data: Iterable, target: Target, config: PruneConfig) -> None:
     if not isinstance(target, Target):
         raise ConfigError(
             "'target' must be gfsprune.Macs(ratio), gfsprune.Params(ratio), "
@@ -172,150 +397,29 @@ def prune(
             f"'data' must be re-iterable (a DataLoader or a list), not a "
             f"{type(data).__name__}: each pass over it must start again at its first batch."
         )
+    if isinstance(model, torch.jit.ScriptModule):  # no hooks, no module graph to cut
+        raise ModelError(
+            f"'model' is a TorchScript module ({type(model).__name__}, from torch.jit.script "
+            "or torch.jit.trace), which gfsprune cannot trace or cut; pass the nn.Module it "
+            "was made from."
+        )
     if type(model).__module__.startswith("transformers."):
         raise ConfigError(
             f"'model' is a transformers {type(model).__name__}, which returns a ModelOutput "
             "and may hold Conv1D layers; pass gfsprune.models.hf.prepare(model) instead "
             "(hf:DIR models come prepared)."
         )
-    strategy, schedule = config.make_strategy(), config.make_schedule()
+    if target.sized and not target.allocated and config.round_to != 1:
+        raise ConfigError(
+            f"round_to={config.round_to} rounds the widths of a budget or Tolerance; "
+            f"{type(target).__name__} widths are taken as given: leave round_to out."
+        )
+    strategy = config.make_strategy()
     if strategy.needs_width and not target.sized:
         raise ConfigError(
             f"The '{strategy.name}' strategy needs a size target (Macs, Params or Widths); "
             f"got {target!r}."
         )
-    loss_fn = loss_fn or nn.functional.cross_entropy
-    device = _device(model, config.device)
-    work = copy_model(model).to(device).eval()
-    example_inputs = move(example_inputs, device)
-    modules = dict(work.named_modules())
-    ignored = [modules[n] for n in _resolve_ignore(model, ignore)]
-    graph = build_graph(work, example_inputs)
-    layers, skipped = find_layers(work, example_inputs, ignore=ignored, graph=graph)
-    layers, unsafe = removable_layers(work, example_inputs, layers, seed=config.seed)
-    skipped = skipped + unsafe
-    if not layers:
-        raise ModelError(
-            f"{type(model).__name__} has no prunable channel layer (every group is ignored, "
-            "feeds the output directly, or cannot be masked exactly)."
-        )
-    macs_before, params_before = count(work, example_inputs)
-    context = _Context(work, example_inputs, layers, config.make_allocator(), config.round_to)
-    goals = target.plan(context)
-    settings = {
-        "model": type(model).__name__,
-        "layers": [[layer.name, layer.width] for layer in layers],
-        "target": repr(target),
-        **config.settings(),
-    }
-    # Each step draws one batch; a layer takes at most items + segments steps.
-    max_drawn = _HELD_OUT_BATCHES + sum(1 + layer.n_items + len(layer.segments) for layer in layers)
-    saved = read_progress(
-        checkpoint, settings, [(layer.name, layer.width) for layer in layers], max_drawn=max_drawn
-    )
-
-    stream = BatchStream(data, device)
-    first = stream.next()
-    _check_first_batch(work, first, loss_fn)
-    held_out = []
-    if not target.sized:
-        held_out = [first] + [stream.next() for _ in range(_HELD_OUT_BATCHES - 1)]
-    plan, logs = saved.plan, saved.logs
-    stream.skip_to(saved.drawn)
-
-    with Masks(work, layers) as masks:
-        evaluator = make_evaluator(config.evaluator_class(), work, masks, loss_fn, graph=graph)
-
-        def search_of(index: int, total: int | None, **options) -> LayerSearch:
-            layer = layers[index]
-            return LayerSearch(
-                layer=layer,
-                evaluator=evaluator,
-                candidates=config.candidates,
-                tie=config.tie,
-                rescale=config.rescale,
-                seed=config.seed + index,
-                bar=tqdm(
-                    total=total or layer.n_items,
-                    desc=f"[{index + 1}/{len(layers)}] {layer.name}",
-                    disable=not progress or not distributed.is_main(),
-                    leave=False,
-                ),
-                **options,
-            )
-
-        def curves() -> list[LossCurve]:
-            # Before any layer is pruned, on its own pass over the data, so that the main
-            # stream (and a resumed run's position in it) is unchanged.
-            own = BatchStream(data, device)
-            batches = [own.next() for _ in range(_HELD_OUT_BATCHES)]
-            # The fast schedule, scoring no more candidates per step than the run itself.
-            screen = min(Fast.screen, config.candidates or Fast.screen)
-            return measure_curves(
-                search_of(i, None, stream=own, schedule=Fast(screen=screen), held_out=batches)
-                for i in range(len(layers))
-            )
-
-        context.measure_curves = curves
-        if target.sized:
-            context.curves  # noqa: B018 (measured now, before any layer is restored or pruned)
-        if config.refit:
-            unpruned = copy_model(model).to(device).eval()
-            own = BatchStream(data, device)
-            calibration = [own.next() for _ in range(_HELD_OUT_BATCHES)]
-        tuning = BatchStream(data, device)  # its own pass: the main stream stays as it was
-
-        def finish(layer: ChannelLayer) -> None:
-            """After a layer's choice: refit its consumers, fine-tune. Both are repeatable
-            (fixed batches, in order), so a resumed run redoes the finished layers' to the
-            same weights (on a CPU; GPU kernels may differ in the last bits)."""
-            if config.refit:
-                refit_consumers(work, unpruned, layer, masks, calibration, loss_fn)
-            if config.tuning is not None:
-                tune(work, tuning, loss_fn, config.tuning)
-            if config.refit or config.tuning is not None:
-                evaluator.reset()
-
-        for layer, done in zip(layers, plan, strict=False):
-            masks.set(layer, done.kept, done.scale)
-            finish(layer)
-        for index in range(len(plan), len(layers)):
-            layer = layers[index]
-            goal = _in_items(goals(index, {i: p.kept for i, p in enumerate(plan)}), layer)
-            search = search_of(
-                index, goal.width, stream=stream, schedule=schedule, held_out=held_out
-            )
-            choice, scale = select_layer(strategy, search, goal, masks)
-            finish(layer)
-            plan.append(LayerPlan(layer.name, layer.width, choice.kept, scale))
-            logs.append(LayerLog(layer.name, choice.losses, choice.reference))
-            if checkpoint is not None and distributed.is_main():
-                write_progress(checkpoint, settings, plan, logs, stream.drawn)
-
-    kept, scales = {p.name: p.kept for p in plan}, {p.name: p.scale for p in plan}
-    norms = batchnorm_after(work, graph) if config.rescale_into == "batchnorm" else None
-    pruned = prune_channels(work, example_inputs, kept, scales=scales, layers=layers, norms=norms)
-    difference = removal_difference(
-        work, pruned, example_inputs, layers, kept, scales, held=norms or ()
-    )
-    if difference is not None:
-        raise ModelError(
-            f"The physically pruned model does not compute what the masked model did "
-            f"({difference}); the model has an operation that depends on its channel counts "
-            "outside Conv/Linear layers. Add the modules around it to 'ignore'."
-        )
-    macs_after, params_after = count(pruned, example_inputs)
-    return PruneResult(
-        model=pruned,
-        plan=plan,
-        layers=logs,
-        macs_before=macs_before,
-        macs_after=macs_after,
-        params_before=params_before,
-        params_after=params_after,
-        example_inputs=example_inputs,
-        skipped=skipped,
-    )
 
 
 def _in_items(goal: Goal, layer: ChannelLayer) -> Goal:

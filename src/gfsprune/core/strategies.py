@@ -1,7 +1,7 @@
 """Selection strategies: how the items of one layer are chosen by loss.
 
 A strategy is one small class behind :class:`Strategy`. It gets a :class:`LayerSearch` (the
-layer, the batches, the evaluator, the sampling options) and the layer's
+layer, its objective, the schedule and sampling options) and the layer's
 :class:`~gfsprune.targets.Goal` counted in items (channels, or heads and grouped-convolution
 offsets: :class:`~gfsprune.surgery.ChannelLayer`), and returns the kept items.
 :func:`select_layer` wraps it: it keeps every concatenated part non-empty, leaves the layer's
@@ -12,17 +12,15 @@ channels.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from tqdm.auto import tqdm
 
 from gfsprune.core.schedules import Schedule
 from gfsprune.core.select import ScoreFn, backward_eliminate, forward_select, rank
-from gfsprune.core.stream import BatchStream
-from gfsprune.scoring import Evaluator, ShardedEvaluator
+from gfsprune.scoring import LayerObjective
 from gfsprune.surgery import ChannelLayer, Masks
 from gfsprune.targets import Goal
 
@@ -49,89 +47,35 @@ class LayerChoice:
 
 @dataclass
 class LayerSearch:
-    """Everything a strategy needs to score item sets of one layer.
+    """Everything a strategy needs to choose the items of one layer.
 
     Attributes:
-        layer: The channel layer.
-        stream: Each greedy step draws its mini-batch from here.
-        evaluator: Scores channel sets on a mini-batch (and gives the loss's gradient with
-            respect to the channel factors, for a first-order screen).
+        objective: What the layer's selection minimises (its layer is ``objective.layer``).
         schedule: How many candidates each step scores and how many it adds.
-        held_out: Fixed batches for a tolerance goal.
         candidates: Items scored per step (a seeded random subset), ``None`` for all.
-        tie: Relative loss difference under which candidates are tied (lowest index wins).
-        rescale: Multiply the kept channels by ``width / kept``.
+        tie: Relative difference under which candidates are tied (lowest index wins).
         seed: Seeds the candidate sampling.
         bar: Progress bar, advanced after every pick.
-        monitor: ``monitor(items)`` gives the loss recorded after each forward step in
-            place of the step's scores (default: the held-out loss under a tolerance goal).
+        monitor: ``monitor(items)`` gives the value recorded after each forward step in
+            place of the step's scores (default: the held-out value under a tolerance goal).
     """
 
-    layer: ChannelLayer
-    stream: BatchStream
-    evaluator: Evaluator | ShardedEvaluator
+    objective: LayerObjective
     schedule: Schedule
-    held_out: Sequence[tuple]
     candidates: int | None
     tie: float
-    rescale: bool
     seed: int
     bar: tqdm
     monitor: Callable[[list[int]], float] | None = None
-    _pending: tuple | None = field(default=None, init=False, repr=False)
-    _step: tuple | None = field(default=None, init=False, repr=False)
 
-    def factors(self, sets: Sequence[Sequence[int]]) -> torch.Tensor:
-        """The ``(K, width)`` channel factors of ``K`` item sets."""
-        size = self.layer.width
-        keep = torch.zeros(len(sets), size)
-        for row, items in enumerate(sets):
-            channels = self.layer.channels(items)
-            if channels:
-                keep[row, channels] = size / len(channels) if self.rescale else 1.0
-        return keep
-
-    def _batch(self, *, hold: bool = False) -> tuple:
-        """The step's mini-batch: the one a screen drew (``hold``) or the next one."""
-        batch = self._pending if self._pending is not None else self.stream.next()
-        self._pending = batch if hold else None
-        return batch
-
-    def score(self, sets: Sequence[Sequence[int]]) -> list[float]:
-        """The loss of each item set on the step's mini-batch."""
-        inputs, targets = self._step = self._batch()
-        return self.evaluator(inputs, targets, self.layer, self.factors(sets))
-
-    def refine(self, sets: Sequence[Sequence[int]]) -> list[float]:
-        """The float64 loss of each item set on the mini-batch of the last :meth:`score`
-        (for the near-ties of :func:`~gfsprune.core.select.rank`)."""
-        assert self._step is not None, "refine() follows score() on the same step"
-        inputs, targets = self._step
-        return self.evaluator.precise(inputs, targets, self.layer, self.factors(sets))
+    @property
+    def layer(self) -> ChannelLayer:
+        """The channel layer."""
+        return self.objective.layer
 
     def adding(self, precise: bool = False) -> ScoreFn:
         """The engine's ``score(selected, candidates)``: each candidate added to the set."""
-        fn = self.refine if precise else self.score
-        return lambda selected, cands: fn([[*selected, c] for c in cands])
-
-    def screen(self, selected: Sequence[int], allowed: Sequence[int], count: int) -> list[int]:
-        """The ``count`` allowed items whose addition to ``selected`` lowers the loss most
-        to first order, on the step's mini-batch (then scored on the same batch).
-
-        Adding item ``c`` changes its channels' factors from 0 and, with the rescale, every
-        kept channel's factor by the same amount: only ``g_c``, the sum of the loss's
-        derivatives with respect to ``c``'s channel factors, differs between candidates.
-        """
-        inputs, targets = self._batch(hold=True)
-        grad = self.evaluator.gradient(inputs, targets, self.layer, self.factors([selected])[0])
-        per_item = grad[self.layer.item_index].sum(1)  # (items,)
-        return sorted(allowed, key=lambda c: (float(per_item[c]), c))[:count]
-
-    def held_out_loss(self, items: Sequence[int]) -> float:
-        """The mean loss of one item set over the held-out batches."""
-        keep = self.factors([items])
-        losses = [self.evaluator(x, y, self.layer, keep)[0] for x, y in self.held_out]
-        return sum(losses) / len(losses)
+        return self.objective.refine_added if precise else self.objective.score_added
 
     def on_pick(self, step: int, item: int, loss: float) -> None:
         """Advance the progress bar (the engine's ``callback``)."""
@@ -165,13 +109,13 @@ class Forward(Strategy):
         reference = None
         tolerance = None
         if goal.tolerance is not None:
-            reference = search.held_out_loss(range(search.layer.n_items))
+            reference = search.objective.held_out(range(search.layer.n_items))
             tolerance = goal.tolerance * abs(reference)
         schedule = search.schedule
 
         def screen(selected: list[int], allowed: list[int]) -> list[int] | None:
             count = schedule.screened(len(selected))
-            return None if count is None else search.screen(selected, allowed, count)
+            return None if count is None else search.objective.screen(selected, allowed, count)
 
         selection = forward_select(
             search.adding(),
@@ -188,7 +132,7 @@ class Forward(Strategy):
             rescore=schedule.rescored(),
             screen=screen,
             monitor=search.monitor
-            or (search.held_out_loss if goal.tolerance is not None else None),
+            or (search.objective.held_out if goal.tolerance is not None else None),
             callback=search.on_pick,
         )
         return LayerChoice(list(selection.order), list(selection.losses), reference)
@@ -211,13 +155,13 @@ class Backward(Strategy):
             return lambda remaining, cands: fn([[i for i in remaining if i != c] for c in cands])
 
         selection = backward_eliminate(
-            removing(search.score),
+            removing(search.objective.score),
             size,
             steps=size - goal.width,
             candidates=search.candidates,
             seed=search.seed,
             tie=search.tie,
-            refine=removing(search.refine),
+            refine=removing(search.objective.refine),
             callback=search.on_pick,
         )
         kept = sorted(set(range(size)) - set(selection.order))
@@ -254,6 +198,6 @@ def select_layer(
             )
             kept.append(best)
     channels = layer.channels(kept)
-    scale = layer.width / len(channels) if search.rescale else 1.0
+    scale = search.objective.scale(channels)
     masks.set(layer, channels, scale)
     return LayerChoice(channels, choice.losses, choice.reference), scale

@@ -1,4 +1,4 @@
-"""How to rebuild a model: ``model.json`` of a trained checkpoint, and the same fields in
+"""How to rebuild a model: ``model.json`` of a trained model folder, and the same fields in
 the metadata of a pruned model's ``plan.json``.
 
 :func:`read_model_info` and :func:`model_info` are the one reader of these fields: every size
@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,27 +49,36 @@ _SAVE_EXAMPLE = (
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """How to rebuild a model, and what it was trained on.
+    """How to rebuild a model, and what it was trained on: the one description of a model,
+    whether a folder records it or the user names it.
+
+    A description the user gives may leave out what the data decides (``input_shape``, the
+    ``num_classes`` option, ``data``): a job completes it from its model source and data
+    (:func:`gfsprune.workflow.loading.open_spec`) and records the completed one.
 
     Attributes:
-        name: The model spec (``gfsprune.models.get``): a zoo name, ``timm:NAME``, ...
+        name: The model spec (``gfsprune.models.get``): a zoo name, ``torchvision:NAME``,
+            ``timm:NAME``, ``hf:DIR``, ``module:callable`` or ``file.py:callable`` (the last
+            two run the user's code).
         options: Its constructor options (``num_classes``, ``in_channels``, ...).
         data: The data spec it was trained or pruned on (``None``: unknown, pass one).
-        input_shape: ``(C, H, W)`` of one input.
+        input_shape: ``(C, H, W)`` of one input, or ``(L,)`` tokens of text (``None``: not
+            known yet: the model's own where its source knows it, else the data's).
         pretrain: The pre-training ``TrainConfig`` fields (``{}`` if unknown; optional in
             the file).
         weights: The SHA-256 of the weights file the model started from (``None``: freshly
             initialised or trained by gfsprune; optional in the file).
-        mean: Per-channel mean the images are normalised with (``None``: the data set's own;
-            optional in the file, as is ``std``).
+        mean: Per-channel mean the images are normalised with (``None``: the data set's own,
+            or for resizable images the model's own where known, else ImageNet's; optional in
+            the file, as is ``std``).
         std: Per-channel standard deviation, with ``mean``.
     """
 
     name: str
-    options: dict[str, Any]
-    data: str | None
-    input_shape: tuple[int, ...]
-    pretrain: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    pretrain: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -87,8 +96,7 @@ class ModelInfo:
         if spec is None and models.runs_code(self.name):
             raise ModelError(
                 f"the model is recorded as {self.name!r}, the user's own code, which gfsprune "
-                f"does not run because a file names it; pass --model {self.name} (model= in "
-                "Python) to run it"
+                f"does not run because a file names it; pass model={self.name!r} to run it"
             )
         return models.get(spec or self.name, **self.options)
 
@@ -96,6 +104,8 @@ class ModelInfo:
         """One input to trace and count with: zeros ``(1, C, H, W)``, or for text data
         (``text:FILE``, its ``input_shape`` the tokens per sample) zero token ids and a full
         attention mask, ``(1, length)`` each."""
+        if self.input_shape is None:
+            raise ModelError(f"the input shape of {self.name!r} is not known yet; pass input_shape")
         if self.data is not None and self.data.startswith("text:"):
             ids = torch.zeros(1, *self.input_shape, dtype=torch.long)
             return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -109,7 +119,7 @@ class ModelInfo:
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """The model described by a ``model.json``; FileFormatError naming the file and field."""
     fields = read_json(path, fmt=FORMAT, fix=_FIX)
-    fields["data"].text()  # optional in a plan's metadata only: a checkpoint was trained on data
+    fields["data"].text()  # optional in a plan's metadata only: a trained model was trained on data
     return model_info(fields)
 
 

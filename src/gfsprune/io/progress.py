@@ -81,7 +81,8 @@ def _layer_plan(entry: Fields, name: str, width: int) -> LayerPlan:
     kept = [item.integer(0, width - 1) for item in entry["kept"].items(width)]
     if not kept or len(set(kept)) != len(kept):
         raise entry["kept"].fail(f"a non-empty list of distinct channels of 0..{width - 1}")
-    return LayerPlan(name, width, kept, entry["scale"].number(positive=True))
+    # the mean-field rescale is width / kept, at most the width (1e308 overflowed the masks)
+    return LayerPlan(name, width, kept, entry["scale"].number(positive=True, at_most=width))
 
 
 def _layer_log(entry: Fields, name: str) -> LayerLog:

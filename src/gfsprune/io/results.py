@@ -11,16 +11,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from gfsprune.io.latency import MeasuredLatency
 from gfsprune.io.schema import Fields, read_json
 
 __all__ = ["RESULTS_FILE", "read_results"]
 
 RESULTS_FILE = "results.json"
-_LATENCY = ("latency_b1", "latency_b64")
-# measured where the comparison ran on a GPU: optional
-_GPU_LATENCY = ("gpu_latency_b1", "gpu_latency_b64")
-_BASE = ("macs", "params", *_LATENCY)
-_ROW = ("macs", "params", "seconds", *_LATENCY)
+# Besides these, the base and every row hold the measured latency (MeasuredLatency's fields).
+_BASE = ("macs", "params")
+_ROW = ("macs", "params", "seconds")
 # per fine-tuning budget (epochs, as text): the test scores
 _EPOCHS = "epochs"
 # The test scores, each group where it applies (at least one): accuracy and loss on labelled
@@ -44,14 +43,16 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
         "methods": {name: _row(methods[name]) for name in methods.require(Mapping, "an object")}
     }
     if complete:
-        results["base"] = _scores(root["base"], _BASE + _tests(root["base"], ""))
+        results["base"] = _scores(root["base"], _BASE + _tests(root["base"], ""), latency=True)
     return results
 
 
 def _row(fields: Fields) -> dict[str, Any]:
     """One method's row: its scores, and ``epochs``: ``{budget: {acc, loss}}`` per
     fine-tuning budget (a count of epochs, as text)."""
-    row: dict[str, Any] = _scores(fields, _ROW + _tests(fields, "_pruned"), extra=(_EPOCHS,))
+    row: dict[str, Any] = _scores(
+        fields, _ROW + _tests(fields, "_pruned"), extra=(_EPOCHS,), latency=True
+    )
     budgets = fields[_EPOCHS]
     row[_EPOCHS] = {}
     for budget in budgets.require(Mapping, "an object of fine-tuning budgets"):
@@ -75,14 +76,13 @@ def _tests(fields: Fields, suffix: str) -> tuple[str, ...]:
 
 
 def _scores(
-    fields: Fields, keys: tuple[str, ...], *, extra: tuple[str, ...] = ()
+    fields: Fields, keys: tuple[str, ...], *, extra: tuple[str, ...] = (), latency: bool = False
 ) -> dict[str, float | int]:
     """Accuracies in [0, 1], counts as non-negative integers, losses and times finite; the
-    ``extra`` fields must be there too, and are read by the caller. GPU latencies are read
-    where present."""
-    if any(key in keys for key in _LATENCY):
-        keys += tuple(key for key in _GPU_LATENCY if fields.get(key) is not None)
-    fields.keys_exactly(*keys, *extra)
+    ``extra`` fields must be there too, and are read by the caller; with ``latency``, the
+    measured latency's fields as well."""
+    measured = MeasuredLatency.keys(fields) if latency else ()
+    fields.keys_exactly(*keys, *measured, *extra)
     scores: dict[str, float | int] = {}
     for key in keys:
         value = fields[key]
@@ -94,4 +94,6 @@ def _scores(
                 raise value.fail("an accuracy in [0, 1]")
         else:
             scores[key] = value.number()
+    if latency:
+        scores |= MeasuredLatency.read(fields).to_json()
     return scores

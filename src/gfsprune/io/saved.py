@@ -27,7 +27,7 @@ from gfsprune.models.weights import load_weights
 from gfsprune.plan import PruneResult
 from gfsprune.surgery import prune_channels
 
-__all__ = ["save", "load", "read_plan", "write_weights"]
+__all__ = ["load", "read_plan", "save", "save_with_plan", "write_weights"]
 
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -74,7 +74,6 @@ def save(
         The directory.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     plan = {
         "format": _FORMAT,
         "version": 1,
@@ -89,9 +88,32 @@ def save(
         "macs_after": result.macs_after,
         "params_before": result.params_before,
         "params_after": result.params_after,
+        "metrics_before": result.metrics_before,
+        "metrics_after": result.metrics_after,
         "metadata": dict(metadata or {}),
     }
-    write_weights(directory / WEIGHTS_FILE, result.model)
+    return _write(directory, result.model, plan)
+
+
+def save_with_plan(model: nn.Module, plan: Mapping[str, Any], directory: str | os.PathLike) -> Path:
+    """Write ``model``, a pruned model whose channels another saved result chose (e.g. after
+    fine-tuning it), in the :func:`save` format: that result's plan with the new weights.
+
+    Args:
+        model: The pruned model (the architecture ``plan`` describes).
+        plan: What :func:`read_plan` returned for the other result (its ``metadata`` may be
+            changed; the layers and costs are the model's).
+        directory: Created if missing; existing files of the same names are replaced.
+
+    Returns:
+        The directory.
+    """
+    return _write(Path(directory), model, {**plan, "gfsprune": __version__})
+
+
+def _write(directory: Path, model: nn.Module, plan: Mapping[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    write_weights(directory / WEIGHTS_FILE, model)
     write_json(directory / PLAN_FILE, plan)
     return directory
 
@@ -121,7 +143,7 @@ def read_plan(directory: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ModelError(
             f"No {PLAN_FILE} in '{directory}'; pass a folder written by gfsprune.save "
-            "(or `gfsprune prune --out`)."
+            "(or by `gfsprune prune`)."
         )
     root = read_json(path, fmt=_FORMAT, fix="Save the result again, or restore the file.")
     root["version"].integer(1, 1)
@@ -131,7 +153,7 @@ def read_plan(directory: str | os.PathLike) -> dict:
         kept = [item.integer(0, width - 1) for item in entry["kept"].items(width)]
         if not kept or len(set(kept)) != len(kept):
             raise entry["kept"].fail(f"a non-empty list of distinct channels of 0..{width - 1}")
-        scale = entry["scale"].number(positive=True)
+        scale = entry["scale"].number(positive=True, at_most=width)  # width / kept at most
         layers.append({"name": entry["name"].text(), "width": width, "kept": kept, "scale": scale})
     return {
         "format": _FORMAT,
@@ -141,8 +163,17 @@ def read_plan(directory: str | os.PathLike) -> dict:
         "example_inputs": _inputs(root["example_inputs"]),
         "layers": layers,
         **{key: root[key].integer(0) for key in _COSTS},
+        **{key: _metrics(root.get(key)) for key in ("metrics_before", "metrics_after")},
         "metadata": dict(root["metadata"].require(Mapping, "an object")),
     }
+
+
+def _metrics(field: Fields | None) -> dict[str, float]:
+    """A result's recorded metrics, name to number (none in plans saved before they were
+    recorded)."""
+    if field is None:
+        return {}
+    return {key: field[key].number() for key in field.require(Mapping, "an object")}
 
 
 def _inputs(spec: Fields, depth: int = 0) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,10 @@ def read_json(path: str | os.PathLike, *, fmt: str | None = None, fix: str = "")
     """
     path = Path(path)
     try:
-        if path.stat().st_size > _MAX_BYTES:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+            raise FileFormatError(f"'{path}' is not a regular file. {fix}".strip())
+        if info.st_size > _MAX_BYTES:
             raise FileFormatError(f"'{path}' is larger than any file gfsprune writes. {fix}")
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
@@ -118,11 +122,13 @@ class Fields:
             )
         return value
 
-    def number(self, *, positive: bool = False) -> float:
-        """A finite number (``positive``: greater than zero)."""
+    def number(self, *, positive: bool = False, at_most: float | None = None) -> float:
+        """A finite number (``positive``: greater than zero; at most ``at_most``)."""
         value = float(self.require((int, float), "a number"))
         if not math.isfinite(value) or (positive and value <= 0):
             raise self.fail("a positive finite number" if positive else "a finite number")
+        if at_most is not None and value > at_most:
+            raise self.fail(f"a number of at most {at_most:g}")
         return value
 
     def text(self) -> str:

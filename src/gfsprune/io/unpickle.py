@@ -8,6 +8,8 @@ that resolves only the names a pickled numpy array needs and refuses any other b
 from __future__ import annotations
 
 import codecs
+import io
+import os
 import pickle
 from typing import IO, Any
 
@@ -69,10 +71,42 @@ def load_data_pickle(file: IO[bytes], *, encoding: str = "ASCII") -> Any:
         array([0, 1, 2])
     """
     try:
-        return _DataUnpickler(file, encoding=encoding).load()
+        value = _DataUnpickler(file, encoding=encoding).load()
     except RecursionError as err:
         raise FileFormatError("the pickle nests too deeply to be data") from err
     except (pickle.UnpicklingError, EOFError, OverflowError, MemoryError) as err:
         raise FileFormatError(f"not a data pickle: {err or type(err).__name__}") from err
     except (ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeError) as err:
         raise FileFormatError(f"a malformed pickle ({type(err).__name__}: {err})") from err
+    _check_arrays(value, _size(file))
+    return value
+
+
+def _size(file: IO[bytes]) -> int | None:
+    try:
+        return os.fstat(file.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None  # an in-memory file: no bound
+
+
+def _check_arrays(value: Any, size: int | None) -> None:
+    """Refuse arrays a data file cannot hold: ``numpy.ndarray`` called with a shape and
+    strides of its own makes a view of a few bytes as large as asked (issue 28: 209 bytes
+    posing as 2,000,000 x 3072 with zero strides), which a later copy allocates. A pickled
+    array's data is in the file, so it is contiguous and no larger than the file."""
+    if isinstance(value, np.ndarray):
+        contiguous = value.flags.c_contiguous or value.flags.f_contiguous
+        if not contiguous or (size is not None and value.nbytes > size):
+            raise FileFormatError(
+                f"not a data pickle: an array of shape {value.shape} claims {value.nbytes:,} "
+                f"bytes that the file ({size:,} bytes) cannot hold"
+                if contiguous
+                else f"not a data pickle: an array of shape {value.shape} with strides "
+                f"{value.strides} is a view, which a data file never holds"
+            )
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_arrays(item, size)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_arrays(item, size)

@@ -126,8 +126,9 @@ def get(spec: str, *, weights: str | os.PathLike | None = None, **options: Any) 
 
     Args:
         spec: What to build (see the module docstring).
-        weights: A ``.safetensors`` file or PyTorch checkpoint to load (:func:`load_weights`);
-            without it the weights are freshly initialised (never downloaded).
+        weights: A ``.safetensors`` file or PyTorch weights file (``torch.save``) to load
+            (:func:`load_weights`); without it the weights are freshly initialised (never
+            downloaded).
         **options: The source's constructor options.
 
     Example:

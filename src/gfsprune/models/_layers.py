@@ -6,8 +6,6 @@ Torch-Pruning can trace the channel dependencies through it.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -28,15 +26,21 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
+# Widest multiplier accepted: 16x a zoo model is already far past any machine's training
+# budget, and 1e6 asked for petabytes before failing in the allocator (issue 28).
+_MAX_WIDTH_MULT = 16
+
+
 def check_width_mult(model: str, width_mult: float) -> None:
-    """Raise ``ConfigError`` unless ``width_mult`` is a positive, finite number."""
+    """Raise ``ConfigError`` unless ``width_mult`` is a number in (0, 16]."""
     if (
         isinstance(width_mult, bool)
         or not isinstance(width_mult, (int, float))
-        or not 0 < width_mult < math.inf
+        or not 0 < width_mult <= _MAX_WIDTH_MULT
     ):
         raise ConfigError(
-            f"{model} width_mult must be a positive float, got {width_mult!r}; use e.g. 1.0 or 0.5"
+            f"{model} width_mult must be a float in (0, {_MAX_WIDTH_MULT}], got {width_mult!r}; "
+            "use e.g. 1.0 or 0.5"
         )
 
 

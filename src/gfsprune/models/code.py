@@ -24,8 +24,9 @@ from gfsprune.models._source import ModelSource
 
 __all__ = ["UserCode"]
 
-# Sizes every caller passes uniformly; a callable that does not take them does without.
-_OPTIONAL = ("in_channels", "image_size")
+# Sizes every caller passes uniformly (the class count from the data); a callable that does
+# not take them does without: a user's ``Net()`` fixes its own (issue 28).
+_OPTIONAL = ("num_classes", "in_channels", "image_size")
 _FORM = "'module.path:callable' or 'path/to/file.py:callable'"
 
 
@@ -33,8 +34,9 @@ class UserCode(ModelSource):
     """``TARGET:CALLABLE``: import TARGET (a module, or a ``.py`` file), call CALLABLE.
 
     The callable gets the options its signature accepts (all of them if it takes
-    ``**kwargs``); ``in_channels`` and ``image_size`` are dropped where it does not take them,
-    any other option it does not take is refused. It must return an ``nn.Module``."""
+    ``**kwargs``); ``num_classes``, ``in_channels`` and ``image_size`` are dropped where it
+    does not take them, any other option it does not take is refused. It must return an
+    ``nn.Module``."""
 
     prefix = "code"
     runs_code = True

@@ -56,7 +56,7 @@ class _Package(ModelSource):
                 f"{self.prefix} model",
                 name,
                 self.names(),
-                f"see `gfsprune models --source {self.prefix}`",
+                f"see gfsprune.models.available({self.prefix!r})",
             )
         options = {"num_classes": num_classes, **options}
         sizes = {"in_channels": in_channels, "image_size": image_size}

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import torch
@@ -139,7 +141,7 @@ class HuggingFace(ModelSource):
             if value is not None and own is not None and own != value:
                 raise ConfigError(
                     f"hf:{name} is configured for {key}={own} (config.json), not {value}; "
-                    "pass the model's own input size (--input-size)"
+                    "pass the model's own input shape (input_shape=)"
                 )
         arch = (getattr(config, "architectures", None) or [""])[0]
         head = _auto_class(_CLASSIFIERS, arch)
@@ -152,22 +154,36 @@ class HuggingFace(ModelSource):
         if num_classes is not None and num_classes != config.num_labels:
             options = {"num_labels": num_classes, "ignore_mismatched_sizes": True, **options}
         auto = getattr(transformers, head or language or "AutoModel")
+        verbosity = transformers.logging.get_verbosity()
+        bars = transformers.utils.logging.is_progress_bar_enabled()
         try:
-            model = auto.from_pretrained(
-                folder,
-                config=config if "num_labels" not in options else None,
-                local_files_only=True,
-                trust_remote_code=False,
-                weights_only=True,
-                attn_implementation="eager",
-                **options,
-            )
-        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+            # its key report (weights missing from the folder) is refused below instead, and
+            # torch's pickle-protocol note and the loading bars are not the user's concern
+            transformers.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model, loading = auto.from_pretrained(
+                    folder,
+                    config=config if "num_labels" not in options else None,
+                    local_files_only=True,
+                    trust_remote_code=False,
+                    weights_only=True,
+                    attn_implementation="eager",
+                    output_loading_info=True,
+                    **options,
+                )
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError, UnpicklingError) as err:
             reason = first_line(err) or type(err).__name__
             raise ConfigError(
                 f"transformers could not load hf:{name} ({reason}); pass a folder written by "
                 "save_pretrained"
             ) from err
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
+        _check_loaded(model, loading, name, new_head="num_labels" in options)
         return prepare(model)
 
     def data_config(self, name: str) -> dict[str, Any]:
@@ -222,6 +238,24 @@ def load_tokenizer(name: str) -> Any:
             f"transformers could not load the tokenizer of hf:{name} ({reason}); save it there "
             "again with tokenizer.save_pretrained"
         ) from err
+
+
+def _check_loaded(model: nn.Module, loading: dict, name: str, *, new_head: bool) -> None:
+    """Refuse a model some of whose weights the folder lacks (transformers initialises them
+    at random and only logs it; issue 28), except a new classification head's."""
+    base = getattr(model, "base_model_prefix", "")
+    headed = model is not getattr(model, "base_model", model)
+    missing = [
+        key
+        for key in loading.get("missing_keys", ())
+        if not (new_head and headed and not key.startswith(f"{base}."))
+    ]
+    if missing:
+        raise ConfigError(
+            f"hf:{name}'s weights do not match its config.json: {len(missing)} weight(s) such "
+            f"as '{sorted(missing)[0]}' are missing from the folder; pass a folder written by "
+            "save_pretrained"
+        )
 
 
 def _auto_class(classes: dict[str, str], arch: str) -> str | None:

@@ -1,10 +1,10 @@
 """Loading trained weights from a file into a model, with one readable error on mismatch.
 
-``.safetensors`` files are read as they are; anything else is a PyTorch checkpoint read with
-``torch.load(weights_only=True)``, which builds tensors and plain containers only and
-refuses any other object a pickle names. A checkpoint may be a bare state dict or hold one
-under ``state_dict`` or ``model``; the ``module.`` prefix of ``DataParallel`` and a
-``model.`` prefix are stripped where the model's own names lack them.
+``.safetensors`` files are read as they are; anything else is a PyTorch weights file
+(``torch.save``) read with ``torch.load(weights_only=True)``, which builds tensors and plain
+containers only and refuses any other object a pickle names. Such a file may be a bare state
+dict or hold one under ``state_dict`` or ``model``; the ``module.`` prefix of
+``DataParallel`` and a ``model.`` prefix are stripped where the model's own names lack them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _SHOWN = 3  # keys named per kind of mismatch
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a ``.safetensors`` file or a PyTorch checkpoint, on the CPU.
+    """The tensors of a ``.safetensors`` file or a PyTorch weights file, on the CPU.
 
     Raises:
         FileFormatError: the file is missing, damaged, or holds no state dict.
@@ -43,7 +43,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ['bias', 'weight']
     """
     path = Path(path)
-    fix = "pass a .safetensors file or a checkpoint written by torch.save"
+    fix = "pass a .safetensors file or a weights file written by torch.save"
     if not path.is_file():
         raise FileFormatError(f"weights file '{path}' does not exist; check the path")
     try:
@@ -77,7 +77,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load the weights in ``path`` into ``model`` (in place) and return it.
 
     Every tensor of the model must be in the file with its shape, and nothing else may be
-    there (BatchNorm's ``num_batches_tracked``, which older checkpoints lack, excepted).
+    there (BatchNorm's ``num_batches_tracked``, which older weights files lack, excepted).
 
     Raises:
         FileFormatError: the file is missing or damaged (see :func:`read_state_dict`).

@@ -1,48 +1,40 @@
-"""Candidate evaluators: the loss of the network for several channel sets of one layer.
+"""Objectives (what one layer's selection minimises) and the evaluators of the network loss.
 
-``naive`` runs the whole network once per candidate, as the official code does; it is the
-reference. ``batched`` (the default) gives the same losses up to float rounding, faster (see
-:mod:`gfsprune.scoring.batched`). Under ``torch.distributed`` either is wrapped in a
-:class:`ShardedEvaluator`.
+:mod:`gfsprune.scoring.objective` is the objective protocol. :class:`Reconstruction` scores
+item sets by each layer's reconstruction of its consumers' outputs, in closed form
+(:mod:`gfsprune.scoring.reconstruction`). :class:`NetworkLoss` (the default) scores them by
+the loss of the whole network through an evaluator: ``naive`` runs the whole network once
+per candidate, as the official code does (the reference); ``batched`` (the default) gives
+the same losses up to float rounding, faster (see :mod:`gfsprune.scoring.batched`). Under
+``torch.distributed`` either is wrapped in a :class:`ShardedEvaluator`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import torch_pruning as tp
-from torch import nn
-
-from gfsprune import distributed
 from gfsprune.scoring.base import Evaluator, LossFn
 from gfsprune.scoring.batched import BatchedEvaluator
+from gfsprune.scoring.loss import EVALUATORS, NetworkLoss
 from gfsprune.scoring.naive import NaiveEvaluator
-from gfsprune.scoring.sharded import ShardedEvaluator
-from gfsprune.surgery import Masks
+from gfsprune.scoring.objective import BoundObjective, LayerObjective, Objective, SelectionRun
+from gfsprune.scoring.reconstruction.objective import Reconstruction
+from gfsprune.scoring.sharded import ShardedEvaluator, make_evaluator
 
 __all__ = [
     "EVALUATORS",
+    "OBJECTIVES",
     "BatchedEvaluator",
+    "BoundObjective",
     "Evaluator",
+    "LayerObjective",
     "LossFn",
     "NaiveEvaluator",
+    "NetworkLoss",
+    "Objective",
+    "Reconstruction",
+    "SelectionRun",
     "ShardedEvaluator",
     "make_evaluator",
 ]
 
-#: The evaluators ``PruneConfig(evaluator=NAME)`` accepts.
-EVALUATORS: Mapping[str, type[Evaluator]] = {"naive": NaiveEvaluator, "batched": BatchedEvaluator}
-
-
-def make_evaluator(
-    cls: type[Evaluator],
-    model: nn.Module,
-    masks: Masks,
-    loss_fn: LossFn,
-    *,
-    graph: tp.DependencyGraph | None = None,
-) -> Evaluator | ShardedEvaluator:
-    """``cls(model, masks, loss_fn, graph=graph)``, sharded across processes when
-    ``torch.distributed`` is initialised with more than one."""
-    evaluator = cls(model, masks, loss_fn, graph=graph)
-    return ShardedEvaluator(evaluator) if distributed.world_size() > 1 else evaluator
+#: The objectives ``PruneConfig(objective=NAME)`` accepts.
+OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (NetworkLoss, Reconstruction)}

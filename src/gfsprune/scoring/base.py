@@ -1,4 +1,5 @@
-"""The evaluator protocol: the loss of the network for several channel sets of one layer."""
+"""The evaluator protocol: the loss of the network for several channel sets of one layer (the
+engine of the :class:`~gfsprune.scoring.loss.NetworkLoss` objective)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass
 class Evaluator(ABC):
     """Scores channel sets of one layer on one mini-batch: one small class per way of
-    computing the same losses. ``prune`` builds it as ``cls(model, masks, loss_fn,
-    graph=graph)``.
+    computing the same losses. :class:`~gfsprune.scoring.loss.NetworkLoss` builds it as
+    ``cls(model, masks, loss_fn, graph=graph)``.
 
     Attributes:
         model: The network in eval mode, with ``masks`` installed.
@@ -92,10 +93,23 @@ class Evaluator(ABC):
                 net = copy.deepcopy(self.model).double()
             self._float64 = self.masks.attach(net)
         inputs, targets = map_tensors((inputs, targets), _as_float64)
+        return self._one_by_one(self._float64, inputs, targets, layer, keep)
+
+    @torch.no_grad()
+    def _one_by_one(
+        self,
+        net: nn.Module,
+        inputs: object,
+        targets: torch.Tensor,
+        layer: ChannelLayer,
+        keep: torch.Tensor,
+    ) -> list[float]:
+        """The loss for each row of ``keep``: one plain masked forward pass of ``net`` per
+        row (the reference way of scoring)."""
         losses = []
         for row in keep:
             with self.masks.candidates(layer, row[None]):
-                losses.append(float(self.loss_fn(run_model(self._float64, inputs), targets)))
+                losses.append(float(self.loss_fn(run_model(net, inputs), targets)))
         return losses
 
     @abstractmethod

@@ -197,12 +197,13 @@ class Prefix:
 
             module.forward = forward
 
-        patched = [*self.cached, self.first]
         # a module may set its own forward in __init__ (timm's FasterNet: a bound method)
-        own = {m: vars(m)["forward"] for m in patched if "forward" in vars(m)}
-        try:
-            for m in patched:
+        own = {m: vars(m)["forward"] for m in [*self.cached, self.first] if "forward" in vars(m)}
+        patched: list[nn.Module] = []  # only these are restored: an interrupt (Ctrl-C) may
+        try:  # come before all are patched, and must not turn into an AttributeError
+            for m in dict.fromkeys([*self.cached, self.first]):
                 patch(m)
+                patched.append(m)
             yield tile(inputs, None)
         finally:
             for m in patched:

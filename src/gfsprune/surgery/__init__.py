@@ -1,4 +1,5 @@
-"""Network surgery: channel layers, masks, BatchNorm folding and physical removal."""
+"""Network surgery: channel layers (and unit layers, :mod:`gfsprune.surgery.units`), masks,
+BatchNorm folding and physical removal."""
 
 from gfsprune.surgery.fold import batchnorm_after, fold_batchnorms
 from gfsprune.surgery.graph import build_graph

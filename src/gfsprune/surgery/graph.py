@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
 
@@ -64,8 +65,11 @@ def build_graph(model: nn.Module, example_inputs: object) -> tp.DependencyGraph:
     parts mapped by the output each edge carries, concatenations by their real sizes."""
     graph, sizes = tp.DependencyGraph(), _ConcatSizes()
     try:
-        with torch.enable_grad(), sizes:  # Torch-Pruning traces through autograd
-            graph.build_dependency(model, example_inputs=example_inputs)
+        with torch.enable_grad(), sizes, warnings.catch_warnings():
+            # Parameters of modules it does not know (an LSTM's): the layers feeding them
+            # are skipped with a reason (find_layers), so its warning says nothing more.
+            warnings.filterwarnings("ignore", "Unwrapped parameters detected", UserWarning)
+            graph.build_dependency(model, example_inputs=example_inputs)  # through autograd
     except Exception as err:  # tracing runs arbitrary user code; any failure means untraceable
         if not _in_index_mapping(err):
             raise _untraceable(model, err) from err

@@ -9,8 +9,8 @@ ones: masking there is exactly what removal does (see :mod:`gfsprune.surgery.mas
 Selection picks *items*, tuples of a layer's channels kept or removed together: one channel
 each, except where a grouped convolution reads or writes the layer (item ``j``: offset ``j``
 of every group, so that every group keeps the same offsets, which is what Torch-Pruning can
-remove) and in attention, where an item is a head (a layer of its own, found by
-:mod:`gfsprune.surgery.heads`).
+remove) and in unit layers, where an item is an attention head or a gated MLP's hidden
+neuron (a layer of its own, found by :mod:`gfsprune.surgery.units`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 from gfsprune._inputs import run_hooked
 from gfsprune.errors import ModelError
 from gfsprune.surgery.graph import build_graph, dependency_groups
-from gfsprune.surgery.heads import AttentionHeads, HeadLayout, find_heads
+from gfsprune.surgery.units import UnitHandler, UnitLayout, find_units
 
 __all__ = ["ChannelLayer", "Consumer", "Member", "Producer", "find_layers"]
 
@@ -87,13 +87,13 @@ class ChannelLayer:
 
     Attributes:
         name: Qualified name of the group's root module (the index space of its channels), or
-            of the attention module for a head layer.
+            of the module for a unit layer.
         width: Number of channels in the group.
         producers: Modules whose outputs carry the group's channels (convolutions, norms).
         consumers: Where the group's channels enter channel-mixing modules.
         items: The channels of each item, all of one size; ``None``: one item per channel.
-        heads: For a head layer, the handler that removes its heads (items); ``None`` for a
-            Torch-Pruning group.
+        units: For a unit layer, the handler that removes its units (items: attention heads
+            or MLP neurons); ``None`` for a Torch-Pruning group.
         members: For a Torch-Pruning group, every module its removal cuts (the producers and
             consumers, and the norms, depthwise convolutions ... between them).
     """
@@ -103,7 +103,7 @@ class ChannelLayer:
     producers: tuple[Producer, ...]
     consumers: tuple[Consumer, ...]
     items: tuple[tuple[int, ...], ...] | None = None
-    heads: type[AttentionHeads] | None = None
+    units: type[UnitHandler] | None = None
     members: tuple[Member, ...] = ()
 
     @property
@@ -220,12 +220,12 @@ def find_layers(
     """Find the channel layers of ``model`` in input-to-output order.
 
     The module that produces the network's output (the classifier) is never pruned, and
-    neither is any group that touches a module in ``ignore``. Attention modules of a type
-    :mod:`gfsprune.surgery.heads` knows become head layers in place of the groups through
-    their projections.
+    neither is any group that touches a module in ``ignore``. Modules of a type
+    :mod:`gfsprune.surgery.units` knows (attention, gated MLPs) become unit layers in place
+    of the groups through their projections.
 
     Returns:
-        The prunable layers, and the groups (and attention modules) skipped because they
+        The prunable layers, and the groups (and unit modules) skipped because they
         cannot be masked exactly, each as ``"name (reason)"``.
     """
     graph = graph or build_graph(model, example_inputs)
@@ -240,24 +240,24 @@ def find_layers(
         )
     last = max(weighted, key=order.__getitem__)
     ignored = [last, *ignore]
-    heads, refused = find_heads(model)
+    units, refused = find_units(model)
     skipped = [f"{name} ({reason})" for name, reason in refused.items()]
     layers: list[tuple[int, ChannelLayer]] = []
-    for name, (handler, layout) in heads.items():
+    for name, (handler, layout) in units.items():
         members = {modules[n] for n, _ in layout.producers} | {modules[layout.consumer]}
-        # The output module may read the heads (a base model's last MLP): its width stays.
+        # The output module may read the units (a base model's last MLP): its width stays.
         if modules[name] in order and not (members - {last}) & set(ignored):
-            layers.append((order[modules[name]], _head_layer(name, handler, layout)))
-    head_outputs = {n for _, layout in heads.values() for n, _ in layout.producers}
-    head_inputs = {layout.consumer for _, layout in heads.values()}
-    # Head layers cover their projections and the modules' other layers (a multi-query
+            layers.append((order[modules[name]], _unit_layer(name, handler, layout)))
+    unit_outputs = {n for _, layout in units.values() for n, _ in layout.producers}
+    unit_inputs = {layout.consumer for _, layout in units.values()}
+    # Unit layers cover their projections and the modules' other layers (a multi-query
     # attention's shared key and value stay whole), so no group is rooted there; this also
     # spares Torch-Pruning a residual stream it cannot always map (a 2-layer LLaMA's did not
     # finish in 10 minutes).
-    inside = {n for n in modules if any(n.startswith(f"{name}.") for name in heads)}
+    inside = {n for n in modules if any(n.startswith(f"{name}.") for name in units)}
     covered = [
         modules[n]
-        for n in sorted(head_outputs | head_inputs | inside)
+        for n in sorted(unit_outputs | unit_inputs | inside)
         if isinstance(modules[n], nn.Linear | nn.modules.conv._ConvNd)
     ]
     for root, group in dependency_groups(graph, ignored + covered):
@@ -296,8 +296,8 @@ def find_layers(
                 consumers.append(Consumer(name=names[module], index=index, root=root_index))
                 if _is_grouped(module):
                     reads.append((names[module], module.groups, module.in_channels, positions))
-        if {p.name for p in producers} & head_outputs or {c.name for c in consumers} & head_inputs:
-            continue  # through an attention module's projections: its head layer covers it
+        if {p.name for p in producers} & unit_outputs or {c.name for c in consumers} & unit_inputs:
+            continue  # through a unit module's projections: its unit layer covers it
         width = int(graph.get_pruner_of_module(root).get_out_channels(root))
         reached = set().union(*(c.root.tolist() for c in consumers))
         items = _grouped_items(width, reads)
@@ -355,16 +355,16 @@ def _inconsistent(layers: Sequence[ChannelLayer], modules: dict[str, nn.Module])
     return reasons
 
 
-def _head_layer(name: str, handler: type[AttentionHeads], layout: HeadLayout) -> ChannelLayer:
-    """The head layer of one attention module: the inputs of its output projection."""
-    size = layout.head_dim
-    width = layout.num_heads * size
+def _unit_layer(name: str, handler: type[UnitHandler], layout: UnitLayout) -> ChannelLayer:
+    """The unit layer of one module: the inputs of its output projection."""
+    size = layout.size
+    width = layout.count * size
     everything = torch.arange(width)
     return ChannelLayer(
         name=name,
         width=width,
         producers=tuple(Producer(n, roots) for n, roots in layout.producers),
         consumers=(Consumer(layout.consumer, everything, everything),),
-        items=tuple(tuple(range(h * size, (h + 1) * size)) for h in range(layout.num_heads)),
-        heads=handler,
+        items=tuple(tuple(range(u * size, (u + 1) * size)) for u in range(layout.count)),
+        units=handler,
     )

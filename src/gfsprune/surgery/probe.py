@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gfsprune._inputs import run_hooked
+from gfsprune._inputs import run_hooked, tensors
 from gfsprune.errors import GfsPruneError, first_line
 from gfsprune.surgery.layers import ChannelLayer
 from gfsprune.surgery.masks import Masks
@@ -248,23 +248,42 @@ def _where_failed(err: BaseException, running: list[str]) -> str:
 
 
 def _close(got: object, expected: object) -> bool:
-    if not isinstance(got, torch.Tensor) or not isinstance(expected, torch.Tensor):
+    """Whether every tensor of ``got`` (a tensor, or a dict/tuple of them: a model's output)
+    equals its counterpart in ``expected`` up to float rounding."""
+    pairs = _pairs(got, expected)
+    if pairs is None:
         return False
-    if got.shape != expected.shape:
-        return False
-    finite = expected[expected.isfinite()]
-    scale = float(finite.abs().max()) + 1.0 if finite.numel() else 1.0
-    tol = scale * (1e-4 if expected.device.type == "cpu" else 1e-2)
-    return _max_difference(got, expected) <= tol
+    for g, e in pairs:
+        finite = e[e.isfinite()] if e.is_floating_point() else e
+        scale = float(finite.abs().max()) + 1.0 if finite.numel() else 1.0
+        tol = scale * (1e-4 if e.device.type == "cpu" else 1e-2)
+        if _difference(g, e) > tol:
+            return False
+    return True
 
 
 def _max_difference(got: object, expected: object) -> float:
-    """The largest difference; equal infinities and NaNs at the same places count as equal
-    (a model whose weights hold NaN is refused later, with its own message)."""
-    if not isinstance(got, torch.Tensor) or not isinstance(expected, torch.Tensor):
+    """The largest difference between the tensors of ``got`` and ``expected``; equal
+    infinities and NaNs at the same places count as equal (a model whose weights hold NaN is
+    refused later, with its own message)."""
+    pairs = _pairs(got, expected)
+    if pairs is None:
         return math.inf
-    if got.shape != expected.shape or not got.numel():
-        return math.inf if got.shape != expected.shape else 0.0
+    return max((_difference(g, e) for g, e in pairs), default=0.0)
+
+
+def _pairs(got: object, expected: object) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The tensors of two outputs side by side; ``None`` where their structure or shapes
+    differ."""
+    a, b = tensors(got), tensors(expected)
+    if not b or len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
+        return None
+    return list(zip(a, b, strict=True))
+
+
+def _difference(got: torch.Tensor, expected: torch.Tensor) -> float:
+    if not got.numel():
+        return 0.0
     got, expected = got.float(), expected.float()
     same = (got == expected) | (got.isnan() & expected.isnan())
     diff = torch.where(same, 0.0, (got - expected).abs()).max().item()

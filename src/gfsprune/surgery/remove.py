@@ -1,5 +1,6 @@
 """Physical removal of channels: every member module of a layer cut by Torch-Pruning's own
-pruning functions (attention heads through their handler, :mod:`gfsprune.surgery.heads`).
+pruning functions (attention heads and gated MLPs' neurons through their unit handler,
+:mod:`gfsprune.surgery.units`).
 
 Each module is cut once, at the positions its group found on the unpruned model: no
 dependency graph is traced on the copy and no group is re-mapped after another was removed
@@ -160,17 +161,17 @@ def remove_channels(
     for name, keep in keep_sets.items():
         layer = by_name[name]
         gone = torch.as_tensor(sorted(set(range(layer.width)) - set(keep)), dtype=torch.long)
-        if len(gone) and layer.heads is None:
+        if len(gone) and layer.units is None:
             for m in layer.members:
                 positions = m.index[torch.isin(m.root, gone)].tolist()
                 cuts.setdefault((m.name, m.prune, m.dim), (name, set()))[1].update(positions)
     for (module_name, prune, dim), (name, positions) in cuts.items():
         _cut(name, modules[module_name], prune, dim, sorted(positions))
-    # Heads: their handlers cut the head rows and columns of the projections.
+    # Units: their handlers cut the unit rows and columns of the projections.
     for name, keep in keep_sets.items():
         layer = by_name[name]
-        if layer.heads is not None and len(keep) < layer.width:
-            layer.heads.remove(modules[name], layer.items_of(keep))
+        if layer.units is not None and len(keep) < layer.width:
+            layer.units.remove(modules[name], layer.items_of(keep))
 
 
 def _checked(layer: ChannelLayer, keep: Sequence[int], widths: Mapping[str, int] | None) -> list:

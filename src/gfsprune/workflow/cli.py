@@ -8,7 +8,9 @@ as one line and exits with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,21 +19,16 @@ import torch
 
 from gfsprune import distributed, models
 from gfsprune._version import __version__
-from gfsprune.core.allocate import ALLOCATORS
-from gfsprune.core.config import PruneConfig
-from gfsprune.core.schedules import SCHEDULES
-from gfsprune.core.strategies import STRATEGIES
 from gfsprune.errors import ConfigError, GfsPruneError
-from gfsprune.scoring import EVALUATORS
-from gfsprune.targets import Macs, Params, Target, Tolerance
+from gfsprune.targets import Latency, Macs, Params, Target, Tolerance
 from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.compare import CompareConfig, Comparison, parse_epochs, parse_methods
 from gfsprune.workflow.data import SPECS
 from gfsprune.workflow.distillation import DEFAULT_ALPHA, Distillation
-from gfsprune.workflow.jobs import ModelSpec, Source
-from gfsprune.workflow.latency import BATCHES
+from gfsprune.workflow.jobs import Evaluation, ModelInfo, Source
 from gfsprune.workflow.methods import METHODS
 from gfsprune.workflow.report import format_table, summarize
+from gfsprune.workflow.selection_flags import add_selection_flags, selection_config
 from gfsprune.workflow.train import TrainConfig
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -86,7 +83,7 @@ def _add_theory(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("gfsprune-theory"), help="output folder")
     p.add_argument("--quick", action="store_true", help="a smaller run (seconds) for smoke tests")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.set_defaults(handler=_theory, command_name="theory")
 
 
@@ -141,8 +138,8 @@ def _add_recipe(p: argparse.ArgumentParser, *, budgets: bool = False) -> None:
         default=defaults.weight_decay,
         help=f"weight decay, none on BN and biases (default {defaults.weight_decay})",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=_workers, default=0, help="data loader processes (default 0)")
 
 
 def _recipe(args: argparse.Namespace, *, epochs: int | None = None) -> TrainConfig:
@@ -153,86 +150,6 @@ def _recipe(args: argparse.Namespace, *, epochs: int | None = None) -> TrainConf
         weight_decay=args.weight_decay,
         seed=args.seed,
         workers=args.workers,
-    )
-
-
-def _add_selection(p: argparse.ArgumentParser, *, greedy_only: bool) -> None:
-    """The options of :class:`gfsprune.PruneConfig` (defaults and meanings are its own)."""
-    default = PruneConfig()
-    p.add_argument(
-        "--candidates",
-        type=int,
-        default=default.candidates,
-        help=f"channels scored per greedy step, 0 for all (default {default.candidates})",
-    )
-    p.add_argument(
-        "--rescale",
-        action=argparse.BooleanOptionalAction,
-        default=default.rescale,
-        help="multiply kept channels by width/kept (the paper's mean-field average; default "
-        f"{'on' if default.rescale else 'off'})",
-    )
-    p.add_argument(
-        "--rescale-into",
-        choices=("batchnorm", "weights"),
-        default=default.rescale_into,
-        help="where the pruned model holds that factor: the next BatchNorm's statistics where "
-        f"it can (fine-tuning unaffected) or the weights (default {default.rescale_into})",
-    )
-    p.add_argument(
-        "--schedule",
-        choices=sorted(SCHEDULES),
-        default=None,
-        help="exact: one pick per step among --candidates random channels (the paper's "
-        "rule); fast: a first-order screen and several picks per step (default "
-        f"{default.make_schedule().name})",
-    )
-    p.add_argument(
-        "--round-to",
-        type=int,
-        default=default.round_to,
-        help="every pruned width a multiple of this, or the full width, e.g. 8 for GPU "
-        "tensor cores; on a CPU compare the measured latencies "
-        f"(default {default.round_to}: any width)",
-    )
-    p.add_argument(
-        "--allocator",
-        choices=sorted(ALLOCATORS),
-        default=default.allocator,
-        help=f"how a MACs/params budget becomes per-layer widths (default {default.allocator})",
-    )
-    if greedy_only:
-        return
-    p.add_argument(
-        "--evaluator",
-        choices=sorted(EVALUATORS),
-        default=default.evaluator,
-        help="candidate scoring: batched (fast) or naive (the reference); the same losses",
-    )
-    p.add_argument(
-        "--strategy",
-        choices=sorted(STRATEGIES),
-        default=default.strategy,
-        help="greedy forward selection (default) or backward elimination",
-    )
-
-
-def _selection(args: argparse.Namespace, **options: object) -> PruneConfig:
-    """The :class:`PruneConfig` of the options :func:`_add_selection` added."""
-    if args.candidates < 0:
-        raise ConfigError(
-            f"--candidates must be 0 (all) or a positive integer. Got {args.candidates}."
-        )
-    extra = {k: getattr(args, k) for k in ("evaluator",) if hasattr(args, k)}
-    return PruneConfig(
-        candidates=args.candidates or None,
-        rescale=args.rescale,
-        rescale_into=args.rescale_into,
-        schedule=args.schedule,
-        round_to=args.round_to,
-        allocator=args.allocator,
-        **extra,
-        **options,
     )
 
 
@@ -276,6 +193,8 @@ def _distillation(args: argparse.Namespace) -> Distillation | None:
 def _target(args: argparse.Namespace) -> Target:
     if args.macs is not None:
         return Macs(args.macs)
+    if args.latency is not None:
+        return Latency(args.latency, batch=args.latency_batch)
     return Params(args.params) if args.params is not None else Tolerance(args.tolerance)
 
 
@@ -312,13 +231,48 @@ def _numbers(kind: type, count: int, text: str, *, alone: bool = False) -> tuple
     return values
 
 
+def _data_spec(text: str) -> str:
+    """A data spec whose path (``cifar10:DIR``, ``text:FILE``, ...) is made absolute where it
+    exists: the folders written record it, and ``eval`` or ``--resume`` from another
+    directory must find the same data (issue 28)."""
+    name, colon, arg = text.partition(":")
+    if colon and arg and not arg.isdigit() and Path(arg).expanduser().exists():
+        return f"{name}:{Path(arg).expanduser().resolve()}"
+    return text  # a count (synthetic:N), or a path that is not there: its error names it
+
+
+def _seed(text: str) -> int:
+    """A seed torch's generators take: an integer in [0, 2**63)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return seed
+
+
+def _workers(text: str) -> int:
+    """Data loader processes: 0 to the CPU count (each is a process; issue 28: 100000)."""
+    cpus = os.cpu_count() or 1
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = -1
+    if not 0 <= workers <= cpus:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from 0 to {cpus} (this machine's CPUs), got {text!r}"
+        )
+    return workers
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     """--weights, --num-classes, --input-size, --mean, --std (what goes with --model), --data."""
-    p.add_argument("--data", help=_data_help("the model"))
+    p.add_argument("--data", type=_data_spec, help=_data_help("the model"))
     p.add_argument(
         "--weights",
         type=Path,
-        help="with --model: a .safetensors file or PyTorch checkpoint (read with "
+        help="with --model: a .safetensors file or PyTorch weights file (read with "
         "torch.load(weights_only=True); a bare state dict or one under 'state_dict'/'model', "
         "'module.'/'model.' prefixes stripped); without it, freshly initialised (seeded) weights",
     )
@@ -351,7 +305,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _model_spec(args: argparse.Namespace) -> ModelSpec | None:
+def _model_spec(args: argparse.Namespace) -> ModelInfo | None:
     """The --model request, or None; model-only options without --model are refused."""
     if args.model is None:
         given = [f"--{key.replace('_', '-')}" for key in _MODEL_ONLY if getattr(args, key)]
@@ -363,10 +317,9 @@ def _model_spec(args: argparse.Namespace) -> ModelSpec | None:
         return None
     if args.num_classes is not None and args.num_classes < 1:
         raise ConfigError(f"--num-classes must be a positive integer. Got {args.num_classes}.")
-    return ModelSpec(
+    return ModelInfo(
         args.model,
-        weights=args.weights,
-        num_classes=args.num_classes,
+        options={} if args.num_classes is None else {"num_classes": args.num_classes},
         input_shape=args.input_size,
         mean=args.mean,
         std=args.std,
@@ -408,14 +361,15 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    config = _selection(args, seed=args.seed, strategy=args.strategy, device=args.device)
-    result, scores = workflow.prune_checkpoint(
-        _model_spec(args) or args.checkpoint,
+    config = selection_config(args, seed=args.seed, device=args.device)
+    result, before, after = workflow.prune_model(
+        _model_spec(args) or args.model_dir,
         args.out,
         target=_target(args),
         config=config,
         batch_size=args.batch_size,
         data=args.data,
+        weights=args.weights,
         resume=args.resume,
         progress=args.progress,
         distill=_distillation(args),
@@ -428,41 +382,65 @@ def _prune(args: argparse.Namespace) -> None:
         f"{'params':9}{result.params_before:>12,}{result.params_after:>12,}"
         f"{result.params_ratio:>9.1%}"
     )
-    if "acc_before" in scores:
+    if "acc" in before.scores:
         _say(
-            f"{'accuracy':9}{scores['acc_before']:>12.2%}{scores['acc_after']:>12.2%}"
+            f"{'accuracy':9}{before.scores['acc']:>12.2%}{after.scores['acc']:>12.2%}"
             "   (test split, before fine-tuning)"
         )
-        _say(f"{'loss':9}{scores['loss_before']:>12.4f}{scores['loss_after']:>12.4f}")
-    if "agree_after" in scores:
+        _say(f"{'loss':9}{before.scores['loss']:>12.4f}{after.scores['loss']:>12.4f}")
+    if "agree" in after.scores:
         _say(
-            f"{'agree':9}{scores['agree_before']:>12.2%}{scores['agree_after']:>12.2%}"
+            f"{'agree':9}{before.scores['agree']:>12.2%}{after.scores['agree']:>12.2%}"
             "   (test split: top-1 agreement with the unpruned model)"
         )
-        _say(f"{'KL':9}{scores['kl_before']:>12.4f}{scores['kl_after']:>12.4f}")
-    if "mse_after" in scores:
+        _say(f"{'KL':9}{before.scores['kl']:>12.4f}{after.scores['kl']:>12.4f}")
+    if "mse" in after.scores:
         _say(
-            f"{'MSE':9}{scores['mse_before']:>12.4f}{scores['mse_after']:>12.4f}"
+            f"{'MSE':9}{before.scores['mse']:>12.4f}{after.scores['mse']:>12.4f}"
             "   (test split: to the unpruned model's outputs)"
         )
-    if "distill_before" in scores:
+    if "distill" in before.scores:
         _say(
-            f"{'distill':9}{scores['distill_before']:>12.4f}{scores['distill_after']:>12.4f}"
+            f"{'distill':9}{before.scores['distill']:>12.4f}{after.scores['distill']:>12.4f}"
             "   (test split: distance to the unpruned model's outputs)"
         )
-    for where, label in (
-        ("", f"CPU latency, median, {torch.get_num_threads()} thread(s)"),
-        ("gpu_", "GPU latency, median"),
-    ):
-        for batch in BATCHES:
-            key = f"{where}latency_b{batch}"
-            if f"{key}_before" in scores:
-                before, after = (1e3 * scores[f"{key}_{w}"] for w in ("before", "after"))
-                _say(
-                    f"{f'ms b={batch}':9}{before:>12.3f}{after:>12.3f}{before / after:>8.2f}x"
-                    f"   ({label})"
-                )
+    for device, threads, was, now in _latencies(before, after):
+        label = f"{device} latency, median{threads}"
+        for batch, seconds in was.items():
+            ms, ms_after = 1e3 * seconds, 1e3 * now[batch]
+            _say(
+                f"{f'ms b={batch}':9}{ms:>12.3f}{ms_after:>12.3f}{ms / ms_after:>8.2f}x   ({label})"
+            )
+    for line in _budget_latency_lines(after.scores, target=repr(_target(args))):
+        _say(line)
     _say(f"wrote {args.out}")
+
+
+def _budget_latency_lines(scores: dict[str, float], *, target: str) -> list[str]:
+    """What a latency budget got: its target, the latency its cost model predicted and the
+    latency it measured at the budget's batch size, before and after pruning, and the
+    measured speed-up ([] without a latency budget)."""
+    if "budget_latency_after" not in scores:
+        return []
+    ms = {k: 1e3 * v for k, v in scores.items() if k.startswith("budget_latency_")}
+    measured = ms["budget_latency_before"] / ms["budget_latency_after"]
+    predicted = ms["budget_latency_predicted_after"] / ms["budget_latency_predicted_before"]
+    return [
+        f"target   {target}, at batch {scores['budget_latency_batch']:.0f}:",
+        f"{'':9}{'predicted':>12}{ms['budget_latency_predicted_before']:>9.3f} ms ->"
+        f"{ms['budget_latency_predicted_after']:>9.3f} ms  ({predicted:.1%})",
+        f"{'':9}{'measured':>12}{ms['budget_latency_before']:>9.3f} ms ->"
+        f"{ms['budget_latency_after']:>9.3f} ms  ({1 / measured:.1%}, speed-up {measured:.2f}x)",
+    ]
+
+
+def _latencies(*found: Evaluation) -> list[tuple]:
+    """``(device, its threads, seconds per batch of each evaluation)`` for the CPU, and for
+    the GPU where it was measured."""
+    rows = [("CPU", f", {torch.get_num_threads()} thread(s)", *(e.latency.cpu for e in found))]
+    if found[0].latency.gpu:
+        rows.append(("GPU", "", *(e.latency.gpu for e in found)))
+    return rows
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -475,6 +453,7 @@ def _finetune(args: argparse.Namespace) -> None:
         out,
         config=_recipe(args),
         data=args.data,
+        weights=args.weights,
         resume=args.resume,
         progress=args.progress,
         device=args.device,
@@ -494,9 +473,10 @@ def _finetune(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     source, model_spec = _folder_or_spec(args)
-    scores = workflow.evaluate_dir(
-        source, data=args.data, device=args.device, model_spec=model_spec
+    found = workflow.evaluate_dir(
+        source, data=args.data, weights=args.weights, device=args.device, model_spec=model_spec
     )
+    scores = found.scores
     if "acc" in scores:
         print(f"accuracy      {scores['acc']:.2%}")
         print(f"loss          {scores['loss']:.4f}")
@@ -509,11 +489,11 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"MSE           {scores['mse']:.4f} (to the unpruned model's outputs)")
     print(f"MACs          {scores['macs']:,}")
     print(f"params        {scores['params']:,}")
-    for where, label in (("", f"CPU, {torch.get_num_threads()} thread(s)"), ("gpu_", "GPU")):
-        for batch in BATCHES:
-            if f"{where}latency_b{batch}" in scores:
-                seconds = scores[f"{where}latency_b{batch}"]
-                print(f"{f'latency b={batch}':14}{1e3 * seconds:.3f} ms ({label}, median)")
+    for device, threads, measured in _latencies(found):
+        for batch, seconds in measured.items():
+            print(f"{f'latency b={batch}':14}{1e3 * seconds:.3f} ms ({device}{threads}, median)")
+    for line in _budget_latency_lines(scores, target="latency budget, when pruned"):
+        print(line)
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -523,15 +503,16 @@ def _compare(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         recalibrate=args.recalibrate,
         methods=parse_methods(args.methods),
-        prune=_selection(args),
+        prune=selection_config(args),
         seed=args.seed,
         distill=_distillation(args),
     )
-    comparison = workflow.compare_checkpoint(
-        _model_spec(args) or args.checkpoint,
+    comparison = workflow.compare_model(
+        _model_spec(args) or args.model_dir,
         args.out,
         config=config,
         data=args.data,
+        weights=args.weights,
         resume=args.resume,
         progress=args.progress,
         device=args.device,
@@ -558,9 +539,13 @@ def _say(text: str) -> None:
 
 
 def _add_model_source(p: argparse.ArgumentParser) -> None:
-    """--checkpoint DIR or --model SPEC (one of them), the model options and --data."""
+    """--model-dir DIR or --model SPEC (one of them), the model options and --data."""
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="folder written by `gfsprune train`")
+    source.add_argument(
+        "--model-dir", metavar="DIR", help="trained model folder (written by `gfsprune train`)"
+    )
+    # --model-dir's former name, still accepted (a "checkpoint" is only the file a run resumes from)
+    source.add_argument("--checkpoint", dest="model_dir", help=argparse.SUPPRESS)
     source.add_argument("--model", metavar="SPEC", help=_MODEL_HELP)
     _add_model_options(p)
 
@@ -585,11 +570,11 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         parents=[common],
         help="train a zoo model",
         description="Train a zoo model with the paper's recipe (SGD Nesterov, "
-        "cosine, label smoothing 0.1); checkpoints every epoch.",
+        "cosine, label smoothing 0.1); writes a checkpoint (train_state.pt) every epoch.",
     )
     p.add_argument("--model", required=True, help="zoo model name, e.g. digits_cnn, resnet20")
-    p.add_argument("--data", required=True, help=f"data spec: {', '.join(SPECS)}")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    p.add_argument("--data", type=_data_spec, required=True, help=f"data spec: {', '.join(SPECS)}")
+    p.add_argument("--out", type=Path, required=True, help="trained model folder to write")
     p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier (default 1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     _add_recipe(p)
@@ -607,21 +592,33 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--macs", type=float, help="keep this fraction of the MACs, in (0, 1)")
     target.add_argument("--params", type=float, help="keep this fraction of the parameters")
     target.add_argument(
+        "--latency",
+        type=float,
+        help="keep this fraction of the latency measured on the run's device (the CPU with "
+        "this run's threads, or --device), at --latency-batch",
+    )
+    target.add_argument(
         "--tolerance",
         type=float,
         help="per layer, add channels until the loss is within this relative "
         "increase of the layer's starting loss (the paper's rule)",
     )
+    p.add_argument(
+        "--latency-batch",
+        type=int,
+        default=1,
+        help="the batch size --latency is timed at (default 1; both 1 and 64 are reported)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for the pruned model")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="seeds batches and candidates")
+    p.add_argument("--seed", type=_seed, default=0, help="seeds batches and candidates")
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run in --out (without it, an existing "
         "progress.json is refused)",
     )
-    _add_selection(p, greedy_only=False)
+    add_selection_flags(p)
     _add_distill(p)
     p.set_defaults(handler=_prune, command_name="prune", distributed=True)
 
@@ -630,7 +627,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         parents=[common],
         help="fine-tune a pruned model",
         description="Fine-tune the pruned model in DIR with the paper's recipe; "
-        "checkpoints every epoch.",
+        "writes a checkpoint (train_state.pt) every epoch.",
     )
     _add_folder_or_spec(p, "`gfsprune prune` (or train)")
     p.add_argument("--out", type=Path, help="folder to write (default DIR/finetuned)")
@@ -677,7 +674,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         help="re-estimate every pruned model's BatchNorm statistics on training batches "
         "before it is measured and fine-tuned (every method alike)",
     )
-    _add_selection(p, greedy_only=True)
+    add_selection_flags(p, leave_out=("strategy",))  # the methods decide it
     _add_recipe(p, budgets=True)
     _add_distill(p)
     p.set_defaults(handler=_compare, command_name="compare")
@@ -694,7 +691,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         default=Path("gfsprune-demo"),
         help="output folder (default ./gfsprune-demo)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument(
         "--device",
         default="cpu",
@@ -726,6 +723,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# API option names whose flag is spelled otherwise (by its argparse dest).
+_RENAMED = {"input_shape": "input_size", "model_spec": "model"}
+# An option named as Python spells it: not inside a word or after a call's comma (a snippet
+# such as ``load(DIR, model=SPEC)`` stays), with ``True`` or a value up to a separator.
+_OPTION = re.compile(r"(?<![\w.])(?<!, )(?<!\w\()([a-z_]+)=(True\b|[^\s,;)]*)")
+
+
+def as_flags(message: str, flags: dict[str, str]) -> str:
+    """``message`` with the options the library names as the API spells them (``out=``,
+    ``resume=True``, ``input_shape=``) written as this command line's flags.
+
+    Example:
+        >>> as_flags("pass resume=True, or another folder (out=)", {"resume": "--resume",
+        ...          "out": "--out"})
+        'pass --resume, or another folder (--out)'
+    """
+
+    def flag(match: re.Match) -> str:
+        name, value = match.groups()
+        option = flags.get(_RENAMED.get(name, name))
+        if option is None:
+            return match.group(0)
+        return option if value in ("", "True") else f"{option} {value}"
+
+    return _OPTION.sub(flag, message)
+
+
+def _option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Every option's argparse dest and its (first) flag, over all subcommands."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _option_flags(sub)
+        elif action.option_strings and action.help is not argparse.SUPPRESS:
+            flags.setdefault(action.dest, action.option_strings[0])
+    return flags
+
+
 def default_threads() -> int:
     """torch's thread count, at most the CPU count less one (at least 1). On a 2-core machine
     whose other core is busy, torch's own default (2 threads) ran prune 8-20x slower than 1
@@ -737,8 +773,11 @@ def _set_threads(threads: int | None) -> None:
     if threads is None:
         torch.set_num_threads(default_threads())
         return
-    if threads < 1:
-        raise ConfigError(f"--threads must be a positive integer. Got {threads}.")
+    cpus = os.cpu_count() or 1
+    if not 1 <= threads <= cpus:
+        raise ConfigError(
+            f"--threads must be an integer from 1 to {cpus} (this machine's CPUs). Got {threads}."
+        )
     torch.set_num_threads(threads)
 
 
@@ -762,6 +801,10 @@ def _run(argv: Sequence[str] | None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    # the library's warnings (e.g. a scoring speed-up a model does not allow), one line each
+    log = logging.StreamHandler(sys.stderr)
+    log.setFormatter(logging.Formatter(f"gfsprune {args.command_name}: note: %(message)s"))
+    logging.getLogger("gfsprune").addHandler(log)
     try:
         _set_threads(getattr(args, "threads", None))
         if getattr(args, "distributed", False):
@@ -769,6 +812,7 @@ def _run(argv: Sequence[str] | None) -> int:
         return int(handler(args) or 0)
     except GfsPruneError as err:
         message = " ".join(line.strip() for line in str(err).splitlines())
+        message = as_flags(message, _option_flags(parser))
         print(f"gfsprune {args.command_name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -776,6 +820,7 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"gfsprune {args.command_name}: interrupted{hint}.", file=sys.stderr)
         return 130
     finally:
+        logging.getLogger("gfsprune").removeHandler(log)
         distributed.teardown()
 
 

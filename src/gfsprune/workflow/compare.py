@@ -107,20 +107,21 @@ class Comparison:
     """What :func:`compare` measured.
 
     Attributes:
-        results: ``{"base": {acc, loss, macs, params, latency_b1, latency_b64}, "methods":
-            {name: {macs, params, acc_pruned, loss_pruned, seconds, latency_b1, latency_b64,
-            epochs: {budget: {acc, loss}}}}}``; with distillation also (without labels only)
-            ``agree`` and ``kl`` beside ``acc`` and ``loss`` (the top-1 agreement with the
-            unpruned model and the KL divergence to it, or ``mse`` for outputs other than
-            logits; :func:`~gfsprune.workflow.distillation.agreement`), ``agree_pruned``
+        results: ``{"base": {acc, loss, macs, params, <latency>}, "methods": {name: {macs,
+            params, acc_pruned, loss_pruned, seconds, <latency>, epochs: {budget: {acc,
+            loss}}}}}`` (the layout of ``results.json``); with distillation also (without
+            labels only) ``agree`` and ``kl`` beside ``acc`` and ``loss`` (the top-1 agreement
+            with the unpruned model and the KL divergence to it, or ``mse`` for outputs other
+            than logits; :func:`~gfsprune.workflow.distillation.agreement`), ``agree_pruned``
             and ``kl_pruned`` beside ``acc_pruned``; ``acc_pruned`` and ``loss_pruned`` are
-            right after pruning, ``epochs["0"]`` after the comparison's BatchNorm recalibration (the
-            same without it) and ``epochs[str(e)]`` after ``e`` more epochs of fine-tuning;
+            right after pruning, ``epochs["0"]`` after the comparison's BatchNorm
+            recalibration (the same without it) and ``epochs[str(e)]`` after ``e`` more epochs
+            of fine-tuning;
             ``seconds`` is the time to choose the channels and build the pruned model (for
-            ``scratch``, to re-initialise it), without evaluation or fine-tuning; latencies
-            are CPU seconds per forward pass at batch 1 and 64 (median), with torch's current
-            thread count, and where the comparison runs on a GPU also ``gpu_latency_b1`` and
-            ``gpu_latency_b64`` there.
+            ``scratch``, to re-initialise it), without evaluation or fine-tuning;
+            ``<latency>`` is the measured latency's fields
+            (:class:`~gfsprune.io.latency.MeasuredLatency`: the CPU's, and the GPU's where
+            the comparison runs on one).
         plan: The layers greedy forward selection pruned, their widths and kept channels.
     """
 
@@ -236,7 +237,7 @@ def compare(
             **_scores(model, data, config, teacher=model),
             "macs": macs,
             "params": params,
-            **latencies(model, data.input_shape, device),
+            **latencies(model, data.input_shape, device).to_json(),
         },
         "methods": {},
     }
@@ -265,7 +266,10 @@ def compare(
         loss_fn=loss_fn,
     )
     for name in config.methods:
-        if done is not None and name in done:
+        # a row is reused only where it scored every budget (a damaged results.json may lack
+        # one: issue 28); otherwise the method runs again
+        wanted = {"0", *map(str, _recipes(name, config))}
+        if done is not None and name in done and set(done[name]["epochs"]) >= wanted:
             results["methods"][name] = dict(done[name])
             continue
         method = METHODS[name]
@@ -290,6 +294,13 @@ def compare(
     return Comparison(results=results, plan=greedy.plan)
 
 
+def _recipes(name: str, config: CompareConfig) -> dict[int, TrainConfig]:
+    """The fine-tuning budgets (epochs) a method is scored at after pruning, and how."""
+    if METHODS[name].from_scratch:
+        return {config.epochs[-1]: config.scratch}
+    return {e: dataclasses.replace(config.finetune, epochs=e) for e in config.epochs[1:]}
+
+
 def _finetune_and_score(
     name: str,
     pruned: nn.Module,
@@ -311,12 +322,8 @@ def _finetune_and_score(
     if config.recalibrate:
         recalibrate_bn(start, calibration(), labelled=True)
     scores = {"0": _scores(start, data, config, teacher=teacher)}
-    if METHODS[name].from_scratch:
-        recipes = {config.epochs[-1]: config.scratch}
-    else:
-        recipes = {e: dataclasses.replace(config.finetune, epochs=e) for e in config.epochs[1:]}
     distilling = {} if config.distill is None else {"distill": config.distill, "teacher": teacher}
-    for budget, recipe in recipes.items():
+    for budget, recipe in _recipes(name, config).items():
         tuned = copy.deepcopy(start)
         history = fit(
             tuned,
@@ -333,7 +340,7 @@ def _finetune_and_score(
         "params": params,
         **{f"{key}_pruned": value for key, value in right_after.items()},
         "seconds": seconds,
-        **speed,
+        **speed.to_json(),
         "epochs": scores,
     }
 

@@ -22,8 +22,8 @@ are resized to the model's input size (``image_size``) and normalised with the m
 A labelled data set yields ``(image, label)`` with ``image`` a normalised float tensor
 (C, H, W) and ``labels`` available as one tensor on the data set; an unlabelled one
 (``labelled=False``) yields the image alone. Training augmentation (random crops and flips)
-draws from torch's global generator, as torchvision's does; ``gfsprune.train.fit`` seeds that
-generator once per epoch, which makes runs and resumed runs repeat exactly.
+draws from torch's global generator, as torchvision's does; ``gfsprune.workflow.train.fit`` seeds
+that generator once per epoch, which makes runs and resumed runs repeat exactly.
 """
 
 from __future__ import annotations
@@ -275,11 +275,13 @@ def make_loader(
     *,
     batch_size: int,
     shuffle: bool,
-    seed: int = 0,
+    seed: int | None = 0,
     drop_last: bool = False,
     workers: int = 0,
 ) -> DataLoader:
-    """A DataLoader whose shuffled order is fixed by ``seed``.
+    """A DataLoader whose shuffled order is fixed by ``seed``; with ``seed=None``, drawn at
+    each pass from torch's global generator (which ``prune``'s streams seed per stream, so
+    that a resumed run draws what the uninterrupted one did).
 
     ``workers=0`` (the default) loads in this process; worker processes are seeded from the
     loader's generator, so their augmentation is reproducible too.
@@ -297,7 +299,7 @@ def make_loader(
         shuffle=shuffle,
         drop_last=drop_last,
         num_workers=workers,
-        generator=torch.Generator().manual_seed(seed),
+        generator=None if seed is None else torch.Generator().manual_seed(seed),
     )
 
 
@@ -349,11 +351,16 @@ def _existing_dir(arg: str, spec: str) -> Path:
     return path
 
 
+# 3 KiB per sample: a million is 3 GiB in memory; synthetic:100000000000 asked for 800 GB
+# before failing in the allocator (issue 28).
+_SYNTHETIC_MAX = 1_000_000
+
+
 def _parse_count(spec: str, arg: str) -> int:
-    if not arg.isdigit() or int(arg) < _SYNTHETIC_MIN:
+    if not arg.isdigit() or not _SYNTHETIC_MIN <= int(arg) <= _SYNTHETIC_MAX:
         raise DataError(
-            f"the sample count N of 'synthetic:N' must be an integer >= {_SYNTHETIC_MIN}; "
-            f"got {spec!r}. Use e.g. 'synthetic:2000'."
+            f"the sample count N of 'synthetic:N' must be an integer from {_SYNTHETIC_MIN} to "
+            f"{_SYNTHETIC_MAX:,}; got {spec!r}. Use e.g. 'synthetic:2000'."
         )
     return int(arg)
 
@@ -476,8 +483,8 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with path.open("rb") as file:
             batch = load_data_pickle(file, encoding="bytes")  # refuses anything but data
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        raw, labels = batch[b"data"], np.asarray(batch[b"labels"], dtype=np.int64)
+        data = _pixels(raw)
     except (FileFormatError, KeyError, TypeError, ValueError, OverflowError, OSError) as err:
         reason = err if isinstance(err, FileFormatError) else f"{type(err).__name__}: {err}"
         raise DataError(
@@ -496,6 +503,22 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         )
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(labels)
+
+
+def _pixels(raw: object) -> np.ndarray:
+    """CIFAR pixel values as uint8: integers in 0..255 (a cast would wrap negatives and turn
+    NaN into 0 silently; issue 28)."""
+    values = np.asarray(raw)
+    if values.dtype == np.uint8:
+        return values
+    if not np.issubdtype(values.dtype, np.integer) or (
+        values.size and (values.min() < 0 or values.max() > 255)
+    ):
+        low, high = (values.min(), values.max()) if values.size else ("", "")
+        raise ValueError(
+            f"pixel values must be integers in 0..255; got {values.dtype} values {low}..{high}"
+        )
+    return values.astype(np.uint8)
 
 
 def _cifar_transform(
@@ -528,6 +551,11 @@ def _load_imagefolder(
             f"{only_train}, only in val: {only_val}); give both splits the same classes."
         )
     classes = sorted(train_files)
+    if len(classes) < 2:  # a classifier's loss on one class is 0 whatever it keeps (issue 28)
+        raise DataError(
+            f"image folder '{root}' has one class ({classes[0]!r}); a classifier needs at "
+            "least two class folders to learn or be pruned by its loss."
+        )
     train = _ImageFolder(
         _samples(train_files, classes), partial(_train_image, size=size, stats=stats)
     )

@@ -1,16 +1,19 @@
 """The command line's jobs as functions: train, prune, fine-tune, evaluate, compare, demo.
 
-A job's model comes from a folder these jobs wrote, or from a :class:`ModelSpec` (the
-command line's ``--model``: any source of :func:`gfsprune.models.get`, with the user's
-weights); see :mod:`gfsprune.workflow.loading`. Folders these jobs read and write:
+A job's model comes from a folder these jobs wrote, or from a
+:class:`~gfsprune.io.model_info.ModelInfo` the user gives (the command line's ``--model``:
+any source of :func:`gfsprune.models.get`, with the user's ``weights``); see
+:mod:`gfsprune.workflow.loading`. A *checkpoint* is always the file an interrupted job
+resumes from. Folders these jobs read and write:
 
-- a *trained checkpoint* (``train --out``, or ``finetune --out`` of a ``ModelSpec``):
+- a *trained model* (``train --out``, or ``finetune --out`` of a model that was not pruned):
   ``model.json`` (model spec, constructor options, data spec, input shape, normalisation,
-  weights digest, pre-training recipe and history), ``model.safetensors`` (weights) and
-  ``train_state.pt`` (what :func:`gfsprune.train.fit` resumes from);
+  weights digest, pre-training recipe and history), ``model.safetensors`` (weights) and the
+  checkpoint ``train_state.pt`` (what :func:`gfsprune.workflow.train.fit` resumes from);
 - a *pruned model* (``prune --out``, ``finetune --out`` of a pruned folder): the
   :func:`gfsprune.save` format, whose metadata holds the ``model.json`` fields so the base can
-  be rebuilt from its spec, plus ``progress.json`` (per-layer pruning progress);
+  be rebuilt from its spec, plus the checkpoint ``progress.json`` (per-layer pruning
+  progress; ``train_state.pt`` after fine-tuning);
 - a *comparison* (``compare --out``, ``demo --out``): ``results.json`` (rewritten as each
   method finishes), ``report.md`` and two figures.
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,51 +42,87 @@ from gfsprune import distributed
 from gfsprune.core.config import PruneConfig
 from gfsprune.core.counting import count
 from gfsprune.core.prune import prune
-from gfsprune.errors import ConfigError, FileFormatError
+from gfsprune.errors import ConfigError, FileFormatError, ModelError
 from gfsprune.io.atomic import write_json
 from gfsprune.io.folders import Run, claim, write_run
+from gfsprune.io.latency import MeasuredLatency
 from gfsprune.io.model_info import FORMAT as MODEL_FORMAT
 from gfsprune.io.model_info import MODEL_FILE, ModelInfo
 from gfsprune.io.results import RESULTS_FILE, read_results
-from gfsprune.io.saved import PLAN_FILE, WEIGHTS_FILE, read_plan, save, write_weights
-from gfsprune.plan import LayerPlan, PruneResult
+from gfsprune.io.saved import (
+    PLAN_FILE,
+    WEIGHTS_FILE,
+    read_plan,
+    save,
+    save_with_plan,
+    write_weights,
+)
+from gfsprune.plan import PruneResult
 from gfsprune.targets import Target
 from gfsprune.workflow import report
 from gfsprune.workflow.compare import CompareConfig, Comparison, compare
 from gfsprune.workflow.data import DataBundle, is_tokens, load_data, make_loader, require_labels
 from gfsprune.workflow.distillation import Distillation, agreement, load_teacher, teacher_record
 from gfsprune.workflow.latency import latencies
-from gfsprune.workflow.loading import ModelSpec, file_digest, load_bundle, load_model, open_spec
+from gfsprune.workflow.loading import file_digest, load_bundle, load_model, open_spec
 from gfsprune.workflow.seeding import seeded
 from gfsprune.workflow.text import TextData, evaluate_text, text_objective
-from gfsprune.workflow.train import TrainConfig, evaluate, fit, resolve_device
+from gfsprune.workflow.train import TRAIN_STATE_FILE, TrainConfig, evaluate, fit, resolve_device
 
 __all__ = [
     "DEMO",
     "DemoConfig",
+    "Evaluation",
     "ModelInfo",
-    "ModelSpec",
-    "compare_checkpoint",
+    "compare_model",
     "demo",
     "evaluate_dir",
     "finetune_dir",
     "load_model",
-    "prune_checkpoint",
+    "prune_model",
     "train_model",
 ]
 
 
 PROGRESS_FILE = "progress.json"
-#: Where a job's model comes from: a folder gfsprune wrote, or a model spec.
-Source = str | os.PathLike | ModelSpec
+#: Where a job's model comes from: a folder gfsprune wrote, or the user's description.
+Source = str | os.PathLike | ModelInfo
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's test scores and its measured latency.
+
+    Attributes:
+        scores: ``acc`` and ``loss`` (images, labelled text), ``distill`` (text: the distance
+            to the unpruned model's outputs); from :func:`evaluate_dir` also ``macs`` and
+            ``params``; after pruning to a latency budget, and from :func:`evaluate_dir` of
+            such a model, the budget's timings (``budget_latency_after``, ...:
+            :func:`_budget_latency`).
+        latency: On the CPU, and on the job's device where it is a GPU.
+    """
+
+    scores: dict[str, float]
+    latency: MeasuredLatency
 
 
 def _open(
-    source: Source, *, data: str | None, seed: int = 0, model_spec: str | None = None
+    source: Source,
+    *,
+    data: str | None,
+    weights: str | os.PathLike | None = None,
+    seed: int = 0,
+    model_spec: str | None = None,
 ) -> tuple[nn.Module, ModelInfo, DataBundle]:
-    """The model ``source`` names, its description and its data (``data``, else its own)."""
-    if isinstance(source, ModelSpec):
-        return open_spec(source, data=data, seed=seed)
+    """The model ``source`` names, its description and its data (``data``, else its own);
+    ``weights`` start a described model (a folder holds its own)."""
+    if isinstance(source, ModelInfo):
+        return open_spec(source, data=data, weights=weights, seed=seed)
+    if weights is not None:
+        raise ConfigError(
+            "weights= goes with a model described by a ModelInfo; a folder holds its own "
+            "weights, so leave weights= out"
+        )
     model, info = load_model(source, model=model_spec)
     return model, info, load_bundle(data, info)
 
@@ -91,22 +130,22 @@ def _open(
 def _source_settings(source: Source, info: ModelInfo) -> dict[str, Any]:
     """What identifies a job's model in its ``run.json``: the folder and its weights, or the
     spec with its options, weights and input handling."""
-    if isinstance(source, ModelSpec):
+    if isinstance(source, ModelInfo):
         fields = ("name", "options", "weights", "input_shape", "mean", "std")
         return {f"model_{key}": value for key, value in info.to_json().items() if key in fields}
     return {
-        "checkpoint": str(Path(source).resolve()),
+        "source": str(Path(source).resolve()),
         "weights": file_digest(Path(source) / WEIGHTS_FILE),
     }
 
 
 def _check_out(source: Source, out: Path) -> None:
-    if isinstance(source, ModelSpec):
+    if isinstance(source, ModelInfo):
         return
     if out.resolve() == Path(source).resolve():
         raise ConfigError(
             f"the output folder '{out}' is the input folder; writing there would replace the "
-            "input model. Choose another output folder (--out)."
+            "input model. Choose another output folder (out=)."
         )
 
 
@@ -146,6 +185,32 @@ def _save_model(model: nn.Module, info: ModelInfo, out: Path, history: list[dict
     write_json(out / MODEL_FILE, {"format": MODEL_FORMAT, **info.to_json(), "history": history})
 
 
+def _fit(
+    model: nn.Module,
+    bundle: DataBundle,
+    config: TrainConfig,
+    out: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    device: torch.device,
+    distill: Distillation | None = None,
+    teacher: nn.Module | None = None,
+) -> list[dict[str, float]]:
+    """:func:`fit` with its checkpoint in the job's folder ``out``."""
+    return fit(
+        model,
+        bundle,
+        config,
+        checkpoint=out / TRAIN_STATE_FILE,
+        resume=resume,
+        progress=progress,
+        device=device,
+        distill=distill,
+        teacher=teacher,
+    )
+
+
 def train_model(
     name: str,
     out: str | os.PathLike,
@@ -157,60 +222,56 @@ def train_model(
     progress: bool = True,
     device: str | None = None,
 ) -> list[dict[str, float]]:
-    """Train the zoo model ``name`` on ``data`` and write a checkpoint folder ``out``.
+    """Train the zoo model ``name`` on ``data`` and write a trained model folder ``out``
+    (its checkpoint ``train_state.pt`` after every epoch: ``resume=True`` continues from it).
 
     Returns:
-        The per-epoch history of :func:`gfsprune.train.fit`.
+        The per-epoch history of :func:`gfsprune.workflow.train.fit`.
     """
     device = resolve_device(device)
     model, info, bundle = _new_model(name, data, config=config, width_mult=width_mult)
     settings = {"model": name, "data": data, "width_mult": width_mult, **dataclasses.asdict(config)}
     out = claim(out, Run("train", settings), resume=resume)
-    history = fit(
-        model, bundle, config, checkpoint_dir=out, resume=resume, progress=progress, device=device
-    )
+    history = _fit(model, bundle, config, out, resume=resume, progress=progress, device=device)
     if distributed.is_main():
         _save_model(model, info, out, history)
     return history
 
 
-def prune_checkpoint(
-    checkpoint: Source,
+def prune_model(
+    source: Source,
     out: str | os.PathLike,
     *,
     target: Target,
     config: PruneConfig | None = None,
     batch_size: int = 128,
     data: str | None = None,
+    weights: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
     distill: Distillation | None = None,
-) -> tuple[PruneResult, dict[str, float]]:
-    """Prune the trained model in ``checkpoint`` (a folder or a :class:`ModelSpec`) on its
-    training data (``data`` where given) and save it to ``out``.
+) -> tuple[PruneResult, Evaluation, Evaluation]:
+    """Prune the model in ``source`` (a folder or a :class:`ModelInfo` with its ``weights``)
+    on its training data (``data`` where given) and save it to ``out``.
 
-    Progress is saved to ``out/progress.json`` after every layer; ``resume=True`` continues
-    an interrupted run with the same options to the same plan. With ``distill`` the loss is
-    the distance to the unpruned model's outputs (labels are mixed in where the data has
-    them; see :mod:`gfsprune.workflow.distillation`); the folder records the settings and
+    Progress is saved to the checkpoint ``out/progress.json`` after every layer;
+    ``resume=True`` continues an interrupted run with the same options to the same plan.
+    With ``distill`` the loss is the distance to the unpruned model's outputs (labels mixed
+    in where the data has them; :mod:`gfsprune.workflow.distillation`) and the scores are
+    the agreement with it (``agree``, ``kl`` or ``mse``); the folder records the settings and
     the unpruned model's weights file, which ``finetune`` and ``eval`` use.
 
     Returns:
-        The result, and on labelled data the test accuracy and loss before and right after
-        pruning (``acc_before``, ``loss_before``, ``acc_after``, ``loss_after``), with
-        ``distill`` the agreement with the unpruned model (``agree_after``, ``kl_after``, or
-        ``mse_after``; :func:`~gfsprune.workflow.distillation.agreement`), and the measured
-        latency before and after (``latency_b1_before``, ``latency_b64_after``, ...: on the
-        CPU, and ``gpu_latency_b1_before``, ... on the device where it is a GPU).
+        The result, and the model's test scores and latency before and right after pruning.
     """
     config = config or PruneConfig()
     device = resolve_device(config.device)
     config = dataclasses.replace(config, device=device)
-    model, info, bundle = _open(checkpoint, data=data, seed=config.seed)
+    model, info, bundle = _open(source, data=data, weights=weights, seed=config.seed)
     out = Path(out)
-    _check_out(checkpoint, out)
+    _check_out(source, out)
     settings = {
-        **_source_settings(checkpoint, info),
+        **_source_settings(source, info),
         "data": bundle.name,
         "target": repr(target),
         "batch_size": batch_size,
@@ -219,7 +280,8 @@ def prune_checkpoint(
     if distill is not None:
         settings["distill"] = distill.to_json()
     claim(out, Run("prune", settings), resume=resume)
-    loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=config.seed)
+    # shuffled from the generator prune's streams seed (config.seed): an exact resume
+    loader = make_loader(bundle.train, batch_size=batch_size, shuffle=True, seed=None)
     data, loss_fn = _objective(model.to(device), loader, bundle, distill)
     with seeded(config.seed):  # the training augmentation draws from torch's generator
         result = prune(
@@ -233,16 +295,38 @@ def prune_checkpoint(
             progress=progress,
         )
     if distributed.is_main():
-        metadata = {**info.to_json(), "teacher": _teacher_record(checkpoint, config.seed)}
+        metadata = {**info.to_json(), "teacher": teacher_record(weights, seed=config.seed)}
+        if not isinstance(source, ModelInfo):
+            metadata["teacher"] = teacher_record(Path(source) / WEIGHTS_FILE, seed=config.seed)
         if distill is not None:
             metadata["distill"] = distill.to_json()
         save(result, out, metadata=metadata)
-    scores: dict[str, float] = {}
-    for when, net in (("before", model), ("after", result.model)):
-        found = _scores(net, bundle, teacher=model, device=device, distill=distill is not None)
-        found |= latencies(net, _sample(info), device)
-        scores |= {f"{k}_{when}": v for k, v in found.items()}
-    return result, scores
+    before, after = (
+        Evaluation(
+            _scores(net, bundle, teacher=model, device=device, distill=distill is not None),
+            latencies(net, _sample(info), device),
+        )
+        for net in (model, result.model)
+    )
+    after.scores.update(_budget_latency(result.metrics_before, result.metrics_after))
+    return result, before, after
+
+
+def _budget_latency(before: Mapping, after: Mapping) -> dict[str, float]:
+    """A latency budget's own timings (its cost model's, at the budget's batch size),
+    measured and predicted, before and after pruning: ``budget_latency_before``,
+    ``budget_latency_predicted_after``, ... and ``budget_latency_batch`` ({} for other
+    budgets)."""
+    if "latency" not in after:
+        return {}
+    return {
+        "budget_latency_batch": after["latency_batch"],
+        **{
+            f"budget_{key}_{when}": metrics[key]
+            for when, metrics in (("before", before), ("after", after))
+            for key in ("latency", "latency_predicted")
+        },
+    }
 
 
 def _objective(
@@ -261,13 +345,6 @@ def _objective(
         return distill.batches(model, loader, bundle)
     require_labels(bundle)
     return loader, None
-
-
-def _teacher_record(source: Source, seed: int) -> dict[str, Any]:
-    """Where the unpruned model's weights are: the spec's weights file or the folder's."""
-    if isinstance(source, ModelSpec):
-        return teacher_record(source.weights, seed=seed)
-    return teacher_record(Path(source) / WEIGHTS_FILE, seed=seed)
 
 
 def _scores(
@@ -304,7 +381,7 @@ def _refuse_text(job: str, bundle: DataBundle) -> None:
     if isinstance(bundle, TextData):
         raise ConfigError(
             f"{job} trains on image classification data; text data ({bundle.name!r}) is for "
-            "prune and eval only. Pass image data (--data)"
+            "prune and eval only. Pass image data (data=)"
         )
 
 
@@ -314,23 +391,27 @@ def finetune_dir(
     *,
     config: TrainConfig,
     data: str | None = None,
+    weights: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
     device: str | None = None,
     model_spec: str | None = None,
     distill: Distillation | None = None,
 ) -> list[dict[str, float]]:
-    """Fine-tune the model in ``directory`` and save it, in the same format, to ``out``.
+    """Fine-tune the model in ``directory`` and save it, in the same format, to ``out``;
+    with ``distill`` it learns the outputs of the unpruned model (the one a pruned folder
+    records, or the starting model itself).
 
-    A pruned folder gives a pruned folder; a trained checkpoint or a :class:`ModelSpec` gives
-    a trained checkpoint. ``out/train_state.pt`` is written every epoch; ``resume=True``
-    continues from it. ``model_spec`` builds a folder's base from that spec instead of the
-    recorded one (needed where the recorded spec runs the user's code). With ``distill``
-    the model learns the outputs of the unpruned model: the one a pruned folder records, or
-    the starting model itself.
+    A pruned folder gives a pruned folder; a trained model folder or a :class:`ModelInfo`
+    (with its ``weights``) gives a trained model folder. The checkpoint
+    ``out/train_state.pt`` is written every epoch; ``resume=True`` continues from it.
+    ``model_spec`` builds a folder's base from that spec instead of the recorded one (needed
+    where the recorded spec runs the user's code).
     """
     device = resolve_device(device)
-    model, info, bundle = _open(directory, data=data, seed=config.seed, model_spec=model_spec)
+    model, info, bundle = _open(
+        directory, data=data, weights=weights, seed=config.seed, model_spec=model_spec
+    )
     _refuse_text("finetune", bundle)
     out = Path(out)
     _check_out(directory, out)
@@ -339,19 +420,17 @@ def finetune_dir(
         "data": bundle.name,
         **dataclasses.asdict(config),
     }
-    if "checkpoint" in settings:  # the name this job's run.json has always used
-        settings["source"] = settings.pop("checkpoint")
-    pruned = not isinstance(directory, ModelSpec) and (Path(directory) / PLAN_FILE).is_file()
+    pruned = not isinstance(directory, ModelInfo) and (Path(directory) / PLAN_FILE).is_file()
     teacher = None
     if distill is not None:
         settings["distill"] = distill.to_json()
         teacher = _recorded_teacher(directory, info, model_spec) if pruned else copy.deepcopy(model)
     claim(out, Run("finetune", settings), resume=resume)
-    history = fit(
+    history = _fit(
         model,
         bundle,
         config,
-        checkpoint_dir=out,
+        out,
         resume=resume,
         progress=progress,
         device=device,
@@ -362,18 +441,7 @@ def finetune_dir(
         _save_model(model, info, out, history)
     elif distributed.is_main():
         plan = read_plan(directory)
-        result = PruneResult(
-            model=model.cpu(),
-            plan=[LayerPlan(**layer) for layer in plan["layers"]],
-            layers=[],
-            macs_before=plan["macs_before"],
-            macs_after=plan["macs_after"],
-            params_before=plan["params_before"],
-            params_after=plan["params_after"],
-            example_inputs=info.example_inputs(),
-            skipped=[],
-        )
-        metadata = {
+        plan["metadata"] = {
             **plan["metadata"],
             "finetuned_from": str(Path(directory).resolve()),
             "finetune": {
@@ -382,7 +450,7 @@ def finetune_dir(
                 "history": history,
             },
         }
-        save(result, out, metadata=metadata)
+        save_with_plan(model, plan, out)
     return history
 
 
@@ -390,16 +458,19 @@ def evaluate_dir(
     directory: Source,
     *,
     data: str | None = None,
+    weights: str | os.PathLike | None = None,
     device: str | None = None,
     model_spec: str | None = None,
-) -> dict[str, float]:
-    """Accuracy, loss, MACs, params and latency (batch 1 and 64; on the CPU, and on
-    ``device`` where it is a GPU) of a saved model or a :class:`ModelSpec` (``model_spec``: as
-    in :func:`finetune_dir`); for a folder pruned by distillation also the agreement with
-    the unpruned model it records (``agree`` and ``kl``, or ``mse``; accuracy and loss only
-    on labelled data)."""
+) -> Evaluation:
+    """Accuracy, loss, MACs, params and latency (on the CPU, and on ``device`` where it is a
+    GPU) of a saved model or a :class:`ModelInfo` with its ``weights`` (``model_spec``: as in
+    :func:`finetune_dir`); for a model pruned to a latency budget also the latencies its
+    pruning recorded (:func:`_budget_latency`); for a folder pruned by distillation the
+    agreement with the unpruned model it records (``agree`` and ``kl``, or ``mse``; accuracy
+    and loss only on labelled data)."""
     device = resolve_device(device)
-    model, info, bundle = _open(directory, data=data, model_spec=model_spec)
+    model, info, bundle = _open(directory, data=data, weights=weights, model_spec=model_spec)
+    _check_finite(model)
     # Text, and images of a folder pruned by distillation, are scored against the unpruned
     # model: the base the folder was pruned from.
     distilled = "distill" in _metadata(directory)
@@ -413,12 +484,16 @@ def evaluate_dir(
     model.cpu()
     macs, params = count(model, info.example_inputs())
     speed = latencies(model, _sample(info), device)
-    return {**scores, "macs": macs, "params": params, **speed}
+    recorded = {}
+    if not isinstance(directory, ModelInfo) and (Path(directory) / PLAN_FILE).is_file():
+        plan = read_plan(directory)
+        recorded = _budget_latency(plan.get("metrics_before", {}), plan.get("metrics_after", {}))
+    return Evaluation({**scores, "macs": macs, "params": params, **recorded}, speed)
 
 
 def _metadata(source: Source) -> dict[str, Any]:
     """A pruned folder's plan metadata (``{}`` for other sources)."""
-    if isinstance(source, ModelSpec) or not (Path(source) / PLAN_FILE).is_file():
+    if isinstance(source, ModelInfo) or not (Path(source) / PLAN_FILE).is_file():
         return {}
     return read_plan(source)["metadata"]
 
@@ -434,34 +509,45 @@ def _recorded_teacher(directory: Source, info: ModelInfo, spec: str | None) -> n
     return load_teacher(info, record, spec=spec, where=Path(directory))
 
 
-def compare_checkpoint(
-    checkpoint: Source,
+def _check_finite(model: nn.Module) -> None:
+    """Refuse weights holding NaN or infinity: every score of such a model is NaN, which is
+    no measurement (issue 28: eval printed ``loss nan`` and succeeded)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise ModelError(
+                f"the model's weights hold NaN or infinite values (first in '{name}'); "
+                "restore them, or train or prune the model again."
+            )
+
+
+def compare_model(
+    source: Source,
     out: str | os.PathLike,
     *,
     config: CompareConfig,
     data: str | None = None,
+    weights: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
     device: str | None = None,
 ) -> Comparison:
-    """:func:`gfsprune.compare.compare` on a trained checkpoint; writes the report to ``out``.
+    """:func:`gfsprune.workflow.compare.compare` on a trained model (a folder or a
+    :class:`ModelInfo` with its ``weights``); writes the report to ``out``.
 
-    ``scratch`` trains with the checkpoint's pre-training recipe, for its epochs plus the
+    ``scratch`` trains with the model's pre-training recipe, for its epochs plus the
     fine-tuning epochs, unless ``config.scratch`` is given. ``out/results.json`` is rewritten
     as each method finishes; ``resume=True`` continues an interrupted comparison with the same
     options, reusing the methods it finished.
     """
     _refuse_torchrun("compare")
     device = resolve_device(device)
-    model, info, bundle = _open(checkpoint, data=data, seed=config.seed)
+    model, info, bundle = _open(source, data=data, weights=weights, seed=config.seed)
     _refuse_text("compare", bundle)
     if config.distill is None:
         require_labels(bundle)  # before the folder is claimed
-    config = _with_scratch(
-        config, info, info.name if isinstance(checkpoint, ModelSpec) else checkpoint
-    )
+    config = _with_scratch(config, info, info.name if isinstance(source, ModelInfo) else source)
     settings = {
-        **_source_settings(checkpoint, info),
+        **_source_settings(source, info),
         "data": bundle.name,
         **_compare_settings(config),
     }
@@ -470,21 +556,21 @@ def compare_checkpoint(
     return _compare(model, info, bundle, config, out=out, run=run, progress=progress, device=device)
 
 
-def _with_scratch(config: CompareConfig, info: ModelInfo, checkpoint: Path | str) -> CompareConfig:
-    """``config`` with ``scratch`` set from the checkpoint's pre-training recipe, if needed."""
+def _with_scratch(config: CompareConfig, info: ModelInfo, source: Path | str) -> CompareConfig:
+    """``config`` with ``scratch`` set from the model's pre-training recipe, if needed."""
     if config.scratch is not None or "scratch" not in config.methods:
         return config
     if not info.pretrain:
         raise ConfigError(
-            f"'{checkpoint}' does not record its pre-training recipe, which 'scratch' "
-            "repeats; leave scratch out of the methods (--methods)."
+            f"'{source}' does not record its pre-training recipe, which 'scratch' "
+            "repeats; leave scratch out of the methods (methods=)."
         )
     try:
         recipe = TrainConfig(**info.pretrain)
     except (TypeError, ConfigError) as err:
         raise FileFormatError(
-            f"the pre-training recipe in '{checkpoint}' is damaged ({err}); leave scratch out "
-            "of the methods (--methods) or train the model again."
+            f"the pre-training recipe in '{source}' is damaged ({err}); leave scratch out "
+            "of the methods (methods=) or train the model again."
         ) from err
     epochs = recipe.epochs + config.finetune.epochs
     scratch = dataclasses.replace(recipe, epochs=epochs, seed=config.seed)
@@ -578,14 +664,8 @@ def demo(
     settings = _with_scratch(settings, info, "the demo model")
     run = Run("demo", {"model": config.model, "data": config.data, **_compare_settings(settings)})
     out = claim(out, run, resume=True)
-    history = fit(
-        model,
-        bundle,
-        pretrain,
-        checkpoint_dir=out / "model",
-        resume=True,
-        progress=progress,
-        device=device,
+    history = _fit(
+        model, bundle, pretrain, out / "model", resume=True, progress=progress, device=device
     )
     _save_model(model, info, out / "model", history)
     return _compare(

@@ -4,18 +4,15 @@ runs on one, on the accelerator (a GPU)."""
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import torch
 from torch import nn
 
-from gfsprune._inputs import map_tensors, run_model
+from gfsprune._inputs import move
+from gfsprune.core.timing import batched, median_seconds, synchronize
+from gfsprune.io.latency import BATCHES, MeasuredLatency
 
 __all__ = ["latencies", "measure_latency", "synchronize"]
-
-#: The batch sizes every report measures: one sample (interactive use) and 64 (throughput).
-BATCHES = (1, 64)
 
 
 def measure_latency(
@@ -35,44 +32,23 @@ def measure_latency(
     if isinstance(sample, tuple) and all(isinstance(size, int) for size in sample):
         inputs: object = torch.randn(batch_size, *sample, device=device)
     else:
-        inputs = map_tensors(
-            sample, lambda t: t.to(device).expand(batch_size, *t.shape[1:]).clone()
-        )
-    times = []
-    with torch.inference_mode():
-        for step in range(repeats + 2):
-            synchronize(device)
-            start = time.perf_counter()
-            run_model(model, inputs)
-            synchronize(device)
-            if step >= 2:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on an accelerator (``torch.cuda``, ``torch.mps``, ...): on
-    ``device`` itself where its backend takes one (CUDA and XPU)."""
-    if device.type in ("cuda", "xpu"):
-        getattr(torch, device.type).synchronize(device)
-    elif device.type != "cpu":
-        getattr(torch, device.type).synchronize()
+        inputs = batched(move(sample, device), batch_size)
+    return median_seconds(model, inputs, repeats=repeats)
 
 
 def latencies(
     model: nn.Module, sample: tuple[int, ...] | object, device: str | torch.device = "cpu"
-) -> dict[str, float]:
-    """:func:`measure_latency` at each of :data:`BATCHES`, with torch's current thread count:
-    ``{"latency_b1": s, "latency_b64": s}`` on the CPU, and where ``device`` is an
-    accelerator also ``gpu_latency_b1`` and ``gpu_latency_b64`` on it.
+) -> MeasuredLatency:
+    """:func:`measure_latency` at each of :data:`~gfsprune.io.latency.BATCHES`: on the CPU
+    with torch's current thread count, and where ``device`` is an accelerator on it too.
 
     Example:
-        >>> sorted(latencies(nn.Linear(4, 2), (4,)))
-        ['latency_b1', 'latency_b64']
+        >>> sorted(latencies(nn.Linear(4, 2), (4,)).cpu)
+        [1, 64]
     """
-    found = {f"latency_b{b}": measure_latency(model, sample, b) for b in BATCHES}
-    if torch.device(device).type != "cpu":
-        found |= {
-            f"gpu_latency_b{b}": measure_latency(model, sample, b, device=device) for b in BATCHES
-        }
-    return found
+    cpu = {b: measure_latency(model, sample, b) for b in BATCHES}
+    if torch.device(device).type == "cpu":
+        return MeasuredLatency(cpu=cpu)
+    return MeasuredLatency(
+        cpu=cpu, gpu={b: measure_latency(model, sample, b, device=device) for b in BATCHES}
+    )

@@ -1,10 +1,13 @@
-"""Where a job's model comes from: a folder gfsprune wrote, or a model spec (``--model``).
+"""Where a job's model comes from: a folder gfsprune wrote, or a description the user gives.
 
-A folder is a trained checkpoint (``model.json`` + ``model.safetensors``) or a pruned model
-(``plan.json`` + ``model.safetensors``); either records the model spec, its options, the data
-and the input shape, so it is rebuilt without flags. A :class:`ModelSpec` names the model
-directly: any source of :func:`gfsprune.models.get`, with the user's weights. A recorded spec
-that runs the user's code is rebuilt only when the user names it again (``model=``).
+A folder is a trained model (``model.json`` + ``model.safetensors``) or a pruned model
+(``plan.json`` + ``model.safetensors``); either records the model's
+:class:`~gfsprune.io.model_info.ModelInfo` (spec, options, data, input shape), so it is
+rebuilt without options. A :class:`~gfsprune.io.model_info.ModelInfo` the user gives names
+the model directly (any source of :func:`gfsprune.models.get`, the command line's
+``--model``), with the user's weights; :func:`open_spec` completes it from the data. A
+recorded spec that runs the user's code is rebuilt only when the user names it again
+(``model=``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -33,35 +35,9 @@ from gfsprune.workflow.data import (
 from gfsprune.workflow.seeding import seeded
 from gfsprune.workflow.text import load_text
 
-__all__ = ["ModelSpec", "file_digest", "load_bundle", "load_model", "open_spec"]
+__all__ = ["file_digest", "load_bundle", "load_model", "open_spec"]
 
 _FOLDER_FIX = "pass a folder written by `gfsprune train`, `prune` or `finetune`"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model named by its spec instead of a folder (the command line's ``--model``).
-
-    Attributes:
-        spec: What :func:`gfsprune.models.get` builds: a zoo name, ``torchvision:NAME``,
-            ``timm:NAME``, ``hf:DIR``, ``module:callable`` or ``file.py:callable`` (the last
-            two run the user's code).
-        weights: A ``.safetensors`` file or PyTorch checkpoint to start from (``None``: fresh
-            weights from the job's seed).
-        num_classes: Outputs of the classifier (``None``: the data's class count).
-        input_shape: ``(C, H, W)`` of one input (``None``: the model's own where its source
-            knows it, e.g. timm's ``pretrained_cfg``, else the data's).
-        mean: Per-channel mean that resizable images (cifar10, imagefolder) are normalised
-            with (``None``: the model's own where known, else ImageNet's); with ``std``.
-        std: Per-channel standard deviation, with ``mean``.
-    """
-
-    spec: str
-    weights: Path | None = None
-    num_classes: int | None = None
-    input_shape: tuple[int, ...] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -74,87 +50,101 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def open_spec(
-    request: ModelSpec, *, data: str | None, seed: int = 0
+    request: ModelInfo,
+    *,
+    data: str | None,
+    weights: str | os.PathLike | None = None,
+    seed: int = 0,
 ) -> tuple[nn.Module, ModelInfo, DataBundle]:
-    """The model ``request`` names (on the CPU, in eval mode), its description and its data.
+    """The model ``request`` describes (on the CPU, in eval mode), its completed description
+    and its data.
+
+    Args:
+        request: The model's spec and what the user fixes of it: constructor options
+            (``num_classes`` defaults to the data's class count), ``input_shape``, ``mean``
+            and ``std``; the rest comes from the model's source and the data.
+        data: The data spec (``request.data`` where ``None``).
+        weights: A ``.safetensors`` file or PyTorch weights file to start from (``None``: fresh
+            weights from ``seed``); the description records its SHA-256.
+        seed: Seeds the fresh initialisation.
 
     Raises:
         ConfigError: no data, an unknown spec or option, or sizes that do not fit the data.
         FileFormatError, ModelError: the weights file is damaged or does not fit.
     """
+    data = data or request.data
     if data is None:
         raise ConfigError(
-            f"a model given by its spec ({request.spec!r}) needs data to work on; pass --data "
-            "(data= in Python)"
+            f"a model given by its spec ({request.name!r}) needs data; pass it (data=)"
         )
+    weights = None if weights is None else Path(weights)
     if is_tokens(data):
-        return _open_text(request, data, seed)
+        return _open_text(request, data, weights, seed)
     mean, std = request.mean, request.std
     if resizable(data):
-        known = models.data_config(request.spec)
+        known = models.data_config(request.name)
         shape = request.input_shape or known.get("input_size")
         if mean is None and std is None:
             mean, std = known.get("mean", IMAGENET_MEAN), known.get("std", IMAGENET_STD)
         bundle = load_data(data, image_size=_square_side(shape), mean=mean, std=std)
     else:
         bundle = load_data(data, mean=mean, std=std)  # refuses mean/std with a reason
-    if bundle.labelled and request.num_classes not in (None, bundle.num_classes):
+    classes = request.options.get("num_classes")
+    if bundle.labelled and classes not in (None, bundle.num_classes):
         raise DataError(
-            f"the model is asked for {request.num_classes} classes (num_classes, "
-            f"--num-classes) but data {data!r} has {bundle.num_classes}; pass "
-            f"{bundle.num_classes}, or data with {request.num_classes} classes"
+            f"the model is asked for {classes} classes (num_classes=) but data {data!r} has "
+            f"{bundle.num_classes}; pass {bundle.num_classes}, or data with {classes} classes"
         )
     shape = tuple(request.input_shape or bundle.input_shape)
-    options = {"in_channels": shape[0], "image_size": shape[-1]}
-    if request.num_classes or bundle.labelled:  # unlabelled data: the model's own classes
-        options["num_classes"] = request.num_classes or bundle.num_classes
-    info = ModelInfo(
-        request.spec,
-        options,
-        data,
-        shape,
-        {},
+    options = {**request.options, "in_channels": shape[0], "image_size": shape[-1]}
+    if classes or bundle.labelled:  # unlabelled data: the model's own classes
+        options["num_classes"] = classes or bundle.num_classes
+    info = dataclasses.replace(
+        request,
+        options=options,
+        data=data,
+        input_shape=shape,
         mean=None if mean is None else tuple(mean),
         std=None if std is None else tuple(std),
     )
     check_fits(bundle, info)
-    model, info = _build_spec(request, info, seed)
+    model, info = _build_spec(info, weights, seed)
     return model, info, bundle
 
 
-def _build_spec(request: ModelSpec, info: ModelInfo, seed: int) -> tuple[nn.Module, ModelInfo]:
-    """The model ``request`` names, as ``info`` describes it (in eval mode), with the user's
-    weights; ``info`` with their digest."""
+def _build_spec(info: ModelInfo, weights: Path | None, seed: int) -> tuple[nn.Module, ModelInfo]:
+    """The model ``info`` describes (in eval mode), with the user's ``weights``; ``info``
+    with their digest."""
     with seeded(seed):
-        model = info.build(spec=request.spec)  # the user named it: consent to run its code
-    if request.weights is not None:
-        models.load_weights(model, request.weights)  # first: its errors name a missing file
-        info = dataclasses.replace(info, weights=_weights_digest(request.weights))
+        model = info.build(spec=info.name)  # the user named it: consent to run its code
+    if weights is not None:
+        models.load_weights(model, weights)  # first: its errors name a missing file
+        info = dataclasses.replace(info, weights=_weights_digest(weights))
     return model.eval(), info
 
 
-def _open_text(request: ModelSpec, data: str, seed: int) -> tuple[nn.Module, ModelInfo, DataBundle]:
+def _open_text(
+    request: ModelInfo, data: str, weights: Path | None, seed: int
+) -> tuple[nn.Module, ModelInfo, DataBundle]:
     """:func:`open_spec` for ``text:FILE`` data: tokenised by the model's own tokenizer, in
     samples of ``input_shape`` (one number, tokens) or the default length."""
     shape = request.input_shape
     if shape is not None and len(shape) != 1:
         raise ConfigError(
-            f"text data takes one number of tokens per sample as the input size; got "
-            f"{','.join(map(str, shape))}. Pass e.g. --input-size 128"
+            f"text data takes one number of tokens per sample as the input shape; got "
+            f"{','.join(map(str, shape))}. Pass one number (input_shape=), e.g. 128"
         )
     if request.mean is not None or request.std is not None:
-        raise ConfigError(
-            "mean and std (--mean, --std) apply to images, not to text; leave them out"
-        )
-    bundle = load_text(data, model=request.spec, length=shape[0] if shape else None)
-    options = {}
-    if bundle.labelled and "num_classes" in models.data_config(request.spec):
-        options["num_classes"] = request.num_classes or bundle.num_classes  # a classifier
-    elif request.num_classes is not None:
-        options["num_classes"] = request.num_classes  # the model's source says if it applies
-    info = ModelInfo(request.spec, options, data, tuple(bundle.input_shape), {})
+        raise ConfigError("mean and std apply to images, not to text; leave them out")
+    bundle = load_text(data, model=request.name, length=shape[0] if shape else None)
+    options = dict(request.options)
+    if bundle.labelled and "num_classes" in models.data_config(request.name):
+        options["num_classes"] = options.get("num_classes") or bundle.num_classes  # a classifier
+    info = dataclasses.replace(
+        request, options=options, data=data, input_shape=tuple(bundle.input_shape)
+    )
     check_fits(bundle, info)
-    model, info = _build_spec(request, info, seed)
+    model, info = _build_spec(info, weights, seed)
     return model, info, bundle
 
 
@@ -163,8 +153,8 @@ def _square_side(shape: tuple[int, ...] | None) -> int | None:
         return None
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ConfigError(
-            f"image data is resized to square images, so the input size must be C,S,S; got "
-            f"{','.join(map(str, shape))}. Pass e.g. --input-size 3,224,224"
+            f"image data is resized to square images, so the input shape must be C,S,S; got "
+            f"{','.join(map(str, shape))}. Pass a square one (input_shape=), e.g. 3,224,224"
         )
     return shape[1]
 
@@ -184,8 +174,7 @@ def load_bundle(spec: str | None, info: ModelInfo) -> DataBundle:
     data = spec or info.data
     if data is None:
         raise DataError(
-            f"the model {info.name!r} does not record the data it was pruned on; pass --data "
-            "(data= in Python)"
+            f"the model {info.name!r} does not record the data it was pruned on; pass it (data=)"
         )
     if is_tokens(data):
         bundle = load_text(data, model=info.name, length=info.input_shape[0])
@@ -217,7 +206,7 @@ def check_fits(bundle: DataBundle, info: ModelInfo) -> None:
 def load_model(
     directory: str | os.PathLike, *, model: str | None = None
 ) -> tuple[nn.Module, ModelInfo]:
-    """The model in a trained checkpoint or a pruned folder, on the CPU in eval mode.
+    """The model in a trained or a pruned model folder, on the CPU in eval mode.
 
     Args:
         directory: The folder.
@@ -241,7 +230,7 @@ def load_model(
     try:
         load_weights(net, directory / WEIGHTS_FILE)
     except (FileFormatError, ModelError) as err:
-        raise ModelError(f"{err}; the checkpoint is incomplete or damaged.") from err
+        raise ModelError(f"{err}; the folder is incomplete or damaged.") from err
     return net.eval(), info
 
 

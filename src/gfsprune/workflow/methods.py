@@ -130,7 +130,10 @@ class Backward(Method):
     name = "backward"
 
     def build(self, context: MethodContext) -> nn.Module:
-        config = dataclasses.replace(context.prune, strategy="backward")
+        # The widths are given: no schedule or rounding of greedy selection's applies.
+        config = dataclasses.replace(
+            context.prune, strategy="backward", schedule="exact", round_to=1
+        )
         with seeded(context.seed):  # the training images' augmentation draws from it
             return prune(
                 context.model,
@@ -203,8 +206,8 @@ class TorchPruning(Method):
         work = _working_copy(context, gradients=gradients)
         layers, _ = find_layers(work, context.example_inputs)
         # Torch-Pruning prunes attention heads only when told each module's head count, so
-        # head layers are left whole here (only gfs and the same-widths methods prune them).
-        pruned = {p.name for layer in layers if layer.heads is None for p in layer.producers}
+        # unit layers are left whole here (only gfs and the same-widths methods prune them).
+        pruned = {p.name for layer in layers if layer.units is None for p in layer.producers}
         ignored = [
             name
             for name, m in work.named_modules()
@@ -382,9 +385,9 @@ def _scored_group(
     graph: tp.DependencyGraph, modules: Mapping[str, nn.Module], layer: ChannelLayer
 ) -> tuple[tp.Group, torch.Tensor]:
     """The Torch-Pruning group an importance scores for ``layer``, and the layer channel of
-    each of its scores: the root's whole group for a channel layer; for a head layer (its
-    attention module is no group root) the group of its consumer's input positions."""
-    if layer.heads is None:
+    each of its scores: the root's whole group for a channel layer; for a unit layer (its
+    attention or MLP module is no group root) the group of its consumer's input positions."""
+    if layer.units is None:
         root = modules[layer.name]
         handler = graph.get_pruner_of_module(root).prune_out_channels
         return graph.get_pruning_group(root, handler, list(range(layer.width))), torch.arange(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gfsprune.io.atomic import write_atomic, write_json, write_text
+from gfsprune.io.latency import MeasuredLatency
 from gfsprune.io.results import RESULTS_FILE
 from gfsprune.plan import LayerPlan
 from gfsprune.workflow.compare import Comparison
@@ -86,7 +87,7 @@ def format_table(results: Mapping) -> str:
     key, _ = headline(results)
     recalibrated = any(r[f"{key}_pruned"] != r["epochs"]["0"][key] for r in methods.values())
     header = ["method", "MACs", "params", *([f"{key} pruned"] if recalibrated else [])]
-    gpu = any("gpu_latency_b64" in row for row in [base, *methods.values()])
+    gpu = any(MeasuredLatency.from_json(row).gpu for row in [base, *methods.values()])
     header += [f"{key} {e} ep" for e in epochs] + ["seconds", "ms b=64 (CPU)"]
     header += ["ms b=64 (GPU)"] if gpu else []
     rows = [["base", f"{base['macs']:,}", f"{base['params']:,}"]]
@@ -124,8 +125,9 @@ def _off(macs: float, reference: float) -> bool:
 def _ms(row: Mapping, gpu: bool) -> list[str]:
     """The measured batch-64 latency in milliseconds on the CPU, and on the GPU where
     ``gpu`` ("" where not measured)."""
-    keys = ("latency_b64", "gpu_latency_b64") if gpu else ("latency_b64",)
-    return [f"{1e3 * row[key]:.2f}" if key in row else "" for key in keys]
+    latency = MeasuredLatency.from_json(row)
+    found = [latency.cpu, latency.gpu] if gpu else [latency.cpu]
+    return [f"{1e3 * seconds[64]:.2f}" if 64 in seconds else "" for seconds in found]
 
 
 def _pct(value: float) -> str:
@@ -290,7 +292,7 @@ def write_report(
     """Write ``results.json``, ``report.md``, ``accuracy.png`` and ``widths.png`` into ``out``.
 
     Args:
-        comparison: What :func:`gfsprune.compare.compare` returned.
+        comparison: What :func:`gfsprune.workflow.compare.compare` returned.
         out: The folder, created if missing.
         context: JSON-serialisable settings shown in the report; ``test_samples`` there adds
             the resolution of the accuracies.

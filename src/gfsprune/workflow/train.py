@@ -15,6 +15,7 @@ bit for bit.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,9 +39,9 @@ from gfsprune.workflow.data import DataBundle, check_labels, make_loader, requir
 from gfsprune.workflow.distillation import Distillation, agreement
 from gfsprune.workflow.seeding import seeded
 
-__all__ = ["TrainConfig", "evaluate", "fit", "param_groups", "resolve_device"]
+__all__ = ["TRAIN_STATE_FILE", "TrainConfig", "evaluate", "fit", "param_groups", "resolve_device"]
 
-CHECKPOINT_NAME = "train_state.pt"
+TRAIN_STATE_FILE = "train_state.pt"
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,11 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
                 f"device must name a torch device such as 'cpu' or 'cuda:0'. Got {device!r} "
                 "instead."
             ) from err
+        if device.type == "meta":  # shapes only: nothing could be computed or measured
+            raise ConfigError(
+                "device 'meta' holds no data, so nothing can be computed on it; use 'cpu' or "
+                "'cuda' (--device)."
+            )
         if device.type == "cuda":
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if count == 0 or (device.index or 0) >= count:
@@ -186,7 +192,7 @@ def fit(
     data: DataBundle,
     config: TrainConfig,
     *,
-    checkpoint_dir: Path | None = None,
+    checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
     device: str | torch.device | None = None,
@@ -205,9 +211,10 @@ def fit(
         model: Maps a batch (N, C, H, W) to logits (N, classes); moved to ``device``.
         data: Training and test sets; their class count must match the model's outputs.
         config: Optimisation options.
-        checkpoint_dir: If given, ``train_state.pt`` there is rewritten after every epoch.
-        resume: Continue from the checkpoint in ``checkpoint_dir`` (start afresh if there is
-            none yet); the run must use the same ``config``.
+        checkpoint: The file an interrupted run resumes from (a job writes
+            :data:`TRAIN_STATE_FILE` in its folder): if given, rewritten after every epoch.
+        resume: Continue from ``checkpoint`` (start afresh if there is none yet); the run
+            must use the same ``config``.
         progress: Show a progress bar per epoch with the running loss and accuracy.
         device: Where to train; None means CUDA when available, else CPU.
         label: Names the run in the progress bars (e.g. which method is fine-tuned).
@@ -229,8 +236,8 @@ def fit(
         >>> history[-1]["test_acc"] > 0.5
         True
     """
-    if resume and checkpoint_dir is None:
-        raise ConfigError("resume=True needs the checkpoint_dir of the run to continue.")
+    if resume and checkpoint is None:
+        raise ConfigError("resume=True needs the checkpoint of the run to continue.")
     for split, dataset in ("train", data.train), ("test", data.test):
         if len(dataset) == 0:
             raise DataError(f"the {split} set of {data.name!r} is empty; give it some samples.")
@@ -260,7 +267,7 @@ def fit(
     samples = len(data.train) if sampler is None else len(sampler)
     steps = math.ceil(samples / (config.batch_size // world))
     optimizer, scheduler = _make_optimizer(model, config, steps_per_epoch=steps)
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
+    path = None if checkpoint is None else Path(checkpoint)
     history: list[dict[str, float]] = []
     if resume and path.exists():
         history = _load_checkpoint(path, model, optimizer, scheduler, config=config, device=device)

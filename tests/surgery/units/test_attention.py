@@ -1,5 +1,5 @@
-"""Attention heads are selection items: masked heads equal removed ones, whole heads are
-removed with ``num_heads`` updated, and blocks that cannot be pruned exactly are skipped."""
+"""Attention heads are units: masked heads equal removed ones, whole heads are removed with
+``num_heads`` updated, and blocks that cannot be pruned exactly are skipped."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from torch import nn
 import gfsprune
 from gfsprune import Macs, PruneConfig, prune
 from gfsprune.surgery import Masks, find_layers, prune_channels
+from gfsprune.surgery.units.attention import GPT2Heads
+from tests import hf_nets
 from tests.nets import tiny_vit
 
 timm = pytest.importorskip("timm")
@@ -32,7 +34,7 @@ class Tokens(nn.Module):
 def test_heads_of_timm_attention_form_one_layer_each() -> None:
     model, x = tiny_vit(), torch.randn(2, 3, 16, 16)
     layers, skipped = find_layers(model, x)
-    heads = [layer for layer in layers if layer.heads is not None]
+    heads = [layer for layer in layers if layer.units is not None]
     assert [layer.name for layer in heads] == ["blocks.0.attn", "blocks.1.attn"]
     assert heads[0].n_items == 4 and heads[0].item_size == 6
     assert heads[0].items[1] == tuple(range(6, 12))
@@ -55,7 +57,7 @@ def test_heads_of_timm_attention_form_one_layer_each() -> None:
 def test_masked_heads_equal_removed_heads(make, shape) -> None:
     model, x = make().eval(), torch.randn(*shape)
     layers, _ = find_layers(model, x)
-    kept = {layer.name: layer.channels([1, 3]) for layer in layers if layer.heads is not None}
+    kept = {layer.name: layer.channels([1, 3]) for layer in layers if layer.units is not None}
     with Masks(model, layers) as masks, torch.no_grad():
         for layer in layers:
             if layer.name in kept:
@@ -100,6 +102,16 @@ def test_vit_is_pruned_to_whole_heads_and_reloads(tmp_path) -> None:
 def test_attention_with_a_norm_across_heads_is_skipped_and_named() -> None:
     model, x = tiny_vit(scale_attn_norm=True), torch.randn(2, 3, 16, 16)
     layers, skipped = find_layers(model, x)
-    assert all(layer.heads is None for layer in layers)
+    assert all(layer.units is None for layer in layers)
     assert "blocks.0.attn (Attention heads: LayerNorm across all heads before proj)" in skipped
     assert any(layer.name == "blocks.0.mlp.fc1" for layer in layers)
+
+
+def test_an_unprepared_gpt2_attention_is_refused_with_the_fix() -> None:
+    transformers = pytest.importorskip("transformers")
+    raw = transformers.GPT2Model(hf_nets.config("gpt2")).h[0].attn
+    reason = GPT2Heads.layout(raw, "attn")
+    assert reason == (
+        "'c_attn' is a Conv1D, not nn.Linear (make transformers' Conv1D linear: "
+        "gfsprune.models.hf.prepare)"
+    )

@@ -1,0 +1,494 @@
+"""The latency cost model: a model's forward time on its device at given widths, predicted
+from timings of its pieces taken there.
+
+Every convolution, linear layer and BatchNorm whose input or output width a channel layer
+sets is timed on its own, in context: at its real input size (spatial or token dimensions),
+at the batch size asked for, in the memory format asked for, with torch's current thread
+count, on the model's device; once per call where a module runs more than once. A
+convolution's time depends on both its widths (which kernel the backend picks, whether the
+input is reordered to a blocked layout first), so each is timed on a small grid of (input,
+output) widths (the narrowest, the full and a few between, multiples of 8 where the layer is
+wide enough) and interpolated bilinearly; a depthwise convolution or a BatchNorm has one
+width and a grid of one dimension. Identical pieces (same module, input size and widths) are
+timed once.
+
+What a sum of pieces misses (the modules that are not timed, activations and residual adds,
+reorders between pieces, fusions) is the *rest*, modelled as ``c0 + c1 * v``, where ``v`` is
+the share of the timed pieces' output elements kept (the activations the rest reads and
+writes). Two whole-model timings calibrate it: the unpruned model, and a copy pruned to
+half of every layer's channels (physically smaller, as the result will be). ``c1`` is
+clipped to ``[0, rest at full width]``, so that the rest never grows as the model shrinks
+nor turns negative (timing noise can make the smaller model look slower, or much faster).
+Unless it was clipped, the prediction equals the measured latency of both calibration
+models.
+
+Timings are cached on disk (JSON, never unpickled) per device, torch version, threads,
+batch size and memory format; whole-model timings also per model structure and input shape.
+A second model sharing pieces with the first reuses their timings.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import math
+import os
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gfsprune import distributed
+from gfsprune._copying import copy_model
+from gfsprune._inputs import map_tensors, model_device, run_hooked, tensors
+from gfsprune.core.compute_cost import ComputeCost
+from gfsprune.core.cost import CostModel
+from gfsprune.core.timing import batched, median_seconds
+from gfsprune.errors import ConfigError
+from gfsprune.io.atomic import write_json
+from gfsprune.surgery import ChannelLayer, prune_channels
+
+__all__ = ["LatencyCost", "Timer", "cache_folder"]
+
+#: ``timer(module, inputs)``: seconds of one forward pass (a median over repeats).
+Timer = Callable[[nn.Module, object], float]
+
+#: Version of the cache files' content; files of another version are ignored.
+_SCHEMA = 1
+#: Each timing repeats its forward pass (at least 5 times, at most 100) until the timed
+#: passes add up to this many seconds.
+_MIN_SECONDS = 0.05
+#: The share of every layer's channels the second calibration model keeps.
+_CALIBRATION_SHARE = 0.5
+_TIMED = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+)
+
+
+def cache_folder() -> Path:
+    """Where latency timings are cached: ``$GFSPRUNE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/gfsprune``, else ``~/.cache/gfsprune``."""
+    if os.environ.get("GFSPRUNE_CACHE_DIR"):
+        return Path(os.environ["GFSPRUNE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gfsprune"
+
+
+class LatencyCost(CostModel):
+    """Predicts ``"latency"``, the seconds of a forward pass of a model pruned to given
+    per-channel keep shares, and measures it (with the prediction, ``"latency_predicted"``)
+    on a real model.
+
+    Args:
+        model: The unpruned network, on the device to time on.
+        example_inputs: One example input of batch 1 (a tensor, tuple or dict).
+        layers: Its channel layers, in selection order.
+        batch: The batch size timed.
+        channels_last: Time modules and inputs in channels-last memory format.
+        points: Grid widths per dimension of a piece, at most (the narrowest and the full
+            width among them).
+        timer: Times one forward pass (default: the median of 5 to 100 passes, as many as
+            fit in 0.05 s, after 2 warm-up passes).
+        cache: A folder for the timing cache, ``True`` for :func:`cache_folder`, ``False``
+            for none.
+        structure: The model's :class:`ComputeCost` where the caller has one (the pieces'
+            kept shares come from it).
+
+    Attributes:
+        full_seconds: The unpruned model's measured seconds.
+        calibration: The two whole-model timings and the rest's fitted ``c0`` and ``c1``.
+        measured: How many timings were taken (the others came from the cache).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: object,
+        layers: Sequence[ChannelLayer],
+        *,
+        batch: int = 1,
+        channels_last: bool = False,
+        points: int = 5,
+        timer: Timer | None = None,
+        cache: str | os.PathLike | bool = True,
+        structure: ComputeCost | None = None,
+    ) -> None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ConfigError(f"The batch size to time must be a positive integer. Got {batch!r}.")
+        if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+            raise ConfigError(f"'points' must be an integer of at least 2. Got {points!r}.")
+        super().__init__(layers)
+        self.structure = structure or ComputeCost(model, example_inputs, layers)
+        self.terms = self.structure.terms
+        self._batch, self._points = batch, points
+        self._channels_last = channels_last
+        self._timer = timer or functools.partial(median_seconds, min_seconds=_MIN_SECONDS)
+        self._inputs = batched(example_inputs, batch)
+        if channels_last:
+            self._inputs = _in_format(self._inputs)
+        self._table = _Table(model, batch, channels_last, cache)
+        self.measured = 0
+        self._build(model, example_inputs)
+        self._calibrate(model, example_inputs, layers)
+        self._agree()
+        self.full_seconds = self.full["latency"]
+        self._table.save()
+
+    # -- the pieces ------------------------------------------------------------------------
+
+    def _build(self, model: nn.Module, example_inputs: object) -> None:
+        """Time every piece on its grid and stack the grids for :meth:`predict_flat`."""
+        modules = dict(model.named_modules())
+        timed = {t.name: k for k, t in enumerate(self.terms) if isinstance(modules[t.name], _TIMED)}
+        shapes = _input_shapes(model, example_inputs, [modules[n] for n in timed])
+        rows = []  # (term, full_in, full_out, one_d, ins, outs, seconds, elements)
+        for name, k in timed.items():
+            module, term = modules[name], self.terms[k]
+            full_in, full_out, one_d, step = _widths(module)
+            outs = self._axis(full_out, step) if term.out is not None else np.array([full_out])
+            ins = np.array([full_in]) if one_d or not term.inputs else self._axis(full_in, step)
+            for shape, elements in shapes.get(module, []):
+                seconds = np.array(
+                    [[self._time(module, shape, int(i), int(o)) for o in outs] for i in ins]
+                )
+                rows.append((k, full_in, full_out, one_d, ins, outs, seconds, elements))
+        width = self._points
+        self._term = np.array([r[0] for r in rows], dtype=np.int64)
+        self._names = [self.terms[r[0]].name for r in rows]
+        self._full_in = np.array([r[1] for r in rows], dtype=float)
+        self._full_out = np.array([r[2] for r in rows], dtype=float)
+        self._one_d = np.array([r[3] for r in rows], dtype=bool)
+        self._ins = np.array([_pad(r[4], width) for r in rows]).reshape(-1, width)
+        self._outs = np.array([_pad(r[5], width) for r in rows]).reshape(-1, width)
+        self._seconds = np.array([_pad(_pad(r[6], width).T, width).T for r in rows]).reshape(
+            -1, width, width
+        )
+        self._elements = np.array([r[7] for r in rows], dtype=float)
+
+    def _axis(self, full: int, step: int) -> np.ndarray:
+        """Up to :attr:`points` widths of a dimension of ``full`` channels (multiples of
+        ``step``): the narrowest, the full one, and evenly spread ones between, each moved to
+        the nearest multiple of 8 where that is a multiple of ``step`` below ``full`` (the
+        widths kernels are made for, and what ``round_to=8`` allows)."""
+        inner = np.linspace(step, full, self._points)[1:-1]
+        unit = math.lcm(8, step) if full > 2 * math.lcm(8, step) else step
+        inner = np.clip(np.round(inner / unit) * unit, step, full)
+        return np.unique(np.concatenate([[step], inner, [full]]).astype(int))
+
+    def _time(
+        self, module: nn.Module, shape: tuple[int, ...], width_in: int, width_out: int
+    ) -> float:
+        """Seconds of ``module`` resized to ``width_in`` inputs and ``width_out`` outputs, on
+        an input of ``shape`` (batch 1, full width) at the batch size (cached)."""
+        piece, dim, width = _resized(module, width_in, width_out)
+        size = [self._batch, *shape[1:]]
+        size[dim] = width
+        parameter = next(itertools.chain(module.parameters(), module.buffers()))
+        key = f"{piece!r} {tuple(size)} {parameter.dtype}"
+        if key not in self._table.pieces:
+            x = torch.randn(size, dtype=parameter.dtype, device=parameter.device)
+            piece = piece.to(parameter.device, parameter.dtype).eval()
+            if self._channels_last and x.dim() == 4:
+                piece = piece.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+            self._table.pieces[key] = float(self._timer(piece, x))
+            self.measured += 1
+        return self._table.pieces[key]
+
+    # -- the rest --------------------------------------------------------------------------
+
+    def _calibrate(
+        self, model: nn.Module, example_inputs: object, layers: Sequence[ChannelLayer]
+    ) -> None:
+        """Fit the rest's ``c0 + c1 * v`` to the unpruned model and a copy pruned to half of
+        every layer's channels (both timed whole)."""
+        kept = {layer.name: _spread(layer, _CALIBRATION_SHARE) for layer in layers}
+        half = np.concatenate(
+            [np.isin(np.arange(layer.width), kept[layer.name]).astype(float) for layer in layers]
+        )
+        full = np.ones_like(half)
+        key = _structure_hash(model, example_inputs, layers)
+        timings = self._table.models.get(key)
+        if timings is None:
+            smaller = prune_channels(model, example_inputs, kept, layers=layers)
+            timings = [self._time_model(model), self._time_model(smaller)]
+            self._table.models[key] = timings
+            self.measured += 2
+        (pieces_full, volume_full), (pieces_half, volume_half) = (
+            self._pieces(full),
+            self._pieces(half),
+        )
+        rest_full, rest_half = timings[0] - pieces_full, timings[1] - pieces_half
+        c1 = 0.0
+        if volume_full - volume_half > 0.05:  # 0 <= c1 <= rest_full: no negative rest
+            c1 = (rest_full - rest_half) / (volume_full - volume_half)
+            c1 = min(max(c1, 0.0), max(rest_full, 0.0) / volume_full)
+        c0 = rest_full - c1 * volume_full
+        self.calibration = {"full": timings[0], "half": timings[1], "c0": c0, "c1": c1}
+
+    def _agree(self) -> None:
+        """Under ``torch.distributed``, take the main process's timings and fit on every
+        process, so that all plan the same widths."""
+        if not distributed.is_distributed():
+            return
+        c = self.calibration
+        values = np.concatenate([self._seconds.ravel(), [c["full"], c["half"], c["c0"], c["c1"]]])
+        tensor = torch.from_numpy(values)
+        if torch.distributed.get_backend() == "nccl":
+            tensor = tensor.cuda()
+        values = distributed.all_gather(tensor)[0].cpu().numpy()
+        self._seconds = values[: self._seconds.size].reshape(self._seconds.shape)
+        self.calibration = dict(
+            zip(("full", "half", "c0", "c1"), values[-4:].tolist(), strict=True)
+        )
+
+    def measure(self, model: nn.Module, example_inputs: object) -> dict[str, float]:
+        """Seconds of ``model`` (this model, or it physically pruned) measured whole at the
+        batch size (``"latency_batch"``) on the example inputs the cost model was built with
+        (``example_inputs`` has their shape), as the calibration times it (``"latency"``),
+        and as predicted from its modules' widths (``"latency_predicted"``)."""
+        return {
+            "latency": self._time_model(model),
+            "latency_predicted": self.predict_model(model),
+            "latency_batch": float(self._batch),
+        }
+
+    def _time_model(self, model: nn.Module) -> float:
+        net = copy_model(model).eval()
+        if self._channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        return float(self._timer(net, self._inputs))
+
+    # -- prediction ------------------------------------------------------------------------
+
+    def _pieces(self, flat: np.ndarray) -> tuple[float, float]:
+        """The timed pieces' summed seconds and kept share of their output elements, for
+        keep vectors."""
+        if not len(self._term):
+            return 0.0, 1.0
+        out, inp = self.structure.shares(flat)
+        i = np.where(self._one_d, self._full_in, inp[self._term] * self._full_in)
+        return self._sum(i, out[self._term] * self._full_out)
+
+    def _sum(self, width_in: np.ndarray, width_out: np.ndarray) -> tuple[float, float]:
+        """:meth:`_pieces` for each piece's input and output width."""
+        rows = np.arange(len(self._term))
+        a, ta = _locate(self._ins, width_in)
+        b, tb = _locate(self._outs, width_out)
+        s = self._seconds
+        seconds = (
+            (1 - ta) * (1 - tb) * s[rows, a, b]
+            + ta * (1 - tb) * s[rows, a + 1, b]
+            + (1 - ta) * tb * s[rows, a, b + 1]
+            + ta * tb * s[rows, a + 1, b + 1]
+        )
+        kept = width_out / self._full_out * self._elements
+        return float(seconds.sum()), float(kept.sum() / self._elements.sum())
+
+    def predict_flat(self, flat: np.ndarray) -> dict[str, float]:
+        return {"latency": self._total(*self._pieces(np.asarray(flat, dtype=float)))}
+
+    def predict_model(self, model: nn.Module) -> float:
+        """Predicted seconds of ``model``, this model physically pruned (its modules keep
+        their names), from its modules' widths."""
+        if not len(self._term):
+            return self._total(0.0, 1.0)
+        modules = dict(model.named_modules())
+        widths = np.array([_widths(modules[name])[:2] for name in self._names], dtype=float)
+        return self._total(
+            *self._sum(np.where(self._one_d, self._full_in, widths[:, 0]), widths[:, 1])
+        )
+
+    def _total(self, seconds: float, volume: float) -> float:
+        """The pieces' seconds and the rest at the pieces' kept output share."""
+        return seconds + self.calibration["c0"] + self.calibration["c1"] * volume
+
+    def neighbours(self) -> list[set[int]]:
+        """The layers sharing a piece (the rest, which every layer touches, is left out)."""
+        return self.structure.neighbours()
+
+
+def _locate(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the grid interval holding ``x`` (its lower index) and ``x``'s position in
+    it (0 to 1, clamped outside the grid)."""
+    rows = np.arange(len(x))
+    lower = np.clip((grid <= x[:, None]).sum(axis=1) - 1, 0, grid.shape[1] - 2)
+    low, high = grid[rows, lower], grid[rows, lower + 1]
+    gap = np.where(high > low, high - low, 1.0)
+    return lower, np.where(high > low, np.clip((x - low) / gap, 0.0, 1.0), 0.0)
+
+
+def _pad(values: np.ndarray, size: int) -> np.ndarray:
+    """``values`` extended along its first axis to ``size`` by repeating its last entry."""
+    values = np.asarray(values, dtype=float)
+    return np.concatenate([values, np.repeat(values[-1:], size - len(values), axis=0)])
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels > 1
+
+
+def _widths(module: nn.Module) -> tuple[int, int, bool, int]:
+    """``(input width, output width, one width only, step)`` of a timed module: a depthwise
+    convolution or a norm has one width; a grouped convolution's widths are multiples of
+    its groups."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features, module.num_features, True, 1
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features, False, 1
+    if _is_depthwise(module):
+        return module.in_channels, module.out_channels, True, module.out_channels // module.groups
+    return module.in_channels, module.out_channels, False, module.groups
+
+
+def _resized(module: nn.Module, width_in: int, width_out: int) -> tuple[nn.Module, int, int]:
+    """A fresh module like ``module`` with ``width_in`` inputs and ``width_out`` outputs
+    (for a module of one width, ``width_out`` sets both), the input dimension holding its
+    inputs' channels and their number."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        norm = type(module)(
+            width_out,
+            eps=module.eps,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        )
+        return norm, 1, width_out
+    if isinstance(module, nn.Linear):
+        return nn.Linear(width_in, width_out, bias=module.bias is not None), -1, width_in
+    groups = module.groups
+    if _is_depthwise(module):
+        groups = width_out // (module.out_channels // module.groups)
+        width_in = groups
+    piece = type(module)(
+        width_in,
+        width_out,
+        module.kernel_size,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        groups=groups,
+        bias=module.bias is not None,
+        padding_mode=module.padding_mode,
+    )
+    return piece, 1, width_in
+
+
+def _input_shapes(
+    model: nn.Module, example_inputs: object, modules: Sequence[nn.Module]
+) -> dict[nn.Module, list[tuple[tuple[int, ...], float]]]:
+    """Per module, for each of its calls on ``example_inputs``: its first input's shape
+    and the number of elements of its output."""
+    wanted = set(modules)
+    found: dict[nn.Module, list[tuple[tuple[int, ...], float]]] = {}
+
+    def after(module, inputs, output):
+        if module in wanted:
+            found.setdefault(module, []).append((tuple(inputs[0].shape), float(output.numel())))
+
+    run_hooked(model, example_inputs, after=after)
+    return found
+
+
+def _spread(layer: ChannelLayer, share: float) -> list[int]:
+    """``share`` of ``layer``'s items (at least one), spread evenly over its channels so
+    that every concatenated part keeps some."""
+    count = max(1, round(share * layer.n_items))
+    items = np.unique(np.round(np.linspace(0, layer.n_items - 1, count)).astype(int))
+    kept = set(layer.channels(items.tolist()))
+    for segment in layer.segments:
+        if not kept & set(segment):
+            kept |= set(layer.channels(layer.items_of([segment[0]])))
+    return sorted(kept)
+
+
+def _in_format(inputs: object) -> object:
+    """``inputs`` with their 4-dimensional tensors in channels-last memory."""
+    return map_tensors(
+        inputs, lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+    )
+
+
+def _structure_hash(
+    model: nn.Module, example_inputs: object, layers: Sequence[ChannelLayer]
+) -> str:
+    """A digest of the model's modules, its input shapes and channel layers."""
+    text = repr(model) + repr([tuple(t.shape) for t in tensors(example_inputs)])
+    text += repr([(layer.name, layer.width) for layer in layers])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _device_name(device: torch.device) -> str:
+    """The model of the processor or accelerator timings are taken on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return platform.processor() or platform.machine()
+    return device.type
+
+
+class _Table:
+    """The timings of one setting (device, torch, threads, batch, memory format), read from
+    and written back to the cache folder: ``pieces`` (a resized module and input shape to
+    seconds) and ``models`` (a structure digest to the two calibration timings)."""
+
+    def __init__(
+        self, model: nn.Module, batch: int, channels_last: bool, cache: str | os.PathLike | bool
+    ) -> None:
+        device = model_device(model)
+        self.key = {
+            "schema": _SCHEMA,
+            "device": _device_name(device),
+            "device_type": device.type,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "batch": batch,
+            "memory_format": "channels_last" if channels_last else "contiguous",
+        }
+        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
+        folder = cache_folder() if cache is True else (Path(cache) if cache else None)
+        self.path = folder / f"latency-{digest}.json" if folder else None
+        self.pieces: dict[str, float] = {}
+        self.models: dict[str, list[float]] = {}
+        self._merge()
+
+    def _merge(self) -> None:
+        """Add the cached timings of this setting (where the file's key matches) to those
+        taken here."""
+        if self.path is None or not self.path.is_file():
+            return
+        try:
+            stored = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return  # an unreadable cache is measured anew and rewritten
+        if not isinstance(stored, dict) or stored.get("key") != self.key:
+            return
+        for name in ("pieces", "models"):
+            entries = stored.get(name)
+            if isinstance(entries, dict):
+                setattr(self, name, {**entries, **getattr(self, name)})
+
+    def save(self) -> None:
+        """Write the timings, merged with what another run has written since."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._merge()
+        write_json(self.path, {"key": self.key, "pieces": self.pieces, "models": self.models})

@@ -1,0 +1,84 @@
+"""The width planner: how a target becomes each layer's goal, re-planned after every layer.
+
+One object owns what planning needs: the cost model, the width allocator, the layers' loss
+curves (where the allocator needs them and the target is a budget), and ``round_to``. A target
+plans through it (it is the :class:`~gfsprune.targets.TargetContext`); ``prune`` asks it for
+each layer's goal with the choices made so far, so a budget is re-split with the real picks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from gfsprune.core.allocate import WidthAllocator, allowed_widths, check_reachable
+from gfsprune.core.cost import CostModel
+from gfsprune.core.curves import LossCurve
+from gfsprune.errors import ModelError
+from gfsprune.surgery import ChannelLayer
+from gfsprune.targets import Budget, Goal, GoalPlan, Target
+
+__all__ = ["WidthPlanner"]
+
+
+class WidthPlanner:
+    """Plans the layers' widths for one run (:class:`~gfsprune.targets.TargetContext`).
+
+    Attributes:
+        names: The channel layers, in the order selected.
+        widths: Their full widths.
+        round_to: Pruned widths are multiples of this (or full).
+        cost: The run's cost model.
+        allocator: Splits a budget into widths.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[ChannelLayer],
+        cost: CostModel,
+        allocator: WidthAllocator,
+        round_to: int,
+    ) -> None:
+        self.names = [layer.name for layer in layers]
+        self.widths = [layer.width for layer in layers]
+        self._sizes = [layer.item_size for layer in layers]
+        self.round_to = round_to
+        self.cost, self.allocator = cost, allocator
+        self._curves: list[LossCurve] | None = None
+        self._goals: GoalPlan | None = None
+
+    def start(self, target: Target) -> None:
+        """Check ``target`` against the model (before any weight is touched or batch drawn)
+        and keep its per-layer goal function."""
+        self._goals = target.plan(self)
+
+    @staticmethod
+    def needs_curves(target: Target, allocator: WidthAllocator) -> bool:
+        """Whether a run to ``target`` measures the layers' loss curves: only a budget split
+        by an allocator that reads them (never fixed widths or a tolerance)."""
+        return target.allocated and allocator.needs_curves
+
+    def use_curves(self, curves: Sequence[LossCurve]) -> None:
+        """The layers' loss curves, measured before any layer is pruned."""
+        self._curves = list(curves)
+
+    def goal(self, index: int, selected: Mapping[int, Sequence[int]]) -> Goal:
+        """Layer ``index``'s goal (in channels), given the channels ``selected`` so far."""
+        assert self._goals is not None, "start() plans the target first"
+        return self._goals(index, selected)
+
+    def check_budget(self, budget: Budget) -> None:
+        check_reachable(self.cost, budget, round_to=self.round_to)
+
+    def allocate(self, budget: Budget, selected: Mapping[int, Sequence[int]]) -> list[int]:
+        extra = {"curves": self._curves} if self.allocator.needs_curves else {}
+        widths = self.allocator.allocate(
+            self.cost, budget, selected, round_to=self.round_to, **extra
+        )
+        for i, (width, full, size) in enumerate(zip(widths, self.widths, self._sizes, strict=True)):
+            if i not in selected and width not in allowed_widths(full, self.round_to, size):
+                raise ModelError(
+                    f"The {self.allocator.name!r} allocator gave layer '{self.names[i]}' "
+                    f"{width} of {full} channels, not a multiple of round_to={self.round_to} "
+                    f"and of its item size {size} (or the full width); fix the allocator."
+                )
+        return widths

@@ -1,0 +1,247 @@
+"""Gram statistics: what one streamed pass over calibration batches says about the consumers
+of a channel layer, enough to reconstruct their outputs from any subset of their inputs.
+
+A consumer (a convolution or linear layer reading a layer's channels) computes ``Y = X W'``:
+``X`` has one row per output position (sample x spatial position, or token) and one column
+per *input position* (an input channel at one kernel tap; a linear layer's input feature),
+in ``F.unfold``'s order (channel-major), with a column of ones last where the module has a
+bias; ``W`` is its weight as ``(out, Q)`` (:func:`weight_matrix`; zeros across the groups of
+a grouped convolution). Per consumer, accumulated batch by batch in float64:
+
+    gram = X'X  (Q, Q)     cross = X'Y*  (Q, out)     energy = sum of Y*^2 per output  (out,)
+
+with ``X`` the inputs the *network pruned so far* gives the consumer (its masks applied) and
+``Y*`` the *unpruned* network's outputs of the same consumer on the same batch. They are sums
+over rows, so the statistics of several chunks or processes add up to one pass's
+(:meth:`ConsumerStats.__add__`, :meth:`ConsumerStats.all_reduce`). The squared error of the
+consumer with its inputs scaled, or its weights re-solved, is a quadratic in them
+(:mod:`gfsprune.scoring.reconstruction`); memory is ``Q x Q`` whatever the number of batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from gfsprune import distributed
+from gfsprune._inputs import run_model
+
+__all__ = [
+    "MAX_POSITIONS",
+    "ConsumerStats",
+    "collect_stats",
+    "input_positions",
+    "positions",
+    "unsupported",
+    "weight_matrix",
+]
+
+#: The most input positions (``Q``) a consumer may have: its ``Q x Q`` float64 Gram matrix
+#: takes 512 MiB at 8192.
+MAX_POSITIONS = 8192
+# Rows of X turned into float64 at once: bounds the memory of one batch's product
+# (2**24 doubles: 128 MiB).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def unsupported(module: nn.Module) -> str | None:
+    """Why the statistics cannot describe ``module`` as a consumer (``None``: they can)."""
+    if not isinstance(module, nn.Linear) and type(module) not in (nn.Conv1d, nn.Conv2d):
+        return f"a {type(module).__name__} (only Linear, Conv1d and Conv2d consumers are described)"
+    if input_positions(module) > MAX_POSITIONS:
+        return f"{input_positions(module)} input positions (at most {MAX_POSITIONS})"
+    return None
+
+
+def taps(module: nn.Module) -> int:
+    """Input positions per input channel: the kernel's size (1 for a linear layer)."""
+    if isinstance(module, nn.Linear):
+        return 1
+    return int(torch.tensor(module.kernel_size).prod())
+
+
+def input_positions(module: nn.Module) -> int:
+    """``Q``: the columns of ``X``, the bias column included."""
+    inputs = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+    return inputs * taps(module) + (module.bias is not None)
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The module's weights as ``(out, Q)`` in float64: an input channel's taps in ``unfold``
+    order, zeros where a grouped convolution's output does not read the input, the bias
+    last where there is one."""
+    weight = module.weight.detach().double()
+    if isinstance(module, nn.Linear):
+        dense = weight
+    else:
+        out, per_group = weight.shape[:2]
+        k = taps(module)
+        groups = module.groups
+        dense = weight.new_zeros(out, groups, per_group * k)
+        flat = weight.reshape(groups, out // groups, per_group * k)
+        for g in range(groups):
+            dense[g * (out // groups) : (g + 1) * (out // groups), g] = flat[g]
+        dense = dense.reshape(out, groups * per_group * k)
+    if module.bias is not None:
+        dense = torch.cat([dense, module.bias.detach().double()[:, None]], 1)
+    return dense
+
+
+def positions(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The module's input ``x`` as the rows of ``X``: ``(M, Q)``, in ``x``'s dtype."""
+    if isinstance(module, nn.Linear):
+        rows = x.reshape(-1, x.shape[-1])
+    else:
+        one_d = isinstance(module, nn.Conv1d)
+        if one_d:  # (N, C, L) as (N, C, 1, L)
+            x = x.unsqueeze(2)
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        pad = module._reversed_padding_repeated_twice
+        if one_d:
+            pad = [*pad, 0, 0]
+        x = F.pad(x, pad, mode=mode) if any(pad) else x
+        pair = (lambda v: (1, v[0])) if one_d else (lambda v: tuple(v))
+        patches = F.unfold(  # (N, C * taps, L)
+            x, pair(module.kernel_size), dilation=pair(module.dilation), stride=pair(module.stride)
+        )
+        rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    if module.bias is not None:
+        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], 1)
+    return rows
+
+
+def outputs(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The module's output ``y`` as ``(M, out)`` rows, matching :func:`positions`."""
+    if isinstance(module, nn.Linear):
+        return y.reshape(-1, y.shape[-1])
+    return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
+
+
+@dataclass
+class ConsumerStats:
+    """One consumer's statistics over some rows (see the module's docstring).
+
+    Attributes:
+        gram: ``X'X``, ``(Q, Q)`` float64.
+        cross: ``X'Y*``, ``(Q, out)`` float64.
+        energy: ``sum of Y*^2`` per output, ``(out,)`` float64.
+        rows: The number of rows.
+    """
+
+    gram: torch.Tensor
+    cross: torch.Tensor
+    energy: torch.Tensor
+    rows: int
+
+    @classmethod
+    def zeros(cls, module: nn.Module, device: torch.device) -> ConsumerStats:
+        """Statistics over no rows for ``module``."""
+        q, out = input_positions(module), module.weight.shape[0]
+        kind = {"dtype": torch.float64, "device": device}
+        return cls(
+            torch.zeros(q, q, **kind), torch.zeros(q, out, **kind), torch.zeros(out, **kind), 0
+        )
+
+    def add(self, rows: torch.Tensor, targets: torch.Tensor) -> None:
+        """Accumulate ``rows`` of ``X`` (``(M, Q)``) and of ``Y*`` (``(M, out)``), in chunks
+        of bounded size."""
+        step = max(1, _CHUNK_ELEMENTS // rows.shape[1])
+        for start in range(0, rows.shape[0], step):
+            x = rows[start : start + step].double()
+            y = targets[start : start + step].double()
+            self.gram.addmm_(x.T, x)
+            self.cross.addmm_(x.T, y)
+            self.energy.add_(y.pow(2).sum(0))
+        self.rows += rows.shape[0]
+
+    def __add__(self, other: ConsumerStats) -> ConsumerStats:
+        return ConsumerStats(
+            self.gram + other.gram,
+            self.cross + other.cross,
+            self.energy + other.energy,
+            self.rows + other.rows,
+        )
+
+    def all_reduce(self) -> None:
+        """Sum the statistics of every process in place (nothing in a single process)."""
+        if not distributed.is_distributed():
+            return
+        for tensor in (self.gram, self.cross, self.energy):
+            dist.all_reduce(tensor)
+        rows = torch.tensor([float(self.rows)], dtype=torch.float64, device=self.gram.device)
+        dist.all_reduce(rows)
+        self.rows = int(rows.item())
+
+
+class _Stop(Exception):
+    """Raised by a hook once every consumer has been seen: the rest of the pass is skipped."""
+
+
+def _calls(model: nn.Module, names: Sequence[str], inputs: object, stop_after: dict | None):
+    """Run ``model`` on ``inputs`` and return each named module's (input, output) per call,
+    in order; with ``stop_after`` (name to calls per pass) the pass stops once every module
+    has been called that often."""
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in names}
+
+    def record(name: str):
+        def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            seen[name].append((args[0], output))
+            if stop_after and all(len(seen[n]) >= stop_after[n] for n in names):
+                raise _Stop
+
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(record(n)) for n in names]
+    try:
+        with torch.no_grad():
+            run_model(model, inputs)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def collect_stats(
+    work: nn.Module,
+    unpruned: nn.Module,
+    names: Iterable[str],
+    batches: Sequence[tuple],
+) -> dict[str, ConsumerStats]:
+    """The statistics of the consumers ``names`` over ``batches`` (``(inputs, targets)``):
+    their inputs in ``work`` (the masked network pruned so far), their targets in
+    ``unpruned`` (which may be ``work`` itself: then one pass per batch).
+
+    A module called several times per forward pass (shared weights) contributes every call,
+    paired in order with the unpruned network's calls. Each pass stops once every consumer
+    has been called (as often as in the first batch). Under ``torch.distributed`` each
+    process takes every ``world_size``-th batch and the sums are all-reduced, so every
+    process holds the statistics of all ``batches``.
+    """
+    names = sorted(set(names))
+    modules = {n: work.get_submodule(n) for n in names}
+    device = next(iter(modules.values())).weight.device
+    stats = {n: ConsumerStats.zeros(modules[n], device) for n in names}
+    counts: dict[str, int] | None = None
+    shard = batches[distributed.rank() :: distributed.world_size()]
+    for inputs, _ in shard:
+        mine = _calls(work, names, inputs, counts)
+        theirs = mine if unpruned is work else _calls(unpruned, names, inputs, counts)
+        for n in names:
+            if len(mine[n]) != len(theirs[n]):
+                raise RuntimeError(
+                    f"'{n}' was called {len(mine[n])} times in the pruned network and "
+                    f"{len(theirs[n])} in the unpruned one on the same batch"
+                )
+            for (x, _), (_, y) in zip(mine[n], theirs[n], strict=True):
+                stats[n].add(positions(modules[n], x), outputs(modules[n], y))
+        counts = counts or {n: len(mine[n]) for n in names}
+    for s in stats.values():
+        s.all_reduce()
+    return stats

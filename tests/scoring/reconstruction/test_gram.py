@@ -1,0 +1,117 @@
+"""Gram statistics: the rows and weights reproduce each consumer, and statistics add up."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gfsprune.scoring.reconstruction.gram import (
+    collect_stats,
+    outputs,
+    positions,
+    unsupported,
+    weight_matrix,
+)
+from tests.launch import torchrun
+from tests.scoring.reconstruction.cases import CASES
+
+MODULES = {
+    "conv2d": (
+        nn.Conv2d(
+            4, 6, 3, stride=2, padding=(1, 2), dilation=(1, 2), groups=2, padding_mode="reflect"
+        ),
+        (2, 4, 7, 8),
+    ),
+    "conv2d-same": (nn.Conv2d(3, 5, (2, 3), padding="same", bias=False), (2, 3, 5, 5)),
+    "conv1d": (
+        nn.Conv1d(4, 4, 3, stride=2, padding=2, groups=4, padding_mode="circular"),
+        (2, 4, 9),
+    ),
+    "linear": (nn.Linear(5, 3), (2, 4, 5)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("name", MODULES)
+def test_rows_times_the_weight_matrix_are_the_modules_outputs(name: str) -> None:
+    torch.manual_seed(0)
+    module, shape = MODULES[name]
+    x = torch.randn(shape)
+    with torch.no_grad():
+        expected = outputs(module, module(x)).double()
+    got = positions(module, x.double()) @ weight_matrix(module).T
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)  # float32 module
+    assert unsupported(module) is None
+
+
+def test_unsupported_consumers_are_named() -> None:
+    assert "Conv3d" in unsupported(nn.Conv3d(2, 2, 1))
+
+
+@pytest.mark.parametrize("case", ["fan", "heads"])
+def test_statistics_of_chunks_add_up_to_one_pass(case: str) -> None:
+    c = CASES[case]()
+    whole = collect_stats(c.work, c.unpruned, c.consumers, c.batches)
+    first = collect_stats(c.work, c.unpruned, c.consumers, c.batches[:1])
+    rest = collect_stats(c.work, c.unpruned, c.consumers, c.batches[1:])
+    for name, stats in whole.items():
+        summed = first[name] + rest[name]
+        assert summed.rows == stats.rows > 0
+        for key in ("gram", "cross", "energy"):
+            torch.testing.assert_close(getattr(summed, key), getattr(stats, key))
+
+
+def test_the_unpruned_network_may_be_the_pruned_one() -> None:
+    c = CASES["fan"]()
+    stats = collect_stats(c.work, c.work, c.consumers, c.batches)
+    for name, s in stats.items():
+        # the targets are the consumers' own outputs: X'Y = X'X W'
+        weight = weight_matrix(c.work.get_submodule(name))
+        torch.testing.assert_close(s.cross, s.gram @ weight.T, rtol=1e-5, atol=1e-5)
+
+
+# Run by torchrun in each of two processes: each gathers its share of the batches (every
+# second one) and the sums are all-reduced; each saves what it holds.
+WORKER = textwrap.dedent(
+    """
+    import sys
+
+    import torch
+
+    from gfsprune import distributed
+    from gfsprune.scoring.reconstruction.gram import collect_stats
+
+    assert distributed.setup()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(6, 4, 3, stride=2)
+    ).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 6, 6, generator=g), None) for _ in range(5)]
+    stats = collect_stats(model, model, ["2"], batches)["2"]
+    torch.save(vars(stats), f"{sys.argv[1]}/rank{distributed.rank()}.pt")
+    distributed.barrier()
+    distributed.teardown()
+    """
+)
+
+
+def test_two_processes_hold_the_statistics_of_one_pass(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    done = torchrun(str(script), str(tmp_path), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2))
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 6, 6, generator=g), None) for _ in range(5)]
+    single = collect_stats(model.eval(), model, ["2"], batches)["2"]
+    for rank in (0, 1):
+        shared = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert shared["rows"] == single.rows
+        for key in ("gram", "cross", "energy"):
+            torch.testing.assert_close(shared[key], getattr(single, key))

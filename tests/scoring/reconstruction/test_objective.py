@@ -1,0 +1,169 @@
+"""The reconstruction objective in a pruning run: its choice is the closed-form greedy path
+on the statistics of the data's first batches, its refit lowers the consumers' error, the
+network loss judges where asked, and the held-out value is the network's loss."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from gfsprune import Macs, PruneConfig, Tolerance, prune
+from gfsprune.core.allocate import Curves
+from gfsprune.core.schedules import Exact
+from gfsprune.errors import ConfigError
+from gfsprune.scoring import Reconstruction
+from gfsprune.scoring.reconstruction import objective as objective_module
+from gfsprune.scoring.reconstruction.gram import collect_stats
+from gfsprune.scoring.reconstruction.paths import greedy, make_path
+from gfsprune.scoring.reconstruction.problem import LayerProblem
+from gfsprune.surgery import Masks, find_layers
+from tests.nets import Chain, randomize_norms
+
+
+def _setup(width: int = 12):
+    """A Chain and batches labelled by its own predictions (the full width is best)."""
+    torch.manual_seed(0)
+    model = randomize_norms(Chain(width=width))
+    g = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(16, 2, 6, 6, generator=g) for _ in range(2)]
+    with torch.no_grad():
+        data = [(x, model(x).argmax(1)) for x in inputs]
+    return model, data * 3
+
+
+def _prune(model, data, objective, target=None, **options):
+    config = PruneConfig(objective=objective, candidates=None, allocator="uniform")
+    target = target or Macs(0.5)
+    return prune(
+        model, data, data[0][0][:1], target=target, config=config, progress=False, **options
+    )
+
+
+@pytest.mark.parametrize("scale", ["refit", "best", "mean-field", "one"])
+def test_the_first_layer_keeps_the_greedy_path_on_the_first_batches(scale: str) -> None:
+    model, data = _setup()
+    result = _prune(model, data, Reconstruction(scale=scale, batches=2, refit=False))
+    assert result.macs_ratio == pytest.approx(0.5, rel=0.05)
+    # the same path computed by hand on the unpruned network
+    work = copy.deepcopy(model)
+    layers, _ = find_layers(work, data[0][0][:1])
+    layer = layers[0]
+    names = sorted({c.name for c in layer.consumers})
+    with Masks(work, layers) as masks:
+        stats = collect_stats(work, model, names, data[:2])
+        modules = {n: work.get_submodule(n) for n in names}
+        factors = {n: masks.input_factors(n) for n in names}
+        problem = LayerProblem(layer, stats, modules, factors, {"c2": work.b2})
+    path = make_path(problem, scale)
+    greedy(path, len(result.plan[0].kept))
+    assert result.plan[0].kept == path.selected
+    assert result.plan[0].scale == pytest.approx(path.scale)
+
+
+def test_the_refit_changes_the_consumers_and_reproduces_the_unpruned_network_better() -> None:
+    model, data = _setup()
+    plain = _prune(model, data, Reconstruction(refit=False))
+    refit = _prune(model, data, Reconstruction(refit=True))
+    assert refit.plan[0].kept == plain.plan[0].kept  # the later layers see refit inputs
+    assert not torch.equal(refit.model.c2.weight, plain.model.c2.weight)
+    with torch.no_grad():
+        distance = [
+            sum(float((net(x) - model(x)).pow(2).sum()) for x, _ in data[:2])
+            for net in (plain.model, refit.model)
+        ]
+    assert distance[1] < distance[0]
+
+
+def test_a_judge_over_every_candidate_is_the_network_loss_greedy() -> None:
+    model, data = _setup(width=8)
+    judged = _prune(model, data, Reconstruction(scale="mean-field", refit=False, judge=100))
+    exact = prune(
+        model,
+        data,
+        data[0][0][:1],
+        target=Macs(0.5),
+        config=PruneConfig(candidates=None, allocator="uniform"),
+        progress=False,
+    )
+    assert [p.kept for p in judged.plan] == [p.kept for p in exact.plan]
+
+
+def test_a_judge_of_one_follows_the_reconstruction() -> None:
+    model, data = _setup()
+    pure = _prune(model, data, Reconstruction(judge=0))
+    judged = _prune(model, data, Reconstruction(judge=1))
+    assert [p.kept for p in judged.plan] == [p.kept for p in pure.plan]
+
+
+def test_a_tolerance_stops_on_the_network_loss() -> None:
+    model, data = _setup()
+    loose = _prune(model, data, Reconstruction(), target=Tolerance(10.0))
+    tight = _prune(model, data, Reconstruction(), target=Tolerance(0.0))
+    assert sum(len(p.kept) for p in loose.plan) < sum(len(p.kept) for p in tight.plan)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"scale": "half"}, "'scale' option of Reconstruction must be one of"),
+        ({"judge": -1}, "'judge' option of Reconstruction must be an integer >= 0"),
+        ({"batches": 0}, "'batches' option of Reconstruction must be an integer >= 1"),
+        ({"points": 1}, "'points' option of Reconstruction must be an integer >= 2"),
+        ({"ridge": -1.0}, "'ridge' option of Reconstruction must be a finite number"),
+        ({"refit": 1}, "'refit' option of Reconstruction must be True or False"),
+    ],
+)
+def test_bad_options_are_refused(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Reconstruction(**options)
+
+
+def test_it_is_reachable_by_name() -> None:
+    assert PruneConfig(objective="reconstruction").make_objective() == Reconstruction()
+
+
+def test_a_resumed_run_refits_the_restored_layers_to_the_same_weights(tmp_path) -> None:
+    model, data = _setup()
+    first = _prune(model, data, Reconstruction(), checkpoint=tmp_path / "p.json")
+    resumed = _prune(model, data, Reconstruction(), checkpoint=tmp_path / "p.json")
+    for a, b in zip(
+        first.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_layers_with_an_undescribed_consumer_are_selected_by_the_network_loss(
+    monkeypatch,
+) -> None:
+    model, data = _setup(width=8)
+    monkeypatch.setattr(objective_module, "unsupported", lambda module: "a test's refusal")
+    fallback = _prune(model, data, Reconstruction())
+    exact = prune(
+        model,
+        data,
+        data[0][0][:1],
+        target=Macs(0.5),
+        config=PruneConfig(candidates=None, allocator="uniform"),
+        progress=False,
+    )
+    assert [p.kept for p in fallback.plan] == [p.kept for p in exact.plan]
+
+
+def test_the_curves_measure_the_network_loss_at_a_few_widths_per_layer(monkeypatch) -> None:
+    model, data = _setup()
+    widths: list[int] = []
+    measure = objective_module._LayerReconstruction._measure
+
+    def counted(self, items):
+        widths.append(len(items))
+        return measure(self, items)
+
+    monkeypatch.setattr(objective_module._LayerReconstruction, "_measure", counted)
+    config = PruneConfig(
+        objective=Reconstruction(points=4), candidates=None, allocator=Curves(schedule=Exact())
+    )
+    result = prune(model, data, data[0][0][:1], target=Macs(0.5), config=config, progress=False)
+    assert result.macs_ratio == pytest.approx(0.5, rel=0.05)
+    assert sorted(widths) == [1, 1, 5, 5, 8, 8, 12, 12]  # two layers of 12 channels
