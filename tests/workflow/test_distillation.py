@@ -126,9 +126,9 @@ def test_unlabelled_images_without_distill_are_refused_in_one_line(
     )
 
 
-def test_with_labels_distillation_mixes_them_in(tmp_path, checkpoint, capsys) -> None:
+def test_with_labels_distillation_mixes_them_in(tmp_path, trained, capsys) -> None:
     out = tmp_path / "pruned"
-    argv = ["prune", "--checkpoint", str(checkpoint), "--macs", "0.5", "--out", str(out)]
+    argv = ["prune", "--model-dir", str(trained), "--macs", "0.5", "--out", str(out)]
     assert main([*argv, "--distill", "--distill-temperature", "2", "--candidates", "4", *FAST]) == 0
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "agree" in printed
