@@ -12,6 +12,17 @@ import gfsprune
 from gfsprune import _entry
 
 
+def test_the_console_script_runs_the_cli(monkeypatch) -> None:
+    from importlib.metadata import entry_points
+
+    from gfsprune.workflow import cli
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "gfsprune"]
+    assert script.load() is _entry.main
+    monkeypatch.setattr(cli, "main", lambda: 7)
+    assert _entry.main() == 7
+
+
 def test_importing_the_package_imports_no_torch() -> None:
     code = "import sys, gfsprune; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
