@@ -1,5 +1,5 @@
 """``python -m gfsprune`` (also what ``torchrun -m gfsprune`` runs)."""
 
-from gfsprune.workflow.cli import main
+from gfsprune._entry import main
 
 raise SystemExit(main())

@@ -443,13 +443,6 @@ def test_a_missing_model_folder_prints_no_traceback_from_the_shell(tmp_path: Pat
     assert "does not exist" in shell_error("eval", str(tmp_path / "missing"))
 
 
-def test_the_console_script_points_at_the_cli() -> None:
-    from importlib.metadata import entry_points
-
-    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "gfsprune"]
-    assert script.load() is main
-
-
 def test_demo_takes_a_device_and_refuses_one_this_machine_lacks(tmp_path: Path, capsys) -> None:
     argv = ["demo", "--out", str(tmp_path / "d"), "--no-progress", "--device", "cuda:99"]
     assert main(argv) == 2
