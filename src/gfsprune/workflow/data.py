@@ -856,13 +856,18 @@ class _Cifar10(DataSource):
         return _load_cifar10(spec, _existing_dir(arg, spec), size, stats)
 
 
+def _photo_options(options: DataOptions) -> tuple[int, torch.Tensor]:
+    """The side and normalisation of a folder of photos: 224 and ImageNet's unless given."""
+    size = 224 if options.image_size is None else _check_image_size(options.image_size)
+    return size, _check_stats(options.mean, options.std, _IMAGENET_STATS)
+
+
 class _ClassFolders(DataSource):
     prefix, usage = "imagefolder", "imagefolder:DIR"
     resizable = True
 
     def load(self, spec: str, arg: str | None, options: DataOptions) -> DataBundle:
-        size = 224 if options.image_size is None else _check_image_size(options.image_size)
-        stats = _check_stats(options.mean, options.std, _IMAGENET_STATS)
+        size, stats = _photo_options(options)
         return _load_imagefolder(spec, _existing_dir(arg, spec), size, stats, options.verify)
 
 
@@ -874,8 +879,7 @@ class _UnlabelledImages(DataSource):
     resizable = True
 
     def load(self, spec: str, arg: str | None, options: DataOptions) -> DataBundle:
-        size = 224 if options.image_size is None else _check_image_size(options.image_size)
-        stats = _check_stats(options.mean, options.std, _IMAGENET_STATS)
+        size, stats = _photo_options(options)
         return _load_photos(spec, _existing_dir(arg, spec), size, stats, options.verify)
 
 
