@@ -79,14 +79,7 @@ def test_the_refit_changes_the_consumers_and_reproduces_the_unpruned_network_bet
 def test_a_judge_over_every_candidate_is_the_network_loss_greedy() -> None:
     model, data = _setup(width=8)
     judged = _prune(model, data, Reconstruction(scale="mean-field", refit=False, judge=100))
-    exact = prune(
-        model,
-        data,
-        data[0][0][:1],
-        target=Macs(0.5),
-        config=PruneConfig(candidates=None, allocator="uniform"),
-        progress=False,
-    )
+    exact = _prune(model, data, "loss")
     assert [p.kept for p in judged.plan] == [p.kept for p in exact.plan]
 
 
@@ -140,14 +133,7 @@ def test_layers_with_an_undescribed_consumer_are_selected_by_the_network_loss(
     model, data = _setup(width=8)
     monkeypatch.setattr(objective_module, "unsupported", lambda module: "a test's refusal")
     fallback = _prune(model, data, Reconstruction())
-    exact = prune(
-        model,
-        data,
-        data[0][0][:1],
-        target=Macs(0.5),
-        config=PruneConfig(candidates=None, allocator="uniform"),
-        progress=False,
-    )
+    exact = _prune(model, data, "loss")
     assert [p.kept for p in fallback.plan] == [p.kept for p in exact.plan]
 
 
