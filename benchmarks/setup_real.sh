@@ -14,6 +14,8 @@
 set -euo pipefail
 DIR=$(realpath -m "${1:-.bench}")
 PY=${2:-.venv/bin/python}
+# resolve a relative path before the cd below
+case "$PY" in */*) PY=$(realpath -m "$PY") ;; esac
 mkdir -p "$DIR/download"
 cd "$DIR/download"
 
