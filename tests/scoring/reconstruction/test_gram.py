@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gfsprune.scoring.reconstruction.gram import (
     ConsumerStats,
+    UndescribedConsumer,
     collect_stats,
+    input_padding,
     outputs,
     positions,
     unsupported,
@@ -47,6 +50,49 @@ def test_rows_times_the_weight_matrix_are_the_modules_outputs(name: str) -> None
     got = positions(module, x.double()) @ weight_matrix(module).T
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)  # float32 module
     assert unsupported(module) is None
+
+
+class SamePadding(nn.Conv2d):
+    """TensorFlow's "SAME" padding done in forward (as EfficientNet's and timm's Conv2dSame)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2:]
+        ph = max((-(-h // self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - h, 0)
+        pw = max((-(-w // self.stride[1]) - 1) * self.stride[1] + self.kernel_size[1] - w, 0)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return super().forward(x)
+
+
+class Standardized(nn.Conv2d):
+    """Weight standardisation: the stored weights are not the ones applied."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+@pytest.mark.parametrize("side", [7, 8])
+def test_a_subclass_padding_like_tensorflow_is_described(side: int) -> None:
+    torch.manual_seed(0)
+    module = SamePadding(3, 4, 3, stride=2)
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        y = module(x)
+    pad = input_padding(module, x, y)
+    got = positions(module, x.double(), pad) @ weight_matrix(module).T
+    torch.testing.assert_close(got, outputs(module, y).double(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_subclass_that_changes_its_weights_is_refused() -> None:
+    torch.manual_seed(0)
+    module = Standardized(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        y = module(x)
+    assert unsupported(module) is None  # a Conv2d: checked on its first batch instead
+    with pytest.raises(UndescribedConsumer, match="Standardized"):
+        input_padding(module, x, y)
 
 
 def test_unsupported_consumers_are_named() -> None:

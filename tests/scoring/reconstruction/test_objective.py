@@ -137,6 +137,25 @@ def test_layers_with_an_undescribed_consumer_are_selected_by_the_network_loss(
     assert [p.kept for p in fallback.plan] == [p.kept for p in exact.plan]
 
 
+class _Doubled(torch.nn.Conv2d):
+    """Applies twice its stored weights: not described by them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, 2 * self.weight, self.bias, padding=self.padding)
+
+
+def test_a_consumer_its_weights_do_not_reproduce_falls_back_to_the_network_loss(
+    caplog,
+) -> None:
+    model, data = _setup(width=8)
+    model.c2.__class__ = _Doubled  # the consumer of c1's channels
+    with caplog.at_level("INFO", logger="gfsprune"):
+        fallback = _prune(model, data, Reconstruction())
+    exact = _prune(model, data, "loss")
+    assert fallback.plan[0].kept == exact.plan[0].kept
+    assert "c1: selected by the network loss (a _Doubled whose outputs" in caplog.text
+
+
 def test_the_curves_measure_the_network_loss_at_a_few_widths_per_layer(monkeypatch) -> None:
     model, data = _setup()
     widths: list[int] = []

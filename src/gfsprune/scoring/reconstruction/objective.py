@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,12 +31,18 @@ from gfsprune._inputs import move, run_model
 from gfsprune.errors import ConfigError
 from gfsprune.scoring.loss import NetworkLoss
 from gfsprune.scoring.objective import BoundObjective, LayerObjective, Objective, SelectionRun
-from gfsprune.scoring.reconstruction.gram import collect_stats, unsupported
+from gfsprune.scoring.reconstruction.gram import (
+    UndescribedConsumer,
+    collect_stats,
+    unsupported,
+)
 from gfsprune.scoring.reconstruction.paths import SCALES, Path, make_path, scorer
 from gfsprune.scoring.reconstruction.problem import LayerProblem
 from gfsprune.surgery import ChannelLayer, batchnorm_after
 
 __all__ = ["Reconstruction"]
+
+_log = logging.getLogger(__name__)
 
 
 def _check_int(name: str, value: object, low: int) -> None:
@@ -128,9 +135,15 @@ class _BoundReconstruction(BoundObjective):
         (``None`` where a consumer is not described)."""
         names = sorted({c.name for c in layer.consumers})
         modules = {n: self.run.model.get_submodule(n) for n in names}
-        if any(unsupported(m) for m in modules.values()):
+        why = [f"'{n}' is {unsupported(m)}" for n, m in modules.items() if unsupported(m)]
+        if why:
+            _log.info("%s: selected by the network loss (%s)", layer.name, "; ".join(why))
             return None
-        stats = collect_stats(self.run.model, self.unpruned, names, self.calibration)
+        try:
+            stats = collect_stats(self.run.model, self.unpruned, names, self.calibration)
+        except UndescribedConsumer as err:
+            _log.info("%s: selected by the network loss (%s)", layer.name, err)
+            return None
         factors = {n: self.run.masks.input_factors(n) for n in names}
         norms = {n: self.norms[n] for n in names if n in self.norms}
         return LayerProblem(layer, stats, modules, factors, norms)
