@@ -207,7 +207,7 @@ def _effnet_scores(
         "kl": scores["kl"],
         "agree_tuned": history[-1]["test_agree"],
         "kl_tuned": history[-1]["test_kl"],
-        **latencies(pruned, (3, side, side)),
+        **latencies(pruned, (3, side, side)).to_json(),
     }
 
 
