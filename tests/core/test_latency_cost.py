@@ -38,12 +38,18 @@ def _piece(module: nn.Module) -> float:
     return 1e-3 + 1e-4 * i + 2e-4 * o + 3e-5 * i * o
 
 
-def fake_timer(calls: list[nn.Module]):
+def fake_timer(calls: list[nn.Module], penalty: float = 0.0):
+    """Fake seconds: a piece's :func:`_piece`; a whole model's, its pieces' and the rest,
+    plus ``penalty * (1 - s) ** 2`` where ``s`` is its first convolution's kept share of 16
+    channels (what no sum of pieces and rest linear in the kept share predicts)."""
+
     def timer(module: nn.Module, inputs: object, **options) -> float:  # options: as timing takes
         calls.append(module)
         if isinstance(module, _PIECES):
             return _piece(module)
-        return _REST + sum(_piece(m) for m in module.modules() if isinstance(m, _PIECES))
+        pieces = [m for m in module.modules() if isinstance(m, _PIECES)]
+        missed = penalty * (1 - pieces[0].out_channels / 16) ** 2
+        return _REST + missed + sum(_piece(m) for m in pieces)
 
     return timer
 
@@ -80,23 +86,25 @@ def test_prediction_equals_the_timing_of_the_pruned_model(net, shape, seed: int)
 
 
 def test_interpolation_is_exact_at_grid_widths_and_between_them_linear() -> None:
-    model, x = randomize_norms(Chain(width=9)), torch.randn(1, 2, 5, 5)
+    # width 8 and 3 points: c2's output grid is 1, 4, 8, and the half-width copy keeps 4
+    model, x = randomize_norms(Chain(width=8)), torch.randn(1, 2, 5, 5)
     layers, _ = find_layers(model, x)
 
     def timer(module, inputs):  # not bilinear: conv c2 costs its output width squared
         if isinstance(module, nn.Conv2d) and module.in_channels != 2:
             return 1e-3 * module.out_channels**2
-        return 0.0 if isinstance(module, _PIECES) else 1.0
+        if isinstance(module, _PIECES):
+            return 0.0
+        return 1.0 + sum(timer(m, inputs) for m in module.modules() if isinstance(m, _PIECES))
 
     cost = LatencyCost(model, x, layers, points=3, timer=timer, cache=False)
 
-    # c2's output grid: 1, 5, 9 channels (its input width held at full)
-    def at(width: float) -> float:
-        keep = {"c1": np.ones(9), "c2": np.full(9, width / 9)}
+    def at(width: float) -> float:  # c2's input width held at full
+        keep = {"c1": np.ones(8), "c2": np.full(8, width / 8)}
         return cost.predict([keep[layer.name] for layer in layers])["latency"]
 
-    assert at(5) - at(1) == pytest.approx(1e-3 * (25 - 1))
-    assert at(3) - at(1) == pytest.approx((at(5) - at(1)) / 2)
+    assert at(4) - at(1) == pytest.approx(1e-3 * (16 - 1))
+    assert at(2) - at(1) == pytest.approx((at(4) - at(1)) / 3)
 
 
 def test_identical_pieces_are_timed_once_and_the_cache_serves_a_second_build(tmp_path) -> None:
@@ -139,10 +147,13 @@ def test_bad_options_are_refused(option: str, value: object) -> None:
 
 @dataclass(frozen=True)
 class FakeLatency(Latency):
-    """A latency budget on the fake timer."""
+    """A latency budget on the fake timer (with its ``penalty``)."""
+
+    penalty: float = 0.0
 
     def cost_model(self):
-        return functools.partial(LatencyCost, batch=self.batch, timer=fake_timer([]), cache=False)
+        timer = fake_timer([], self.penalty)
+        return functools.partial(LatencyCost, batch=self.batch, timer=timer, cache=False)
 
 
 def _prune_chain(target, **options):
@@ -162,6 +173,43 @@ def test_prune_fills_a_latency_budget(ratio: float) -> None:
     assert {"macs", "params"} <= set(after)
 
 
+@pytest.mark.parametrize("ratio", [0.4, 0.45])
+def test_the_planned_model_is_timed_and_replanned_until_its_latency_meets_the_budget(ratio):
+    penalty = 0.004  # up to 14% of the unpruned model's seconds, missed by the pieces
+    result = _prune_chain(FakeLatency(ratio, penalty=penalty))
+    measured = result.metrics_after["latency"] / result.metrics_before["latency"]
+    assert measured == pytest.approx(ratio, rel=0.03)
+    assert result.metrics_after["latency_predicted"] == pytest.approx(
+        result.metrics_after["latency"], rel=0.03
+    )
+    # the pieces and the rest alone (no whole-model correction but the half-width copy's)
+    # predict the same model more than 3% off
+    model, x = randomize_norms(Chain(width=16)), torch.randn(1, 2, 5, 5)
+    layers, _ = find_layers(model, x)
+    raw = LatencyCost(model, x, layers, timer=fake_timer([], penalty), cache=False)
+    assert abs(raw.predict_model(result.model) / result.metrics_after["latency"] - 1) > 0.03
+
+
+def test_calibrate_corrects_predictions_through_the_timed_model_and_caches_it(tmp_path) -> None:
+    model, x = randomize_norms(Chain(width=16)), torch.randn(1, 2, 5, 5)
+    layers, _ = find_layers(model, x)
+    calls: list[nn.Module] = []
+    cost = LatencyCost(model, x, layers, timer=fake_timer(calls, 0.004), cache=tmp_path)
+    keep = [np.full(16, 4 / 16), np.full(16, 8 / 16)]
+    before = cost.ratio(keep, "latency")
+    revision = cost.revision
+    measured = cost.calibrate([4, 8])["latency"]
+    assert measured > before  # the penalty the pieces miss
+    assert cost.ratio(keep, "latency") == pytest.approx(measured, rel=1e-9)
+    assert cost.revision > revision and cost.ratio([np.ones(16)] * 2, "latency") == 1.0
+    # predictions stay non-decreasing in the widths
+    shares = [cost.ratio([np.full(16, w / 16), np.full(16, 0.5)], "latency") for w in range(1, 17)]
+    assert shares == sorted(shares)
+    calls.clear()
+    again = LatencyCost(model, x, layers, timer=fake_timer(calls, 0.004), cache=tmp_path)
+    assert again.calibrate([4, 8]) == {"latency": measured} and calls == []
+
+
 def test_round_to_stays_a_constraint_under_a_latency_budget() -> None:
     result = _prune_chain(FakeLatency(0.5), round_to=4, allocator="curves")
     assert all(len(p.kept) % 4 == 0 for p in result.plan)
@@ -172,6 +220,18 @@ def test_round_to_stays_a_constraint_under_a_latency_budget() -> None:
 def test_an_unreachable_latency_budget_is_refused_with_the_nearest_ratio(ratio, nearest) -> None:
     with pytest.raises(ConfigError, match=f"FakeLatency\\({ratio}\\) cannot .* {nearest} 0\\."):
         _prune_chain(FakeLatency(ratio))
+
+
+def test_the_refusal_names_the_measured_latency_of_the_narrowest_model() -> None:
+    model, x = randomize_norms(Chain(width=16)), torch.randn(1, 2, 5, 5)
+    narrowest = prune_channels(model, x, {"c1": [0], "c2": [0]})
+    timer = fake_timer([], 0.004)
+    measured = timer(narrowest, x) / timer(model, x)
+    raw = LatencyCost(model, x, find_layers(model, x)[0], timer=timer, cache=False)
+    predicted = raw.ratio([np.full(16, 1 / 16)] * 2, "latency")
+    assert predicted < measured - 0.02  # a budget between them would pass a predicted check
+    with pytest.raises(ConfigError, match=f"at least {measured:.4f}"):
+        _prune_chain(FakeLatency((predicted + measured) / 2, penalty=0.004))
 
 
 # Run by torchrun in two processes whose timers disagree (rank r times everything r + 1

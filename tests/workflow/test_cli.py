@@ -155,6 +155,17 @@ def test_prune_and_eval_report_a_latency_budget(
     assert f"{1e3 * after['latency_predicted']:.3f} ms" in printed
 
 
+def test_a_latency_budget_the_device_cannot_meet_exits_2_naming_the_nearest_ratio(
+    trained: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(latency_cost, "median_seconds", fake_timer([]))
+    monkeypatch.setenv("GFSPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["prune", "--model-dir", str(trained), "--latency", "0.001", "--out", str(tmp_path)]
+    assert main([*argv, *FAST]) == 2
+    error = one_line_error(capsys, "prune")
+    assert "Latency(0.001) cannot be reached" in error and "ask for a ratio of at least 0." in error
+
+
 def test_finetune_then_eval(pruned: Path, capsys) -> None:
     assert main(["finetune", str(pruned), "--epochs", "1", "--lr", "0.01", *FAST]) == 0
     out = pruned / "finetuned"

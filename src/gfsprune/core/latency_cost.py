@@ -22,8 +22,20 @@ nor turns negative (timing noise can make the smaller model look slower, or much
 Unless it was clipped, the prediction equals the measured latency of both calibration
 models.
 
+What neither part captures (a width between grid points that is slow because it is not a
+multiple of the kernels' block, a reorder that appears only in the whole network, a rest
+that is not linear in ``v``) is corrected on the whole model: :meth:`LatencyCost.calibrate`
+times a copy physically pruned to given widths (the width planner passes its plan: a closed
+loop of measuring, correcting and re-planning) and adds the point (predicted share, measured
+share) to a correction ``g``, a piecewise-linear map from the pieces' predicted share of the
+unpruned latency to the measured share, through ``(1, 1)``, the half-width calibration model
+and every model so timed, kept non-decreasing, and proportional below the narrowest point.
+The prediction is ``full * g(pieces' prediction / full)``: it equals every whole-model timing
+taken, and since ``g`` is monotone the allocator ranks the layers' steps as the pieces do.
+
 Timings are cached on disk (JSON, never unpickled) per device, torch version, threads,
-batch size and memory format; whole-model timings also per model structure and input shape.
+batch size and memory format; whole-model timings also per model structure and input shape
+(and the widths of a calibrated copy).
 A second model sharing pieces with the first reuses their timings.
 """
 
@@ -105,9 +117,14 @@ class LatencyCost(CostModel):
         structure: The model's :class:`ComputeCost` where the caller has one (the pieces'
             kept shares come from it).
 
+    The cost model keeps a copy of ``model`` to time copies pruned to planned widths
+    (:meth:`calibrate`).
+
     Attributes:
         full_seconds: The unpruned model's measured seconds.
         calibration: The two whole-model timings and the rest's fitted ``c0`` and ``c1``.
+        corrections: The whole-model correction's points, ``(predicted share, measured
+            share)`` of the unpruned model's latency, by predicted share.
         measured: How many timings were taken (the others came from the cache).
     """
 
@@ -138,10 +155,15 @@ class LatencyCost(CostModel):
         if channels_last:
             self._inputs = _in_format(self._inputs)
         self._table = _Table(model, batch, channels_last, cache)
+        self._source, self._example, self._layers = copy_model(model), example_inputs, layers
+        self._key = _structure_hash(model, example_inputs, layers)
         self.measured = 0
         self._build(model, example_inputs)
         self._calibrate(model, example_inputs, layers)
         self._agree()
+        self.corrections: dict[float, float] = {1.0: 1.0}
+        half = self.calibration["half_predicted"] / self.calibration["full"]
+        self._correct(half, self.calibration["half"] / self.calibration["full"])
         self.full_seconds = self.full["latency"]
         self._table.save()
 
@@ -214,16 +236,13 @@ class LatencyCost(CostModel):
         """Fit the rest's ``c0 + c1 * v`` to the unpruned model and a copy pruned to half of
         every layer's channels (both timed whole)."""
         kept = {layer.name: _spread(layer, _CALIBRATION_SHARE) for layer in layers}
-        half = np.concatenate(
-            [np.isin(np.arange(layer.width), kept[layer.name]).astype(float) for layer in layers]
-        )
+        half = _flat(layers, kept)
         full = np.ones_like(half)
-        key = _structure_hash(model, example_inputs, layers)
-        timings = self._table.models.get(key)
+        timings = self._table.models.get(self._key)
         if timings is None:
             smaller = prune_channels(model, example_inputs, kept, layers=layers)
             timings = [self._time_model(model), self._time_model(smaller)]
-            self._table.models[key] = timings
+            self._table.models[self._key] = timings
             self.measured += 2
         (pieces_full, volume_full), (pieces_half, volume_half) = (
             self._pieces(full),
@@ -236,22 +255,52 @@ class LatencyCost(CostModel):
             c1 = min(max(c1, 0.0), max(rest_full, 0.0) / volume_full)
         c0 = rest_full - c1 * volume_full
         self.calibration = {"full": timings[0], "half": timings[1], "c0": c0, "c1": c1}
+        self.calibration["half_predicted"] = self._raw(pieces_half, volume_half)
 
     def _agree(self) -> None:
         """Under ``torch.distributed``, take the main process's timings and fit on every
         process, so that all plan the same widths."""
         if not distributed.is_distributed():
             return
-        c = self.calibration
-        values = np.concatenate([self._seconds.ravel(), [c["full"], c["half"], c["c0"], c["c1"]]])
-        tensor = torch.from_numpy(values)
-        if torch.distributed.get_backend() == "nccl":
-            tensor = tensor.cuda()
-        values = distributed.all_gather(tensor)[0].cpu().numpy()
+        names = sorted(self.calibration)
+        values = _main_values([*self._seconds.ravel(), *(self.calibration[n] for n in names)])
         self._seconds = values[: self._seconds.size].reshape(self._seconds.shape)
-        self.calibration = dict(
-            zip(("full", "half", "c0", "c1"), values[-4:].tolist(), strict=True)
-        )
+        self.calibration = dict(zip(names, values[self._seconds.size :].tolist(), strict=True))
+
+    def calibrate(self, widths: Sequence[int]) -> dict[str, float]:
+        """Time a copy of the model pruned to ``widths`` (channels per layer, spread evenly
+        over each layer as the half-width calibration model's are) and add it to the
+        whole-model correction, so that its prediction equals the timing from now on.
+        Returns ``{"latency": measured share of the unpruned model's seconds}``."""
+        kept = {
+            layer.name: _spread(layer, int(count) / layer.width)
+            for layer, count in zip(self._layers, widths, strict=True)
+        }
+        key = f"{self._key} {[len(kept[layer.name]) for layer in self._layers]}"
+        seconds = self._table.models.get(key)
+        if seconds is None:
+            model = prune_channels(self._source, self._example, kept, layers=self._layers)
+            seconds = [self._time_model(model)]
+            self.measured += 1
+        seconds = [float(_main_values(seconds)[0])]
+        self._table.models[key] = seconds
+        self._table.save()
+        full = self.calibration["full"]
+        predicted = self._raw(*self._pieces(_flat(self._layers, kept)))
+        self._correct(predicted / full, seconds[0] / full)
+        return {"latency": seconds[0] / full}
+
+    def _correct(self, predicted: float, measured: float) -> None:
+        """Add the point ``(predicted, measured)`` (shares of the unpruned model's seconds)
+        to the whole-model correction."""
+        if not (math.isfinite(predicted) and math.isfinite(measured)) or predicted <= 0:
+            return
+        self.corrections[predicted] = measured
+        self.corrections[1.0] = 1.0
+        shares = np.array(sorted(self.corrections))
+        # non-decreasing: a point below one of smaller prediction is raised to it
+        self._shares = shares, np.maximum.accumulate([self.corrections[x] for x in shares])
+        self.revision += 1
 
     def measure(self, model: nn.Module, example_inputs: object) -> dict[str, float]:
         """Seconds of ``model`` (this model, or it physically pruned) measured whole at the
@@ -310,13 +359,33 @@ class LatencyCost(CostModel):
             *self._sum(np.where(self._one_d, self._full_in, widths[:, 0]), widths[:, 1])
         )
 
-    def _total(self, seconds: float, volume: float) -> float:
+    def _raw(self, seconds: float, volume: float) -> float:
         """The pieces' seconds and the rest at the pieces' kept output share."""
         return seconds + self.calibration["c0"] + self.calibration["c1"] * volume
+
+    def _total(self, seconds: float, volume: float) -> float:
+        """:meth:`_raw`, corrected by the whole-model timings."""
+        full = self.calibration["full"]
+        share = self._raw(seconds, volume) / full
+        predicted, measured = self._shares
+        if share < predicted[0]:  # below the narrowest point: proportional
+            return full * share * measured[0] / predicted[0]
+        return full * float(np.interp(share, predicted, measured, right=share))
 
     def neighbours(self) -> list[set[int]]:
         """The layers sharing a piece (the rest, which every layer touches, is left out)."""
         return self.structure.neighbours()
+
+
+def _main_values(values: Sequence[float]) -> np.ndarray:
+    """``values`` as the main process has them (under ``torch.distributed``; else as
+    given), so that every process plans with the same timings."""
+    if not distributed.is_distributed():
+        return np.asarray(values, dtype=float)
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    return distributed.all_gather(tensor)[0].cpu().numpy()
 
 
 def _locate(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -410,6 +479,13 @@ def _spread(layer: ChannelLayer, share: float) -> list[int]:
         if not kept & set(segment):
             kept |= set(layer.channels(layer.items_of([segment[0]])))
     return sorted(kept)
+
+
+def _flat(layers: Sequence[ChannelLayer], kept: dict[str, list[int]]) -> np.ndarray:
+    """The keep vectors of ``layers`` keeping the ``kept`` channels, concatenated."""
+    return np.concatenate(
+        [np.isin(np.arange(layer.width), kept[layer.name]).astype(float) for layer in layers]
+    )
 
 
 def _in_format(inputs: object) -> object:
