@@ -210,6 +210,25 @@ def test_calibrate_corrects_predictions_through_the_timed_model_and_caches_it(tm
     assert again.calibrate([4, 8]) == {"latency": measured} and calls == []
 
 
+def test_a_newer_whole_model_timing_replaces_an_older_one_it_contradicts() -> None:
+    model, x = randomize_norms(Chain(width=16)), torch.randn(1, 2, 5, 5)
+    layers, _ = find_layers(model, x)
+    slower = [1.0]  # a burst of load while one pruned model is timed
+
+    def timer(module, inputs):
+        pruned = isinstance(module, Chain) and module.c1.out_channels < 16
+        return (slower[0] if pruned else 1.0) * fake_timer([])(module, inputs)
+
+    cost = LatencyCost(model, x, layers, timer=timer, cache=False)
+    slower[0] = 1.5
+    noisy = cost.calibrate([4, 8])["latency"]
+    slower[0] = 1.0
+    wider = cost.calibrate([6, 8])["latency"]
+    assert wider < noisy and noisy not in cost.corrections.values()
+    keep = [np.full(16, 6 / 16), np.full(16, 0.5)]
+    assert cost.ratio(keep, "latency") == pytest.approx(wider, rel=1e-9)
+
+
 def test_round_to_stays_a_constraint_under_a_latency_budget() -> None:
     result = _prune_chain(FakeLatency(0.5), round_to=4, allocator="curves")
     assert all(len(p.kept) % 4 == 0 for p in result.plan)

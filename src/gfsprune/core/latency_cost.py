@@ -29,13 +29,14 @@ times a copy physically pruned to given widths (the width planner passes its pla
 loop of measuring, correcting and re-planning) and adds the point (predicted share, measured
 share) to a correction ``g``, a piecewise-linear map from the pieces' predicted share of the
 unpruned latency to the measured share, through ``(1, 1)``, the half-width calibration model
-and every model so timed, kept non-decreasing, and proportional below the narrowest point.
+and every model so timed (kept non-decreasing: a new timing replaces the older points it
+contradicts, so that noise in one does not stay), proportional below the narrowest point.
 The prediction is ``full * g(pieces' prediction / full)``: it equals every whole-model timing
 taken, and since ``g`` is monotone the allocator ranks the layers' steps as the pieces do.
 
 Timings are cached on disk (JSON, never unpickled) per device, torch version, threads,
 batch size and memory format; whole-model timings also per model structure and input shape
-(and the widths of a calibrated copy).
+(and the widths of a calibrated copy, whose share of the unpruned seconds is kept).
 A second model sharing pieces with the first reuses their timings.
 """
 
@@ -269,37 +270,44 @@ class LatencyCost(CostModel):
 
     def calibrate(self, widths: Sequence[int]) -> dict[str, float]:
         """Time a copy of the model pruned to ``widths`` (channels per layer, spread evenly
-        over each layer as the half-width calibration model's are) and add it to the
-        whole-model correction, so that its prediction equals the timing from now on.
-        Returns ``{"latency": measured share of the unpruned model's seconds}``."""
+        over each layer as the half-width calibration model's are) between two timings of
+        the unpruned model (so that its share of the unpruned seconds holds under load that
+        drifts, and against a cache filled at another time), and add that share to the
+        whole-model correction: from now on its prediction equals the timing. Returns
+        ``{"latency": the measured share}``."""
         kept = {
             layer.name: _spread(layer, int(count) / layer.width)
             for layer, count in zip(self._layers, widths, strict=True)
         }
         key = f"{self._key} {[len(kept[layer.name]) for layer in self._layers]}"
-        seconds = self._table.models.get(key)
-        if seconds is None:
+        share = self._table.models.get(key)
+        if share is None:
             model = prune_channels(self._source, self._example, kept, layers=self._layers)
-            seconds = [self._time_model(model)]
-            self.measured += 1
-        seconds = [float(_main_values(seconds)[0])]
-        self._table.models[key] = seconds
+            before, seconds = self._time_model(self._source), self._time_model(model)
+            share = [2 * seconds / (before + self._time_model(self._source))]
+            self.measured += 3
+        share = [float(_main_values(share)[0])]
+        self._table.models[key] = share
         self._table.save()
-        full = self.calibration["full"]
         predicted = self._raw(*self._pieces(_flat(self._layers, kept)))
-        self._correct(predicted / full, seconds[0] / full)
-        return {"latency": seconds[0] / full}
+        self._correct(predicted / self.calibration["full"], share[0])
+        return {"latency": share[0]}
 
     def _correct(self, predicted: float, measured: float) -> None:
         """Add the point ``(predicted, measured)`` (shares of the unpruned model's seconds)
         to the whole-model correction."""
-        if not (math.isfinite(predicted) and math.isfinite(measured)) or predicted <= 0:
+        if not (math.isfinite(predicted) and math.isfinite(measured)) or not 0 < predicted < 1:
             return
+        measured = min(measured, 1.0)
+        # kept non-decreasing, the newest timing winning: older points it contradicts go
+        self.corrections = {
+            p: m
+            for p, m in self.corrections.items()
+            if p == 1.0 or (p < predicted and m <= measured) or (p > predicted and m >= measured)
+        }
         self.corrections[predicted] = measured
-        self.corrections[1.0] = 1.0
         shares = np.array(sorted(self.corrections))
-        # non-decreasing: a point below one of smaller prediction is raised to it
-        self._shares = shares, np.maximum.accumulate([self.corrections[x] for x in shares])
+        self._shares = shares, np.array([self.corrections[p] for p in shares])
         self.revision += 1
 
     def measure(self, model: nn.Module, example_inputs: object) -> dict[str, float]:
