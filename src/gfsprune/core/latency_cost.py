@@ -122,6 +122,7 @@ class LatencyCost(CostModel):
     (:meth:`calibrate`).
 
     Attributes:
+        layers: The channel layers, in selection order.
         full_seconds: The unpruned model's measured seconds.
         calibration: The two whole-model timings and the rest's fitted ``c0`` and ``c1``.
         corrections: The whole-model correction's points, ``(predicted share, measured
@@ -156,7 +157,8 @@ class LatencyCost(CostModel):
         if channels_last:
             self._inputs = _in_format(self._inputs)
         self._table = _Table(model, batch, channels_last, cache)
-        self._source, self._example, self._layers = copy_model(model), example_inputs, layers
+        self._source, self._example = copy_model(model), example_inputs
+        self.layers = list(layers)
         self._key = _structure_hash(model, example_inputs, layers)
         self.measured = 0
         self._build(model, example_inputs)
@@ -277,19 +279,19 @@ class LatencyCost(CostModel):
         ``{"latency": the measured share}``."""
         kept = {
             layer.name: _spread(layer, int(count) / layer.width)
-            for layer, count in zip(self._layers, widths, strict=True)
+            for layer, count in zip(self.layers, widths, strict=True)
         }
-        key = f"{self._key} {[len(kept[layer.name]) for layer in self._layers]}"
+        key = f"{self._key} {[len(kept[layer.name]) for layer in self.layers]}"
         share = self._table.models.get(key)
         if share is None:
-            model = prune_channels(self._source, self._example, kept, layers=self._layers)
+            model = prune_channels(self._source, self._example, kept, layers=self.layers)
             before, seconds = self._time_model(self._source), self._time_model(model)
             share = [2 * seconds / (before + self._time_model(self._source))]
             self.measured += 3
         share = [float(_main_values(share)[0])]
         self._table.models[key] = share
         self._table.save()
-        predicted = self._raw(*self._pieces(_flat(self._layers, kept)))
+        predicted = self._raw(*self._pieces(_flat(self.layers, kept)))
         self._correct(predicted / self.calibration["full"], share[0])
         return {"latency": share[0]}
 
