@@ -236,6 +236,8 @@ def _batch(net: _Model, batch: int, args, pool) -> list[dict]:
             rows.append({**case, "target": ratio, "refused": str(err)})
             continue
         pruned[f"latency {ratio}"] = result
+        if args.allocator == "uniform":
+            continue  # a Macs budget gives the same widths (every layer the same share)
         wanted = meter.calibrate(_widths(meter, result))["latency"]
         matched = _matched_macs(net, meter, wanted, result.macs_ratio, args)
         if matched is not None:
@@ -252,7 +254,8 @@ def _batch(net: _Model, batch: int, args, pool) -> list[dict]:
         per_round = [p / f for run in runs for p, f in zip(run[name], run["full"], strict=True)]
         measured, low, high = _median_interval(per_round)
         raw = cost.predict_model(result.model) / cost.full_seconds
-        planned = result.metrics_after.get("latency_predicted")
+        after, before = result.metrics_after, result.metrics_before
+        planned = after.get("latency_predicted", 0) / before.get("latency_predicted", 1)
         row = {
             **case,
             "target": float(ratio),

@@ -22,9 +22,9 @@ nor turns negative (timing noise can make the smaller model look slower, or much
 Unless it was clipped, the prediction equals the measured latency of both calibration
 models.
 
-What neither part captures (a width between grid points that is slow because it is not a
-multiple of the kernels' block, a reorder that appears only in the whole network, a rest
-that is not linear in ``v``) is corrected on the whole model: :meth:`LatencyCost.calibrate`
+What neither part captures (e.g. a width between grid points that is slower than the
+interpolation between them, a reorder that appears only in the whole network, a rest that
+is not linear in ``v``) is corrected on the whole model: :meth:`LatencyCost.calibrate`
 times a copy physically pruned to given widths (the width planner passes its plan: a closed
 loop of measuring, correcting and re-planning) and adds the point (predicted share, measured
 share) to a correction ``g``, a piecewise-linear map from the pieces' predicted share of the
@@ -316,7 +316,8 @@ class LatencyCost(CostModel):
         """Seconds of ``model`` (this model, or it physically pruned) measured whole at the
         batch size (``"latency_batch"``) on the example inputs the cost model was built with
         (``example_inputs`` has their shape), as the calibration times it (``"latency"``),
-        and as predicted from its modules' widths (``"latency_predicted"``)."""
+        and as predicted from its modules' widths, with the whole-model correction
+        (``"latency_predicted"``)."""
         return {
             "latency": self._time_model(model),
             "latency_predicted": self.predict_model(model),
