@@ -15,6 +15,7 @@ from torch import nn
 
 from gfsprune import Latency, PruneConfig, prune
 from gfsprune.core.latency_cost import LatencyCost
+from gfsprune.core.planner import CLOSE, LOOPS
 from gfsprune.errors import ConfigError
 from gfsprune.surgery import find_layers, prune_channels
 from tests.launch import torchrun
@@ -86,8 +87,8 @@ def test_prediction_equals_the_timing_of_the_pruned_model(net, shape, seed: int)
 
 
 def test_interpolation_is_exact_at_grid_widths_and_between_them_linear() -> None:
-    # width 8 and 3 points: c2's output grid is 1, 4, 8, and the half-width copy keeps 4
-    model, x = randomize_norms(Chain(width=8)), torch.randn(1, 2, 5, 5)
+    # width 4 and 3 points: c2's output grid is 1, 2, 4, where the calibration copies are
+    model, x = randomize_norms(Chain(width=4)), torch.randn(1, 2, 5, 5)
     layers, _ = find_layers(model, x)
 
     def timer(module, inputs):  # not bilinear: conv c2 costs its output width squared
@@ -100,11 +101,12 @@ def test_interpolation_is_exact_at_grid_widths_and_between_them_linear() -> None
     cost = LatencyCost(model, x, layers, points=3, timer=timer, cache=False)
 
     def at(width: float) -> float:  # c2's input width held at full
-        keep = {"c1": np.ones(8), "c2": np.full(8, width / 8)}
+        keep = {"c1": np.ones(4), "c2": np.full(4, width / 4)}
         return cost.predict([keep[layer.name] for layer in layers])["latency"]
 
-    assert at(4) - at(1) == pytest.approx(1e-3 * (16 - 1))
-    assert at(2) - at(1) == pytest.approx((at(4) - at(1)) / 3)
+    assert at(2) - at(1) == pytest.approx(1e-3 * (4 - 1))
+    assert at(4) - at(2) == pytest.approx(1e-3 * (16 - 4))
+    assert at(3) - at(2) == pytest.approx((at(4) - at(2)) / 2)
 
 
 def test_identical_pieces_are_timed_once_and_the_cache_serves_a_second_build(tmp_path) -> None:
@@ -113,7 +115,7 @@ def test_identical_pieces_are_timed_once_and_the_cache_serves_a_second_build(tmp
     calls: list[nn.Module] = []
     first = LatencyCost(model, x, layers, batch=3, timer=fake_timer(calls), cache=tmp_path)
     keys = {repr(m) for m in calls if isinstance(m, _PIECES)}
-    assert len(keys) == first.measured - 2  # every piece once, plus the two whole models
+    assert len(keys) == first.measured - 3  # every piece once, plus the three whole models
     calls.clear()
     second = LatencyCost(model, x, layers, batch=3, timer=fake_timer(calls), cache=tmp_path)
     assert calls == [] and second.measured == 0
@@ -174,7 +176,17 @@ def test_prune_fills_a_latency_budget(ratio: float) -> None:
 
 
 @pytest.mark.parametrize("ratio", [0.4, 0.45])
-def test_the_planned_model_is_timed_and_replanned_until_its_latency_meets_the_budget(ratio):
+def test_the_planned_model_is_timed_and_replanned_until_its_latency_meets_the_budget(
+    ratio, monkeypatch
+) -> None:
+    shares = []  # the measured shares of every model timed whole for the plan
+    calibrate = LatencyCost.calibrate
+
+    def spy(self, widths):
+        shares.append(calibrate(self, widths)["latency"])
+        return {"latency": shares[-1]}
+
+    monkeypatch.setattr(LatencyCost, "calibrate", spy)
     penalty = 0.004  # up to 14% of the unpruned model's seconds, missed by the pieces
     result = _prune_chain(FakeLatency(ratio, penalty=penalty))
     measured = result.metrics_after["latency"] / result.metrics_before["latency"]
@@ -182,12 +194,9 @@ def test_the_planned_model_is_timed_and_replanned_until_its_latency_meets_the_bu
     assert result.metrics_after["latency_predicted"] == pytest.approx(
         result.metrics_after["latency"], rel=0.03
     )
-    # the pieces and the rest alone (no whole-model correction but the half-width copy's)
-    # predict the same model more than 3% off
-    model, x = randomize_norms(Chain(width=16)), torch.randn(1, 2, 5, 5)
-    layers, _ = find_layers(model, x)
-    raw = LatencyCost(model, x, layers, timer=fake_timer([], penalty), cache=False)
-    assert abs(raw.predict_model(result.model) / result.metrics_after["latency"] - 1) > 0.03
+    # the narrowest model, then planned models until one was within CLOSE (or LOOPS of them)
+    assert 2 <= len(shares) <= 1 + LOOPS
+    assert abs(shares[-1] / ratio - 1) <= CLOSE or len(shares) == 1 + LOOPS
 
 
 def test_calibrate_corrects_predictions_through_the_timed_model_and_caches_it(tmp_path) -> None:
@@ -275,6 +284,7 @@ WORKER = textwrap.dedent(
     layers, _ = find_layers(model, x)
     cost = LatencyCost(model, x, layers, timer=lambda m, i: slower * timer(m, i), cache=False)
     keep = [np.full(6, 0.5), np.ones(6)]
+    cost.calibrate([2, 6])  # a whole-model timing: the main process's too
     seconds = cost.predict(keep)["latency"]
     with open(f"{sys.argv[1]}/rank{distributed.rank()}.txt", "w") as f:
         f.write(repr(seconds))
@@ -293,5 +303,6 @@ def test_distributed_processes_plan_with_the_main_process_timings(tmp_path) -> N
     model, x = Chain(width=6), torch.randn(1, 2, 5, 5)
     layers, _ = find_layers(model, x)
     alone = LatencyCost(model, x, layers, timer=fake_timer([]), cache=False)
+    alone.calibrate([2, 6])
     expected = alone.predict([np.full(6, 0.5), np.ones(6)])["latency"]
     assert predicted == pytest.approx({0: expected, 1: expected}, rel=1e-12)

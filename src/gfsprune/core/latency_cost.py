@@ -28,9 +28,10 @@ is not linear in ``v``) is corrected on the whole model: :meth:`LatencyCost.cali
 times a copy physically pruned to given widths (the width planner passes its plan: a closed
 loop of measuring, correcting and re-planning) and adds the point (predicted share, measured
 share) to a correction ``g``, a piecewise-linear map from the pieces' predicted share of the
-unpruned latency to the measured share, through ``(1, 1)``, the half-width calibration model
-and every model so timed (kept non-decreasing: a new timing replaces the older points it
-contradicts, so that noise in one does not stay), proportional below the narrowest point.
+unpruned latency to the measured share, through ``(1, 1)``, the half-width calibration model,
+a third calibration model pruned to a quarter of every layer, and every model so timed (kept
+non-decreasing: a new timing replaces the older points it contradicts, so that noise in one
+does not stay), proportional below the narrowest point.
 The prediction is ``full * g(pieces' prediction / full)``: it equals every whole-model timing
 taken, and since ``g`` is monotone the allocator ranks the layers' steps as the pieces do.
 
@@ -76,8 +77,10 @@ _SCHEMA = 1
 #: Each timing repeats its forward pass (at least 5 times, at most 100) until the timed
 #: passes add up to this many seconds.
 _MIN_SECONDS = 0.05
-#: The share of every layer's channels the second calibration model keeps.
+#: The share of every layer's channels the second calibration model keeps (the rest is
+#: fitted to it), and the third's (a point of the whole-model correction only).
 _CALIBRATION_SHARE = 0.5
+_LOW_SHARE = 0.25
 _TIMED = (
     nn.Conv1d,
     nn.Conv2d,
@@ -124,7 +127,9 @@ class LatencyCost(CostModel):
     Attributes:
         layers: The channel layers, in selection order.
         full_seconds: The unpruned model's measured seconds.
-        calibration: The two whole-model timings and the rest's fitted ``c0`` and ``c1``.
+        calibration: The three whole-model timings (``full``, ``half``, ``low``), the
+            predictions of the last two by the pieces and rest, and the rest's fitted ``c0``
+            and ``c1``.
         corrections: The whole-model correction's points, ``(predicted share, measured
             share)`` of the unpruned model's latency, by predicted share.
         measured: How many timings were taken (the others came from the cache).
@@ -165,8 +170,9 @@ class LatencyCost(CostModel):
         self._calibrate(model, example_inputs, layers)
         self._agree()
         self.corrections: dict[float, float] = {1.0: 1.0}
-        half = self.calibration["half_predicted"] / self.calibration["full"]
-        self._correct(half, self.calibration["half"] / self.calibration["full"])
+        for name in ("low", "half"):
+            c = self.calibration
+            self._correct(c[f"{name}_predicted"] / c["full"], c[name] / c["full"])
         self.full_seconds = self.full["latency"]
         self._table.save()
 
@@ -237,16 +243,19 @@ class LatencyCost(CostModel):
         self, model: nn.Module, example_inputs: object, layers: Sequence[ChannelLayer]
     ) -> None:
         """Fit the rest's ``c0 + c1 * v`` to the unpruned model and a copy pruned to half of
-        every layer's channels (both timed whole)."""
+        every layer's channels (both timed whole); time a copy pruned to a quarter too, for
+        the whole-model correction."""
         kept = {layer.name: _spread(layer, _CALIBRATION_SHARE) for layer in layers}
+        low = {layer.name: _spread(layer, _LOW_SHARE) for layer in layers}
         half = _flat(layers, kept)
         full = np.ones_like(half)
         timings = self._table.models.get(self._key)
-        if timings is None:
+        if timings is None or len(timings) != 3:
             smaller = prune_channels(model, example_inputs, kept, layers=layers)
-            timings = [self._time_model(model), self._time_model(smaller)]
+            smallest = prune_channels(model, example_inputs, low, layers=layers)
+            timings = [self._time_model(m) for m in (model, smaller, smallest)]
             self._table.models[self._key] = timings
-            self.measured += 2
+            self.measured += 3
         (pieces_full, volume_full), (pieces_half, volume_half) = (
             self._pieces(full),
             self._pieces(half),
@@ -259,6 +268,8 @@ class LatencyCost(CostModel):
         c0 = rest_full - c1 * volume_full
         self.calibration = {"full": timings[0], "half": timings[1], "c0": c0, "c1": c1}
         self.calibration["half_predicted"] = self._raw(pieces_half, volume_half)
+        self.calibration["low"] = timings[2]
+        self.calibration["low_predicted"] = self._raw(*self._pieces(_flat(layers, low)))
 
     def _agree(self) -> None:
         """Under ``torch.distributed``, take the main process's timings and fit on every
@@ -534,7 +545,8 @@ def _device_name(device: torch.device) -> str:
 class _Table:
     """The timings of one setting (device, torch, threads, batch, memory format), read from
     and written back to the cache folder: ``pieces`` (a resized module and input shape to
-    seconds) and ``models`` (a structure digest to the two calibration timings)."""
+    seconds) and ``models`` (a structure digest to the three calibration timings, and with
+    a calibrated copy's widths to its measured share of the unpruned seconds)."""
 
     def __init__(
         self, model: nn.Module, batch: int, channels_last: bool, cache: str | os.PathLike | bool
