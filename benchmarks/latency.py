@@ -264,9 +264,7 @@ def _batch(net: _Model, batch: int, args, pool) -> list[dict]:
             else f"Macs({result.macs_ratio:.3f})",
             "macs_ratio": result.macs_ratio,
             "predicted_ratio": raw,
-            "planned_ratio": None
-            if planned is None
-            else planned / result.metrics_before["latency"],
+            "planned_ratio": planned or None,
             "latency_ratio": [measured, low, high],
             "speedup": [1 / measured, 1 / high, 1 / low],
             "full_ms": full_ms,
