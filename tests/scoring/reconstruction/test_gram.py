@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gfsprune.scoring.reconstruction.gram import (
+    ConsumerStats,
     collect_stats,
     outputs,
     positions,
@@ -63,6 +64,23 @@ def test_statistics_of_chunks_add_up_to_one_pass(case: str) -> None:
         assert summed.rows == stats.rows > 0
         for key in ("gram", "cross", "energy"):
             torch.testing.assert_close(getattr(summed, key), getattr(stats, key))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_statistics_are_the_float64_sums_of_the_rows(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    rows, targets = torch.randn(300, 7, dtype=dtype) + 3, torch.randn(300, 2, dtype=dtype)
+    stats = ConsumerStats.zeros(nn.Linear(6, 2), torch.device("cpu"))
+    stats.add(rows, targets)
+    x, y = rows.double(), targets.double()
+    # float32 rows: products in float32, sums in float64; each entry within 1e-6 of its
+    # Cauchy-Schwarz bound (the norms of its two columns)
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    for got, a, b in ((stats.gram, x, x), (stats.cross, x, y)):
+        bound = a.norm(dim=0)[:, None] * b.norm(dim=0)[None]
+        assert ((got - a.T @ b).abs() <= tol * bound).all()
+    torch.testing.assert_close(stats.energy, y.pow(2).sum(0), rtol=1e-12, atol=0)
+    assert stats.gram.dtype == torch.float64 and stats.rows == 300
 
 
 def test_the_unpruned_network_may_be_the_pruned_one() -> None:

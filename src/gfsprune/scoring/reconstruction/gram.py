@@ -44,9 +44,11 @@ __all__ = [
 #: The most input positions (``Q``) a consumer may have: its ``Q x Q`` float64 Gram matrix
 #: takes 512 MiB at 8192.
 MAX_POSITIONS = 8192
-# Rows of X turned into float64 at once: bounds the memory of one batch's product
+# Elements of X multiplied at once: bounds the memory of one batch's product
 # (2**24 doubles: 128 MiB).
 _CHUNK_ELEMENTS = 1 << 24
+# Rows summed in one float32 product.
+_CHUNK_ROWS = 8192
 
 
 def unsupported(module: nn.Module) -> str | None:
@@ -150,13 +152,16 @@ class ConsumerStats:
     def add(self, rows: torch.Tensor, targets: torch.Tensor) -> None:
         """Accumulate ``rows`` of ``X`` (``(M, Q)``) and of ``Y*`` (``(M, out)``), in chunks
         of bounded size."""
-        step = max(1, _CHUNK_ELEMENTS // rows.shape[1])
+        # products in float32 (2-3x faster than float64 on a CPU; relative error ~3e-7 over
+        # at most _CHUNK_ROWS rows), summed in float64; float64 data stays float64
+        kind = torch.float64 if rows.dtype == torch.float64 else torch.float32
+        step = max(1, min(_CHUNK_ROWS, _CHUNK_ELEMENTS // rows.shape[1]))
         for start in range(0, rows.shape[0], step):
-            x = rows[start : start + step].double()
-            y = targets[start : start + step].double()
-            self.gram.addmm_(x.T, x)
-            self.cross.addmm_(x.T, y)
-            self.energy.add_(y.pow(2).sum(0))
+            x = rows[start : start + step].to(kind)
+            y = targets[start : start + step].to(kind)
+            self.gram.add_(x.T @ x)
+            self.cross.add_(x.T @ y)
+            self.energy.add_(y.double().pow(2).sum(0))
         self.rows += rows.shape[0]
 
     def __add__(self, other: ConsumerStats) -> ConsumerStats:
