@@ -298,6 +298,7 @@ class Curves(WidthAllocator):
             round_to,
             cost.widths.tobytes(),
             tuple(sorted(cost.full.items())),
+            cost.revision,
             tuple((c.widths.tobytes(), c.losses.tobytes()) for c in curves),
         )
         if self._solved is None or self._solved[0] != key:
