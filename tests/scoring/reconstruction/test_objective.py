@@ -172,3 +172,26 @@ def test_the_curves_measure_the_network_loss_at_a_few_widths_per_layer(monkeypat
     result = prune(model, data, data[0][0][:1], target=Macs(0.5), config=config, progress=False)
     assert result.macs_ratio == pytest.approx(0.5, rel=0.05)
     assert sorted(widths) == [1, 1, 5, 5, 8, 8, 12, 12]  # two layers of 12 channels
+
+
+def _references(monkeypatch, allocator) -> list[bool]:
+    """Per gathering of statistics in a run: was the reference the network itself?"""
+    model, data = _setup()
+    references: list[bool] = []
+    gather = objective_module.collect_stats
+
+    def recorded(work, unpruned, names, batches):
+        references.append(unpruned is work)
+        return gather(work, unpruned, names, batches)
+
+    monkeypatch.setattr(objective_module, "collect_stats", recorded)
+    config = PruneConfig(objective=Reconstruction(), candidates=None, allocator=allocator)
+    prune(model, data, data[0][0][:1], target=Macs(0.5), config=config, progress=False)
+    return references
+
+
+def test_statistics_take_one_network_while_nothing_is_pruned(monkeypatch) -> None:
+    # two layers: the first's selection sees the unpruned network, the second's not
+    assert _references(monkeypatch, "uniform") == [True, False]
+    # the curves' pass (every layer alone, the others at full width) sees it for each layer
+    assert _references(monkeypatch, Curves(schedule=Exact()))[:2] == [True, True]

@@ -130,6 +130,16 @@ class _BoundReconstruction(BoundObjective):
         self.loss = NetworkLoss().bind(run)  # the judge, and the layers not described
         self._last: _LayerReconstruction | None = None
 
+    def _reference(self) -> torch.nn.Module:
+        """The unpruned network, or the network itself where it is still the same (nothing
+        masked, no weight changed: the curves' pass), which halves the passes."""
+        model = self.run.model
+        if not self.run.masks.unmasked:
+            return self.unpruned
+        mine, theirs = model.state_dict(), self.unpruned.state_dict()
+        same = mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+        return model if same else self.unpruned
+
     def _problem(self, layer: ChannelLayer) -> LayerProblem | None:
         """``layer``'s problem on the calibration batches, from the network as it is now
         (``None`` where a consumer is not described)."""
@@ -140,7 +150,7 @@ class _BoundReconstruction(BoundObjective):
             _log.info("%s: selected by the network loss (%s)", layer.name, "; ".join(why))
             return None
         try:
-            stats = collect_stats(self.run.model, self.unpruned, names, self.calibration)
+            stats = collect_stats(self.run.model, self._reference(), names, self.calibration)
         except UndescribedConsumer as err:
             _log.info("%s: selected by the network loss (%s)", layer.name, err)
             return None
