@@ -195,3 +195,19 @@ def test_statistics_take_one_network_while_nothing_is_pruned(monkeypatch) -> Non
     assert _references(monkeypatch, "uniform") == [True, False]
     # the curves' pass (every layer alone, the others at full width) sees it for each layer
     assert _references(monkeypatch, Curves(schedule=Exact()))[:2] == [True, True]
+
+
+def test_every_candidate_is_scored_whatever_the_candidates_option() -> None:
+    model, data = _setup()
+    example = data[0][0][:1]
+    plans = []
+    for candidates in (None, 2):
+        config = PruneConfig(objective=Reconstruction(), candidates=candidates, allocator="uniform")
+        result = prune(model, data, example, target=Macs(0.5), config=config, progress=False)
+        plans.append([p.kept for p in result.plan])
+    assert plans[0] == plans[1]
+
+
+def test_the_default_curves_follow_the_reconstruction_path() -> None:
+    assert isinstance(Curves().curve_schedule(50, closed_form=True), Exact)
+    assert not isinstance(Curves().curve_schedule(50), Exact)

@@ -79,13 +79,13 @@ class Reconstruction(Objective):
 
     Layers with a consumer the statistics cannot describe (other than Linear, Conv1d and
     Conv2d, or with more than 8192 input positions) are selected by the network's loss.
-    Every candidate is scored at each step only where the run offers them all
-    (``PruneConfig(candidates=None)``); the curves cost ``points`` measurements per layer only
-    where the curve pass follows the reconstruction's own order
-    (``Curves(schedule=Exact())``).
+    Every candidate is scored at each step (``PruneConfig(candidates=...)`` does not apply),
+    and the ``curves`` allocator follows each layer's greedy path: ``points`` measurements of
+    the network loss per layer.
     """
 
     name: ClassVar[str] = "reconstruction"
+    closed_form: ClassVar[bool] = True
     scale: str = "refit"
     refit: bool = True
     judge: int = 0
