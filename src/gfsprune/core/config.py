@@ -82,8 +82,12 @@ class PruneConfig:
             convolutions differ by up to about 1e-3 (use 4e-3 there). 0: the lowest loss
             always wins.
         seed: Seeds the candidate sampling (layer ``i`` uses ``seed + i``).
-        objective: What each layer's selection minimises: ``"loss"`` (the network's loss on
-            a fresh mini-batch per step, through ``evaluator``) or an
+        objective: What each layer's selection minimises: ``"reconstruction"`` (its
+            consumers' outputs reproduced from the kept channels, every channel scored in
+            closed form from one pass of statistics per layer, the consumers re-solved by
+            least squares: :class:`~gfsprune.scoring.Reconstruction`), ``"loss"`` (the
+            network's loss on a fresh mini-batch per step, through ``evaluator``: the paper's
+            rule, gfsprune's default until 0.1.0 with ``allocator="curves"``) or an
             :class:`~gfsprune.scoring.Objective`.
         evaluator: How candidates are scored: ``"batched"`` (fast: cached prefix, stacked
             candidates), ``"naive"`` (one forward pass per candidate, the reference), or an
@@ -91,8 +95,10 @@ class PruneConfig:
         allocator: How a budget (``Macs``, ``Params``, ...) becomes per-layer widths:
             ``"curves"`` (from each layer's loss against its width, measured by a first pass
             of greedy selection on each layer alone, fast by default, see
-            :class:`~gfsprune.core.allocate.Curves`: wider where the loss rises faster),
-            ``"uniform"`` (the same fraction of every layer) or a ``WidthAllocator``.
+            :class:`~gfsprune.core.allocate.Curves`: wider where the loss rises faster;
+            with ``"reconstruction"`` the network loss at a few widths along each layer's
+            greedy path), ``"uniform"`` (the same fraction of every layer) or a
+            ``WidthAllocator``.
         round_to: Every pruned width a multiple of this (or the layer's full width), for
             kernels made for such channel counts (8: GPU tensor cores); whether it is faster
             on a CPU depends on its kernels, so compare the measured latencies. Budgets are
@@ -127,9 +133,9 @@ class PruneConfig:
     candidates: int | None = 50
     tie: float = 1e-5
     seed: int = 0
-    objective: str | Objective = "loss"
+    objective: str | Objective = "reconstruction"
     evaluator: str | type[Evaluator] = "batched"
-    allocator: str | WidthAllocator = "curves"
+    allocator: str | WidthAllocator = "uniform"
     round_to: int = 1
     rescale: bool = True
     rescale_into: str = "batchnorm"
