@@ -48,7 +48,7 @@ def test_every_pick_is_the_brute_force_best_candidate(chain, rescale: bool) -> N
         batch[0][:1],
         target=Widths({"c1": 3, "c2": 2}),
         progress=False,
-        config=PruneConfig(candidates=None, rescale=rescale, evaluator="naive"),
+        config=PruneConfig(objective="loss", candidates=None, rescale=rescale, evaluator="naive"),
     )
     fixed: dict[str, list[int]] = {}
     for plan, log in zip(result.plan, result.layers, strict=True):
@@ -67,15 +67,19 @@ def test_every_pick_is_the_brute_force_best_candidate(chain, rescale: bool) -> N
         fixed[plan.name] = chosen
 
 
-def test_result_is_smaller_and_computes_the_masked_function(chain) -> None:
+@pytest.mark.parametrize("objective", ["loss", "reconstruction"])
+def test_result_is_smaller_and_computes_the_masked_function(chain, objective: str) -> None:
     model, data = chain
     x = data[0][0]
-    result = prune(
-        model, data, x[:1], target=Macs(0.5), progress=False, config=PruneConfig(candidates=4)
-    )
+    config = PruneConfig(objective=objective, candidates=4)
+    result = prune(model, data, x[:1], target=Macs(0.5), progress=False, config=config)
     assert result.model.c1.out_channels < 6 and result.model.c2.in_channels < 6
     assert result.macs_after < result.macs_before and result.params_after < result.params_before
     assert abs(result.macs_ratio - 0.5) <= 0.02 * 0.5 + 0.05  # 6-channel layers are coarse
+    assert [len(p.kept) for p in result.plan] == [len(log.losses) for log in result.layers]
+    assert model.c1.out_channels == 6  # not modified
+    if objective != "loss":
+        return  # reconstruction re-solves the consumers: not the original network masked
     # The original network with the plan's channels zeroed (and kept ones scaled) by hand.
     masked = copy.deepcopy(model)
     with torch.no_grad():
@@ -85,8 +89,6 @@ def test_result_is_smaller_and_computes_the_masked_function(chain) -> None:
             weight = consumer.weight
             weight.mul_(factor.view(1, -1, *[1] * (weight.dim() - 2)))
     torch.testing.assert_close(result.model(x), masked(x), rtol=1e-4, atol=1e-5)
-    assert [len(p.kept) for p in result.plan] == [len(log.losses) for log in result.layers]
-    assert model.c1.out_channels == 6  # not modified
 
 
 def test_naive_and_batched_evaluators_agree(chain) -> None:
@@ -98,7 +100,7 @@ def test_naive_and_batched_evaluators_agree(chain) -> None:
             data[0][0][:1],
             target=Macs(0.4),
             progress=False,
-            config=PruneConfig(candidates=3, seed=5, evaluator=e),
+            config=PruneConfig(objective="loss", candidates=3, seed=5, evaluator=e),
         )
         for e in ("naive", "batched")
     ]
@@ -113,7 +115,7 @@ def test_deterministic_for_a_seed_and_sampling_depends_on_it() -> None:
     data = _data((2, 5, 5), 3)
 
     def run(seed: int) -> list[list[int]]:
-        config = PruneConfig(candidates=3, seed=seed)
+        config = PruneConfig(objective="loss", candidates=3, seed=seed)
         result = prune(model, data, data[0][0][:1], target=Macs(0.5), progress=False, config=config)
         return [p.kept for p in result.plan]
 
@@ -212,7 +214,8 @@ def test_interrupted_run_resumes_to_the_same_plan(chain, tmp_path, monkeypatch) 
 
 def test_the_curves_and_selection_passes_are_named_apart(chain, capsys) -> None:
     model, data = chain
-    prune(model, data, data[0][0][:1], target=Macs(0.5), config=PruneConfig(candidates=2))
+    config = PruneConfig(objective="loss", allocator="curves", candidates=2)
+    prune(model, data, data[0][0][:1], target=Macs(0.5), config=config)
     err = capsys.readouterr().err
     assert "curves [1/2] c1" in err and "select [1/2] c1" in err
     assert re.search(r"select \[2/2\] c2 \(run ~\d+s left\)", err)
@@ -259,7 +262,11 @@ def test_bad_options_are_refused_before_any_work(chain, kwargs, error, match) ->
         ({"seed": 2**70}, r"'seed' option .* Got 1180591620717411303424 instead"),
         ({"rescale": "yes"}, "'rescale' option"),
         ({"tie": -1e-3}, r"'tie' option of PruneConfig must be a number in \[0, 1\)"),
-        ({"evaluator": "x"}, r"'evaluator' option of NetworkLoss must be one of \['batched'"),
+        (
+            {"objective": "loss", "evaluator": "x"},
+            r"'evaluator' option of NetworkLoss must be one of \['batched'",
+        ),
+        ({"evaluator": "naive"}, r"'evaluator' option of PruneConfig scores the network loss"),
         ({"strategy": "sideways"}, r"'strategy' option .* \['backward', 'forward'\]"),
         ({"allocator": 3}, "'allocator' option of PruneConfig must be one of"),
         ({"device": "gpu7"}, "'device' option of PruneConfig must name a torch device"),
@@ -353,7 +360,7 @@ def test_a_custom_loss_is_what_selection_minimises(chain) -> None:
     def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return ((outputs - targets) ** 2).mean()
 
-    config = PruneConfig(candidates=None)
+    config = PruneConfig(objective="loss", candidates=None)
     result = prune(
         model, [(x, teacher)], x[:1], target=Macs(0.5), loss_fn=mse, config=config, progress=False
     )
@@ -395,17 +402,19 @@ def test_nested_inputs_are_traced_scored_and_pruned(kind: str) -> None:
             batches,
             example,
             target=Macs(0.5),
-            config=PruneConfig(candidates=3, evaluator=e),
+            config=PruneConfig(objective="loss", candidates=3, evaluator=e),
             progress=False,
         )
         for e in ("naive", "batched")
     }
     assert [p.kept for p in plans["naive"].plan] == [p.kept for p in plans["batched"].plan]
-    pruned = plans["batched"].model
+    plans["default"] = prune(model, batches, example, target=Macs(0.5), progress=False)
     args = example if kind == "tuple" else ()
     kwargs = example if kind == "dict" else {}
-    assert pruned(*args, **kwargs).shape == (8, 3)
-    assert pruned.net.c1.out_channels < 6
+    for run in ("batched", "default"):
+        pruned = plans[run].model
+        assert pruned(*args, **kwargs).shape == (8, 3)
+        assert pruned.net.c1.out_channels < 6
 
 
 def test_a_pruned_model_unlike_the_masked_one_is_refused_naming_the_module(monkeypatch) -> None:

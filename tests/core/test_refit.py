@@ -97,8 +97,9 @@ def test_prune_with_refit_meets_the_budget_and_resumes_to_the_same_weights(tmp_p
     torch.manual_seed(0)
     model = randomize_norms(Chain(width=24))
     data = _batches(model, 6, 8)
-    config = PruneConfig(refit=True, candidates=4)
-    plain = prune_half(model, data, PruneConfig(candidates=4))
+    # the network loss's selection, which leaves the consumers' weights as they were
+    config = PruneConfig(objective="loss", refit=True, candidates=4)
+    plain = prune_half(model, data, PruneConfig(objective="loss", candidates=4))
     first = prune_half(model, data, config, checkpoint=tmp_path / "p.json")
     assert first.macs_ratio == pytest.approx(plain.macs_ratio)
     assert first.macs_ratio == pytest.approx(0.5, rel=0.02)

@@ -30,7 +30,7 @@ def chain():
 
 
 def _plan(model, data, **options) -> list[list[int]]:
-    config = PruneConfig(candidates=5, **options)
+    config = PruneConfig(objective="loss", candidates=5, **options)
     result = prune(model, data, data[0][0][:1], target=Macs(0.5), config=config, progress=False)
     return [p.kept for p in result.plan]
 
@@ -59,15 +59,16 @@ def test_fast_is_deterministic_and_meets_the_widths(chain) -> None:
     assert fast == _plan(model, data, schedule="fast", evaluator="naive")
     assert [len(k) for k in fast] == [len(k) for k in _plan(model, data)]
     assert all(len(set(k)) == len(k) for k in fast)
-    tolerant = prune(
-        model,
-        data,
-        data[0][0][:1],
-        target=Tolerance(0.05),
-        config=PruneConfig(schedule="fast"),
-        progress=False,
-    )
-    assert all(len(p.kept) >= 1 for p in tolerant.plan)
+    for objective in ("loss", "reconstruction"):
+        tolerant = prune(
+            model,
+            data,
+            data[0][0][:1],
+            target=Tolerance(0.05),
+            config=PruneConfig(schedule="fast", objective=objective),
+            progress=False,
+        )
+        assert all(len(p.kept) >= 1 for p in tolerant.plan)
 
 
 def test_the_first_order_screen_ranks_like_finite_differences(chain) -> None:

@@ -43,7 +43,7 @@ def chain():
 
 def test_a_new_strategy_is_one_class_passed_in_the_config(chain) -> None:
     model, data = chain
-    config = PruneConfig(strategy=_EveryOther())
+    config = PruneConfig(strategy=_EveryOther(), objective="loss")  # the mean-field rescale
     target = Widths({"c1": 3, "c2": 5})
     result = prune(model, data, data[0][0][:1], target=target, config=config, progress=False)
     assert [p.kept for p in result.plan] == [[0, 2, 4], [0, 2, 4, 6, 1]]

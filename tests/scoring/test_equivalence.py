@@ -136,7 +136,7 @@ def test_naive_and_batched_plans_are_identical_on_random_networks(network) -> No
             data,
             data[0][0][:1],
             target=Macs(0.6),
-            config=PruneConfig(candidates=3, evaluator=evaluator),
+            config=PruneConfig(objective="loss", candidates=3, evaluator=evaluator),
             progress=False,
         ).plan
         for evaluator in ("naive", "batched")
@@ -172,7 +172,7 @@ def test_a_module_with_its_own_instance_forward_keeps_it() -> None:
             data,
             x[:1],
             target=Macs(0.6),
-            config=PruneConfig(candidates=3, evaluator=evaluator, allocator="uniform"),
+            config=PruneConfig(objective="loss", candidates=3, evaluator=evaluator),
             progress=False,
         ).plan
         for evaluator in ("naive", "batched")

@@ -76,14 +76,20 @@ def test_the_view_model_prunes_with_default_options() -> None:
     torch.manual_seed(0)
     net = ViewNet().eval()
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
-    result = gfsprune.prune(net, [(x, y)], x[:1], target=gfsprune.Macs(0.5), progress=False)
-    naive = gfsprune.prune(
-        net,
-        [(x, y)],
-        x[:1],
-        target=gfsprune.Macs(0.5),
-        config=gfsprune.PruneConfig(evaluator="naive"),
-        progress=False,
+    default = gfsprune.prune(net, [(x, y)], x[:1], target=gfsprune.Macs(0.5), progress=False)
+    assert default.macs_ratio == pytest.approx(0.5, abs=0.05)
+    assert default.model(x).shape == (16, 10)
+    # The network loss's batched scoring falls back, to the naive evaluator's plan.
+    result, naive = (
+        gfsprune.prune(
+            net,
+            [(x, y)],
+            x[:1],
+            target=gfsprune.Macs(0.5),
+            config=gfsprune.PruneConfig(objective="loss", evaluator=evaluator),
+            progress=False,
+        )
+        for evaluator in ("batched", "naive")
     )
     assert [p.kept for p in result.plan] == [p.kept for p in naive.plan]
     torch.testing.assert_close(result.model(x), naive.model(x))

@@ -205,15 +205,20 @@ class Net(nn.Module):
 
 
 def test_a_users_view_head_cnn_prunes_with_default_options(tmp_path: Path, capsys) -> None:
-    """Issue 28's model (sized for the 8x8 digits): ``Net()`` takes no options and its
-    ``.view`` head fails channels-last; the scoring falls back and says so."""
+    """Issue 28's model (sized for the 8x8 digits): ``Net()`` takes no options and prunes
+    with the default ones; its ``.view`` head fails channels-last, so the network loss's
+    batched scoring falls back and says so."""
     (tmp_path / "net.py").write_text(VIEW_NET)
     spec = f"{tmp_path / 'net.py'}:Net"
     torch.manual_seed(0)
     weights = tmp_path / "w.pt"
     torch.save(gfsprune.models.get(spec).state_dict(), weights)
     argv = ["prune", "--model", spec, "--weights", str(weights), "--data", "digits"]
+    flags = ["--macs", "0.5", "--batch-size", "8", "--no-progress"]
     out = tmp_path / "p"
-    assert main([*argv, "--macs", "0.5", "--out", str(out), *SELECT, "--no-progress"]) == 0
-    assert "own memory format" in capsys.readouterr().err
+    assert main([*argv, *flags, "--out", str(out)]) == 0
     assert gfsprune.load(out, model=spec)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    loss = tmp_path / "loss"
+    assert main([*argv, *flags, *SELECT, "--objective", "loss", "--out", str(loss)]) == 0
+    assert "own memory format" in capsys.readouterr().err
+    assert gfsprune.load(loss, model=spec)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
