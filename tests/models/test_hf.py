@@ -111,7 +111,7 @@ def test_the_batched_evaluator_replays_transformers_outputs_as_the_naive_one_sco
             batches * 3,
             hf_nets.inputs("bert", 1),
             target=Macs(0.6),
-            config=PruneConfig(candidates=4, evaluator=evaluator),
+            config=PruneConfig(objective="loss", candidates=4, evaluator=evaluator),
             progress=False,
         ).plan
         for evaluator in ("batched", "naive")

@@ -229,9 +229,13 @@ def _data(seed: int = 0):
     ]
 
 
-def _prune(model: nn.Module, evaluator: str):
+def _prune(model: nn.Module, evaluator: str | None):
+    """``model`` pruned by the network loss through ``evaluator`` (``None``: the default
+    options, the reconstruction objective)."""
     data = _data()
-    config = PruneConfig(candidates=2, evaluator=evaluator, schedule="fast", allocator="uniform")
+    config = PruneConfig(candidates=2, schedule="fast")
+    if evaluator is not None:
+        config = PruneConfig(objective="loss", candidates=2, evaluator=evaluator, schedule="fast")
     return prune(
         model, data, data[0][0][:2], target=Macs(0.5), config=config, loss_fn=_loss, progress=False
     )
@@ -242,7 +246,7 @@ def test_every_user_model_prunes_with_every_evaluator_to_the_same_plan(name: str
     torch.manual_seed(0)
     model = PRUNED[name]().eval()
     x = _data(1)[0][0]
-    results = {evaluator: _prune(model, evaluator) for evaluator in EVALUATORS}
+    results = {evaluator: _prune(model, evaluator) for evaluator in [*EVALUATORS, None]}
     plans = {evaluator: r.plan for evaluator, r in results.items()}
     assert plans["batched"] == plans["naive"]
     for result in results.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -238,14 +239,15 @@ def test_cuda_selection_matches_the_cpu_plan() -> None:
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))]
     kwargs = dict(target=Macs(0.5), progress=False)
-    cpu = prune(model, data, data[0][0][:1], **kwargs, config=PruneConfig(candidates=4))
+    config = PruneConfig(objective="loss", allocator="curves", candidates=4)
+    cpu = prune(model, data, data[0][0][:1], **kwargs, config=config)
     gpu = {
         e: prune(
             model,
             data,
             data[0][0][:1],
             **kwargs,
-            config=PruneConfig(candidates=4, device="cuda", evaluator=e),
+            config=dataclasses.replace(config, device="cuda", evaluator=e),
         )
         for e in ("naive", "batched")
     }
@@ -284,7 +286,9 @@ def test_default_evaluator_makes_the_naive_plan_on_zoo_models(name: str, seed: i
             data[0][0][:1],
             target=Macs(0.5),
             progress=False,
-            config=PruneConfig(candidates=3, seed=seed, evaluator=e),
+            config=PruneConfig(
+                objective="loss", allocator="curves", candidates=3, seed=seed, evaluator=e
+            ),
         )
         for e in ("naive", "batched")
     }
