@@ -137,8 +137,12 @@ class OneShot(Strategy):
 # Widths from ``uniform``: coverage is a question of tracing and surgery, and the default
 # ``curves`` allocator would add a greedy pass over every layer before any of it.
 SELECTIONS = {
-    "greedy": lambda: gfsprune.PruneConfig(schedule=Doubling(), allocator="uniform", seed=0),
-    "one-shot": lambda: gfsprune.PruneConfig(strategy=OneShot(), allocator="uniform", seed=0),
+    "greedy": lambda: gfsprune.PruneConfig(
+        objective="loss", schedule=Doubling(), allocator="uniform", seed=0
+    ),
+    "one-shot": lambda: gfsprune.PruneConfig(
+        objective="loss", strategy=OneShot(), allocator="uniform", seed=0
+    ),
 }
 
 

@@ -3,10 +3,12 @@
 ``resnet20`` (10 classes) with random weights, or trained for ``--epochs`` on
 ``synthetic:2000`` upsampled to 32x32 (``--trained``), 8 random batches of 64 CIFAR-shaped
 inputs with random labels (``torch.Generator`` seeded by the seed), pruned to ``Macs(0.5)``
-with the default options, once with ``evaluator="batched"`` and once with ``"naive"``. Prints
-per seed whether the plans are identical, the largest relative difference between the two
-runs' per-pick losses, how many candidates each run re-scored in float64 (the near-ties at
-the tie window's edge, ``Evaluator.precise``), and the seconds of each.
+by the network loss (``objective="loss"``, ``curves`` widths: the default until 0.1.0),
+every other option at its default, once with ``evaluator="batched"`` and once with
+``"naive"``. Prints per seed whether the plans are identical, the largest relative
+difference between the two runs' per-pick losses, how many candidates each run re-scored in
+float64 (the near-ties at the tie window's edge, ``Evaluator.precise``), and the seconds of
+each.
 
     .venv/bin/python benchmarks/evaluator_agreement.py --seeds 0 1 2
 """
@@ -59,7 +61,7 @@ def main() -> None:
     parser.add_argument(
         "--allocator",
         choices=("curves", "uniform"),
-        default=PruneConfig().allocator,
+        default="curves",
         help="the widths' allocator (uniform: the issue's case as filed, before curves)",
     )
     args = parser.parse_args()
@@ -91,7 +93,9 @@ def main() -> None:
                 data,
                 data[0][0][:1],
                 target=Macs(0.5),
-                config=PruneConfig(seed=seed, evaluator=evaluator, allocator=args.allocator),
+                config=PruneConfig(
+                    objective="loss", seed=seed, evaluator=evaluator, allocator=args.allocator
+                ),
                 progress=False,
             )
             seconds[evaluator] = time.perf_counter() - start

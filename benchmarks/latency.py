@@ -145,7 +145,12 @@ _SCHEDULE = Fast(growth=1.0, warmup=2, screen=2)
 def _prune(net: _Model, target, args) -> PruneResult:
     allocator = Uniform() if args.allocator == "uniform" else Curves(schedule=_SCHEDULE)
     config = PruneConfig(
-        candidates=2, schedule=_SCHEDULE, allocator=allocator, seed=args.seed, device=args.device
+        objective="loss",
+        candidates=2,
+        schedule=_SCHEDULE,
+        allocator=allocator,
+        seed=args.seed,
+        device=args.device,
     )
     example = net.data[0][0][:1]
     return prune(net.base, net.data, example, target=target, config=config, progress=False)

@@ -99,7 +99,8 @@ def run_case(name: str) -> dict:
     if isinstance(target, float):  # Widths: that share of every channel layer
         layers, _ = find_layers(model, example)
         target = Widths({layer.name: max(1, int(layer.width * target)) for layer in layers})
-    config = PruneConfig(**{"candidates": 2, **options})
+    # the network loss with curves widths unless a case says otherwise (the default until 0.1.0)
+    config = PruneConfig(**{"candidates": 2, "objective": "loss", "allocator": "curves", **options})
     start = time.perf_counter()
     result = prune(model, data, example, target=target, config=config, progress=False)
     seconds = time.perf_counter() - start

@@ -97,7 +97,13 @@ def run_budget(
             example,
             target=Macs(budget),
             progress=False,
-            config=PruneConfig(candidates=args.candidates or None, rescale=rescale, seed=seed),
+            config=PruneConfig(
+                objective="loss",
+                allocator="curves",
+                candidates=args.candidates or None,
+                rescale=rescale,
+                seed=seed,
+            ),
         )
         seconds = time.perf_counter() - start
         widths = {p.name: len(p.kept) for p in result.plan}

@@ -14,8 +14,8 @@ its speed by several percent for a whole process, so a single process's ratio, h
 rounds, can be off by that much. The table gives the median over the processes (of each
 one's median) and, for the ratios, their range. Which channels are kept does not change the
 latency, only how many, so selection uses the cheapest setting (one random candidate per
-step, two random batches); the widths come from the library's default allocator unless
-``--allocator`` names another.
+step, two random batches, by the network loss); the widths come from the ``curves``
+allocator (gfsprune's default until 0.1.0) unless ``--allocator`` names another.
 
     .venv/bin/python benchmarks/round_to.py                    # the default models, 1 thread
     .venv/bin/python benchmarks/round_to.py --models resnet20 torchvision:resnet18 --size 112
@@ -93,15 +93,15 @@ def _median_interval(values: list[float], level: float = 0.95) -> tuple[float, f
 
 
 def _prune(
-    model: nn.Module, side: int, ratio: float, round_to: int, seed: int, allocator: str | None
+    model: nn.Module, side: int, ratio: float, round_to: int, seed: int, allocator: str
 ) -> PruneResult:
     g = torch.Generator().manual_seed(seed)
     data = [
         (torch.randn(16, 3, side, side, generator=g), torch.randint(0, 10, (16,), generator=g))
         for _ in range(2)
     ]
-    options = {} if allocator is None else {"allocator": allocator}
-    config = PruneConfig(candidates=1, seed=seed, round_to=round_to, **options)
+    options = {"allocator": allocator}
+    config = PruneConfig(objective="loss", candidates=1, seed=seed, round_to=round_to, **options)
     return prune(model, data, data[0][0][:1], target=Macs(ratio), config=config, progress=False)
 
 
@@ -165,7 +165,7 @@ def main() -> None:
         "--round-to", type=int, nargs="+", default=[8], help="compared with round_to=1"
     )
     parser.add_argument(
-        "--allocator", choices=("curves", "uniform"), help="widths (default: the library's)"
+        "--allocator", choices=("curves", "uniform"), default="curves", help="the widths"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument(
@@ -177,7 +177,7 @@ def main() -> None:
         f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, "
         f"gfsprune {gfsprune.__version__}, {args.threads} thread(s), {args.device}"
         f"{', channels-last' if args.channels_last else ''}, "
-        f"allocator {args.allocator or PruneConfig().allocator}, {args.rounds} rounds in each "
+        f"allocator {args.allocator}, {args.rounds} rounds in each "
         f"of {args.processes} processes"
     )
     print(

@@ -77,6 +77,7 @@ def run(
                 example,
                 target=Macs(budget),
                 config=PruneConfig(
+                    objective="loss",
                     schedule=Fast(**variants[schedule]) if schedule in variants else Exact(),
                     allocator="uniform",
                     seed=seed + 1000 * (schedule == RESEEDED),

@@ -169,7 +169,7 @@ def time_schedules(
     row: dict = {"model": key, "full_loss": round(_held_out_loss(model, held_out), 4)}
     for name in ("exact", *variants):
         schedule = Fast(**variants[name]) if name in variants else "exact"
-        config = PruneConfig(schedule=schedule, allocator="uniform")
+        config = PruneConfig(objective="loss", schedule=schedule, allocator="uniform")
         if name == "exact" and estimate_exact:
             row[name] = _exact_estimate(model, data, example, ratio, config.candidates, steps=3)
             continue
@@ -222,7 +222,7 @@ def scaling(
         for name in ("exact", "fast"):
             if name == "exact" and mult > measure_exact_to:
                 continue
-            config = PruneConfig(schedule=name, allocator="uniform")
+            config = PruneConfig(objective="loss", schedule=name, allocator="uniform")
             start = time.perf_counter()
             prune(model, data, example, target=Macs(ratio), config=config, progress=False)
             row[f"{name}_s"] = round(time.perf_counter() - start, 1)
@@ -327,7 +327,13 @@ def measure(
             example,
             target=target,
             progress=False,
-            config=PruneConfig(candidates=candidates, evaluator=evaluator, device=device),
+            config=PruneConfig(
+                objective="loss",
+                allocator="curves",
+                candidates=candidates,
+                evaluator=evaluator,
+                device=device,
+            ),
         )
         runs[evaluator] = (time.perf_counter() - start, result)
     (naive_s, naive), (fast_s, fast) = runs["naive"], runs["batched"]

@@ -14,8 +14,9 @@ the output layer are not prunable and not counted in that share):
 - ``gfs``: ``gfsprune.prune`` with a ``Macs`` target that keeps the given share of the
   prunable MACs, label-free: distillation to the unpruned model (``distill(kind="kl")``, KL
   divergence of the next-token distributions) on mini-batches of freshly drawn sequences
-  (64 batches of ``--batch``, cycled); default options (the paper's exact schedule, the
-  mean-field rescale) except ``candidates`` (``--candidates`` per greedy step);
+  (64 batches of ``--batch``, cycled); the paper's rule (``objective="loss"``,
+  ``curves`` widths, the exact schedule, the mean-field rescale) except ``candidates``
+  (``--candidates`` per greedy step);
 - ``gfs fast``: the same with ``schedule="fast"`` (a first-order screen picks the candidates
   and several neurons are added per step) and ``rescale=False``;
 - ``magnitude``: ``gfs``'s per-layer widths (so the same MACs), each layer keeping its items
@@ -193,8 +194,9 @@ def _squares(layer: ChannelLayer, modules: dict[str, nn.Module]) -> torch.Tensor
 
 #: The gfsprune settings compared (both with ``candidates`` from the command line).
 GREEDY = {
-    "gfs": {},  # the defaults: the paper's exact schedule and mean-field rescale
-    "gfs fast": {"schedule": "fast", "rescale": False},
+    # the paper's rule: the network loss, curves widths, exact schedule, mean-field rescale
+    "gfs": {"objective": "loss", "allocator": "curves"},
+    "gfs fast": {"objective": "loss", "allocator": "curves", "schedule": "fast", "rescale": False},
 }
 
 
