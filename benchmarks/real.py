@@ -20,11 +20,12 @@ Needs the material of ``make bench-real-setup`` (``benchmarks/setup_real.sh``) i
   **label-free** (KL to the unpruned model's next-token distributions on a few training
   batches) to each ``--targets`` share of their MACs by ``gfs-fast`` (the fast schedule, as
   ``--quick`` runs it elsewhere: the default pipeline takes hours here), ``gfs-recon``
-  (``PruneConfig(objective=Reconstruction(), candidates=None)``) and ``tp-l2-heads``
-  (Torch-Pruning's ``MetaPruner`` with its head pruning, L2 magnitude, one ratio for heads
-  and neurons bisected to gfs-fast's MACs); measured by held-out perplexity (the 50 held-out
-  files) right after pruning and after the same distillation fine-tuning (AdamW steps)
-  for every method, with CPU seconds to prune and params. ``--methods`` does not apply.
+  (``PruneConfig(objective=Reconstruction(), candidates=None)``), ``tp-l2-heads`` and
+  ``tp-l2-global-heads`` (Torch-Pruning's ``MetaPruner`` with its head pruning, L2
+  magnitude, one ratio for heads and neurons, per layer or global, bisected to the target's
+  MACs); measured by held-out perplexity (the 50 held-out files) right after pruning and
+  after the same distillation fine-tuning (AdamW steps) for every method, with CPU seconds
+  to prune and params. ``--methods`` picks among these (all by default).
 
 Methods: ``gfs`` (gfsprune: the default selection, or with ``--quick`` the fast schedule
 with a small screen, named ``gfs-fast`` then) and Torch-Pruning's pipelines (``tp-l1``,
@@ -295,7 +296,12 @@ BROWN_FULL = BrownSizes(600, 2, 8, 40, 16, 5e-4, 1024, 4)
 BROWN_QUICK = BrownSizes(20, 1, 2, 4, 4, 5e-4, 64, 2)
 
 
-def brown(bench: Path, sizes: BrownSizes, targets: list[float], rows: list[dict]) -> dict:
+BROWN_TP = {"tp-l2-heads": False, "tp-l2-global-heads": True}  # name: global_pruning
+
+
+def brown(
+    bench: Path, sizes: BrownSizes, targets: list[float], methods: list[str], rows: list[dict]
+) -> dict:
     """Append the rows of the Brown corpus case to ``rows`` (one per target and method, as
     each is measured); return the base model's recipe (:mod:`brown_lm`).
 
@@ -331,6 +337,8 @@ def brown(bench: Path, sizes: BrownSizes, targets: list[float], rows: list[dict]
         ratio = _prunable_ratio(model, example, share)
         built = {}
         for name, config in greedy.items():
+            if name not in methods:
+                continue
             torch.manual_seed(0)
             start = time.process_time()
             result = prune(
@@ -344,9 +352,11 @@ def brown(bench: Path, sizes: BrownSizes, targets: list[float], rows: list[dict]
             )
             built[name] = (result.model, time.process_time() - start)
             print(f"brown {share}: {name} done", file=sys.stderr, flush=True)
-        start = time.process_time()
-        matched = _tp_heads(model, example, count(built[_gfs(sizes)[0]][0], example)[0] / macs)
-        built["tp-l2-heads"] = (matched.model, time.process_time() - start)
+        for name, global_pruning in BROWN_TP.items():
+            if name in methods:
+                start = time.process_time()
+                matched = _tp_heads(model, example, ratio, global_pruning=global_pruning)
+                built[name] = (matched.model, time.process_time() - start)
         for name, (pruned, seconds) in built.items():
             pruned_macs, pruned_params = count(pruned, example)
             tuned = copy.deepcopy(pruned)
@@ -381,11 +391,12 @@ def _prunable_ratio(model: nn.Module, example: dict, share: float) -> float:
     return (fixed + share * (cost.full["macs"] - fixed)) / cost.full["macs"]
 
 
-def _tp_heads(model: nn.Module, example: dict, target: float):
+def _tp_heads(model: nn.Module, example: dict, target: float, *, global_pruning: bool):
     """Torch-Pruning's ``MetaPruner`` on the LLaMA model's attention heads and MLP neurons:
-    L2 magnitude of each group (``GroupMagnitudeImportance(p=2)``), the same ratio of heads
-    (``head_pruning_ratio``, ``prune_num_heads``; head size kept) and of neurons in every
-    layer, the residual stream untouched; the ratio bisected to ``target`` (``match_macs``)."""
+    L2 magnitude of each group (``GroupMagnitudeImportance(p=2)``), one ratio of heads
+    (``head_pruning_ratio``, ``prune_num_heads``; head size kept) and of neurons, in every
+    layer or (``global_pruning``) over all layers ranked together; the residual stream
+    untouched; the ratio bisected to ``target`` (``match_macs``)."""
 
     def prune_at(ratio: float) -> nn.Module:
         trial = copy.deepcopy(model)
@@ -409,6 +420,7 @@ def _tp_heads(model: nn.Module, example: dict, target: float):
                 prune_num_heads=True,
                 prune_head_dims=False,
                 ignored_layers=ignored,
+                global_pruning=global_pruning,
             ).step()
         return trial
 
@@ -437,7 +449,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small settings (minutes)")
     parser.add_argument("--bench", type=Path, default=Path(".bench"), help="setup_real.sh's")
     parser.add_argument("--targets", type=float, nargs="+", help="MACs ratios to keep")
-    parser.add_argument("--methods", default=",".join(TP), help="besides gfs, comma-separated")
+    parser.add_argument(
+        "--methods", help="besides gfs, comma-separated (brown: of all, default all)"
+    )
     parser.add_argument(
         "--models", default=",".join(FASHION_MODELS), help="fashion: comma-separated"
     )
@@ -448,7 +462,7 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     if args.case == "brown":
         sizes = BROWN_QUICK if args.quick else BROWN_FULL
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in (args.methods or ",".join(TP)).split(",") if m]
     targets = args.targets or ([0.5, 0.25] if args.case == "fashion" else [0.75, 0.5])
     record = {
         "case": args.case,
@@ -468,7 +482,11 @@ def main() -> None:
         record["rows"] = []
         record["transformers"] = importlib.metadata.version("transformers")
         record["torch_pruning"] = tp.__version__
-        record["recipe"] = brown(args.bench, sizes, targets, record["rows"])
+        known = [_gfs(sizes)[0], "gfs-recon", *BROWN_TP]
+        methods = known if args.methods is None else methods
+        if set(methods) - set(known):
+            parser.error(f"brown --methods are among {', '.join(known)}")
+        record["recipe"] = brown(args.bench, sizes, targets, methods, record["rows"])
         table = brown_table(record["rows"], sizes, record["recipe"])
     else:
         record["gfs"] = json.dumps(record["gfs"])
