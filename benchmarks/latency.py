@@ -1,34 +1,46 @@
-"""Latency budgets against measured speed-up, and against MACs budgets at the same latency
-(issue 27).
+"""Latency budgets against measured speed-up, and against MACs budgets at the same measured
+latency (issue 27).
 
-For every model, batch size and ratio the model (random weights) is pruned to
-``Latency(ratio, batch=b)``: its cost model times the model's pieces on this device (cached
-on disk, ``$GFSPRUNE_CACHE_DIR``) and the allocator fills the latency budget. Then a ``Macs``
-budget is searched for whose pruned model the same cost model predicts as fast (a few prunes,
-each MACs ratio corrected by the predicted latency's miss), so that the two are compared at
-the same latency. Selection draws random images labelled by the unpruned model's own
-predictions (agreement is what it keeps); "agreement" is the share of 512 held-out random
-images on which a pruned model's top-1 class is the unpruned model's, "output error" the
-distance of its outputs to the unpruned model's relative to their norm.
+For every model and batch size, the model is pruned to ``Latency(r, batch=b)`` for each
+ratio ``r``: its cost model times the model's pieces on this device (cached on disk,
+``$GFSPRUNE_CACHE_DIR``), the allocator fills the budget, and the planner times the planned
+model whole and re-plans until the measured latency is within 2% (up to 3 times). Then a
+``Macs`` budget is searched for whose pruned model is as fast *as measured*: each try's
+latency is timed whole between two timings of the unpruned model, and the MACs ratio moved
+by the secant through the tries, at most 0.2 at a time (up to ``--match-steps`` prunes).
+With ``--allocator uniform`` both budgets give the same widths, so no ``Macs`` budget is
+searched. A budget the device cannot meet is printed as refused, with the nearest ratio.
+Selection is coarse and the same for both budgets (:data:`_SCHEDULE`, one batch of
+``--images``): what is measured is the widths' latency, not the best selection.
 
-Both pruned models are saved and timed with the unpruned one as ``round_to.py`` times its
-models: in turns, one forward each per round after warm-up rounds, in ``--processes`` fresh
-processes one after another, at batch 1 and 64. "latency" is a pruned model's time over the
-unpruned model's, round by round (the median of the per-round ratios; with one process a
-95% interval over the rounds, with several the median over the processes with their range);
-"speed-up" is its inverse; "pred. error" is the cost model's predicted seconds over the
-measured median, minus one. Before the cases of a model and batch size, the cost model is
-also checked on ``--random-widths`` copies pruned to random widths (timed in turns with the
-unpruned model in the main process).
+Models: the zoo's resnet56 and mobilenet_v2 at 32x32 are trained here first (``--epochs``
+on ``synthetic:2000``, the library's generated 10-class images, upsampled to 32x32; seed
+``--seed``), selection draws training batches, and "accuracy" is the test accuracy right after
+pruning (no fine-tuning). torchvision's resnet18 and mobilenet_v3_large at 112x112 keep random
+weights (pretrained ones are not downloaded here): selection draws random images labelled by
+the unpruned model's own predictions, and "accuracy" is the agreement of the top-1 class with
+the unpruned model's on 512 held-out random images.
 
-    .venv/bin/python benchmarks/latency.py                       # the issue's models
-    .venv/bin/python benchmarks/latency.py --models resnet20 --size 32 --batches 1 \\
-        --ratios 0.7 --rounds 3 --processes 1 --candidates 1 --allocator uniform  # smoke
+All pruned models of a model and batch size are saved and timed with the unpruned one in
+turns (one forward each per round, after warm-up rounds), in ``--processes`` fresh processes
+one after another, ``--rounds`` rounds each. "latency" is a pruned model's time over the
+unpruned model's, round by round: the median of the per-round ratios of all processes with a
+95% interval; "speed-up" is its inverse. "pred." is what the cost model predicts for the
+pruned model from its table alone (pieces, and the half- and quarter-width calibration
+copies; no whole-model timing of the planned models), and "pred. error" that over the measured
+latency, minus one; "planned" is the closed loop's own prediction. With ``--random-widths K``
+the table's prediction error is also shown on ``K`` copies pruned to random widths.
+
+    .venv/bin/python benchmarks/latency.py --allocator uniform --json uniform.json  # landing
+    .venv/bin/python benchmarks/latency.py --json curves.json  # and accuracy at equal latency
+    .venv/bin/python benchmarks/latency.py --quick   # resnet20, mobilenet_v2: batch 1, 0.7
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import datetime
 import json
 import multiprocessing as mp
@@ -36,161 +48,248 @@ import os
 import platform
 import statistics
 import tempfile
+import time
 
 import numpy as np
 import torch
-from round_to import _DEFAULT_MODELS, _measure, _median_interval, in_turns
+import torch.nn.functional as F
+from round_to import _DEFAULT_MODELS, _median_interval, in_turns
 from torch import nn
+from torch.utils.data import TensorDataset
+from trained import train_zoo
 
 import gfsprune
-from gfsprune import Latency, Macs, PruneConfig, PruneResult, models, prune, save
+from gfsprune import Latency, Macs, PruneConfig, PruneResult, load, models, prune, save
+from gfsprune.core.allocate import Curves, Uniform
 from gfsprune.core.latency_cost import LatencyCost, _spread
+from gfsprune.core.schedules import Fast
 from gfsprune.errors import ConfigError
 from gfsprune.surgery import find_layers, prune_channels, removable_layers
+from gfsprune.workflow.data import load_data
+from gfsprune.workflow.train import evaluate
 
-#: How close (relative) the matched MACs model's predicted latency must come to the
-#: latency model's before the search stops.
+#: How close (relative) the matched MACs model's measured latency must come to the latency
+#: model's before the search stops.
 _MATCH = 0.02
+#: The largest change of the MACs ratio between two tries.
+_MAX_STEP = 0.2
 
 
-def _data(base: nn.Module, side: int, seed: int, batches: int) -> list[tuple]:
-    """Random images labelled with ``base``'s predictions."""
-    g = torch.Generator().manual_seed(seed)
-    images = [torch.randn(32, 3, side, side, generator=g) for _ in range(batches)]
+@dataclasses.dataclass
+class _Model:
+    """One benchmark model: the unpruned network, its selection batches, and how a pruned
+    one is scored (test accuracy, or agreement with the unpruned network)."""
+
+    spec: str
+    side: int
+    base: nn.Module
+    data: list[tuple[torch.Tensor, torch.Tensor]]
+    test: object  # a DataBundle's test set, or held-out random images
+    trained: bool
+
+    def accuracy(self, model: nn.Module) -> float:
+        if self.trained:
+            return evaluate(model, self.test)[0]
+        with torch.no_grad():
+            return float(
+                (model(self.test).argmax(1) == self.base(self.test).argmax(1)).float().mean()
+            )
+
+
+def _model(spec: str, side: int, args) -> _Model:
+    """Zoo models trained on generated images upsampled to ``side``; torchvision ones with
+    random weights, selecting on random images labelled by their own predictions."""
+    g = torch.Generator().manual_seed(args.seed)
+    if ":" not in spec:
+        bundle = load_data("synthetic:2000", seed=args.seed)
+
+        def upsampled(dataset):
+            images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+            images = F.interpolate(torch.stack(images), size=side, mode="bilinear")
+            return TensorDataset(images, torch.as_tensor(labels))
+
+        bundle = dataclasses.replace(
+            bundle,
+            train=upsampled(bundle.train),
+            test=upsampled(bundle.test),
+            input_shape=(3, side, side),
+        )
+        start = time.perf_counter()
+        base = train_zoo(spec, bundle, seed=args.seed, epochs=args.epochs, lr=0.05)
+        print(
+            f"trained {spec} at {side}x{side}: {args.epochs} epochs, test accuracy "
+            f"{evaluate(base, bundle.test)[0]:.1%}, {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+        order = torch.randperm(len(bundle.train), generator=g)[: args.images * args.data_batches]
+        images, labels = bundle.train[order]
+        data = list(zip(images.split(args.images), labels.split(args.images), strict=True))
+        return _Model(spec, side, base, data, bundle.test, trained=True)
+    torch.manual_seed(args.seed)
+    base = models.get(spec, num_classes=10, image_size=side).eval()
+    images = [
+        torch.randn(args.images, 3, side, side, generator=g) for _ in range(args.data_batches)
+    ]
     with torch.no_grad():
-        return [(x, base(x).argmax(1)) for x in images]
+        data = [(x, base(x).argmax(1)) for x in images]
+    test = torch.randn(512, 3, side, side, generator=torch.Generator().manual_seed(10_000))
+    return _Model(spec, side, base, data, test, trained=False)
 
 
-def _fidelity(model: nn.Module, base: nn.Module, images: torch.Tensor) -> tuple[float, float]:
-    """The share of ``images`` on which ``model``'s top-1 class is ``base``'s, and the
-    relative distance of its outputs to ``base``'s."""
-    with torch.no_grad():
-        got, wanted = model(images), base(images)
-    agreement = float((got.argmax(1) == wanted.argmax(1)).float().mean())
-    return agreement, float((got - wanted).norm() / wanted.norm())
+#: Selection for this benchmark (what it measures is the widths' latency; both budgets
+#: select alike): the picks per step double (one at a time for the first two), two candidates
+#: scored exactly per step; the ``curves`` allocator's pass likewise.
+_SCHEDULE = Fast(growth=1.0, warmup=2, screen=2)
 
 
-def _prune(base, side, target, args) -> PruneResult:
-    options = {} if args.allocator is None else {"allocator": args.allocator}
-    config = PruneConfig(candidates=args.candidates, seed=args.seed, device=args.device, **options)
-    data = _data(base, side, args.seed, args.data_batches)
-    example = data[0][0][:1]
-    return prune(base, data, example, target=target, config=config, progress=False)
+def _prune(net: _Model, target, args) -> PruneResult:
+    allocator = Uniform() if args.allocator == "uniform" else Curves(schedule=_SCHEDULE)
+    config = PruneConfig(
+        candidates=2, schedule=_SCHEDULE, allocator=allocator, seed=args.seed, device=args.device
+    )
+    example = net.data[0][0][:1]
+    return prune(net.base, net.data, example, target=target, config=config, progress=False)
 
 
-def _matched_macs(base, side, cost: LatencyCost, wanted: float, start: float, args):
-    """A ``Macs`` pruning whose predicted latency is within :data:`_MATCH` of ``wanted``
-    seconds (or the closest of ``args.match_steps`` tries), starting at MACs ratio
-    ``start``: ``(result, predicted seconds)``."""
-    best, ratio = None, start
+def _cost(net: _Model, batch: int, args) -> LatencyCost:
+    """The unpruned model's latency cost model at ``batch``, as ``prune`` builds it (from
+    the cache after the first build)."""
+    base, example = copy.deepcopy(net.base).to(args.device), net.data[0][0][:1].to(args.device)
+    layers, _ = find_layers(base, example)
+    layers, _ = removable_layers(base, example, layers, seed=args.seed)
+    return LatencyCost(base, example, layers, batch=batch, channels_last=args.channels_last)
+
+
+def _widths(cost: LatencyCost, result: PruneResult) -> list[int]:
+    """The widths of ``result``'s layers, in the cost model's layer order."""
+    kept = {p.name: len(p.kept) for p in result.plan}
+    return [kept.get(layer.name, layer.width) for layer in cost.layers]
+
+
+def _matched_macs(net: _Model, meter: LatencyCost, wanted: float, start: float, args):
+    """A ``Macs`` pruning whose measured latency share is within :data:`_MATCH` of
+    ``wanted`` (or the closest of ``args.match_steps`` tries), starting at MACs ratio
+    ``start``: ``(result, measured share)``; the secant through the tries (and the
+    unpruned model, at 1, 1) moves the ratio."""
+    tries, ratio = [(1.0, 1.0)], start
+    best = None
     for _ in range(args.match_steps):
         try:
-            result = _prune(base, side, Macs(min(max(ratio, 0.01), 0.99)), args)
+            result = _prune(net, Macs(min(max(ratio, 0.01), 0.99)), args)
         except ConfigError:
             break
-        seconds = cost.predict_model(result.model)
-        if best is None or abs(seconds / wanted - 1) < abs(best[1] / wanted - 1):
-            best = result, seconds
-        if abs(seconds / wanted - 1) < _MATCH:
+        share = meter.calibrate(_widths(meter, result))["latency"]
+        if best is None or abs(share / wanted - 1) < abs(best[1] / wanted - 1):
+            best = result, share
+        if abs(share / wanted - 1) < _MATCH:
             break
-        # the time saved taken as proportional to the MACs removed
-        saved, full = cost.full_seconds - seconds, cost.full_seconds
-        ratio = 1 - (1 - ratio) * (full - wanted) / saved if saved > 0 else ratio - 0.1
+        tries.append((ratio, share))
+        (r0, s0), (r1, s1) = sorted(tries, key=lambda t: abs(t[1] - wanted))[:2]
+        step = (wanted - s1) * (r1 - r0) / (s1 - s0) if s1 != s0 else -0.1 * r1
+        ratio = r1 + min(max(step, -_MAX_STEP), _MAX_STEP)  # noisy shares: bounded steps
     return best
 
 
-def _cost(spec: str, side: int, batch: int, args) -> tuple[nn.Module, list, LatencyCost]:
-    """The unpruned model (random weights, seeded), its channel layers and its latency cost
-    model at ``batch`` (as ``prune`` builds them)."""
-    torch.manual_seed(args.seed)
-    base = models.get(spec, num_classes=10, image_size=side).eval()
-    example = torch.randn(1, 3, side, side)
-    layers, _ = find_layers(base, example)
-    layers, _ = removable_layers(base, example, layers, seed=args.seed)
-    cost = LatencyCost(base, example, layers, batch=batch, channels_last=args.channels_last)
-    return base, layers, cost
-
-
-def _random_widths(spec: str, side: int, batch: int, args) -> dict:
-    """The cost model's error on ``args.random_widths`` copies pruned to random widths
-    (every layer a uniform share in [0.2, 1] of its items), timed in turns with the unpruned
-    model in this process: the median predicted over measured seconds, minus one, each."""
-    base, layers, cost = _cost(spec, side, batch, args)
+def _random_widths(net: _Model, cost: LatencyCost, batch: int, args) -> list[float]:
+    """The cost model's error (pieces and half-width calibration) on ``args.random_widths``
+    copies pruned to random widths (every layer a uniform share in [0.2, 1] of its items),
+    timed in turns with the unpruned model in this process."""
     rng = np.random.default_rng(args.seed)
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
-    x = torch.randn(batch, 3, side, side).contiguous(memory_format=layout)
-    cases, predicted = {"full": (base.to(memory_format=layout), x)}, {}
+    x = torch.randn(batch, 3, net.side, net.side, device=args.device)
+    x = x.contiguous(memory_format=layout)
+    base = copy.deepcopy(net.base).to(args.device, memory_format=layout)
+    cases, predicted = {"full": (base, x)}, {}
     for k in range(args.random_widths):
-        kept = {}
-        for layer in layers:
-            share = rng.uniform(0.2, 1.0)
-            kept[layer.name] = _spread(layer, share)
-        model = prune_channels(base, x[:1], kept, layers=layers).eval()
+        kept = {layer.name: _spread(layer, rng.uniform(0.2, 1.0)) for layer in cost.layers}
+        model = prune_channels(base, x[:1], kept, layers=cost.layers).eval()
         predicted[f"w{k}"] = cost.predict_model(model)
         cases[f"w{k}"] = (model.to(memory_format=layout), x)
     times = in_turns(cases, args.rounds)
-    errors = [predicted[n] / statistics.median(times[n]) - 1 for n in predicted]
-    print(
-        f"random widths, {spec} {side} batch {batch}: prediction errors "
-        f"{', '.join(f'{e:+.1%}' for e in errors)}",
-        flush=True,
-    )
-    return {"model": spec, "input": side, "batch": batch, "random_width_errors": errors}
+    return [predicted[n] / statistics.median(times[n]) - 1 for n in predicted]
 
 
-def _case(spec, side, batch, ratio, args, pool) -> list[dict]:
-    base, _, cost = _cost(spec, side, batch, args)
-    case = {"model": spec, "input": side, "batch": batch, "target": ratio}
-    try:
-        latency = _prune(
-            base, side, Latency(ratio, batch=batch, channels_last=args.channels_last), args
+def _time_variants(spec, side, batch, folders, args) -> dict[str, list[float]]:
+    """In a fresh process: the unpruned model and the pruned ones saved in ``folders``
+    timed in turns at ``batch`` (seconds per variant and round)."""
+    torch.set_num_threads(args.threads)
+    base = models.get(spec, num_classes=10, image_size=side).eval()
+    variants = {"full": base} | {name: load(f, base) for name, f in folders.items()}
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, side, side, device=args.device).contiguous(memory_format=layout)
+    cases = {n: (m.to(args.device, memory_format=layout), x) for n, m in variants.items()}
+    return in_turns(cases, args.rounds)
+
+
+def _batch(net: _Model, batch: int, args, pool) -> list[dict]:
+    """Every ratio's latency and matched MACs models at ``batch``, timed together."""
+    case = {"model": net.spec, "input": net.side, "batch": batch}
+    cost = _cost(net, batch, args)  # pieces and half-width calibration only: never calibrated
+    meter = _cost(net, batch, args)  # the matching's timings of whole models
+    rows, pruned = [], {}
+    if args.random_widths:
+        errors = _random_widths(net, cost, batch, args)
+        rows.append({**case, "random_width_errors": errors})
+        print(
+            f"random widths, {net.spec} {net.side} batch {batch}: prediction errors "
+            f"{', '.join(f'{e:+.1%}' for e in errors)}",
+            flush=True,
         )
-    except ConfigError as err:
-        print(f"| {spec} | {side} | {batch} | Latency({ratio}) | refused: {err} |", flush=True)
-        return [{**case, "refused": str(err)}]
-    predicted = {"latency": cost.predict_model(latency.model)}
-    pruned = {"latency": latency}
-    matched = _matched_macs(base, side, cost, predicted["latency"], latency.macs_ratio, args)
-    if matched is not None:
-        pruned["macs"], predicted["macs"] = matched
-    test = torch.randn(512, 3, side, side, generator=torch.Generator().manual_seed(10_000))
+    for ratio in args.ratios:
+        target = Latency(ratio, batch=batch, channels_last=args.channels_last)
+        try:
+            result = _prune(net, target, args)
+        except ConfigError as err:
+            print(f"| {net.spec} | {net.side} | {batch} | Latency({ratio}) | refused: {err} |")
+            rows.append({**case, "target": ratio, "refused": str(err)})
+            continue
+        pruned[f"latency {ratio}"] = result
+        if args.allocator == "uniform":
+            continue  # a Macs budget gives the same widths (every layer the same share)
+        wanted = meter.calibrate(_widths(meter, result))["latency"]
+        matched = _matched_macs(net, meter, wanted, result.macs_ratio, args)
+        if matched is not None:
+            pruned[f"macs {ratio}"] = matched[0]
     with tempfile.TemporaryDirectory() as tmp:
-        folders = {n: str(save(r, os.path.join(tmp, n))) for n, r in pruned.items()}
-        runs = [pool.apply(_measure, (spec, side, folders, args)) for _ in range(args.processes)]
-    rows = []
+        folders = {
+            n: str(save(r, os.path.join(tmp, n.replace(" ", "-")))) for n, r in pruned.items()
+        }
+        task = (net.spec, net.side, batch, folders, args)
+        runs = [pool.apply(_time_variants, task) for _ in range(args.processes)]
+    full_ms = 1e3 * statistics.median(t for run in runs for t in run["full"])
     for name, result in pruned.items():
-        per_round = [
-            [p / f for p, f in zip(t[batch][name], t[batch]["full"], strict=True)] for t in runs
-        ]
-        if len(runs) == 1:
-            ratio_measured, low, high = _median_interval(per_round[0])
-        else:
-            each = [statistics.median(r) for r in per_round]
-            ratio_measured, low, high = statistics.median(each), min(each), max(each)
-        seconds = statistics.median(statistics.median(t[batch][name]) for t in runs)
-        fields = ("agreement", "output_error")
+        kind, ratio = name.split()
+        per_round = [p / f for run in runs for p, f in zip(run[name], run["full"], strict=True)]
+        measured, low, high = _median_interval(per_round)
+        raw = cost.predict_model(result.model) / cost.full_seconds
+        after, before = result.metrics_after, result.metrics_before
+        planned = after.get("latency_predicted", 0) / before.get("latency_predicted", 1)
         row = {
             **case,
+            "target": float(ratio),
             "budget": f"Latency({ratio})"
-            if name == "latency"
+            if kind == "latency"
             else f"Macs({result.macs_ratio:.3f})",
             "macs_ratio": result.macs_ratio,
-            "predicted_ratio": predicted[name] / cost.full_seconds,
-            "latency_ratio": [ratio_measured, low, high],
-            "speedup": [1 / ratio_measured, 1 / high, 1 / low],
-            "ms": 1e3 * seconds,
-            "full_ms": 1e3 * statistics.median(statistics.median(t[batch]["full"]) for t in runs),
-            "prediction_error": predicted[name] / seconds - 1,
-            **dict(zip(fields, _fidelity(result.model, base, test), strict=True)),
-            "processes": len(runs),
+            "predicted_ratio": raw,
+            "planned_ratio": planned or None,
+            "latency_ratio": [measured, low, high],
+            "speedup": [1 / measured, 1 / high, 1 / low],
+            "full_ms": full_ms,
+            "ms": full_ms * measured,
+            "prediction_error": raw / measured - 1,
+            "accuracy": net.accuracy(result.model),
+            "base_accuracy": net.accuracy(net.base),
+            "trained": net.trained,
+            "repeats": len(per_round),
         }
         rows.append(row)
+        planned_text = "" if row["planned_ratio"] is None else f"{row['planned_ratio']:.3f}"
         print(
-            f"| {spec} | {side} | {batch} | {row['budget']} | {row['macs_ratio']:.3f} | "
-            f"{row['predicted_ratio']:.3f} | {ratio_measured:.3f} [{low:.3f}, {high:.3f}] | "
-            f"{row['speedup'][0]:.2f}x | {row['full_ms']:.2f} / {row['ms']:.2f} | "
-            f"{row['prediction_error']:+.1%} | {row['agreement']:.1%} | "
-            f"{row['output_error']:.3f} |",
+            f"| {net.spec} | {net.side} | {batch} | {row['budget']} | {row['macs_ratio']:.3f} | "
+            f"{raw:.3f} | {planned_text} | {measured:.3f} [{low:.3f}, {high:.3f}] | "
+            f"{row['speedup'][0]:.2f}x | {full_ms:.2f} / {row['ms']:.2f} | "
+            f"{row['prediction_error']:+.1%} | {row['accuracy']:.1%} |",
             flush=True,
         )
     return rows
@@ -198,47 +297,58 @@ def _case(spec, side, batch, ratio, args, pool) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", help="model specs (default: four models)")
+    parser.add_argument("--models", nargs="+", help="model specs (default: the issue's four)")
     parser.add_argument("--size", type=int, help="input side for --models (default: 32)")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.7])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64], choices=(1, 64))
-    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per batch size")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per process")
     parser.add_argument("--processes", type=int, default=3, help="fresh timing processes")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="where to prune and time (e.g. cuda)")
+    parser.add_argument("--device", default="cpu", help="where to time (e.g. cuda)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--candidates", type=int, default=4, help="candidates per step")
-    parser.add_argument("--data-batches", type=int, default=8, help="selection batches of 32")
-    parser.add_argument("--allocator", choices=("curves", "uniform"))
-    parser.add_argument("--match-steps", type=int, default=4, help="Macs prunes, at most")
+    parser.add_argument("--epochs", type=int, default=3, help="training of the zoo models")
+    parser.add_argument("--images", type=int, default=16, help="images per selection batch")
+    parser.add_argument("--data-batches", type=int, default=1, help="selection batches")
+    parser.add_argument("--allocator", choices=("curves", "uniform"), default="curves")
+    parser.add_argument("--match-steps", type=int, default=3, help="Macs prunes, at most")
     parser.add_argument(
-        "--random-widths", type=int, default=3, help="random-width models to check predictions on"
+        "--random-widths", type=int, default=0, help="random-width models to check predictions on"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="resnet20 and mobilenet_v2 at 32x32 (1 epoch), batch 1, ratio 0.7, 1 process",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
+    if args.quick:
+        args.batches, args.ratios, args.processes, args.epochs = [1], [0.7], 1, 1
+        args.match_steps = min(args.match_steps, 2)
     cases = [(m, args.size or 32) for m in args.models] if args.models else _DEFAULT_MODELS
+    if args.quick and not args.models:
+        cases = [("resnet20", 32), ("mobilenet_v2", 32)]
     torch.set_num_threads(args.threads)
     print(
         f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, "
         f"gfsprune {gfsprune.__version__}, {args.threads} thread(s), {args.device}"
         f"{', channels-last' if args.channels_last else ''}, allocator "
-        f"{args.allocator or PruneConfig().allocator}, {args.candidates} candidates, "
-        f"{args.rounds} rounds in each of {args.processes} processes"
+        f"{args.allocator}, selection {_SCHEDULE} on {args.data_batches} batch(es) of "
+        f"{args.images}, {args.rounds} rounds in each of {args.processes} processes",
+        flush=True,
     )
-    print(
-        "| model | input | batch | budget | MACs ratio | predicted latency | measured latency "
-        "[95%] | speed-up | ms full / pruned | pred. error | agreement | output error |"
+    header = (
+        "| model | input | batch | budget | MACs ratio | pred. | planned | measured latency "
+        "[95%] | speed-up | ms full / pruned | pred. error | accuracy |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    rows = []
+    rows, start = [], time.perf_counter()
     with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
         for spec, side in cases:
+            net = _model(spec, side, args)
+            print(header + "\n" + "|---" * (header.count("|") - 1) + "|", flush=True)
             for batch in args.batches:
-                if args.random_widths:
-                    rows.append(_random_widths(spec, side, batch, args))
-                for ratio in args.ratios:
-                    rows += _case(spec, side, batch, ratio, args, pool)
+                rows += _batch(net, batch, args, pool)
+            print(f"({time.perf_counter() - start:.0f} s so far)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

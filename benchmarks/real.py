@@ -74,10 +74,11 @@ from trained import train_zoo  # noqa: E402
 
 import gfsprune  # noqa: E402
 from gfsprune import Macs, PruneConfig, distill, prune  # noqa: E402
+from gfsprune.core.allocate import Curves  # noqa: E402
 from gfsprune.core.compute_cost import ComputeCost  # noqa: E402
 from gfsprune.core.counting import count  # noqa: E402
 from gfsprune.core.losses import DistillLoss  # noqa: E402
-from gfsprune.core.schedules import Fast  # noqa: E402
+from gfsprune.core.schedules import Exact, Fast  # noqa: E402
 from gfsprune.models import load_weights  # noqa: E402
 from gfsprune.scoring import Reconstruction  # noqa: E402
 from gfsprune.surgery import find_layers  # noqa: E402
@@ -112,16 +113,42 @@ FULL = Sizes(224, 32, 256, 200, None, 60_000, 10_000, 30, (0, 1, 5), 3, 1.0)
 QUICK = Sizes(96, 4, 64, 8, 4, 2_000, 1_000, 2, (0, 1), 1, 0.5)
 
 
-def _gfs(sizes: Sizes | BrownSizes) -> tuple[str, PruneConfig]:
-    """The gfs row's name and options: the default pipeline, or a fast schedule."""
-    if sizes.screen is None:
-        return "gfs", PruneConfig()
-    schedule = Fast(growth=1.0, screen=sizes.screen, warmup=1)
-    return "gfs-fast", PruneConfig(schedule=schedule, allocator="uniform")
+#: gfsprune's variants (``--gfs``): the row's name and its options.
+GFS = {
+    "default": ("gfs", PruneConfig()),
+    "recon": (
+        "gfs-recon",
+        PruneConfig(objective=Reconstruction(), candidates=None, allocator="uniform"),
+    ),
+    "recon-curves": (
+        "gfs-recon-curves",
+        PruneConfig(
+            objective=Reconstruction(), candidates=None, allocator=Curves(schedule=Exact())
+        ),
+    ),
+}
+
+
+def _gfs(sizes: Sizes | BrownSizes, variants: list[str]) -> list[tuple[str, PruneConfig]]:
+    """The gfs rows' names and options: ``variants`` of :data:`GFS`; with ``--quick``'s
+    sizes the default pipeline is replaced by a fast schedule (``gfs-fast``)."""
+    rows = []
+    for variant in variants:
+        if variant == "default" and sizes.screen is not None:
+            schedule = Fast(growth=1.0, screen=sizes.screen, warmup=1)
+            rows.append(("gfs-fast", PruneConfig(schedule=schedule, allocator="uniform")))
+        else:
+            rows.append(GFS[variant])
+    return rows
 
 
 def effnet(
-    bench: Path, sizes: Sizes, targets: list[float], methods: list[str], rows: list[dict]
+    bench: Path,
+    sizes: Sizes,
+    targets: list[float],
+    methods: list[str],
+    gfs: list[str],
+    rows: list[dict],
 ) -> None:
     """Append the rows of the EfficientNet-Lite0 case to ``rows``: one per target and method,
     as each is measured (a run stopped early keeps what it measured)."""
@@ -143,38 +170,46 @@ def effnet(
     data, loss_fn = distill(model, loader)
     example = torch.zeros(1, 3, side, side)
     macs, params = count(model, example)
-    name, config = _gfs(sizes)
+    variants = _gfs(sizes, gfs)
     for target in targets:
-        start = time.perf_counter()
-        torch.manual_seed(0)
-        greedy = prune(
-            model,
-            data,
-            example,
-            target=Macs(target),
-            config=config,
-            loss_fn=loss_fn,
-            progress=False,
-        )
-        seconds = time.perf_counter() - start
-        print(f"effnet {target}: {name} done in {seconds:.0f} s", file=sys.stderr, flush=True)
+        results = {}
+        for name, config in variants:
+            start = time.perf_counter()
+            torch.manual_seed(0)
+            result = prune(
+                model,
+                data,
+                example,
+                target=Macs(target),
+                config=config,
+                loss_fn=loss_fn,
+                progress=False,
+            )
+            seconds = time.perf_counter() - start
+            results[name] = result
+            print(f"effnet {target}: {name} done in {seconds:.0f} s", file=sys.stderr, flush=True)
+            rows.append(
+                {"target": target, "method": name, "seconds": seconds}
+                | _effnet_scores(result.model, model, tune, sizes, base=(macs, params))
+            )
+            print(f"effnet {target}: {name} {rows[-1]}", file=sys.stderr, flush=True)
+        # Torch-Pruning's pipelines at the first variant's MACs
         context = MethodContext(
             model=model,
-            greedy=greedy,
+            greedy=results[variants[0][0]],
             loader=lambda: data,
             example_inputs=example,
-            prune=config,
+            prune=variants[0][1],
             seed=0,
             device=torch.device("cpu"),
             progress=False,
             loss_fn=loss_fn,
         )
-        for method in [name, *methods]:
+        for method in methods:
             start = time.perf_counter()
-            pruned = greedy.model if method == name else METHODS[method].build(context)
-            took = seconds if method == name else time.perf_counter() - start
+            pruned = METHODS[method].build(context)
             rows.append(
-                {"target": target, "method": method, "seconds": took}
+                {"target": target, "method": method, "seconds": time.perf_counter() - start}
                 | _effnet_scores(pruned, model, tune, sizes, base=(macs, params))
             )
             print(f"effnet {target}: {method} {rows[-1]}", file=sys.stderr, flush=True)
@@ -199,7 +234,7 @@ def _effnet_scores(
         "kl": scores["kl"],
         "agree_tuned": history[-1]["test_agree"],
         "kl_tuned": history[-1]["test_kl"],
-        **latencies(pruned, (3, side, side)),
+        **latencies(pruned, (3, side, side)).to_json(),
     }
 
 
@@ -225,17 +260,22 @@ FASHION_MODELS = ("resnet20", "mobilenet_v2")
 
 
 def fashion(
-    bench: Path, sizes: Sizes, targets: list[float], methods: list[str], models: list[str]
+    bench: Path,
+    sizes: Sizes,
+    targets: list[float],
+    methods: list[str],
+    models: list[str],
+    gfs: list[str],
 ) -> dict:
     """``{model: [per seed {"base": ..., target: {method: row}}]}`` (``pipelines.py``'s runs;
-    ``gfs`` is the row of :func:`_gfs`'s options, the record's ``gfs``)."""
+    ``gfs`` is the row of the first of the ``gfs`` variants, the record's ``gfs``)."""
     full = load_data(f"fashion-mnist:{bench / 'fashion-mnist'}")
     bundle = dataclasses.replace(
         full,
         train=Subset(full.train, range(min(sizes.train_images, len(full.train)))),
         test=Subset(full.test, range(min(sizes.test_images, len(full.test)))),
     )
-    config = _gfs(sizes)[1]
+    config = _gfs(sizes, gfs)[0][1]
     runs: dict = {}
     for model_name in models:
         options = {}
@@ -321,10 +361,7 @@ def brown(
     example = {"input_ids": train[:1]}
     data, loss_fn = distill(model, calibration, kind="kl")
     macs, params = count(model, example)
-    greedy = {
-        _gfs(sizes)[0]: _gfs(sizes)[1],
-        "gfs-recon": PruneConfig(objective=Reconstruction(), candidates=None),
-    }
+    greedy = _brown_gfs(sizes)
     tune = train[order[size * sizes.calibration :]]
     teacher = _frozen(model)
 
@@ -375,6 +412,14 @@ def brown(
             )
             print(f"brown {share}: {name} {rows[-1]}", file=sys.stderr, flush=True)
     return recipe
+
+
+def _brown_gfs(sizes: BrownSizes) -> dict[str, PruneConfig]:
+    """The brown case's gfsprune rows: the fast schedule (``_gfs``'s) and the reconstruction
+    objective with every other option at its default."""
+    return dict(_gfs(sizes, ["default"])) | {
+        "gfs-recon": PruneConfig(objective=Reconstruction(), candidates=None)
+    }
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -455,15 +500,28 @@ def main() -> None:
     parser.add_argument(
         "--models", default=",".join(FASHION_MODELS), help="fashion: comma-separated"
     )
+    parser.add_argument(
+        "--gfs", default="default", help=f"gfsprune's variants, comma-separated: {list(GFS)}"
+    )
+    parser.add_argument("--image-size", type=int, help="effnet: input side instead of the sizes'")
+    parser.add_argument("--batch", type=int, help="effnet: batch instead of the sizes'")
+    parser.add_argument("--steps", type=int, help="effnet: fine-tuning steps instead of the sizes'")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="write the record here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
-    if args.case == "brown":
-        sizes = BROWN_QUICK if args.quick else BROWN_FULL
+    gfs = [v for v in args.gfs.split(",") if v]
+    unknown = sorted(set(gfs) - set(GFS))
+    if unknown:
+        parser.error(f"--gfs: unknown variants {unknown}; choose from {list(GFS)}")
     methods = [m for m in (args.methods or ",".join(TP)).split(",") if m]
     targets = args.targets or ([0.5, 0.25] if args.case == "fashion" else [0.75, 0.5])
+    if args.case == "brown":
+        sizes = BROWN_QUICK if args.quick else BROWN_FULL
+    else:
+        changed = {"image_size": args.image_size, "batch": args.batch, "steps": args.steps}
+        sizes = dataclasses.replace(sizes, **{k: v for k, v in changed.items() if v is not None})
     record = {
         "case": args.case,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
@@ -472,17 +530,18 @@ def main() -> None:
         "torch": torch.__version__,
         "gfsprune": gfsprune.__version__,
         "sizes": dataclasses.asdict(sizes),
-        "gfs": _gfs(sizes)[1].settings(),
+        "gfs": {name: config.settings() for name, config in _gfs(sizes, gfs)},
     }
     if args.case == "effnet":
         record["rows"] = []
-        effnet(args.bench, sizes, targets, methods, record["rows"])
+        effnet(args.bench, sizes, targets, methods, gfs, record["rows"])
         table = effnet_table(record["rows"], sizes)
     elif args.case == "brown":
         record["rows"] = []
         record["transformers"] = importlib.metadata.version("transformers")
         record["torch_pruning"] = tp.__version__
-        known = [_gfs(sizes)[0], "gfs-recon", *BROWN_TP]
+        record["gfs"] = {name: c.settings() for name, c in _brown_gfs(sizes).items()}
+        known = [*_brown_gfs(sizes), *BROWN_TP]
         methods = known if args.methods is None else methods
         if set(methods) - set(known):
             parser.error(f"brown --methods are among {', '.join(known)}")
@@ -490,7 +549,7 @@ def main() -> None:
         table = brown_table(record["rows"], sizes, record["recipe"])
     else:
         record["gfs"] = json.dumps(record["gfs"])
-        record["runs"] = fashion(args.bench, sizes, targets, methods, args.models.split(","))
+        record["runs"] = fashion(args.bench, sizes, targets, methods, args.models.split(","), gfs)
         table = None
     record["load_average_end"] = os.getloadavg()
     if args.json:

@@ -15,6 +15,7 @@ from torch import nn
 
 from gfsprune import Latency, PruneConfig, prune
 from gfsprune.core.latency_cost import LatencyCost
+from gfsprune.core.planner import CLOSE, LOOPS
 from gfsprune.errors import ConfigError
 from gfsprune.surgery import find_layers, prune_channels
 from tests.launch import torchrun
@@ -38,12 +39,18 @@ def _piece(module: nn.Module) -> float:
     return 1e-3 + 1e-4 * i + 2e-4 * o + 3e-5 * i * o
 
 
-def fake_timer(calls: list[nn.Module]):
+def fake_timer(calls: list[nn.Module], penalty: float = 0.0):
+    """Fake seconds: a piece's :func:`_piece`; a whole model's, its pieces' and the rest,
+    plus ``penalty * (1 - s) ** 2`` where ``s`` is its first convolution's kept share of 16
+    channels (what no sum of pieces and rest linear in the kept share predicts)."""
+
     def timer(module: nn.Module, inputs: object, **options) -> float:  # options: as timing takes
         calls.append(module)
         if isinstance(module, _PIECES):
             return _piece(module)
-        return _REST + sum(_piece(m) for m in module.modules() if isinstance(m, _PIECES))
+        pieces = [m for m in module.modules() if isinstance(m, _PIECES)]
+        missed = penalty * (1 - pieces[0].out_channels / 16) ** 2
+        return _REST + missed + sum(_piece(m) for m in pieces)
 
     return timer
 
@@ -80,23 +87,26 @@ def test_prediction_equals_the_timing_of_the_pruned_model(net, shape, seed: int)
 
 
 def test_interpolation_is_exact_at_grid_widths_and_between_them_linear() -> None:
-    model, x = randomize_norms(Chain(width=9)), torch.randn(1, 2, 5, 5)
+    # width 4 and 3 points: c2's output grid is 1, 2, 4, where the calibration copies are
+    model, x = randomize_norms(Chain(width=4)), torch.randn(1, 2, 5, 5)
     layers, _ = find_layers(model, x)
 
     def timer(module, inputs):  # not bilinear: conv c2 costs its output width squared
         if isinstance(module, nn.Conv2d) and module.in_channels != 2:
             return 1e-3 * module.out_channels**2
-        return 0.0 if isinstance(module, _PIECES) else 1.0
+        if isinstance(module, _PIECES):
+            return 0.0
+        return 1.0 + sum(timer(m, inputs) for m in module.modules() if isinstance(m, _PIECES))
 
     cost = LatencyCost(model, x, layers, points=3, timer=timer, cache=False)
 
-    # c2's output grid: 1, 5, 9 channels (its input width held at full)
-    def at(width: float) -> float:
-        keep = {"c1": np.ones(9), "c2": np.full(9, width / 9)}
+    def at(width: float) -> float:  # c2's input width held at full
+        keep = {"c1": np.ones(4), "c2": np.full(4, width / 4)}
         return cost.predict([keep[layer.name] for layer in layers])["latency"]
 
-    assert at(5) - at(1) == pytest.approx(1e-3 * (25 - 1))
-    assert at(3) - at(1) == pytest.approx((at(5) - at(1)) / 2)
+    assert at(2) - at(1) == pytest.approx(1e-3 * (4 - 1))
+    assert at(4) - at(2) == pytest.approx(1e-3 * (16 - 4))
+    assert at(3) - at(2) == pytest.approx((at(4) - at(2)) / 2)
 
 
 def test_identical_pieces_are_timed_once_and_the_cache_serves_a_second_build(tmp_path) -> None:
@@ -105,7 +115,7 @@ def test_identical_pieces_are_timed_once_and_the_cache_serves_a_second_build(tmp
     calls: list[nn.Module] = []
     first = LatencyCost(model, x, layers, batch=3, timer=fake_timer(calls), cache=tmp_path)
     keys = {repr(m) for m in calls if isinstance(m, _PIECES)}
-    assert len(keys) == first.measured - 2  # every piece once, plus the two whole models
+    assert len(keys) == first.measured - 3  # every piece once, plus the three whole models
     calls.clear()
     second = LatencyCost(model, x, layers, batch=3, timer=fake_timer(calls), cache=tmp_path)
     assert calls == [] and second.measured == 0
@@ -139,10 +149,13 @@ def test_bad_options_are_refused(option: str, value: object) -> None:
 
 @dataclass(frozen=True)
 class FakeLatency(Latency):
-    """A latency budget on the fake timer."""
+    """A latency budget on the fake timer (with its ``penalty``)."""
+
+    penalty: float = 0.0
 
     def cost_model(self):
-        return functools.partial(LatencyCost, batch=self.batch, timer=fake_timer([]), cache=False)
+        timer = fake_timer([], self.penalty)
+        return functools.partial(LatencyCost, batch=self.batch, timer=timer, cache=False)
 
 
 def _prune_chain(target, **options):
@@ -162,6 +175,69 @@ def test_prune_fills_a_latency_budget(ratio: float) -> None:
     assert {"macs", "params"} <= set(after)
 
 
+@pytest.mark.parametrize("ratio", [0.4, 0.45])
+def test_the_planned_model_is_timed_and_replanned_until_its_latency_meets_the_budget(
+    ratio, monkeypatch
+) -> None:
+    shares = []  # the measured shares of every model timed whole for the plan
+    calibrate = LatencyCost.calibrate
+
+    def spy(self, widths):
+        shares.append(calibrate(self, widths)["latency"])
+        return {"latency": shares[-1]}
+
+    monkeypatch.setattr(LatencyCost, "calibrate", spy)
+    penalty = 0.004  # up to 14% of the unpruned model's seconds, missed by the pieces
+    result = _prune_chain(FakeLatency(ratio, penalty=penalty))
+    measured = result.metrics_after["latency"] / result.metrics_before["latency"]
+    assert measured == pytest.approx(ratio, rel=0.03)
+    assert result.metrics_after["latency_predicted"] == pytest.approx(
+        result.metrics_after["latency"], rel=0.03
+    )
+    # the narrowest model, then planned models until one was within CLOSE (or LOOPS of them)
+    assert 2 <= len(shares) <= 1 + LOOPS
+    assert abs(shares[-1] / ratio - 1) <= CLOSE or len(shares) == 1 + LOOPS
+
+
+def test_calibrate_corrects_predictions_through_the_timed_model_and_caches_it(tmp_path) -> None:
+    model, x = randomize_norms(Chain(width=16)), torch.randn(1, 2, 5, 5)
+    layers, _ = find_layers(model, x)
+    calls: list[nn.Module] = []
+    cost = LatencyCost(model, x, layers, timer=fake_timer(calls, 0.004), cache=tmp_path)
+    keep = [np.full(16, 4 / 16), np.full(16, 8 / 16)]
+    before = cost.ratio(keep, "latency")
+    revision = cost.revision
+    measured = cost.calibrate([4, 8])["latency"]
+    assert measured > before  # the penalty the pieces miss
+    assert cost.ratio(keep, "latency") == pytest.approx(measured, rel=1e-9)
+    assert cost.revision > revision and cost.ratio([np.ones(16)] * 2, "latency") == 1.0
+    # predictions stay non-decreasing in the widths
+    shares = [cost.ratio([np.full(16, w / 16), np.full(16, 0.5)], "latency") for w in range(1, 17)]
+    assert shares == sorted(shares)
+    calls.clear()
+    again = LatencyCost(model, x, layers, timer=fake_timer(calls, 0.004), cache=tmp_path)
+    assert again.calibrate([4, 8]) == {"latency": measured} and calls == []
+
+
+def test_a_newer_whole_model_timing_replaces_an_older_one_it_contradicts() -> None:
+    model, x = randomize_norms(Chain(width=16)), torch.randn(1, 2, 5, 5)
+    layers, _ = find_layers(model, x)
+    slower = [1.0]  # a burst of load while one pruned model is timed
+
+    def timer(module, inputs):
+        pruned = isinstance(module, Chain) and module.c1.out_channels < 16
+        return (slower[0] if pruned else 1.0) * fake_timer([])(module, inputs)
+
+    cost = LatencyCost(model, x, layers, timer=timer, cache=False)
+    slower[0] = 1.5
+    noisy = cost.calibrate([4, 8])["latency"]
+    slower[0] = 1.0
+    wider = cost.calibrate([6, 8])["latency"]
+    assert wider < noisy and noisy not in cost.corrections.values()
+    keep = [np.full(16, 6 / 16), np.full(16, 0.5)]
+    assert cost.ratio(keep, "latency") == pytest.approx(wider, rel=1e-9)
+
+
 def test_round_to_stays_a_constraint_under_a_latency_budget() -> None:
     result = _prune_chain(FakeLatency(0.5), round_to=4, allocator="curves")
     assert all(len(p.kept) % 4 == 0 for p in result.plan)
@@ -172,6 +248,18 @@ def test_round_to_stays_a_constraint_under_a_latency_budget() -> None:
 def test_an_unreachable_latency_budget_is_refused_with_the_nearest_ratio(ratio, nearest) -> None:
     with pytest.raises(ConfigError, match=f"FakeLatency\\({ratio}\\) cannot .* {nearest} 0\\."):
         _prune_chain(FakeLatency(ratio))
+
+
+def test_the_refusal_names_the_measured_latency_of_the_narrowest_model() -> None:
+    model, x = randomize_norms(Chain(width=16)), torch.randn(1, 2, 5, 5)
+    narrowest = prune_channels(model, x, {"c1": [0], "c2": [0]})
+    timer = fake_timer([], 0.004)
+    measured = timer(narrowest, x) / timer(model, x)
+    raw = LatencyCost(model, x, find_layers(model, x)[0], timer=timer, cache=False)
+    predicted = raw.ratio([np.full(16, 1 / 16)] * 2, "latency")
+    assert predicted < measured - 0.02  # a budget between them would pass a predicted check
+    with pytest.raises(ConfigError, match=f"at least {measured:.4f}"):
+        _prune_chain(FakeLatency((predicted + measured) / 2, penalty=0.004))
 
 
 # Run by torchrun in two processes whose timers disagree (rank r times everything r + 1
@@ -196,6 +284,7 @@ WORKER = textwrap.dedent(
     layers, _ = find_layers(model, x)
     cost = LatencyCost(model, x, layers, timer=lambda m, i: slower * timer(m, i), cache=False)
     keep = [np.full(6, 0.5), np.ones(6)]
+    cost.calibrate([2, 6])  # a whole-model timing: the main process's too
     seconds = cost.predict(keep)["latency"]
     with open(f"{sys.argv[1]}/rank{distributed.rank()}.txt", "w") as f:
         f.write(repr(seconds))
@@ -214,5 +303,6 @@ def test_distributed_processes_plan_with_the_main_process_timings(tmp_path) -> N
     model, x = Chain(width=6), torch.randn(1, 2, 5, 5)
     layers, _ = find_layers(model, x)
     alone = LatencyCost(model, x, layers, timer=fake_timer([]), cache=False)
+    alone.calibrate([2, 6])
     expected = alone.predict([np.full(6, 0.5), np.ones(6)])["latency"]
     assert predicted == pytest.approx({0: expected, 1: expected}, rel=1e-12)

@@ -1,5 +1,6 @@
 """The width planner: loss curves are measured only for a budget whose allocator reads them;
-fixed widths and tolerances never measure any."""
+fixed widths and tolerances never measure any; a cost model's estimates are measured on the
+narrowest model and on planned ones until one is close to the budget."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import torch
 
 from gfsprune import Macs, PruneConfig, Tolerance, Widths, prune
 from gfsprune.core import prune as prune_module
+from gfsprune.core.allocate import Uniform
+from gfsprune.core.compute_cost import ComputeCost
+from gfsprune.core.planner import CLOSE, LOOPS, WidthPlanner
 from gfsprune.errors import ConfigError
+from gfsprune.surgery import find_layers
 from tests.nets import Chain, randomize_norms
 
 
@@ -61,3 +66,34 @@ def test_round_to_with_fixed_widths_is_refused() -> None:
             config=PruneConfig(round_to=2),
             progress=False,
         )
+
+
+class _Measured(ComputeCost):
+    """MACs as estimates: each calibration "measures" the next of ``shares``."""
+
+    def __init__(self, *args, shares: list[float]) -> None:
+        super().__init__(*args)
+        self.answers, self.timed = shares, []
+
+    def calibrate(self, widths):
+        self.timed.append(list(widths))
+        return {"macs": self.answers[len(self.timed) - 1]}
+
+
+@pytest.mark.parametrize(
+    ("shares", "timed"),
+    [
+        ([0.1, 0.5 * (1 + CLOSE / 2)], 2),  # the first plan is close enough
+        ([0.1, *[0.8] * LOOPS], 1 + LOOPS),  # never close: LOOPS planned models at most
+    ],
+)
+def test_planned_models_are_measured_until_one_is_close(shares, timed) -> None:
+    model, x = Chain(width=6), torch.randn(1, 2, 5, 5)
+    layers, _ = find_layers(model, x)
+    cost = _Measured(model, x, layers, shares=shares)
+    planner = WidthPlanner(layers, cost, Uniform(), round_to=1)
+    planner.start(Macs(0.5))
+    assert cost.timed == [[1, 1]]  # the narrowest, before the budget is checked
+    widths = planner.allocate(Macs(0.5), {})
+    planner.allocate(Macs(0.5), {0: list(range(widths[0]))})  # later plans measure nothing
+    assert len(cost.timed) == timed and cost.timed[1] == widths

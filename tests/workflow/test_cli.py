@@ -15,6 +15,7 @@ from gfsprune.core import latency_cost
 from gfsprune.core import strategies as channels
 from gfsprune.core.counting import count
 from gfsprune.errors import ConfigError
+from gfsprune.workflow import compare as compare_module
 from gfsprune.workflow import jobs as workflow
 from gfsprune.workflow.cli import main
 from gfsprune.workflow.methods import METHODS, TorchPruning
@@ -153,6 +154,35 @@ def test_prune_and_eval_report_a_latency_budget(
     printed = capsys.readouterr().out
     assert "latency budget, when pruned, at batch 2:" in printed
     assert f"{1e3 * after['latency_predicted']:.3f} ms" in printed
+
+
+def test_a_latency_budget_the_device_cannot_meet_exits_2_naming_the_nearest_ratio(
+    trained: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(latency_cost, "median_seconds", fake_timer([]))
+    monkeypatch.setenv("GFSPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["prune", "--model-dir", str(trained), "--latency", "0.001", "--out", str(tmp_path)]
+    assert main([*argv, *FAST]) == 2
+    error = one_line_error(capsys, "prune")
+    assert "Latency(0.001) cannot be reached" in error and "ask for a ratio of at least 0." in error
+
+
+def test_compare_at_a_latency_budget_reports_it(
+    trained: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    timer = fake_timer([])  # deterministic: a model's seconds from its pieces' widths
+    monkeypatch.setattr(latency_cost, "median_seconds", timer)
+    monkeypatch.setattr(compare_module, "measure_latency", lambda m, *_, **__: timer(m, None))
+    monkeypatch.setenv("GFSPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "compare"
+    argv = ["compare", "--model-dir", str(trained), "--latency", "0.6", "--epochs", "0"]
+    assert main([*argv, "--methods", "gfs,tp-l1", "--out", str(out), *FAST]) == 0
+    budget = json.loads((out / "results.json").read_text())["budget"]
+    assert budget["target"] == "Latency(ratio=0.6, batch=1, channels_last=False)"
+    share = budget["latency_after"] / budget["latency_before"]
+    assert f"({share:.1%} of the unpruned model's, a {1 / share:.2f}x speed-up)" in (
+        capsys.readouterr().out
+    )
 
 
 def test_finetune_then_eval(pruned: Path, capsys) -> None:

@@ -7,13 +7,20 @@ import pytest
 import torch
 from torch import nn
 
-from gfsprune import Macs, PruneConfig, prune
+from gfsprune import Latency, Macs, PruneConfig, prune
+from gfsprune.core import latency_cost
 from gfsprune.errors import ConfigError
+from gfsprune.io.atomic import write_json
+from gfsprune.io.results import read_results
 from gfsprune.models import get
+from gfsprune.workflow import compare as compare_module
+from gfsprune.workflow import methods
 from gfsprune.workflow.compare import CompareConfig, compare, parse_epochs, parse_methods
 from gfsprune.workflow.data import load_data, make_loader
 from gfsprune.workflow.methods import importance_channels, reinitialize
+from gfsprune.workflow.report import summarize
 from gfsprune.workflow.train import TrainConfig, evaluate, fit
+from tests.core.test_latency_cost import fake_timer
 
 FINETUNE = TrainConfig(epochs=1, batch_size=64, lr=0.01)
 
@@ -194,3 +201,47 @@ def test_fine_tuning_progress_names_the_method(trained, digits, capsys) -> None:
     compare(trained, digits, config, progress=True)
     err = capsys.readouterr().err
     assert "fine-tune gfs: epoch 1/1" in err and "fine-tune random: epoch 1/1" in err
+
+
+def test_a_latency_budget_matches_every_method_to_gfss_measured_latency(
+    trained, digits, monkeypatch, tmp_path
+) -> None:
+    timer = fake_timer([])  # deterministic: a model's seconds from its pieces' widths
+    monkeypatch.setattr(latency_cost, "median_seconds", timer)
+    monkeypatch.setattr(
+        compare_module, "measure_latency", lambda model, shape, batch, device: timer(model, None)
+    )
+    monkeypatch.setenv("GFSPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    matched = []  # what Torch-Pruning's bisection reached, and aimed at
+    real = methods.match_share
+
+    def spy(prune_at, share_of, *, target, **options):
+        found = real(prune_at, share_of, target=target, **options)
+        matched.append((share_of(found.model), target))
+        return found
+
+    monkeypatch.setattr(methods, "match_share", spy)
+    config = CompareConfig(
+        latency=Latency(0.6), finetune=FINETUNE, epochs=0, methods=("gfs", "l1", "tp-l1")
+    )
+    results = compare(trained, digits, config, progress=False).results
+    budget = results["budget"]
+    assert budget["target"] == repr(Latency(0.6)) and budget["batch"] == 1
+    gfs = budget["latency_after"] / budget["latency_before"]
+    assert gfs == pytest.approx(0.6, abs=0.05)
+    rows = results["methods"]
+    assert rows["l1"]["macs"] == rows["gfs"]["macs"]  # gfs's widths, so its latency
+    # Torch-Pruning's own widths, bisected to gfs's measured latency (not its MACs)
+    ((reached, aimed),) = matched
+    assert aimed == pytest.approx(gfs, rel=1e-9) and reached == pytest.approx(gfs, rel=0.05)
+    sentences = " ".join(summarize(results))
+    assert f"gfs pruned to {budget['target']}" in sentences and "speed-up" in sentences
+    write_json(tmp_path / "results.json", results)
+    assert read_results(tmp_path / "results.json")["budget"] == budget
+
+
+@pytest.mark.parametrize("budgets", [{}, {"macs": 0.5, "latency": "L"}])
+def test_a_comparison_takes_exactly_one_budget(budgets) -> None:
+    budgets = {k: Latency(0.5) if v == "L" else v for k, v in budgets.items()}
+    with pytest.raises(ConfigError, match="one budget"):
+        CompareConfig(finetune=FINETUNE, **budgets)

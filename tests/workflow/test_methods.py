@@ -39,9 +39,9 @@ def test_match_macs_finds_the_ratio_within_the_tolerance() -> None:
         return _linear(100 - int(100 * ratio))
 
     matched = match_macs(prune_at, EXAMPLE, macs=1000, target=0.37)
-    assert matched.within and abs(matched.macs_ratio - 0.37) <= 0.01 * 0.37
+    assert matched.within and abs(matched.share - 0.37) <= 0.01 * 0.37
     assert matched.steps == len(tried) and matched.ratio == tried[-1]
-    assert count(matched.model, EXAMPLE)[0] / 1000 == matched.macs_ratio
+    assert count(matched.model, EXAMPLE)[0] / 1000 == matched.share
 
 
 def test_match_macs_treats_a_group_left_whole_as_too_far() -> None:
@@ -60,7 +60,7 @@ def test_match_macs_returns_the_closest_when_the_steps_cannot_reach() -> None:
 
     matched = match_macs(prune_at, EXAMPLE, macs=1000, target=0.55, steps=6)
     assert not matched.within and matched.steps == 6
-    assert matched.macs_ratio in (0.5, 0.6)
+    assert matched.share in (0.5, 0.6)
 
 
 @pytest.fixture(scope="module")

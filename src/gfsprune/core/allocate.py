@@ -22,7 +22,7 @@ import numpy as np
 
 from gfsprune.core.cost import CostModel
 from gfsprune.core.curves import LossCurve
-from gfsprune.core.schedules import Fast, Schedule
+from gfsprune.core.schedules import Exact, Fast, Schedule
 from gfsprune.errors import ConfigError
 from gfsprune.targets import Budget
 
@@ -260,7 +260,8 @@ class Curves(WidthAllocator):
         schedule: The schedule of the pass that measures the curves (each layer selected
             alone, from no channel to all); ``None``: ``Fast(screen=s)`` with ``s`` the
             smaller of ``Fast.screen`` and the run's ``candidates``, so the pass scores no
-            more candidates per step than the run itself (:meth:`curve_schedule`).
+            more candidates per step than the run itself, or ``Exact()`` for an objective
+            in closed form (:meth:`curve_schedule`).
     """
 
     name = "curves"
@@ -280,10 +281,13 @@ class Curves(WidthAllocator):
         self.steps, self.schedule = steps, schedule
         self._solved: tuple[tuple, np.ndarray] | None = None
 
-    def curve_schedule(self, candidates: int | None) -> Schedule:
-        """The schedule the curves are measured with, for a run scoring ``candidates``."""
+    def curve_schedule(self, candidates: int | None, *, closed_form: bool = False) -> Schedule:
+        """The schedule the curves are measured with, for a run scoring ``candidates`` (a
+        ``closed_form`` objective's: its exact greedy path, which it computes anyway)."""
         if self.schedule is not None:
             return self.schedule
+        if closed_form:
+            return Exact()
         return Fast(screen=min(Fast.screen, candidates or Fast.screen))
 
     def allocate(self, cost, budget, selected, *, round_to=1, curves=None) -> list[int]:
@@ -298,6 +302,7 @@ class Curves(WidthAllocator):
             round_to,
             cost.widths.tobytes(),
             tuple(sorted(cost.full.items())),
+            cost.revision,
             tuple((c.widths.tobytes(), c.losses.tobytes()) for c in curves),
         )
         if self._solved is None or self._solved[0] != key:

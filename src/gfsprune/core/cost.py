@@ -6,6 +6,10 @@ default) of the model pruned to given per-channel keep shares, fast enough for a
 that asks thousands of times, and measures the same metrics on a real model for the result.
 A budget (:class:`~gfsprune.targets.Budget`) names the metric it constrains and may name the
 cost model that predicts it (:meth:`~gfsprune.targets.Target.cost_model`).
+
+A cost model whose predictions are estimates (a latency, timed on the device) may also
+:meth:`~CostModel.calibrate` them: measure the model pruned to planned widths and correct its
+later predictions with that measurement; the width planner closes that loop on a budget.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ class CostModel(ABC):
     Attributes:
         widths: The layers' full widths, in selection order.
         sizes: Channels per selection item of each layer (widths are multiples of it).
+        revision: Counts the corrections :meth:`calibrate` made (what was computed from
+            predictions of an older revision may be stale).
     """
 
     def __init__(self, layers: Sequence[ChannelLayer]) -> None:
         self.widths = np.array([layer.width for layer in layers], dtype=float)
         self.sizes = np.array([layer.item_size for layer in layers], dtype=float)
+        self.revision = 0
 
     @abstractmethod
     def predict_flat(self, flat: np.ndarray) -> dict[str, float]:
@@ -73,6 +80,13 @@ class CostModel(ABC):
         allocator re-prices only those after a step). Default: every other layer."""
         everyone = set(range(len(self.widths)))
         return [everyone - {i} for i in range(len(self.widths))]
+
+    def calibrate(self, widths: Sequence[int]) -> dict[str, float]:
+        """Measure the model pruned to ``widths`` (channels per layer, in layer order) and
+        correct later predictions so that they agree with the measurement, where the
+        predictions are estimates. Returns the measured metrics as fractions of the unpruned
+        model's; empty (the default) where predictions are exact and nothing is measured."""
+        return {}
 
     def fixed(self, metric: str) -> Mapping[str, float]:
         """The part of ``metric`` no pruned layer changes, by the module that spends it, the

@@ -22,8 +22,22 @@ nor turns negative (timing noise can make the smaller model look slower, or much
 Unless it was clipped, the prediction equals the measured latency of both calibration
 models.
 
+What neither part captures (e.g. a width between grid points that is slower than the
+interpolation between them, a reorder that appears only in the whole network, a rest that
+is not linear in ``v``) is corrected on the whole model: :meth:`LatencyCost.calibrate`
+times a copy physically pruned to given widths (the width planner passes its plan: a closed
+loop of measuring, correcting and re-planning) and adds the point (predicted share, measured
+share) to a correction ``g``, a piecewise-linear map from the pieces' predicted share of the
+unpruned latency to the measured share, through ``(1, 1)``, the half-width calibration model,
+a third calibration model pruned to a quarter of every layer, and every model so timed (kept
+non-decreasing: a new timing replaces the older points it contradicts, so that noise in one
+does not stay), proportional below the narrowest point.
+The prediction is ``full * g(pieces' prediction / full)``: it equals every whole-model timing
+taken, and since ``g`` is monotone the allocator ranks the layers' steps as the pieces do.
+
 Timings are cached on disk (JSON, never unpickled) per device, torch version, threads,
-batch size and memory format; whole-model timings also per model structure and input shape.
+batch size and memory format; whole-model timings also per model structure and input shape
+(and the widths of a calibrated copy, whose share of the unpruned seconds is kept).
 A second model sharing pieces with the first reuses their timings.
 """
 
@@ -63,8 +77,10 @@ _SCHEMA = 1
 #: Each timing repeats its forward pass (at least 5 times, at most 100) until the timed
 #: passes add up to this many seconds.
 _MIN_SECONDS = 0.05
-#: The share of every layer's channels the second calibration model keeps.
+#: The share of every layer's channels the second calibration model keeps (the rest is
+#: fitted to it), and the third's (a point of the whole-model correction only).
 _CALIBRATION_SHARE = 0.5
+_LOW_SHARE = 0.25
 _TIMED = (
     nn.Conv1d,
     nn.Conv2d,
@@ -105,9 +121,17 @@ class LatencyCost(CostModel):
         structure: The model's :class:`ComputeCost` where the caller has one (the pieces'
             kept shares come from it).
 
+    The cost model keeps a copy of ``model`` to time copies pruned to planned widths
+    (:meth:`calibrate`).
+
     Attributes:
+        layers: The channel layers, in selection order.
         full_seconds: The unpruned model's measured seconds.
-        calibration: The two whole-model timings and the rest's fitted ``c0`` and ``c1``.
+        calibration: The three whole-model timings (``full``, ``half``, ``low``), the
+            predictions of the last two by the pieces and rest, and the rest's fitted ``c0``
+            and ``c1``.
+        corrections: The whole-model correction's points, ``(predicted share, measured
+            share)`` of the unpruned model's latency, by predicted share.
         measured: How many timings were taken (the others came from the cache).
     """
 
@@ -138,10 +162,17 @@ class LatencyCost(CostModel):
         if channels_last:
             self._inputs = _in_format(self._inputs)
         self._table = _Table(model, batch, channels_last, cache)
+        self._source, self._example = copy_model(model), example_inputs
+        self.layers = list(layers)
+        self._key = _structure_hash(model, example_inputs, layers)
         self.measured = 0
         self._build(model, example_inputs)
         self._calibrate(model, example_inputs, layers)
         self._agree()
+        self.corrections: dict[float, float] = {1.0: 1.0}
+        for name in ("low", "half"):
+            c = self.calibration
+            self._correct(c[f"{name}_predicted"] / c["full"], c[name] / c["full"])
         self.full_seconds = self.full["latency"]
         self._table.save()
 
@@ -212,19 +243,19 @@ class LatencyCost(CostModel):
         self, model: nn.Module, example_inputs: object, layers: Sequence[ChannelLayer]
     ) -> None:
         """Fit the rest's ``c0 + c1 * v`` to the unpruned model and a copy pruned to half of
-        every layer's channels (both timed whole)."""
+        every layer's channels (both timed whole); time a copy pruned to a quarter too, for
+        the whole-model correction."""
         kept = {layer.name: _spread(layer, _CALIBRATION_SHARE) for layer in layers}
-        half = np.concatenate(
-            [np.isin(np.arange(layer.width), kept[layer.name]).astype(float) for layer in layers]
-        )
+        low = {layer.name: _spread(layer, _LOW_SHARE) for layer in layers}
+        half = _flat(layers, kept)
         full = np.ones_like(half)
-        key = _structure_hash(model, example_inputs, layers)
-        timings = self._table.models.get(key)
-        if timings is None:
+        timings = self._table.models.get(self._key)
+        if timings is None or len(timings) != 3:
             smaller = prune_channels(model, example_inputs, kept, layers=layers)
-            timings = [self._time_model(model), self._time_model(smaller)]
-            self._table.models[key] = timings
-            self.measured += 2
+            smallest = prune_channels(model, example_inputs, low, layers=layers)
+            timings = [self._time_model(m) for m in (model, smaller, smallest)]
+            self._table.models[self._key] = timings
+            self.measured += 3
         (pieces_full, volume_full), (pieces_half, volume_half) = (
             self._pieces(full),
             self._pieces(half),
@@ -236,28 +267,68 @@ class LatencyCost(CostModel):
             c1 = min(max(c1, 0.0), max(rest_full, 0.0) / volume_full)
         c0 = rest_full - c1 * volume_full
         self.calibration = {"full": timings[0], "half": timings[1], "c0": c0, "c1": c1}
+        self.calibration["half_predicted"] = self._raw(pieces_half, volume_half)
+        self.calibration["low"] = timings[2]
+        self.calibration["low_predicted"] = self._raw(*self._pieces(_flat(layers, low)))
 
     def _agree(self) -> None:
         """Under ``torch.distributed``, take the main process's timings and fit on every
         process, so that all plan the same widths."""
         if not distributed.is_distributed():
             return
-        c = self.calibration
-        values = np.concatenate([self._seconds.ravel(), [c["full"], c["half"], c["c0"], c["c1"]]])
-        tensor = torch.from_numpy(values)
-        if torch.distributed.get_backend() == "nccl":
-            tensor = tensor.cuda()
-        values = distributed.all_gather(tensor)[0].cpu().numpy()
+        names = sorted(self.calibration)
+        values = _main_values([*self._seconds.ravel(), *(self.calibration[n] for n in names)])
         self._seconds = values[: self._seconds.size].reshape(self._seconds.shape)
-        self.calibration = dict(
-            zip(("full", "half", "c0", "c1"), values[-4:].tolist(), strict=True)
-        )
+        self.calibration = dict(zip(names, values[self._seconds.size :].tolist(), strict=True))
+
+    def calibrate(self, widths: Sequence[int]) -> dict[str, float]:
+        """Time a copy of the model pruned to ``widths`` (channels per layer, spread evenly
+        over each layer as the half-width calibration model's are) between two timings of
+        the unpruned model (so that its share of the unpruned seconds holds under load that
+        drifts, and against a cache filled at another time), and add that share to the
+        whole-model correction: from now on its prediction equals the timing. Returns
+        ``{"latency": the measured share}``."""
+        kept = {
+            layer.name: _spread(layer, int(count) / layer.width)
+            for layer, count in zip(self.layers, widths, strict=True)
+        }
+        key = f"{self._key} {[len(kept[layer.name]) for layer in self.layers]}"
+        share = self._table.models.get(key)
+        if share is None:
+            model = prune_channels(self._source, self._example, kept, layers=self.layers)
+            before, seconds = self._time_model(self._source), self._time_model(model)
+            share = [2 * seconds / (before + self._time_model(self._source))]
+            self.measured += 3
+        share = [float(_main_values(share)[0])]
+        self._table.models[key] = share
+        self._table.save()
+        predicted = self._raw(*self._pieces(_flat(self.layers, kept)))
+        self._correct(predicted / self.calibration["full"], share[0])
+        return {"latency": share[0]}
+
+    def _correct(self, predicted: float, measured: float) -> None:
+        """Add the point ``(predicted, measured)`` (shares of the unpruned model's seconds)
+        to the whole-model correction."""
+        if not (math.isfinite(predicted) and math.isfinite(measured)) or not 0 < predicted < 1:
+            return
+        measured = min(measured, 1.0)
+        # kept non-decreasing, the newest timing winning: older points it contradicts go
+        self.corrections = {
+            p: m
+            for p, m in self.corrections.items()
+            if p == 1.0 or (p < predicted and m <= measured) or (p > predicted and m >= measured)
+        }
+        self.corrections[predicted] = measured
+        shares = np.array(sorted(self.corrections))
+        self._shares = shares, np.array([self.corrections[p] for p in shares])
+        self.revision += 1
 
     def measure(self, model: nn.Module, example_inputs: object) -> dict[str, float]:
         """Seconds of ``model`` (this model, or it physically pruned) measured whole at the
         batch size (``"latency_batch"``) on the example inputs the cost model was built with
         (``example_inputs`` has their shape), as the calibration times it (``"latency"``),
-        and as predicted from its modules' widths (``"latency_predicted"``)."""
+        and as predicted from its modules' widths, with the whole-model correction
+        (``"latency_predicted"``)."""
         return {
             "latency": self._time_model(model),
             "latency_predicted": self.predict_model(model),
@@ -310,13 +381,33 @@ class LatencyCost(CostModel):
             *self._sum(np.where(self._one_d, self._full_in, widths[:, 0]), widths[:, 1])
         )
 
-    def _total(self, seconds: float, volume: float) -> float:
+    def _raw(self, seconds: float, volume: float) -> float:
         """The pieces' seconds and the rest at the pieces' kept output share."""
         return seconds + self.calibration["c0"] + self.calibration["c1"] * volume
+
+    def _total(self, seconds: float, volume: float) -> float:
+        """:meth:`_raw`, corrected by the whole-model timings."""
+        full = self.calibration["full"]
+        share = self._raw(seconds, volume) / full
+        predicted, measured = self._shares
+        if share < predicted[0]:  # below the narrowest point: proportional
+            return full * share * measured[0] / predicted[0]
+        return full * float(np.interp(share, predicted, measured, right=share))
 
     def neighbours(self) -> list[set[int]]:
         """The layers sharing a piece (the rest, which every layer touches, is left out)."""
         return self.structure.neighbours()
+
+
+def _main_values(values: Sequence[float]) -> np.ndarray:
+    """``values`` as the main process has them (under ``torch.distributed``; else as
+    given), so that every process plans with the same timings."""
+    if not distributed.is_distributed():
+        return np.asarray(values, dtype=float)
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    return distributed.all_gather(tensor)[0].cpu().numpy()
 
 
 def _locate(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -412,6 +503,13 @@ def _spread(layer: ChannelLayer, share: float) -> list[int]:
     return sorted(kept)
 
 
+def _flat(layers: Sequence[ChannelLayer], kept: dict[str, list[int]]) -> np.ndarray:
+    """The keep vectors of ``layers`` keeping the ``kept`` channels, concatenated."""
+    return np.concatenate(
+        [np.isin(np.arange(layer.width), kept[layer.name]).astype(float) for layer in layers]
+    )
+
+
 def _in_format(inputs: object) -> object:
     """``inputs`` with their 4-dimensional tensors in channels-last memory."""
     return map_tensors(
@@ -447,7 +545,8 @@ def _device_name(device: torch.device) -> str:
 class _Table:
     """The timings of one setting (device, torch, threads, batch, memory format), read from
     and written back to the cache folder: ``pieces`` (a resized module and input shape to
-    seconds) and ``models`` (a structure digest to the two calibration timings)."""
+    seconds) and ``models`` (a structure digest to the three calibration timings, and with
+    a calibrated copy's widths to its measured share of the unpruned seconds)."""
 
     def __init__(
         self, model: nn.Module, batch: int, channels_last: bool, cache: str | os.PathLike | bool

@@ -4,6 +4,13 @@ One object owns what planning needs: the cost model, the width allocator, the la
 curves (where the allocator needs them and the target is a budget), and ``round_to``. A target
 plans through it (it is the :class:`~gfsprune.targets.TargetContext`); ``prune`` asks it for
 each layer's goal with the choices made so far, so a budget is re-split with the real picks.
+
+Where the cost model's predictions are estimates (a latency), the planner closes the loop on
+the measured cost: before checking a budget it has the narrowest model measured (so that a
+budget this device cannot meet is refused with the measured nearest ratio), and at the first
+plan it has the planned model measured, the cost model corrected with that measurement
+(:meth:`~gfsprune.core.cost.CostModel.calibrate`) and the widths planned again, up to
+:data:`LOOPS` times, until the measured cost is within :data:`CLOSE` of the budget.
 """
 
 from __future__ import annotations
@@ -17,7 +24,12 @@ from gfsprune.errors import ModelError
 from gfsprune.surgery import ChannelLayer
 from gfsprune.targets import Budget, Goal, GoalPlan, Target
 
-__all__ = ["WidthPlanner"]
+__all__ = ["CLOSE", "LOOPS", "WidthPlanner"]
+
+#: Planned models measured whole, at most, before a budget's widths are taken as planned.
+LOOPS = 3
+#: How close (relative) the measured cost of a plan must come to the budget to stop early.
+CLOSE = 0.02
 
 
 class WidthPlanner:
@@ -45,6 +57,7 @@ class WidthPlanner:
         self.cost, self.allocator = cost, allocator
         self._curves: list[LossCurve] | None = None
         self._goals: GoalPlan | None = None
+        self._closed: set[Budget] = set()
 
     def start(self, target: Target) -> None:
         """Check ``target`` against the model (before any weight is touched or batch drawn)
@@ -67,9 +80,25 @@ class WidthPlanner:
         return self._goals(index, selected)
 
     def check_budget(self, budget: Budget) -> None:
+        grids = [
+            allowed_widths(w, self.round_to, s)
+            for w, s in zip(self.widths, self._sizes, strict=True)
+        ]
+        self.cost.calibrate([int(g[0]) for g in grids])  # the narrowest, where estimated
         check_reachable(self.cost, budget, round_to=self.round_to)
 
     def allocate(self, budget: Budget, selected: Mapping[int, Sequence[int]]) -> list[int]:
+        if budget not in self._closed:
+            self._closed.add(budget)
+            for _ in range(LOOPS):
+                measured = self.cost.calibrate(self._allocate(budget, selected))
+                if budget.metric not in measured:
+                    break  # exact predictions: nothing to close
+                if abs(measured[budget.metric] / budget.ratio - 1) <= CLOSE:
+                    break
+        return self._allocate(budget, selected)
+
+    def _allocate(self, budget: Budget, selected: Mapping[int, Sequence[int]]) -> list[int]:
         extra = {"curves": self._curves} if self.allocator.needs_curves else {}
         widths = self.allocator.allocate(
             self.cost, budget, selected, round_to=self.round_to, **extra

@@ -159,11 +159,18 @@ def prune(
             device=run.device,
             rescale=config.rescale,
         )
-        objective = config.make_objective().bind(selection)
+        options = config.make_objective()
+        objective = options.bind(selection)
+        # a closed-form objective scores every candidate of a step at once
+        candidates = None if options.closed_form else config.candidates
         curve_schedule = None
         if WidthPlanner.needs_curves(target, planner.allocator):
-            curve_schedule = planner.allocator.curve_schedule(config.candidates)
-        selector = _Selector(objective, config, run, masks, data, progress, curve_schedule)
+            curve_schedule = planner.allocator.curve_schedule(
+                candidates, closed_form=options.closed_form
+            )
+        selector = _Selector(
+            objective, config, candidates, run, masks, data, progress, curve_schedule
+        )
         if curve_schedule is not None:
             # Before any layer is restored or pruned, on its own pass over the data, so that
             # the main stream (and a resumed run's position in it) is unchanged.
@@ -226,6 +233,7 @@ class _Selector:
         self,
         objective: BoundObjective,
         config: PruneConfig,
+        candidates: int | None,
         run: _Prepared,
         masks: Masks,
         data: Iterable,
@@ -233,6 +241,7 @@ class _Selector:
         curve_schedule: Schedule | None,
     ) -> None:
         self.objective, self.config, self.run, self.masks = objective, config, run, masks
+        self.candidates = candidates  # per step (None: all)
         self.data, self.progress = data, progress
         self.strategy, self.schedule = config.make_strategy(), config.make_schedule()
         # The curves pass (where the allocator measures them) then the selection pass: their
@@ -240,8 +249,8 @@ class _Selector:
         # per step as the measure of a step's work).
         self.passes = ("select",) if curve_schedule is None else ("curves", "select")
         per_step = {
-            "curves": getattr(curve_schedule, "screen", None) or config.candidates,
-            "select": config.candidates,
+            "curves": getattr(curve_schedule, "screen", None) or candidates,
+            "select": candidates,
         }
         self.clock = RunClock(
             [
@@ -284,7 +293,7 @@ class _Selector:
                 measure_curve(
                     objective,
                     schedule=schedule,
-                    candidates=self.config.candidates,
+                    candidates=self.candidates,
                     tie=self.config.tie,
                     seed=self.config.seed + index,
                     bar=bar,
@@ -301,7 +310,7 @@ class _Selector:
         )
         config = self.config
         search = LayerSearch(
-            objective, self.schedule, config.candidates, config.tie, config.seed + index, bar
+            objective, self.schedule, self.candidates, config.tie, config.seed + index, bar
         )
         return select_layer(self.strategy, search, goal, self.masks)
 

@@ -22,7 +22,11 @@ import torch
 from torch import nn
 
 from gfsprune._inputs import run_model
-from gfsprune.scoring.reconstruction.gram import collect_stats, unsupported
+from gfsprune.scoring.reconstruction.gram import (
+    UndescribedConsumer,
+    collect_stats,
+    unsupported,
+)
 from gfsprune.scoring.reconstruction.problem import LayerProblem
 from gfsprune.surgery import ChannelLayer, Masks
 
@@ -50,8 +54,9 @@ def refit_consumers(
     """Re-solve the weights of ``layer``'s consumers in ``work`` (masked by ``masks``) on
     their kept inputs, so that they reproduce ``unpruned``'s consumers on ``batches``.
 
-    Linear layers and 1-D and 2-D convolutions (any stride, padding, dilation and groups)
-    with at most 8192 inputs (channels x kernel taps) are refit. The refit is kept only if
+    Linear layers and 1-D and 2-D convolutions (any stride, padding, dilation and groups;
+    subclasses where their weights times their padded inputs reproduce their outputs) with at
+    most 8192 inputs (channels x kernel taps) are refit. The refit is kept only if
     the mean loss on ``batches`` does not rise; otherwise the weights are restored.
 
     Returns:
@@ -64,7 +69,10 @@ def refit_consumers(
     }
     if not modules:
         return []
-    stats = collect_stats(work, unpruned, modules, batches)
+    try:
+        stats = collect_stats(work, unpruned, modules, batches)
+    except UndescribedConsumer:
+        return []
     factors = {n: masks.input_factors(n) for n in modules}
     problem = LayerProblem(layer, stats, modules, factors)
     first = layer.consumers[0]  # every consumer sees the layer's channels alike

@@ -26,10 +26,16 @@ _EPOCHS = "epochs"
 # data; with distillation the agreement with the unpruned model and the KL divergence to it,
 # or the mean squared error of outputs other than logits. A row has them with "_pruned".
 _GROUPS = (("acc", "loss"), ("agree", "kl"), ("mse",))
+# A comparison at a latency budget: gfs's seconds at the budget's batch size (besides its
+# "target" and "batch"), as its cost model measured and predicted them.
+_BUDGET = tuple(
+    f"latency{kind}_{when}" for kind in ("", "_predicted") for when in ("before", "after")
+)
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
-    """The results in ``path``: ``{"methods": {name: row}}``, plus ``"base"`` when complete.
+    """The results in ``path``: ``{"methods": {name: row}}``, plus ``"base"`` when complete
+    (and ``"budget"`` for a comparison at a latency budget).
 
     Raises:
         FileFormatError: Naming the file and the field that is damaged.
@@ -37,13 +43,22 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
     fix = "Delete it to run every method again."
     root = read_json(path, fix=fix)
     complete = "base" in root.value
-    root.keys_exactly(*(("base", "methods") if complete else ("methods",)))
+    budget = ("budget",) if complete and "budget" in root.value else ()
+    root.keys_exactly(*(("base", "methods", *budget) if complete else ("methods",)))
     methods = root["methods"]
     results: dict[str, Any] = {
         "methods": {name: _row(methods[name]) for name in methods.require(Mapping, "an object")}
     }
     if complete:
         results["base"] = _scores(root["base"], _BASE + _tests(root["base"], ""), latency=True)
+    if budget:
+        fields = root["budget"]
+        fields.keys_exactly("target", "batch", *_BUDGET)
+        results["budget"] = {
+            "target": fields["target"].text(),
+            "batch": fields["batch"].integer(1),
+            **{key: fields[key].number(positive=True) for key in _BUDGET},
+        }
     return results
 
 

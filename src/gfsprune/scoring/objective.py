@@ -146,6 +146,10 @@ class Objective(ABC):
 
     #: The name ``PruneConfig(objective=...)`` knows it by.
     name: ClassVar[str]
+    #: Scores every candidate of a step at once, without a pass through the network: a run
+    #: offers it all of them (``PruneConfig(candidates=...)`` does not apply), and the
+    #: ``curves`` allocator follows its exact greedy path.
+    closed_form: ClassVar[bool] = False
 
     @abstractmethod
     def bind(self, run: SelectionRun) -> BoundObjective:

@@ -69,6 +69,11 @@ class Masks:
         for m in self._models:
             self._hook_model(m)
 
+    @property
+    def unmasked(self) -> bool:
+        """Every layer at full width with factor 1 (the masks change nothing)."""
+        return self._full == set(self._base)
+
     def input_factors(self, name: str) -> torch.Tensor:
         """The current factor on each input of the consumer ``name`` (0: removed)."""
         return self._base[name]

@@ -496,9 +496,20 @@ def _eval(args: argparse.Namespace) -> None:
         print(line)
 
 
+def _add_latency_batch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--latency-batch",
+        type=int,
+        default=1,
+        help="the batch size --latency is timed at (default 1; both 1 and 64 are reported)",
+    )
+
+
 def _compare(args: argparse.Namespace) -> None:
+    latency = args.latency
     config = CompareConfig(
         macs=args.macs,
+        latency=None if latency is None else Latency(latency, batch=args.latency_batch),
         finetune=_recipe(args, epochs=max(max(args.epochs), 1)),  # sizes scratch's training
         epochs=args.epochs,
         recalibrate=args.recalibrate,
@@ -603,12 +614,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         help="per layer, add channels until the loss is within this relative "
         "increase of the layer's starting loss (the paper's rule)",
     )
-    p.add_argument(
-        "--latency-batch",
-        type=int,
-        default=1,
-        help="the batch size --latency is timed at (default 1; both 1 and 64 are reported)",
-    )
+    _add_latency_batch(p)
     p.add_argument("--out", type=Path, required=True, help="folder for the pruned model")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
     p.add_argument("--seed", type=_seed, default=0, help="seeds batches and candidates")
@@ -656,7 +662,15 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
         "report.md and plots.",
     )
     _add_model_source(p)
-    p.add_argument("--macs", type=float, required=True, help="MACs ratio to keep, in (0, 1)")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--macs", type=float, help="MACs ratio to keep, in (0, 1)")
+    budget.add_argument(
+        "--latency",
+        type=float,
+        help="instead: gfs keeps this fraction of the measured latency at --latency-batch, "
+        "and Torch-Pruning's pipelines are matched to its measured latency",
+    )
+    _add_latency_batch(p)
     p.add_argument("--out", type=Path, required=True, help="folder for the report")
     p.add_argument(
         "--resume",

@@ -1,6 +1,6 @@
 """The paper's comparisons: one pre-trained network, several ways of choosing a pruned network's
-channels at the same MACs (:mod:`gfsprune.workflow.methods`), each fine-tuned the same way at
-every fine-tuning budget.
+channels at the same MACs, or at the same measured latency (:mod:`gfsprune.workflow.methods`),
+each fine-tuned the same way at every fine-tuning budget.
 
 Each budget is a separate fine-tuning run from the pruned (and, with ``recalibrate``,
 BatchNorm-recalibrated) model, not a continuation of the previous budget's: the recipe's
@@ -28,10 +28,10 @@ from gfsprune.core.prune import prune
 from gfsprune.core.recalibrate import batch_norms, recalibrate_bn
 from gfsprune.errors import ConfigError
 from gfsprune.plan import LayerPlan
-from gfsprune.targets import Macs
+from gfsprune.targets import Latency, Macs
 from gfsprune.workflow.data import DataBundle, make_loader, require_labels
 from gfsprune.workflow.distillation import Distillation, agreement
-from gfsprune.workflow.latency import latencies
+from gfsprune.workflow.latency import latencies, measure_latency
 from gfsprune.workflow.methods import METHODS, MethodContext
 from gfsprune.workflow.seeding import seeded
 from gfsprune.workflow.train import TrainConfig, evaluate, fit
@@ -45,6 +45,9 @@ class CompareConfig:
 
     Attributes:
         macs: The MACs ratio greedy forward selection prunes to, in (0, 1).
+        latency: Instead of ``macs``: the latency budget greedy forward selection prunes
+            to; Torch-Pruning's pipelines are then matched to gfs's measured latency at the
+            budget's batch size (the other methods keep gfs's widths, so its latency).
         finetune: The fine-tuning every pruned model gets (its ``seed`` included); its
             ``epochs`` is replaced by each budget of ``epochs``.
         epochs: The fine-tuning budgets, in epochs: an int or a tuple of them; stored as a
@@ -69,7 +72,7 @@ class CompareConfig:
             data without labels.
     """
 
-    macs: float
+    macs: float | None = None
     finetune: TrainConfig
     epochs: int | tuple[int, ...] | None = None
     recalibrate: bool = False
@@ -79,9 +82,23 @@ class CompareConfig:
     batch_size: int = 128
     seed: int = 0
     distill: Distillation | None = None
+    latency: Latency | None = None
 
     def __post_init__(self) -> None:
-        Macs(self.macs)  # validates the ratio
+        if (self.macs is None) == (self.latency is None):
+            raise ConfigError(
+                "Give a comparison one budget: 'macs' (a MACs ratio) or 'latency' (a Latency "
+                f"target). Got macs={self.macs!r}, latency={self.latency!r}."
+            )
+        if self.latency is not None and (
+            not isinstance(self.latency, Latency) or self.latency.channels_last
+        ):
+            raise ConfigError(
+                "'latency' must be a Latency target in the default memory format (compare "
+                f"times every method so), e.g. Latency(0.5). Got {self.latency!r}."
+            )
+        if self.macs is not None:
+            Macs(self.macs)  # validates the ratio
         parse_methods(",".join(self.methods))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"'seed' must be a non-negative integer. Got {self.seed!r} instead.")
@@ -121,7 +138,10 @@ class Comparison:
             ``scratch``, to re-initialise it), without evaluation or fine-tuning;
             ``<latency>`` is the measured latency's fields
             (:class:`~gfsprune.io.latency.MeasuredLatency`: the CPU's, and the GPU's where
-            the comparison runs on one).
+            the comparison runs on one); with a latency budget also ``budget``: ``{target,
+            batch, latency_before, latency_after, latency_predicted_before,
+            latency_predicted_after}`` (gfs's, in seconds at the budget's batch size, as its
+            cost model measured and predicted them).
         plan: The layers greedy forward selection pruned, their widths and kept channels.
     """
 
@@ -248,12 +268,22 @@ def compare(
             model,
             loader(),
             example_inputs,
-            target=Macs(config.macs),
+            target=config.latency or Macs(config.macs),
             config=options,
             loss_fn=loss_fn,
             progress=progress,
         )
     greedy_seconds = time.perf_counter() - start
+    latency = None
+    if config.latency is not None:
+        before, after = greedy.metrics_before, greedy.metrics_after
+        results["budget"] = {
+            "target": repr(config.latency),
+            "batch": config.latency.batch,
+            **{f"{k}_before": before[k] for k in ("latency", "latency_predicted")},
+            **{f"{k}_after": after[k] for k in ("latency", "latency_predicted")},
+        }
+        latency = _latency_share(model, data.input_shape, config.latency.batch, device)
     context = MethodContext(
         model=model,
         greedy=greedy,
@@ -264,6 +294,7 @@ def compare(
         device=device,
         progress=progress,
         loss_fn=loss_fn,
+        latency=latency,
     )
     for name in config.methods:
         # a row is reused only where it scored every budget (a damaged results.json may lack
@@ -292,6 +323,15 @@ def compare(
         if on_result is not None:
             on_result(name, row)
     return Comparison(results=results, plan=greedy.plan)
+
+
+def _latency_share(
+    model: nn.Module, shape: tuple[int, ...], batch: int, device: torch.device
+) -> Callable[[nn.Module], float]:
+    """A model's measured latency on ``device`` at ``batch`` (random inputs of ``shape``),
+    as a share of ``model``'s (timed once, here)."""
+    full = measure_latency(model, shape, batch, device=device)
+    return lambda pruned: measure_latency(pruned, shape, batch, device=device) / full
 
 
 def _recipes(name: str, config: CompareConfig) -> dict[int, TrainConfig]:

@@ -578,8 +578,12 @@ def _with_scratch(config: CompareConfig, info: ModelInfo, source: Path | str) ->
 
 
 def _compare_settings(config: CompareConfig) -> dict[str, Any]:
-    """The options that decide a comparison's numbers, as JSON."""
-    return {**dataclasses.asdict(config), "prune": config.prune.settings()}
+    """The options that decide a comparison's numbers, as JSON (``latency`` only where
+    set, so that a comparison at a MACs budget resumes as before it existed)."""
+    settings = {**dataclasses.asdict(config), "prune": config.prune.settings()}
+    if config.latency is None:
+        del settings["latency"]
+    return settings
 
 
 def _compare(

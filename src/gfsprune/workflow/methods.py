@@ -16,7 +16,8 @@ builds the pruned network from a :class:`MethodContext`.
 - ``tp-l1``, ``tp-l2-global``, ``tp-taylor-global``, ``tp-lamp-global``: Torch-Pruning's
   ``MetaPruner`` as its users run it, choosing its own widths: uniform L1 magnitude, and
   global L2 magnitude, Taylor and LAMP ranking (scores normalised per group, one threshold
-  for the network), each with its pruning ratio bisected to gfs's MACs (:func:`match_macs`).
+  for the network), each with its pruning ratio bisected to gfs's MACs (:func:`match_macs`),
+  or, where gfs pruned to a latency budget, to gfs's measured latency (:func:`match_share`).
   It prunes the channel layers gfs prunes (never the classifier).
 """
 
@@ -56,6 +57,7 @@ __all__ = [
     "TorchPruning",
     "importance_channels",
     "match_macs",
+    "match_share",
     "reinitialize",
 ]
 
@@ -65,6 +67,8 @@ _GRADIENT_BATCHES = 4
 # of the pruning ratio (2**-12) are finer than one channel of a 1024-channel layer.
 MACS_TOLERANCE = 0.01
 BISECTION_STEPS = 12
+# ... or gfs's measured latency within this (timings vary by a percent or two between runs).
+LATENCY_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,9 @@ class MethodContext:
             the Taylor gradients) use, as :func:`gfsprune.prune` takes it; ``None``: the
             cross-entropy on labels. With distillation the loader yields the teacher's
             outputs as targets (:func:`gfsprune.distill`).
+        latency: Where gfs pruned to a latency budget: a model's measured latency as a
+            share of the unpruned model's (at the budget's batch size), which the methods
+            choosing their own widths match to gfs's instead of its MACs; ``None``: MACs.
     """
 
     model: nn.Module
@@ -95,6 +102,7 @@ class MethodContext:
     device: torch.device
     progress: bool
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    latency: Callable[[nn.Module], float] | None = None
 
     @property
     def widths(self) -> dict[str, int]:
@@ -173,12 +181,14 @@ class Importance(Method):
 
 
 class TorchPruning(Method):
-    """Torch-Pruning's ``MetaPruner`` with its own widths, at gfs's MACs.
+    """Torch-Pruning's ``MetaPruner`` with its own widths, at gfs's MACs (or latency).
 
     The pruning ratio (a share of every layer's channels, or of all of them with
     ``global_pruning``) is bisected until :func:`gfsprune.count` measures greedy selection's
     MACs ratio within :data:`MACS_TOLERANCE` (relative), or as close as the channel steps
-    allow: the MACs in the results row then show by how much it missed. Only the channel
+    allow: the MACs in the results row then show by how much it missed. Where gfs pruned to
+    a latency budget (``MethodContext.latency``), gfs's measured latency share is matched
+    instead, within :data:`LATENCY_TOLERANCE`. Only the channel
     layers greedy selection prunes are pruned (ignoring the classifier, as gfs does), with
     the comparison's ``round_to``. Gradient-based importances read gradients summed over a
     few training batches of the unpruned model.
@@ -231,6 +241,11 @@ class TorchPruning(Method):
             trial.zero_grad(set_to_none=True)
             return trial
 
+        if context.latency is not None:
+            target = context.latency(context.greedy.model)
+            return match_share(
+                prune_at, context.latency, target=target, tolerance=LATENCY_TOLERANCE
+            ).model
         matched = match_macs(
             prune_at,
             context.example_inputs,
@@ -242,21 +257,66 @@ class TorchPruning(Method):
 
 @dataclass(frozen=True)
 class Matched:
-    """What :func:`match_macs` found.
+    """What :func:`match_share` found.
 
     Attributes:
         model: The pruned model at ``ratio``.
         ratio: The pruning ratio.
-        macs_ratio: Its MACs over the unpruned model's, as :func:`gfsprune.count` measures.
+        share: Its cost over the unpruned model's (the MACs, as :func:`gfsprune.count`
+            counts them, for :func:`match_macs`).
         steps: Prunings tried.
-        within: Whether ``macs_ratio`` is within the tolerance of the target.
+        within: Whether ``share`` is within the tolerance of the target.
     """
 
     model: nn.Module
     ratio: float
-    macs_ratio: float
+    share: float
     steps: int
     within: bool
+
+
+def match_share(
+    prune_at: Callable[[float], nn.Module],
+    share_of: Callable[[nn.Module], float],
+    *,
+    target: float,
+    tolerance: float = MACS_TOLERANCE,
+    steps: int = BISECTION_STEPS,
+) -> Matched:
+    """Bisect a pruning ratio in [0, 1) until the pruned model's cost share (``share_of``:
+    its cost over the unpruned model's) is ``target``.
+
+    The share falls as the pruning ratio grows, except where Torch-Pruning leaves a group
+    whole rather than empty it: a ratio whose model costs more than a smaller ratio's is
+    treated as too large.
+
+    Args:
+        prune_at: Prunes a fresh copy of the model at a ratio.
+        share_of: A pruned model's cost share (MACs counted, or latency measured).
+        target: The share to reach, in (0, 1).
+        tolerance: Stop once within ``tolerance * target`` of it.
+        steps: Stop after this many prunings.
+
+    Returns:
+        The closest model found (the first within the tolerance).
+    """
+    low, high, low_share = 0.0, 1.0, 1.0  # low_share: the share at ``low``
+    best: Matched | None = None
+    for step in range(1, steps + 1):
+        middle = (low + high) / 2
+        model = prune_at(middle)
+        achieved = share_of(model)
+        within = abs(achieved - target) <= tolerance * target
+        if best is None or abs(achieved - target) < abs(best.share - target):
+            best = Matched(model, middle, achieved, step, within)
+        if within:
+            break
+        if target < achieved <= low_share:
+            low, low_share = middle, achieved
+        else:
+            high = middle
+    assert best is not None  # steps >= 1
+    return dataclasses.replace(best, steps=step)
 
 
 def match_macs(
@@ -268,45 +328,21 @@ def match_macs(
     tolerance: float = MACS_TOLERANCE,
     steps: int = BISECTION_STEPS,
 ) -> Matched:
-    """Bisect a pruning ratio in [0, 1) until the pruned model keeps ``target`` of ``macs``.
-
-    The MACs ratio falls as the pruning ratio grows, except where Torch-Pruning leaves a
-    group whole rather than empty it: a ratio whose model has more MACs than a smaller
-    ratio's is treated as too large.
-
-    Args:
-        prune_at: Prunes a fresh copy of the model at a ratio.
-        example_inputs: Inputs for counting.
-        macs: The unpruned model's MACs.
-        target: The MACs ratio to reach, in (0, 1).
-        tolerance: Stop once within ``tolerance * target`` of it.
-        steps: Stop after this many prunings.
-
-    Returns:
-        The closest model found (the first within the tolerance).
+    """:func:`match_share` on the MACs: until the pruned model keeps ``target`` of ``macs``
+    (the unpruned model's), counted on ``example_inputs``.
 
     Example:
         >>> keep = lambda r: nn.Linear(10, 10 - int(10 * r), bias=False)
-        >>> match_macs(keep, torch.zeros(1, 10), macs=100, target=0.3).macs_ratio
+        >>> match_macs(keep, torch.zeros(1, 10), macs=100, target=0.3).share
         0.3
     """
-    low, high, low_ratio = 0.0, 1.0, 1.0  # low_ratio: the MACs ratio at ``low``
-    best: Matched | None = None
-    for step in range(1, steps + 1):
-        middle = (low + high) / 2
-        model = prune_at(middle)
-        achieved = count(model, example_inputs)[0] / macs
-        within = abs(achieved - target) <= tolerance * target
-        if best is None or abs(achieved - target) < abs(best.macs_ratio - target):
-            best = Matched(model, middle, achieved, step, within)
-        if within:
-            break
-        if target < achieved <= low_ratio:
-            low, low_ratio = middle, achieved
-        else:
-            high = middle
-    assert best is not None  # steps >= 1
-    return dataclasses.replace(best, steps=step)
+    return match_share(
+        prune_at,
+        lambda model: count(model, example_inputs)[0] / macs,
+        target=target,
+        tolerance=tolerance,
+        steps=steps,
+    )
 
 
 class Scratch(Method):

@@ -70,7 +70,8 @@ def format_table(results: Mapping) -> str:
     """The results as a Markdown table: a row per method after the base model's, a column of
     test accuracy per fine-tuning budget, and before those the accuracy right after pruning
     where BatchNorm recalibration changed it. A ``*`` marks MACs more than 1% (relative) from
-    gfs's (a pipeline whose channel steps could not match them). The batch-64 latency is
+    gfs's (a pipeline whose channel steps could not match them; not at a latency budget,
+    where the MACs differ by design). The batch-64 latency is
     the CPU's, and the GPU's too where the comparison measured one.
 
     Example:
@@ -93,7 +94,8 @@ def format_table(results: Mapping) -> str:
     rows = [["base", f"{base['macs']:,}", f"{base['params']:,}"]]
     latency = _ms(base, gpu)
     rows[0] += [_pct(base[key])] + [""] * (len(header) - 4 - len(latency)) + latency
-    reference = methods.get("gfs", {}).get("macs")
+    # MACs off gfs's are marked where they were matched to it (not to a latency)
+    reference = None if "budget" in results else methods.get("gfs", {}).get("macs")
     for name, r in methods.items():
         off = reference is not None and _off(r["macs"], reference)
         row = [name, f"{r['macs']:,}{'*' if off else ''}", f"{r['params']:,}"]
@@ -160,15 +162,20 @@ def summarize(results: Mapping, *, test_samples: int | None = None) -> list[str]
             f"{reference['params'] / base['params']:.1%} of its parameters"
             + (" (gfs's)." if "gfs" in methods else ".")
         )
+        budget = results.get("budget")
+        if budget:
+            sentences.append(_budget_sentence(budget))
         off = [m for m, r in methods.items() if r["macs"] != reference["macs"]]
         if "gfs" in methods and off:
             sentences.append(
-                "Torch-Pruning's pipelines choose their own widths at gfs's MACs: "
+                "Torch-Pruning's pipelines choose their own widths at gfs's "
+                + ("measured latency" if budget else "MACs")
+                + ": "
                 + ", ".join(f"{m} {methods[m]['macs'] / base['macs']:.1%}" for m in off)
                 + " of the base MACs."
             )
             far = [m for m in off if _off(methods[m]["macs"], reference["macs"])]
-            if far:
+            if far and not budget:
                 sentences.append(
                     f"{', '.join(far)} (marked * in the table) could not be matched within 1%: "
                     "bisecting the pruning ratio came no closer to gfs's MACs."
@@ -223,6 +230,21 @@ def summarize(results: Mapping, *, test_samples: int | None = None) -> list[str]
             f"{bwd['seconds']:.2f} s of selection."
         )
     return sentences
+
+
+def _budget_sentence(budget: Mapping) -> str:
+    """What a latency budget got: gfs's predicted and measured latency before and after,
+    and the measured speed-up."""
+    ms = {k: 1e3 * v for k, v in budget.items() if k.startswith("latency")}
+    share = ms["latency_after"] / ms["latency_before"]
+    return (
+        f"gfs pruned to {budget['target']}: at batch {budget['batch']} its latency was "
+        f"predicted {ms['latency_predicted_before']:.3f} -> {ms['latency_predicted_after']:.3f} "
+        f"ms and measured {ms['latency_before']:.3f} -> {ms['latency_after']:.3f} ms "
+        f"({share:.1%} of the unpruned model's, a {1 / share:.2f}x speed-up); the other "
+        "methods keep its widths, and Torch-Pruning's pipelines have their pruning ratio "
+        "bisected to its measured latency (within 2%)."
+    )
 
 
 def plot_accuracy(results: Mapping, path: str | os.PathLike) -> Path:

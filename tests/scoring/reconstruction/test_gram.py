@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gfsprune.scoring.reconstruction.gram import (
+    ConsumerStats,
+    UndescribedConsumer,
     collect_stats,
+    input_padding,
     outputs,
     positions,
     unsupported,
@@ -48,6 +52,49 @@ def test_rows_times_the_weight_matrix_are_the_modules_outputs(name: str) -> None
     assert unsupported(module) is None
 
 
+class SamePadding(nn.Conv2d):
+    """TensorFlow's "SAME" padding done in forward (as EfficientNet's and timm's Conv2dSame)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2:]
+        ph = max((-(-h // self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - h, 0)
+        pw = max((-(-w // self.stride[1]) - 1) * self.stride[1] + self.kernel_size[1] - w, 0)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return super().forward(x)
+
+
+class Standardized(nn.Conv2d):
+    """Weight standardisation: the stored weights are not the ones applied."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+@pytest.mark.parametrize("side", [7, 8])
+def test_a_subclass_padding_like_tensorflow_is_described(side: int) -> None:
+    torch.manual_seed(0)
+    module = SamePadding(3, 4, 3, stride=2)
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        y = module(x)
+    pad = input_padding(module, x, y)
+    got = positions(module, x.double(), pad) @ weight_matrix(module).T
+    torch.testing.assert_close(got, outputs(module, y).double(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_subclass_that_changes_its_weights_is_refused() -> None:
+    torch.manual_seed(0)
+    module = Standardized(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        y = module(x)
+    assert unsupported(module) is None  # a Conv2d: checked on its first batch instead
+    with pytest.raises(UndescribedConsumer, match="Standardized"):
+        input_padding(module, x, y)
+
+
 def test_unsupported_consumers_are_named() -> None:
     assert "Conv3d" in unsupported(nn.Conv3d(2, 2, 1))
 
@@ -63,6 +110,23 @@ def test_statistics_of_chunks_add_up_to_one_pass(case: str) -> None:
         assert summed.rows == stats.rows > 0
         for key in ("gram", "cross", "energy"):
             torch.testing.assert_close(getattr(summed, key), getattr(stats, key))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_statistics_are_the_float64_sums_of_the_rows(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    rows, targets = torch.randn(300, 7, dtype=dtype) + 3, torch.randn(300, 2, dtype=dtype)
+    stats = ConsumerStats.zeros(nn.Linear(6, 2), torch.device("cpu"))
+    stats.add(rows, targets)
+    x, y = rows.double(), targets.double()
+    # float32 rows: products in float32, sums in float64; each entry within 1e-6 of its
+    # Cauchy-Schwarz bound (the norms of its two columns)
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    for got, a, b in ((stats.gram, x, x), (stats.cross, x, y)):
+        bound = a.norm(dim=0)[:, None] * b.norm(dim=0)[None]
+        assert ((got - a.T @ b).abs() <= tol * bound).all()
+    torch.testing.assert_close(stats.energy, y.pow(2).sum(0), rtol=1e-12, atol=0)
+    assert stats.gram.dtype == torch.float64 and stats.rows == 300
 
 
 def test_the_unpruned_network_may_be_the_pruned_one() -> None:

@@ -137,6 +137,25 @@ def test_layers_with_an_undescribed_consumer_are_selected_by_the_network_loss(
     assert [p.kept for p in fallback.plan] == [p.kept for p in exact.plan]
 
 
+class _Doubled(torch.nn.Conv2d):
+    """Applies twice its stored weights: not described by them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, 2 * self.weight, self.bias, padding=self.padding)
+
+
+def test_a_consumer_its_weights_do_not_reproduce_falls_back_to_the_network_loss(
+    caplog,
+) -> None:
+    model, data = _setup(width=8)
+    model.c2.__class__ = _Doubled  # the consumer of c1's channels
+    with caplog.at_level("INFO", logger="gfsprune"):
+        fallback = _prune(model, data, Reconstruction())
+    exact = _prune(model, data, "loss")
+    assert fallback.plan[0].kept == exact.plan[0].kept
+    assert "c1: selected by the network loss (a _Doubled whose outputs" in caplog.text
+
+
 def test_the_curves_measure_the_network_loss_at_a_few_widths_per_layer(monkeypatch) -> None:
     model, data = _setup()
     widths: list[int] = []
@@ -153,3 +172,42 @@ def test_the_curves_measure_the_network_loss_at_a_few_widths_per_layer(monkeypat
     result = prune(model, data, data[0][0][:1], target=Macs(0.5), config=config, progress=False)
     assert result.macs_ratio == pytest.approx(0.5, rel=0.05)
     assert sorted(widths) == [1, 1, 5, 5, 8, 8, 12, 12]  # two layers of 12 channels
+
+
+def _references(monkeypatch, allocator) -> list[bool]:
+    """Per gathering of statistics in a run: was the reference the network itself?"""
+    model, data = _setup()
+    references: list[bool] = []
+    gather = objective_module.collect_stats
+
+    def recorded(work, unpruned, names, batches):
+        references.append(unpruned is work)
+        return gather(work, unpruned, names, batches)
+
+    monkeypatch.setattr(objective_module, "collect_stats", recorded)
+    config = PruneConfig(objective=Reconstruction(), candidates=None, allocator=allocator)
+    prune(model, data, data[0][0][:1], target=Macs(0.5), config=config, progress=False)
+    return references
+
+
+def test_statistics_take_one_network_while_nothing_is_pruned(monkeypatch) -> None:
+    # two layers: the first's selection sees the unpruned network, the second's not
+    assert _references(monkeypatch, "uniform") == [True, False]
+    # the curves' pass (every layer alone, the others at full width) sees it for each layer
+    assert _references(monkeypatch, Curves(schedule=Exact()))[:2] == [True, True]
+
+
+def test_every_candidate_is_scored_whatever_the_candidates_option() -> None:
+    model, data = _setup()
+    example = data[0][0][:1]
+    plans = []
+    for candidates in (None, 2):
+        config = PruneConfig(objective=Reconstruction(), candidates=candidates, allocator="uniform")
+        result = prune(model, data, example, target=Macs(0.5), config=config, progress=False)
+        plans.append([p.kept for p in result.plan])
+    assert plans[0] == plans[1]
+
+
+def test_the_default_curves_follow_the_reconstruction_path() -> None:
+    assert isinstance(Curves().curve_schedule(50, closed_form=True), Exact)
+    assert not isinstance(Curves().curve_schedule(50), Exact)

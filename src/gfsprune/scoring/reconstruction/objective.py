@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,12 +31,18 @@ from gfsprune._inputs import move, run_model
 from gfsprune.errors import ConfigError
 from gfsprune.scoring.loss import NetworkLoss
 from gfsprune.scoring.objective import BoundObjective, LayerObjective, Objective, SelectionRun
-from gfsprune.scoring.reconstruction.gram import collect_stats, unsupported
+from gfsprune.scoring.reconstruction.gram import (
+    UndescribedConsumer,
+    collect_stats,
+    unsupported,
+)
 from gfsprune.scoring.reconstruction.paths import SCALES, Path, make_path, scorer
 from gfsprune.scoring.reconstruction.problem import LayerProblem
 from gfsprune.surgery import ChannelLayer, batchnorm_after
 
 __all__ = ["Reconstruction"]
+
+_log = logging.getLogger(__name__)
 
 
 def _check_int(name: str, value: object, low: int) -> None:
@@ -72,13 +79,13 @@ class Reconstruction(Objective):
 
     Layers with a consumer the statistics cannot describe (other than Linear, Conv1d and
     Conv2d, or with more than 8192 input positions) are selected by the network's loss.
-    Every candidate is scored at each step only where the run offers them all
-    (``PruneConfig(candidates=None)``); the curves cost ``points`` measurements per layer only
-    where the curve pass follows the reconstruction's own order
-    (``Curves(schedule=Exact())``).
+    Every candidate is scored at each step (``PruneConfig(candidates=...)`` does not apply),
+    and the ``curves`` allocator follows each layer's greedy path: ``points`` measurements of
+    the network loss per layer.
     """
 
     name: ClassVar[str] = "reconstruction"
+    closed_form: ClassVar[bool] = True
     scale: str = "refit"
     refit: bool = True
     judge: int = 0
@@ -123,14 +130,30 @@ class _BoundReconstruction(BoundObjective):
         self.loss = NetworkLoss().bind(run)  # the judge, and the layers not described
         self._last: _LayerReconstruction | None = None
 
+    def _reference(self) -> torch.nn.Module:
+        """The unpruned network, or the network itself where it is still the same (nothing
+        masked, no weight changed: the curves' pass), which halves the passes."""
+        model = self.run.model
+        if not self.run.masks.unmasked:
+            return self.unpruned
+        mine, theirs = model.state_dict(), self.unpruned.state_dict()
+        same = mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+        return model if same else self.unpruned
+
     def _problem(self, layer: ChannelLayer) -> LayerProblem | None:
         """``layer``'s problem on the calibration batches, from the network as it is now
         (``None`` where a consumer is not described)."""
         names = sorted({c.name for c in layer.consumers})
         modules = {n: self.run.model.get_submodule(n) for n in names}
-        if any(unsupported(m) for m in modules.values()):
+        why = [f"'{n}' is {unsupported(m)}" for n, m in modules.items() if unsupported(m)]
+        if why:
+            _log.info("%s: selected by the network loss (%s)", layer.name, "; ".join(why))
             return None
-        stats = collect_stats(self.run.model, self.unpruned, names, self.calibration)
+        try:
+            stats = collect_stats(self.run.model, self._reference(), names, self.calibration)
+        except UndescribedConsumer as err:
+            _log.info("%s: selected by the network loss (%s)", layer.name, err)
+            return None
         factors = {n: self.run.masks.input_factors(n) for n in names}
         norms = {n: self.norms[n] for n in names if n in self.norms}
         return LayerProblem(layer, stats, modules, factors, norms)

@@ -117,17 +117,42 @@ class ScaledPath(Path):
 
 class _Residual:
     """One block's state on a corrective path: ``K`` and ``U`` over the layer's positions,
-    the consumer's other inputs (and the selected items) projected out."""
+    the consumer's other inputs (and the selected items) projected out.
+
+    Rows are item-major: each live item owns ``p`` consecutive rows (its positions; padded
+    with inert rows, ``K`` = identity and ``U`` = 0, where items have fewer), so that every
+    item's block of ``K`` and ``U`` is a view, not a gather.
+    """
 
     def __init__(self, problem: LayerProblem, block: Block, ridge: float) -> None:
         s = problem.stats[block.consumer]
         lam = problem.ridge_of(block, ridge)
-        pos = torch.cat([block.layer, block.fixed])
+        device = s.gram.device
+        counts = torch.bincount(block.items.cpu(), minlength=problem.n_items)
+        self.items = counts.nonzero().flatten().to(device)  # the live items, in row order
+        self.p = int(counts.max()) if len(block.items) else 0
+        # each live item's positions (indices into block.layer), padded with -1: (m, p)
+        order = torch.argsort(block.items, stable=True)
+        present = counts[counts > 0].to(device)
+        slot = torch.arange(len(order), device=device) - torch.repeat_interleave(
+            torch.cumsum(present, 0) - present, present
+        )
+        row = torch.searchsorted(self.items, block.items[order])
+        slots = torch.full((len(self.items), self.p), -1, dtype=torch.long, device=device)
+        slots[row, slot] = order
+        slots = slots.flatten()
+        real = slots >= 0
+        pos = torch.cat([block.layer[slots.clamp(min=0)], block.fixed])
         a = s.gram[pos][:, pos]
-        a = a + lam * torch.eye(len(pos), dtype=a.dtype, device=a.device)
+        a = a + lam * torch.eye(len(pos), dtype=a.dtype, device=device)
         c = s.cross[pos][:, block.outputs]
+        size = len(slots)
+        pad = ~real
+        a[:size][pad] = 0.0
+        a[:, :size][:, pad] = 0.0
+        a[:size, :size][pad, pad] = 1.0
+        c[:size][pad] = 0.0
         self.w = problem.weights[block.consumer][block.outputs]
-        size = len(block.layer)
         k, u = a[:size, :size], c[:size]
         self.error = float(self.w @ s.energy[block.outputs])
         if len(block.fixed):
@@ -137,61 +162,51 @@ class _Residual:
             k = k - ka @ solved[:, :size]
             u = u - ka @ solved[:, size:]
             self.error -= float(self.w @ (c[size:] * solved[:, size:]).sum(0))
-        self.k, self.u = k, u
-        # each item's positions (local indices), padded with -1: (n_items, p)
-        counts = torch.bincount(block.items, minlength=problem.n_items)
-        width = int(counts.max()) if len(block.items) else 0
-        order = torch.argsort(block.items, stable=True)
-        slot = torch.arange(len(order), device=order.device) - torch.repeat_interleave(
-            torch.cumsum(counts, 0) - counts, counts
-        )
-        index = torch.full((problem.n_items, width), -1, dtype=torch.long, device=order.device)
-        index[block.items[order], slot] = order
-        self.index = index
-        self._alive = torch.ones(len(block.items), dtype=torch.bool, device=order.device)
+        self.k, self.u = k.contiguous(), u.contiguous()
+        self._alive = torch.ones(len(self.items), dtype=torch.bool, device=device)
+        self._n = problem.n_items
 
     def gains(self) -> torch.Tensor:
         """How much adding each item lowers this block's error, ``(n_items,)``."""
-        if self.index.shape[1] == 0:
-            return torch.zeros(self.index.shape[0], dtype=self.k.dtype, device=self.k.device)
-        valid = self.index >= 0
-        idx = self.index.clamp(min=0)
-        kpp = self.k[idx[:, :, None], idx[:, None, :]]  # (n, p, p)
-        pair = valid[:, :, None] & valid[:, None, :]
-        eye = torch.eye(idx.shape[1], dtype=kpp.dtype, device=kpp.device)
-        kpp = torch.where(pair, kpp, eye)
-        up = self.u[idx] * valid[:, :, None]  # (n, p, o)
+        out = torch.zeros(self._n, dtype=self.k.dtype, device=self.k.device)
+        m, p = len(self.items), self.p
+        if m == 0:
+            return out
+        kpp = self.k.view(m, p, m, p).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (m, p, p)
+        up = self.u.view(m, p, -1)  # (m, p, o)
+        # sum_o w_o u_o' K^-1 u_o = trace(K^-1 M), M = sum_o w_o u_o u_o': (m, p, p) systems
+        # to solve instead of (m, p, o)
+        mm = torch.bmm(up * self.w, up.transpose(1, 2))
         chol, info = torch.linalg.cholesky_ex(kpp)
-        solved = torch.cholesky_solve(up, chol)
-        gain = ((up * solved).sum(1) * self.w).sum(1)
-        return torch.where(info == 0, gain, 0.0)
+        gain = torch.cholesky_solve(mm, chol).diagonal(dim1=1, dim2=2).sum(1)
+        out[self.items] = torch.where((info == 0) & self._alive, gain, 0.0)
+        return out
 
     def add(self, item: int) -> float:
         """Project ``item``'s positions out; returns the error's decrease."""
-        pos = self.index[item]
-        pos = pos[pos >= 0]
-        if len(pos) == 0:
+        hit = ((self.items == item) & self._alive).nonzero().flatten()
+        if len(hit) == 0:
             return 0.0
-        kp = self.k[:, pos]  # (L, p)
-        chol, info = torch.linalg.cholesky_ex(self.k[pos][:, pos])
+        r, p = int(hit[0]), self.p
+        pos = slice(r * p, (r + 1) * p)
+        kp, up = self.k[:, pos].clone(), self.u[pos].clone()  # (L, p), (p, o)
+        chol, info = torch.linalg.cholesky_ex(kp[pos])
         gain = 0.0
         if not int(info):  # else: positions already spanned (a dead or duplicated input)
-            solved = torch.cholesky_solve(torch.cat([kp.T, self.u[pos]], 1), chol)
-            gain = float(self.w @ (self.u[pos] * solved[:, kp.shape[0] :]).sum(0))
+            solved = torch.cholesky_solve(torch.cat([kp.T, up], 1), chol)
+            gain = float(self.w @ (up * solved[:, kp.shape[0] :]).sum(0))
             self.k.addmm_(kp, solved[:, : kp.shape[0]], alpha=-1)
             self.u.addmm_(kp, solved[:, kp.shape[0] :], alpha=-1)
             self.error -= gain
         # the item's positions are spanned now (their rows of K and U are zero): drop them
         # once a quarter of the rows are such, so that the updates shrink with the path
-        self.index[item] = -1
-        self._alive[pos] = False
+        self._alive[r] = False
         if (~self._alive).sum() * 4 > len(self._alive):
             keep = self._alive.nonzero().flatten()
-            self.k = self.k.index_select(0, keep).index_select(1, keep)
-            self.u = self.u.index_select(0, keep)
-            renumber = torch.cumsum(self._alive, 0) - 1
-            self.index = torch.where(self.index >= 0, renumber[self.index.clamp(min=0)], -1)
-            self._alive = self._alive[keep]
+            rows = (keep[:, None] * p + torch.arange(p, device=keep.device)).flatten()
+            self.k = self.k.index_select(0, rows).index_select(1, rows)
+            self.u = self.u.index_select(0, rows)
+            self.items, self._alive = self.items[keep], self._alive[keep]
         return gain
 
 
