@@ -1,7 +1,7 @@
 """Real pretrained networks and real data (issue 30): every method side by side at one MACs.
 
 Needs the material of ``make bench-real-setup`` (``benchmarks/setup_real.sh``) in ``--bench``
-(default ``.bench``). Two cases:
+(default ``.bench``). Three cases:
 
 - ``effnet``: EfficientNet-Lite0 pretrained on ImageNet-1k (``efficientnet_lite.py``), pruned
   **label-free** (:func:`gfsprune.distill`: KL to the unpruned model's logits) on random
@@ -13,7 +13,19 @@ Needs the material of ``make bench-real-setup`` (``benchmarks/setup_real.sh``) i
   (``fashion-mnist:.bench/fashion-mnist``, the official 60k/10k split), then
   :func:`gfsprune.workflow.compare.compare` at each target with fine-tuning budgets and
   ``scratch`` (the pruned architecture re-initialised and trained for the pre-training plus
-  the largest budget's epochs), over seeds; tables as ``pipelines.py`` prints them.
+  the largest budget's epochs), over seeds; tables as ``pipelines.py`` prints them;
+- ``brown``: a small LLaMA-style language model trained here on 450 of the Brown corpus's
+  500 files (:mod:`brown_lm`: word-level tokenizer, an ``hf:DIR`` folder cached in
+  ``--bench``, so reruns skip training), its attention heads and MLP neurons pruned
+  **label-free** (KL to the unpruned model's next-token distributions on a few training
+  batches) to each ``--targets`` share of their MACs by ``gfs-fast`` (the fast schedule, as
+  ``--quick`` runs it elsewhere: the default pipeline takes hours here), ``gfs-recon``
+  (``PruneConfig(objective=Reconstruction(), candidates=None)``), ``tp-l2-heads`` and
+  ``tp-l2-global-heads`` (Torch-Pruning's ``MetaPruner`` with its head pruning, L2
+  magnitude, one ratio for heads and neurons, per layer or global, bisected to the target's
+  MACs); measured by held-out perplexity (the 50 held-out files) right after pruning and
+  after the same distillation fine-tuning (AdamW steps) for every method, with CPU seconds
+  to prune and params. ``--methods`` picks among these (all by default).
 
 Methods: ``gfs`` (gfsprune: the default selection, or with ``--quick`` the fast schedule
 with a small screen, named ``gfs-fast`` then) and Torch-Pruning's pipelines (``tp-l1``,
@@ -24,6 +36,7 @@ minutes on one CPU core; the sizes are in the JSON record.
 
     .venv/bin/python benchmarks/real.py --case effnet --quick --json effnet.json
     .venv/bin/python benchmarks/real.py --case fashion --quick --json fashion.json
+    .venv/bin/python benchmarks/real.py --case brown --quick --json brown.json
 
 Timing columns (seconds, latency) are only meaningful on an otherwise idle machine; the
 record holds the load average at the start and end of the run.
@@ -35,32 +48,46 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
-import efficientnet_lite
-import torch
-from pipelines import report as fashion_report
-from torch.utils.data import Subset
-from trained import train_zoo
+# Run as a script, this file's folder is sys.path[0], where transformers.py (a benchmark)
+# would shadow the transformers package that hf: models load with: the folder goes last.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.append(sys.path.pop(0))
 
-import gfsprune
-from gfsprune import Macs, PruneConfig, distill, prune
-from gfsprune.core.allocate import Curves
-from gfsprune.core.counting import count
-from gfsprune.core.schedules import Exact, Fast
-from gfsprune.models import load_weights
-from gfsprune.scoring import Reconstruction
-from gfsprune.workflow.compare import CompareConfig, compare
-from gfsprune.workflow.data import DataBundle, load_data, make_loader
-from gfsprune.workflow.distillation import Distillation, agreement
-from gfsprune.workflow.latency import latencies
-from gfsprune.workflow.methods import METHODS, MethodContext
-from gfsprune.workflow.train import TrainConfig, fit
+import brown_lm  # noqa: E402
+import efficientnet_lite  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch_pruning as tp  # noqa: E402
+from pipelines import report as fashion_report  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import Subset  # noqa: E402
+from trained import train_zoo  # noqa: E402
+
+import gfsprune  # noqa: E402
+from gfsprune import Macs, PruneConfig, distill, prune  # noqa: E402
+from gfsprune.core.allocate import Curves  # noqa: E402
+from gfsprune.core.compute_cost import ComputeCost  # noqa: E402
+from gfsprune.core.counting import count  # noqa: E402
+from gfsprune.core.losses import DistillLoss  # noqa: E402
+from gfsprune.core.schedules import Exact, Fast  # noqa: E402
+from gfsprune.models import load_weights  # noqa: E402
+from gfsprune.scoring import Reconstruction  # noqa: E402
+from gfsprune.surgery import find_layers  # noqa: E402
+from gfsprune.workflow.compare import CompareConfig, compare  # noqa: E402
+from gfsprune.workflow.data import DataBundle, load_data, make_loader  # noqa: E402
+from gfsprune.workflow.distillation import Distillation, agreement  # noqa: E402
+from gfsprune.workflow.latency import latencies  # noqa: E402
+from gfsprune.workflow.methods import METHODS, MethodContext, match_macs  # noqa: E402
+from gfsprune.workflow.train import TrainConfig, fit  # noqa: E402
 
 TP = ("tp-l1", "tp-l2-global", "tp-taylor-global", "tp-lamp-global")
 
@@ -102,7 +129,7 @@ GFS = {
 }
 
 
-def _gfs(sizes: Sizes, variants: list[str]) -> list[tuple[str, PruneConfig]]:
+def _gfs(sizes: Sizes | BrownSizes, variants: list[str]) -> list[tuple[str, PruneConfig]]:
     """The gfs rows' names and options: ``variants`` of :data:`GFS`; with ``--quick``'s
     sizes the default pipeline is replaced by a fast schedule (``gfs-fast``)."""
     rows = []
@@ -291,13 +318,185 @@ def fashion(
     return runs
 
 
+@dataclasses.dataclass(frozen=True)
+class BrownSizes:
+    """How big a ``brown`` run is."""
+
+    train_steps: int  # AdamW steps of batch 32 training the base model (brown_lm.py)
+    calibration: int  # pruning batches, the same for every method
+    calibration_batch: int  # training blocks of 64 tokens per pruning batch
+    steps: int  # distillation fine-tuning steps, the same for every method
+    batch: int  # fine-tuning batch (blocks)
+    lr: float  # fine-tuning peak learning rate (AdamW, brown_lm.adamw's schedule)
+    test_blocks: int  # held-out blocks of 64 tokens measured (of 1,810)
+    screen: int  # gfs-fast: candidates scored exactly per step
+
+
+BROWN_FULL = BrownSizes(600, 2, 8, 40, 16, 5e-4, 1024, 4)
+BROWN_QUICK = BrownSizes(20, 1, 2, 4, 4, 5e-4, 64, 2)
+
+
+BROWN_TP = {"tp-l2-heads": False, "tp-l2-global-heads": True}  # name: global_pruning
+
+
+def brown(
+    bench: Path, sizes: BrownSizes, targets: list[float], methods: list[str], rows: list[dict]
+) -> dict:
+    """Append the rows of the Brown corpus case to ``rows`` (one per target and method, as
+    each is measured); return the base model's recipe (:mod:`brown_lm`).
+
+    ``targets`` are shares of the MACs of the heads and MLP neurons (the prunable MACs:
+    attention products included; embeddings, norms and the tied output layer are not
+    prunable), as ``transformers.py`` counts them."""
+    folder = bench / ("brown-lm-quick" if sizes.train_steps < 100 else "brown-lm")
+    model, recipe = brown_lm.train(bench / "brown.txt", folder, steps=sizes.train_steps)
+    test = brown_lm.blocks(folder, "test.txt")[: sizes.test_blocks]
+    recipe["measured_perplexity"] = brown_lm.perplexity(model, test)
+    train = brown_lm.blocks(folder, "train.txt")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    size = sizes.calibration_batch
+    calibration = [
+        {"input_ids": train[order[size * i : size * (i + 1)]]} for i in range(sizes.calibration)
+    ]
+    example = {"input_ids": train[:1]}
+    data, loss_fn = distill(model, calibration, kind="kl")
+    macs, params = count(model, example)
+    greedy = _brown_gfs(sizes)
+    tune = train[order[size * sizes.calibration :]]
+    teacher = _frozen(model)
+
+    def to_teacher(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            reference = teacher(input_ids=ids)
+        return DistillLoss("kl")(logits, reference)
+
+    for share in targets:
+        ratio = _prunable_ratio(model, example, share)
+        built = {}
+        for name, config in greedy.items():
+            if name not in methods:
+                continue
+            torch.manual_seed(0)
+            start = time.process_time()
+            result = prune(
+                model,
+                data,
+                example,
+                target=Macs(ratio),
+                config=config,
+                loss_fn=loss_fn,
+                progress=False,
+            )
+            built[name] = (result.model, time.process_time() - start)
+            print(f"brown {share}: {name} done", file=sys.stderr, flush=True)
+        for name, global_pruning in BROWN_TP.items():
+            if name in methods:
+                start = time.process_time()
+                matched = _tp_heads(model, example, ratio, global_pruning=global_pruning)
+                built[name] = (matched.model, time.process_time() - start)
+        for name, (pruned, seconds) in built.items():
+            pruned_macs, pruned_params = count(pruned, example)
+            tuned = copy.deepcopy(pruned)
+            batches = brown_lm.shuffled(tune, sizes.batch, seed=0)
+            brown_lm.adamw(tuned, batches, to_teacher, steps=sizes.steps, lr=sizes.lr)
+            rows.append(
+                {
+                    "target": share,
+                    "method": name,
+                    "seconds": seconds,
+                    "macs": pruned_macs / macs,
+                    "params": pruned_params / params,
+                    "perplexity": brown_lm.perplexity(pruned, test),
+                    "perplexity_tuned": brown_lm.perplexity(tuned, test),
+                }
+            )
+            print(f"brown {share}: {name} {rows[-1]}", file=sys.stderr, flush=True)
+    return recipe
+
+
+def _brown_gfs(sizes: BrownSizes) -> dict[str, PruneConfig]:
+    """The brown case's gfsprune rows: the fast schedule (``_gfs``'s) and the reconstruction
+    objective with every other option at its default."""
+    return dict(_gfs(sizes, ["default"])) | {
+        "gfs-recon": PruneConfig(objective=Reconstruction(), candidates=None)
+    }
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode that computes no gradients."""
+    teacher = copy.deepcopy(model).eval()
+    return teacher.requires_grad_(False)
+
+
+def _prunable_ratio(model: nn.Module, example: dict, share: float) -> float:
+    """The ``Macs`` ratio of the whole model that keeps ``share`` of its prunable MACs."""
+    layers, _ = find_layers(model, example)
+    cost = ComputeCost(model, example, layers)
+    fixed = cost.predict([np.zeros(layer.width) for layer in layers])["macs"]
+    return (fixed + share * (cost.full["macs"] - fixed)) / cost.full["macs"]
+
+
+def _tp_heads(model: nn.Module, example: dict, target: float, *, global_pruning: bool):
+    """Torch-Pruning's ``MetaPruner`` on the LLaMA model's attention heads and MLP neurons:
+    L2 magnitude of each group (``GroupMagnitudeImportance(p=2)``), one ratio of heads
+    (``head_pruning_ratio``, ``prune_num_heads``; head size kept) and of neurons, in every
+    layer or (``global_pruning``) over all layers ranked together; the residual stream
+    untouched; the ratio bisected to ``target`` (``match_macs``)."""
+
+    def prune_at(ratio: float) -> nn.Module:
+        trial = copy.deepcopy(model)
+        llama = trial.model
+        heads = {}
+        ignored = [llama.lm_head, llama.model.embed_tokens]
+        for layer in llama.model.layers:
+            attention = layer.self_attn
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+                heads[projection] = llama.config.num_attention_heads
+            ignored += [attention.o_proj, layer.mlp.down_proj]
+        with warnings.catch_warnings():  # the norms' weights are in the residual stream
+            warnings.simplefilter("ignore")
+            tp.pruner.MetaPruner(
+                trial,
+                example,
+                importance=tp.importance.GroupMagnitudeImportance(p=2),
+                pruning_ratio=ratio,
+                head_pruning_ratio=ratio,
+                num_heads=heads,
+                prune_num_heads=True,
+                prune_head_dims=False,
+                ignored_layers=ignored,
+                global_pruning=global_pruning,
+            ).step()
+        return trial
+
+    return match_macs(prune_at, example, macs=count(model, example)[0], target=target)
+
+
+def brown_table(rows: list[dict], sizes: BrownSizes, recipe: dict) -> str:
+    lines = [
+        f"Brown corpus, label-free: held-out perplexity (unpruned "
+        f"{recipe['measured_perplexity']:.1f}) right after pruning and after "
+        f"{sizes.steps} distillation steps of batch {sizes.batch}, lr {sizes.lr}",
+        "| prunable MACs | method | MACs ratio | params | ppl | ppl tuned | CPU s* |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['target']:.0%} | {r['method']} | {r['macs']:.3f} | {r['params']:.3f} | "
+            f"{r['perplexity']:.1f} | {r['perplexity_tuned']:.1f} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", choices=("effnet", "fashion"), required=True)
+    parser.add_argument("--case", choices=("effnet", "fashion", "brown"), required=True)
     parser.add_argument("--quick", action="store_true", help="small settings (minutes)")
     parser.add_argument("--bench", type=Path, default=Path(".bench"), help="setup_real.sh's")
     parser.add_argument("--targets", type=float, nargs="+", help="MACs ratios to keep")
-    parser.add_argument("--methods", default=",".join(TP), help="besides gfs, comma-separated")
+    parser.add_argument(
+        "--methods", help="besides gfs, comma-separated (brown: of all, default all)"
+    )
     parser.add_argument(
         "--models", default=",".join(FASHION_MODELS), help="fashion: comma-separated"
     )
@@ -312,14 +511,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
-    changed = {"image_size": args.image_size, "batch": args.batch, "steps": args.steps}
-    sizes = dataclasses.replace(sizes, **{k: v for k, v in changed.items() if v is not None})
     gfs = [v for v in args.gfs.split(",") if v]
     unknown = sorted(set(gfs) - set(GFS))
     if unknown:
         parser.error(f"--gfs: unknown variants {unknown}; choose from {list(GFS)}")
-    methods = [m for m in args.methods.split(",") if m]
-    targets = args.targets or ([0.75, 0.5] if args.case == "effnet" else [0.5, 0.25])
+    methods = [m for m in (args.methods or ",".join(TP)).split(",") if m]
+    targets = args.targets or ([0.5, 0.25] if args.case == "fashion" else [0.75, 0.5])
+    if args.case == "brown":
+        sizes = BROWN_QUICK if args.quick else BROWN_FULL
+    else:
+        changed = {"image_size": args.image_size, "batch": args.batch, "steps": args.steps}
+        sizes = dataclasses.replace(sizes, **{k: v for k, v in changed.items() if v is not None})
     record = {
         "case": args.case,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
@@ -334,6 +536,17 @@ def main() -> None:
         record["rows"] = []
         effnet(args.bench, sizes, targets, methods, gfs, record["rows"])
         table = effnet_table(record["rows"], sizes)
+    elif args.case == "brown":
+        record["rows"] = []
+        record["transformers"] = importlib.metadata.version("transformers")
+        record["torch_pruning"] = tp.__version__
+        record["gfs"] = {name: c.settings() for name, c in _brown_gfs(sizes).items()}
+        known = [*_brown_gfs(sizes), *BROWN_TP]
+        methods = known if args.methods is None else methods
+        if set(methods) - set(known):
+            parser.error(f"brown --methods are among {', '.join(known)}")
+        record["recipe"] = brown(args.bench, sizes, targets, methods, record["rows"])
+        table = brown_table(record["rows"], sizes, record["recipe"])
     else:
         record["gfs"] = json.dumps(record["gfs"])
         record["runs"] = fashion(args.bench, sizes, targets, methods, args.models.split(","), gfs)
