@@ -4,12 +4,11 @@ after fine-tuning (issue 12).
 For every case and seed a model is trained (plain cross-entropy, SGD; the seed sets the
 initialisation and data order), then ``gfsprune.workflow.compare`` prunes it to each MACs
 budget by every method and fine-tunes each pruned model for every budget of ``--epochs``
-(each budget its own run, the same recipe for every method). ``gfs`` is the paper's
-pipeline, gfsprune's default until 0.1.0: ``gfsprune.prune(model, batches, x,
-target=Macs(r))`` with ``objective="loss"``, ``allocator="curves"`` and every other option
-at its default (or ``--gfs`` options; ``'{"objective": "reconstruction", "allocator":
-"uniform"}'`` is today's default); Torch-Pruning's pipelines choose their own widths, their
-pruning ratio bisected to gfs's MACs. Test accuracy (held-out split, the same for every
+(each budget its own run, the same recipe for every method). ``gfs`` is the default
+pipeline: ``gfsprune.prune(model, batches, x, target=Macs(r))`` with every option at its
+default (or ``--gfs`` options; ``'{"objective": "loss", "allocator": "curves"}'`` is the
+paper's rule, gfsprune's default until 0.1.0); Torch-Pruning's pipelines choose their own
+widths, their pruning ratio bisected to gfs's MACs. Test accuracy (held-out split, the same for every
 seed) is reported as mean ± standard deviation over the seeds.
 
 Cases (all data generated or bundled, no download):
@@ -50,8 +49,6 @@ CASES = {
     "synthetic": ("synthetic:2000", None, "resnet20", {"width_mult": 0.5}, 10, 0.05),
     "cifar": ("synthetic:2000", 32, "resnet20", {}, 10, 0.05),
 }
-#: The PruneConfig options of ``gfs`` that ``--gfs`` adds to or replaces.
-_GFS = {"objective": "loss", "allocator": "curves"}
 METHODS = ("gfs", "tp-l1", "tp-l2-global", "tp-taylor-global", "tp-lamp-global", "bn")
 
 
@@ -88,7 +85,7 @@ def run(case: str, seed: int, args: argparse.Namespace) -> dict:
             finetune=TrainConfig(epochs=max(args.epochs), batch_size=64, lr=args.lr, seed=seed),
             epochs=tuple(args.epochs),
             methods=tuple(args.methods.split(",")),
-            prune=PruneConfig(**{**_GFS, **json.loads(args.gfs)}),
+            prune=PruneConfig(**json.loads(args.gfs)),
             batch_size=64,
             seed=seed,
         )
