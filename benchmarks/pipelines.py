@@ -8,8 +8,8 @@ budget by every method and fine-tunes each pruned model for every budget of ``--
 pipeline: ``gfsprune.prune(model, batches, x, target=Macs(r))`` with every option at its
 default (or ``--gfs`` options; ``'{"objective": "loss", "allocator": "curves"}'`` is the
 paper's rule, gfsprune's default until 0.1.0); Torch-Pruning's pipelines choose their own
-widths, their pruning ratio bisected to gfs's MACs. Test accuracy (held-out split, the same for every
-seed) is reported as mean ± standard deviation over the seeds.
+widths, their pruning ratio bisected to gfs's MACs. Test accuracy (held-out split, the same
+for every seed) is reported as mean ± standard deviation over the seeds.
 
 Cases (all data generated or bundled, no download):
 
