@@ -171,6 +171,14 @@ def effnet(
     example = torch.zeros(1, 3, side, side)
     macs, params = count(model, example)
     variants = _gfs(sizes, gfs)
+
+    def record(target: float, method: str, pruned: torch.nn.Module, seconds: float) -> None:
+        rows.append(
+            {"target": target, "method": method, "seconds": seconds}
+            | _effnet_scores(pruned, model, tune, sizes, base=(macs, params))
+        )
+        print(f"effnet {target}: {method} {rows[-1]}", file=sys.stderr, flush=True)
+
     for target in targets:
         results = {}
         for name, config in variants:
@@ -188,11 +196,7 @@ def effnet(
             seconds = time.perf_counter() - start
             results[name] = result
             print(f"effnet {target}: {name} done in {seconds:.0f} s", file=sys.stderr, flush=True)
-            rows.append(
-                {"target": target, "method": name, "seconds": seconds}
-                | _effnet_scores(result.model, model, tune, sizes, base=(macs, params))
-            )
-            print(f"effnet {target}: {name} {rows[-1]}", file=sys.stderr, flush=True)
+            record(target, name, result.model, seconds)
         # Torch-Pruning's pipelines at the first variant's MACs
         context = MethodContext(
             model=model,
@@ -208,11 +212,7 @@ def effnet(
         for method in methods:
             start = time.perf_counter()
             pruned = METHODS[method].build(context)
-            rows.append(
-                {"target": target, "method": method, "seconds": time.perf_counter() - start}
-                | _effnet_scores(pruned, model, tune, sizes, base=(macs, params))
-            )
-            print(f"effnet {target}: {method} {rows[-1]}", file=sys.stderr, flush=True)
+            record(target, method, pruned, time.perf_counter() - start)
 
 
 def _effnet_scores(

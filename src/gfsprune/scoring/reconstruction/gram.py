@@ -149,13 +149,14 @@ def _same_padding(module: nn.Module, x: torch.Tensor) -> list[int]:
 
 def input_padding(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[int] | None:
     """The padding under which the rows of ``x`` times the weight matrix reproduce the
-    module's output ``y`` (checked on its first rows): ``None`` for its own; for a subclass
-    of a convolution that pads in its own way, TensorFlow's "SAME" padding (as
-    EfficientNet's and timm's ``Conv2dSame``).
+    module's output ``y`` (checked on the first sample's first rows): ``None`` for its own;
+    for a subclass of a convolution that pads in its own way, TensorFlow's "SAME" padding
+    (as EfficientNet's and timm's ``Conv2dSame``).
 
     Raises:
         UndescribedConsumer: No padding reproduces ``y``.
     """
+    x, y = x[:1], y[:1]  # the first sample's rows are enough to tell
     weight = weight_matrix(module)
     target = outputs(module, y)
     exact = type(module) in (nn.Linear, nn.Conv1d, nn.Conv2d)
