@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from gfsprune import Latency, PruneConfig, prune
-from gfsprune.core.latency_cost import LatencyCost
+from gfsprune.core.latency_cost import LatencyCost, _spread
 from gfsprune.core.planner import CLOSE, LOOPS
 from gfsprune.errors import ConfigError
 from gfsprune.surgery import find_layers, prune_channels
@@ -86,6 +86,24 @@ def test_prediction_equals_the_timing_of_the_pruned_model(net, shape, seed: int)
     assert cost.ratio(full, "latency") == pytest.approx(1.0)
 
 
+def test_calibration_shares_hold_under_load_that_drifts() -> None:
+    torch.manual_seed(0)
+    model, x = randomize_norms(Coupled()), torch.randn(1, 3, 4, 4)
+    layers, _ = find_layers(model, x)
+    steady = fake_timer([])
+    load = [1.0]
+
+    def drifting(module: nn.Module, inputs: object, **options) -> float:
+        if not isinstance(module, _PIECES):
+            load[0] += 0.5  # every whole-model timing finds the machine busier
+        return load[0] * steady(module, inputs)
+
+    cost = LatencyCost(model, x, layers, timer=drifting, cache=False)
+    half = {layer.name: _spread(layer, 0.5) for layer in layers}
+    expected = steady(prune_channels(model, x, half), x) / steady(model, x)
+    assert cost.calibration["half"] / cost.calibration["full"] == pytest.approx(expected)
+
+
 def test_interpolation_is_exact_at_grid_widths_and_between_them_linear() -> None:
     # width 4 and 3 points: c2's output grid is 1, 2, 4, where the calibration copies are
     model, x = randomize_norms(Chain(width=4)), torch.randn(1, 2, 5, 5)
@@ -115,7 +133,7 @@ def test_identical_pieces_are_timed_once_and_the_cache_serves_a_second_build(tmp
     calls: list[nn.Module] = []
     first = LatencyCost(model, x, layers, batch=3, timer=fake_timer(calls), cache=tmp_path)
     keys = {repr(m) for m in calls if isinstance(m, _PIECES)}
-    assert len(keys) == first.measured - 3  # every piece once, plus the three whole models
+    assert len(keys) == first.measured - 5  # every piece once, the unpruned model 3 times, 2 copies
     calls.clear()
     second = LatencyCost(model, x, layers, batch=3, timer=fake_timer(calls), cache=tmp_path)
     assert calls == [] and second.measured == 0
@@ -272,7 +290,7 @@ WORKER = textwrap.dedent(
     import torch
 
     from gfsprune import distributed
-    from gfsprune.core.latency_cost import LatencyCost
+    from gfsprune.core.latency_cost import LatencyCost, _spread
     from gfsprune.surgery import find_layers
     from tests.core.test_latency_cost import fake_timer
     from tests.nets import Chain
