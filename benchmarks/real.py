@@ -488,6 +488,24 @@ def brown_table(rows: list[dict], sizes: BrownSizes, recipe: dict) -> str:
     return "\n".join(lines)
 
 
+def _overridden(sizes: Sizes | BrownSizes, settings: list[str]) -> Sizes | BrownSizes:
+    """``sizes`` with each ``FIELD=VALUE`` of ``settings`` replaced (the value converted to
+    the field's type; a tuple from comma-separated values)."""
+    changed = {}
+    for setting in settings:
+        field, _, value = setting.partition("=")
+        if field not in {f.name for f in dataclasses.fields(sizes)}:
+            raise ValueError(f"{type(sizes).__name__} has no field {field!r}")
+        current = getattr(sizes, field)
+        if isinstance(current, tuple):
+            changed[field] = tuple(int(v) for v in value.split(","))
+        elif current is None or value == "None":
+            changed[field] = None if value == "None" else int(value)
+        else:
+            changed[field] = type(current)(value)
+    return dataclasses.replace(sizes, **changed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=("effnet", "fashion", "brown"), required=True)
@@ -503,9 +521,14 @@ def main() -> None:
     parser.add_argument(
         "--gfs", default="default", help=f"gfsprune's variants, comma-separated: {list(GFS)}"
     )
-    parser.add_argument("--image-size", type=int, help="effnet: input side instead of the sizes'")
-    parser.add_argument("--batch", type=int, help="effnet: batch instead of the sizes'")
-    parser.add_argument("--steps", type=int, help="effnet: fine-tuning steps instead of the sizes'")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one of the sizes (effnet, fashion: Sizes' fields, e.g. steps=50, "
+        "epochs=0,1,5; brown: BrownSizes'); repeatable",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="write the record here")
     args = parser.parse_args()
@@ -519,9 +542,10 @@ def main() -> None:
     targets = args.targets or ([0.5, 0.25] if args.case == "fashion" else [0.75, 0.5])
     if args.case == "brown":
         sizes = BROWN_QUICK if args.quick else BROWN_FULL
-    else:
-        changed = {"image_size": args.image_size, "batch": args.batch, "steps": args.steps}
-        sizes = dataclasses.replace(sizes, **{k: v for k, v in changed.items() if v is not None})
+    try:
+        sizes = _overridden(sizes, args.set)
+    except ValueError as err:
+        parser.error(f"--set: {err}")
     record = {
         "case": args.case,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),

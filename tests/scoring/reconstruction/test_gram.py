@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gfsprune.scoring.reconstruction.gram import (
+    WELL_POSED,
     ConsumerStats,
     UndescribedConsumer,
     collect_stats,
@@ -112,6 +113,28 @@ def test_statistics_of_chunks_add_up_to_one_pass(case: str) -> None:
             torch.testing.assert_close(getattr(summed, key), getattr(stats, key))
 
 
+def test_the_fold_holds_the_even_numbered_batches_where_rows_are_few() -> None:
+    c = CASES["fan"]()
+    whole = collect_stats(c.work, c.unpruned, c.consumers, c.batches)
+    even = collect_stats(c.work, c.unpruned, c.consumers, c.batches[::2])
+    for name, stats in whole.items():
+        assert stats.rows < WELL_POSED * stats.gram.shape[0]  # the case is under-determined
+        assert stats.fold is not None and stats.fold.rows == even[name].rows < stats.rows
+        for key in ("gram", "cross", "energy"):
+            torch.testing.assert_close(getattr(stats.fold, key), getattr(even[name], key))
+            rest = getattr(stats.rest(), key)
+            torch.testing.assert_close(rest, getattr(stats, key) - getattr(even[name], key))
+    one = collect_stats(c.work, c.unpruned, c.consumers, c.batches[:1])
+    assert all(s.fold is None for s in one.values())
+
+
+@pytest.mark.parametrize(("rows", "kept"), [(40, False), (10, True)])
+def test_well_posed_statistics_keep_no_fold(rows: int, kept: bool) -> None:
+    model = nn.Sequential(nn.Linear(3, 2)).eval()  # 4 unknowns per output
+    batches = [(torch.randn(rows // 2, 3), None) for _ in range(2)]
+    assert (collect_stats(model, model, ["0"], batches)["0"].fold is not None) == kept
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_statistics_are_the_float64_sums_of_the_rows(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
@@ -157,7 +180,9 @@ WORKER = textwrap.dedent(
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 3, 6, 6, generator=g), None) for _ in range(5)]
     stats = collect_stats(model, model, ["2"], batches)["2"]
-    torch.save(vars(stats), f"{sys.argv[1]}/rank{distributed.rank()}.pt")
+    held = {k: getattr(stats, k) for k in ("gram", "cross", "energy", "rows")}
+    held |= {f"fold_{k}": getattr(stats.fold, k) for k in ("gram", "cross", "energy", "rows")}
+    torch.save(held, f"{sys.argv[1]}/rank{distributed.rank()}.pt")
     distributed.barrier()
     distributed.teardown()
     """
@@ -177,5 +202,7 @@ def test_two_processes_hold_the_statistics_of_one_pass(tmp_path: Path) -> None:
     for rank in (0, 1):
         shared = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert shared["rows"] == single.rows
+        assert shared["fold_rows"] == single.fold.rows
         for key in ("gram", "cross", "energy"):
             torch.testing.assert_close(shared[key], getattr(single, key))
+            torch.testing.assert_close(shared[f"fold_{key}"], getattr(single.fold, key))

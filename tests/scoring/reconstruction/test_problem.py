@@ -3,9 +3,15 @@ the masked consumers computed explicitly."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
+from gfsprune.scoring.reconstruction.gram import collect_stats
+from gfsprune.scoring.reconstruction.problem import AUTO_RIDGE, CV_RIDGES, LayerProblem
+from gfsprune.surgery import Masks, find_layers
 from tests.scoring.reconstruction.cases import CASES
 
 
@@ -49,3 +55,61 @@ def test_a_refit_that_would_raise_the_error_is_not_made() -> None:
     assert again.refit(items, 1.0, ridge=10.0) == []
     for n in c.consumers:
         assert torch.equal(c.work.get_submodule(n).weight, solved[n])
+
+
+def _held_out_error(problem, block, fit, test, ridge: float) -> float:
+    """Brute force: the damped least squares fitted on ``fit``'s statistics, its error on
+    ``test``'s."""
+    pos = torch.cat([block.layer, block.fixed])
+    lam = ridge * float(fit.gram.diagonal()[pos].mean())
+    a = fit.gram[pos][:, pos] + lam * torch.eye(len(pos), dtype=torch.float64)
+    weight = torch.linalg.solve(a, fit.cross[pos][:, block.outputs]).T
+    w = problem.weights[block.consumer][block.outputs]
+    per = ((weight @ test.gram[pos][:, pos]) * weight).sum(1)
+    per = per - 2 * (weight * test.cross[pos][:, block.outputs].T).sum(1)
+    return float(w @ (per + test.energy[block.outputs]))
+
+
+@pytest.mark.parametrize("case", ["fan", "heads"])
+def test_auto_damping_is_the_cross_validated_one(case: str) -> None:
+    c = CASES[case]()
+    problem = c.problem()
+    for block in problem.blocks:
+        s = problem.stats[block.consumer]
+        errors = [
+            _held_out_error(problem, block, s.fold, s.rest(), r)
+            + _held_out_error(problem, block, s.rest(), s.fold, r)
+            for r in CV_RIDGES
+        ]
+        best = CV_RIDGES[min(range(len(errors)), key=errors.__getitem__)]
+        assert problem.ridge_of(block, "auto") == pytest.approx(problem.ridge_of(block, best))
+
+
+class _Scrambled(nn.Module):
+    """Features no linear map of the kept inputs predicts."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(1000 * x)
+
+
+def test_auto_damps_noise_most_and_a_well_posed_fit_least() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 6), nn.Linear(6, 2, bias=False)).eval()
+    x = torch.randn(400, 12)
+    layers, _ = find_layers(model, x[:1])
+    masks = Masks(model, layers).__enter__()
+
+    def problem(unpruned: nn.Module, rows: int) -> LayerProblem:
+        batches = [(part, None) for part in x[:rows].chunk(4)]
+        stats = collect_stats(model, unpruned, ["1"], batches)
+        factors = {"1": masks.input_factors("1")}
+        return LayerProblem(layers[0], stats, {"1": model[1]}, factors)
+
+    noise = nn.Sequential(nn.Sequential(copy.deepcopy(model[0]), _Scrambled()), model[1]).eval()
+    under = problem(noise, 24)  # 24 rows for 6 unknowns per output
+    assert under.stats["1"].fold is not None
+    block = under.blocks[0]
+    assert under.ridge_of(block, "auto") == pytest.approx(under.ridge_of(block, max(CV_RIDGES)))
+    well = problem(model, 400)
+    assert well.stats["1"].fold is None
+    assert well.ridge_of(well.blocks[0], "auto") == well.ridge_of(well.blocks[0], AUTO_RIDGE)

@@ -34,6 +34,7 @@ from gfsprune._inputs import run_model
 __all__ = [
     "MAX_POSITIONS",
     "ConsumerStats",
+    "WELL_POSED",
     "UndescribedConsumer",
     "collect_stats",
     "input_padding",
@@ -46,6 +47,9 @@ __all__ = [
 #: The most input positions (``Q``) a consumer may have: its ``Q x Q`` float64 Gram matrix
 #: takes 512 MiB at 8192.
 MAX_POSITIONS = 8192
+#: Rows per unknown from which a consumer's least squares is taken as well posed: below it
+#: (fewer rows than ``WELL_POSED * Q``) its statistics keep a fold for cross-validation.
+WELL_POSED = 10
 # Elements of X multiplied at once: bounds the memory of one batch's product
 # (2**24 doubles: 128 MiB).
 _CHUNK_ELEMENTS = 1 << 24
@@ -184,12 +188,15 @@ class ConsumerStats:
         cross: ``X'Y*``, ``(Q, out)`` float64.
         energy: ``sum of Y*^2`` per output, ``(out,)`` float64.
         rows: The number of rows.
+        fold: The same statistics over a part of the rows (the even-numbered calibration
+            batches), for cross-validation; ``None`` where there was one batch.
     """
 
     gram: torch.Tensor
     cross: torch.Tensor
     energy: torch.Tensor
     rows: int
+    fold: ConsumerStats | None = None
 
     @classmethod
     def zeros(cls, module: nn.Module, device: torch.device) -> ConsumerStats:
@@ -216,11 +223,31 @@ class ConsumerStats:
         self.rows += rows.shape[0]
 
     def __add__(self, other: ConsumerStats) -> ConsumerStats:
+        fold = None
+        if self.fold is not None and other.fold is not None:
+            fold = self.fold + other.fold
         return ConsumerStats(
             self.gram + other.gram,
             self.cross + other.cross,
             self.energy + other.energy,
             self.rows + other.rows,
+            fold,
+        )
+
+    def __iadd__(self, other: ConsumerStats) -> ConsumerStats:
+        """Add ``other``'s sums in place (the folds are left as they are)."""
+        self.gram.add_(other.gram)
+        self.cross.add_(other.cross)
+        self.energy.add_(other.energy)
+        self.rows += other.rows
+        return self
+
+    def rest(self) -> ConsumerStats:
+        """The statistics of the rows outside :attr:`fold` (which must be set)."""
+        f = self.fold
+        assert f is not None, "statistics without a fold"
+        return ConsumerStats(
+            self.gram - f.gram, self.cross - f.cross, self.energy - f.energy, self.rows - f.rows
         )
 
     def all_reduce(self) -> None:
@@ -232,6 +259,8 @@ class ConsumerStats:
         rows = torch.tensor([float(self.rows)], dtype=torch.float64, device=self.gram.device)
         dist.all_reduce(rows)
         self.rows = int(rows.item())
+        if self.fold is not None:
+            self.fold.all_reduce()
 
 
 class _Stop(Exception):
@@ -278,16 +307,20 @@ def collect_stats(
     paired in order with the unpruned network's calls. Each pass stops once every consumer
     has been called (as often as in the first batch). Under ``torch.distributed`` each
     process takes every ``world_size``-th batch and the sums are all-reduced, so every
-    process holds the statistics of all ``batches``.
+    process holds the statistics of all ``batches``. Where there are two batches or more and
+    fewer rows than :data:`WELL_POSED` per input position, each consumer's
+    :attr:`~ConsumerStats.fold` holds the even-numbered batches' statistics.
     """
     names = sorted(set(names))
     modules = {n: work.get_submodule(n) for n in names}
     device = next(iter(modules.values())).weight.device
-    stats = {n: ConsumerStats.zeros(modules[n], device) for n in names}
+    # the even-numbered and the odd-numbered batches' statistics, summed at the end
+    halves = [{n: ConsumerStats.zeros(modules[n], device) for n in names} for _ in range(2)]
     counts: dict[str, int] | None = None
     pads: dict[str, list[int] | None] = {}
-    shard = batches[distributed.rank() :: distributed.world_size()]
-    for inputs, _ in shard:
+    rank, world = distributed.rank(), distributed.world_size()
+    for index in range(rank, len(batches), world):
+        inputs, stats = batches[index][0], halves[index % 2]
         mine = _calls(work, names, inputs, counts)
         theirs = mine if unpruned is work else _calls(unpruned, names, inputs, counts)
         for n in names:
@@ -301,6 +334,13 @@ def collect_stats(
             for (x, _), (_, y) in zip(mine[n], theirs[n], strict=True):
                 stats[n].add(positions(modules[n], x, pads[n]), outputs(modules[n], y))
         counts = counts or {n: len(mine[n]) for n in names}
-    for s in stats.values():
-        s.all_reduce()
-    return stats
+    whole = {}
+    for n in names:
+        even, odd = halves[0][n], halves[1][n]
+        even.all_reduce()
+        odd.all_reduce()
+        odd += even  # in place: the whole's memory is the odd half's
+        cross_validate = len(batches) > 1 and odd.rows < WELL_POSED * odd.gram.shape[0]
+        odd.fold = even if cross_validate else None
+        whole[n] = odd
+    return whole

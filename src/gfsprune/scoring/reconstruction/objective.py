@@ -37,7 +37,7 @@ from gfsprune.scoring.reconstruction.gram import (
     unsupported,
 )
 from gfsprune.scoring.reconstruction.paths import SCALES, Path, make_path, scorer
-from gfsprune.scoring.reconstruction.problem import LayerProblem
+from gfsprune.scoring.reconstruction.problem import LayerProblem, Ridge
 from gfsprune.surgery import ChannelLayer, batchnorm_after
 
 __all__ = ["Reconstruction"]
@@ -74,8 +74,13 @@ class Reconstruction(Objective):
             unknowns as inputs, so a few batches overfit it (4 batches of 64 did on digits).
         points: Widths along each layer's path where the held-out network loss is measured
             (``curves`` and ``Tolerance`` read it; between them it is interpolated).
-        ridge: Least-squares damping, relative to the mean squared input (1e-4 to 1e-1 were
-            tried on digits; 1e-3 to 1e-2 did best).
+        ridge: Least-squares damping, relative to the mean squared input; ``"auto"``: 1e-3
+            where a consumer has at least 10 calibration rows per unknown, else chosen per
+            consumer among 1e-6 to 10 by two-fold cross-validation over the calibration
+            batches. A linear layer reading a flattened map has as many unknowns as inputs:
+            on digits (2,049 per output, 1,024 rows) 1e-3 kept the accuracy right after
+            pruning but left weights that one epoch of fine-tuning first made worse
+            (docs/RESULTS.md).
 
     Layers with a consumer the statistics cannot describe (other than Linear, Conv1d and
     Conv2d, or with more than 8192 input positions) are selected by the network's loss.
@@ -91,7 +96,7 @@ class Reconstruction(Objective):
     judge: int = 0
     batches: int = 16
     points: int = 8
-    ridge: float = 1e-3
+    ridge: Ridge = "auto"
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -108,10 +113,11 @@ class Reconstruction(Objective):
         _check_int("batches", self.batches, 1)
         _check_int("points", self.points, 2)
         r = self.ridge
-        if isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r < math.inf:
+        number = isinstance(r, int | float) and not isinstance(r, bool)
+        if r != "auto" and not (number and 0 <= r < math.inf):
             raise ConfigError(
-                f"The 'ridge' option of Reconstruction must be a finite number >= 0. Got {r!r} "
-                "instead."
+                "The 'ridge' option of Reconstruction must be a finite number >= 0 or 'auto'. "
+                f"Got {r!r} instead."
             )
 
     def bind(self, run: SelectionRun) -> _BoundReconstruction:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from gfsprune.errors import ConfigError
-from gfsprune.scoring.reconstruction.problem import Block, LayerProblem, QuadraticForm
+from gfsprune.scoring.reconstruction.problem import Block, LayerProblem, QuadraticForm, Ridge
 
 __all__ = ["SCALES", "CorrectivePath", "Path", "ScaledPath", "greedy", "make_path", "scorer"]
 
@@ -124,7 +124,7 @@ class _Residual:
     item's block of ``K`` and ``U`` is a view, not a gather.
     """
 
-    def __init__(self, problem: LayerProblem, block: Block, ridge: float) -> None:
+    def __init__(self, problem: LayerProblem, block: Block, ridge: Ridge) -> None:
         s = problem.stats[block.consumer]
         lam = problem.ridge_of(block, ridge)
         device = s.gram.device
@@ -215,10 +215,11 @@ class CorrectivePath(Path):
 
     Args:
         problem: The layer's problem.
-        ridge: Damping relative to the mean squared input (:meth:`LayerProblem.ridge_of`).
+        ridge: Damping relative to the mean squared input, or ``"auto"``
+            (:meth:`LayerProblem.ridge_of`).
     """
 
-    def __init__(self, problem: LayerProblem, ridge: float = 1e-4) -> None:
+    def __init__(self, problem: LayerProblem, ridge: Ridge = 1e-4) -> None:
         super().__init__(problem.n_items)
         self._blocks = [_Residual(problem, b, ridge) for b in problem.blocks]
 
@@ -236,7 +237,7 @@ class CorrectivePath(Path):
         return sum(b.error for b in self._blocks)
 
 
-def make_path(problem: LayerProblem, scale: str, *, ridge: float = 1e-4) -> Path:
+def make_path(problem: LayerProblem, scale: str, *, ridge: Ridge = 1e-4) -> Path:
     """A fresh path on ``problem`` with the kept items' factors set by ``scale`` (one of
     :data:`SCALES`)."""
     if scale == "refit":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -27,7 +28,24 @@ from torch import nn
 from gfsprune.scoring.reconstruction.gram import ConsumerStats, taps, weight_matrix
 from gfsprune.surgery import ChannelLayer
 
-__all__ = ["Block", "LayerProblem", "QuadraticForm", "output_weights"]
+__all__ = [
+    "AUTO_RIDGE",
+    "CV_RIDGES",
+    "Block",
+    "LayerProblem",
+    "QuadraticForm",
+    "Ridge",
+    "output_weights",
+]
+
+#: A least-squares damping relative to the mean squared input, or ``"auto"``
+#: (:meth:`LayerProblem.ridge_of`).
+Ridge = float | Literal["auto"]
+#: ``"auto"``'s damping of a well-posed least squares (at least
+#: :data:`~gfsprune.scoring.reconstruction.gram.WELL_POSED` rows per unknown).
+AUTO_RIDGE = 1e-3
+#: The dampings ``"auto"`` chooses among by cross-validation otherwise.
+CV_RIDGES = tuple(10.0**k for k in range(-6, 2))
 
 
 @dataclass(frozen=True)
@@ -108,6 +126,7 @@ class LayerProblem:
         norms = norms or {}
         self.weights = {n: output_weights(m, norms.get(n)) for n, m in self.modules.items()}
         self.blocks = [b for c in sorted(self.modules) for b in self._blocks(c, factors[c])]
+        self._cv: dict[tuple[int, bytes], float] = {}  # cross-validated dampings
 
     @property
     def n_items(self) -> int:
@@ -178,20 +197,53 @@ class LayerProblem:
             constant += float(w @ s.energy[b.outputs] - 2 * d[size:].sum() + h[size:, size:].sum())
         return QuadraticForm(gram, linear, constant)
 
-    def ridge_of(self, block: Block, ridge: float) -> float:
-        """The damping of ``block``'s least squares: ``ridge`` times the mean of its live
-        positions' squared norms (and a 1e-12 relative floor for dead inputs)."""
+    def ridge_of(self, block: Block, ridge: Ridge, positions: torch.Tensor | None = None) -> float:
+        """The damping of ``block``'s least squares on ``positions`` (default: all its live
+        ones): ``ridge`` times the mean of its live positions' squared norms (and a 1e-12
+        relative floor for dead inputs). ``"auto"``: :data:`AUTO_RIDGE`, or where the
+        consumer's statistics keep a fold (few rows per unknown), the one of
+        :data:`CV_RIDGES` with the least error under two-fold cross-validation."""
         s = self.stats[block.consumer]
         pos = torch.cat([block.layer, block.fixed])
+        if ridge == "auto":
+            ridge = AUTO_RIDGE
+            if s.fold is not None and len(pos):
+                ridge = self._cross_validated(block, pos if positions is None else positions)
         mean = float(s.gram.diagonal()[pos].mean()) if len(pos) else 0.0
         return (ridge + 1e-12) * mean + 1e-300
 
-    def solve(self, block: Block, kept: torch.Tensor, ridge: float) -> torch.Tensor:
+    def _cross_validated(self, block: Block, kept: torch.Tensor) -> float:
+        """The relative damping of :data:`CV_RIDGES` whose least squares on the positions
+        ``kept``, fitted on one fold of the rows, reproduces the other best (both ways)."""
+        key = (id(block), kept.cpu().numpy().tobytes())
+        if key in self._cv:
+            return self._cv[key]
+        s = self.stats[block.consumer]
+        assert s.fold is not None
+        w, out = self.weights[block.consumer][block.outputs], block.outputs
+        pos = torch.cat([block.layer, block.fixed])
+        folds = (s.fold, s.rest())
+        errors = torch.zeros(len(CV_RIDGES), dtype=torch.float64)
+        for fit, test in (folds, folds[::-1]):
+            scale = float(fit.gram.diagonal()[pos].mean()) + 1e-300
+            values, vectors = torch.linalg.eigh(fit.gram[kept][:, kept])
+            coef = vectors.T @ fit.cross[kept][:, out]  # (p, o), in the eigenbasis
+            gram = vectors.T @ test.gram[kept][:, kept] @ vectors
+            cross = vectors.T @ test.cross[kept][:, out]
+            for i, r in enumerate(CV_RIDGES):
+                m = coef / (values + (r + 1e-12) * scale)[:, None]
+                per_output = ((gram @ m) * m).sum(0) - 2 * (cross * m).sum(0)
+                errors[i] += float(w @ (per_output + test.energy[out]))
+        self._cv[key] = best = CV_RIDGES[int(torch.argmin(errors))]
+        return best
+
+    def solve(self, block: Block, kept: torch.Tensor, ridge: Ridge) -> torch.Tensor:
         """The least-squares weights of ``block``'s outputs on the positions ``kept``:
         ``(o, len(kept))``, damped by :meth:`ridge_of`."""
         s = self.stats[block.consumer]
         a = s.gram[kept][:, kept]
-        a = a + self.ridge_of(block, ridge) * torch.eye(len(kept), dtype=a.dtype, device=a.device)
+        lam = self.ridge_of(block, ridge, kept)
+        a = a + lam * torch.eye(len(kept), dtype=a.dtype, device=a.device)
         return torch.linalg.solve(a, s.cross[kept][:, block.outputs]).T
 
     def error_of(self, block: Block, weight: torch.Tensor, kept: torch.Tensor) -> float:
@@ -208,7 +260,7 @@ class LayerProblem:
         chosen[torch.as_tensor(list(items), dtype=torch.long)] = True
         return torch.cat([block.fixed, block.layer[chosen[block.items]]])
 
-    def refit(self, items: Sequence[int], scale: float, *, ridge: float = 1e-4) -> list[str]:
+    def refit(self, items: Sequence[int], scale: float, *, ridge: Ridge = 1e-4) -> list[str]:
         """Re-solve the consumers' weights for ``items`` kept (their inputs multiplied by
         ``scale`` in the masked network) by least squares, in place, wherever that lowers
         a consumer's error (on these statistics). Returns the consumers changed."""
