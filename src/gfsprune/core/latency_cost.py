@@ -77,6 +77,8 @@ _SCHEMA = 2
 #: Each timing repeats its forward pass (at least 5 times, at most 100) until the timed
 #: passes add up to this many seconds.
 _MIN_SECONDS = 0.05
+#: Rounds of whole-model timings a share is the median of (:meth:`LatencyCost._timed_shares`).
+_ROUNDS = 5
 #: The share of every layer's channels the second calibration model keeps (the rest is
 #: fitted to it), and the third's (a point of the whole-model correction only).
 _CALIBRATION_SHARE = 0.5
@@ -244,8 +246,8 @@ class LatencyCost(CostModel):
     ) -> None:
         """Fit the rest's ``c0 + c1 * v`` to the unpruned model and a copy pruned to half of
         every layer's channels (both timed whole); time a copy pruned to a quarter too, for
-        the whole-model correction. Each copy is timed between two timings of the unpruned
-        model and kept as its share of them (load that drifts between timings moved the
+        the whole-model correction. The copies are timed as shares of the unpruned model's
+        seconds (:meth:`_timed_shares`; load that drifted between single timings moved the
         half-width copy's share from 0.58 to 0.49 here)."""
         kept = {layer.name: _spread(layer, _CALIBRATION_SHARE) for layer in layers}
         low = {layer.name: _spread(layer, _LOW_SHARE) for layer in layers}
@@ -255,15 +257,9 @@ class LatencyCost(CostModel):
         if timings is None or len(timings) != 3:
             smaller = prune_channels(model, example_inputs, kept, layers=layers)
             smallest = prune_channels(model, example_inputs, low, layers=layers)
-            around, shares = [self._time_model(model)], []  # the unpruned model's timings
-            for pruned in (smaller, smallest):
-                seconds = self._time_model(pruned)
-                around.append(self._time_model(model))
-                shares.append(2 * seconds / (around[-2] + around[-1]))
-            unpruned = float(np.median(around))
+            shares, unpruned = self._timed_shares(model, [smaller, smallest])
             timings = [unpruned, *(share * unpruned for share in shares)]
             self._table.models[self._key] = timings
-            self.measured += 5
         (pieces_full, volume_full), (pieces_half, volume_half) = (
             self._pieces(full),
             self._pieces(half),
@@ -291,9 +287,9 @@ class LatencyCost(CostModel):
 
     def calibrate(self, widths: Sequence[int]) -> dict[str, float]:
         """Time a copy of the model pruned to ``widths`` (channels per layer, spread evenly
-        over each layer as the half-width calibration model's are) between two timings of
-        the unpruned model (so that its share of the unpruned seconds holds under load that
-        drifts, and against a cache filled at another time), and add that share to the
+        over each layer as the half-width calibration model's are) as a share of the unpruned
+        model's seconds (:meth:`_timed_shares`: it holds under load that drifts, and against a
+        cache filled at another time), and add that share to the
         whole-model correction: from now on its prediction equals the timing. Returns
         ``{"latency": the measured share}``."""
         kept = {
@@ -304,9 +300,7 @@ class LatencyCost(CostModel):
         share = self._table.models.get(key)
         if share is None:
             model = prune_channels(self._source, self._example, kept, layers=self.layers)
-            before, seconds = self._time_model(self._source), self._time_model(model)
-            share = [2 * seconds / (before + self._time_model(self._source))]
-            self.measured += 3
+            share = self._timed_shares(self._source, [model])[0]
         share = [float(_main_values(share)[0])]
         self._table.models[key] = share
         self._table.save()
@@ -344,10 +338,28 @@ class LatencyCost(CostModel):
         }
 
     def _time_model(self, model: nn.Module) -> float:
+        return float(self._timer(self._prepared(model), self._inputs))
+
+    def _prepared(self, model: nn.Module) -> nn.Module:
         net = copy_model(model).eval()
-        if self._channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        return float(self._timer(net, self._inputs))
+        return net.to(memory_format=torch.channels_last) if self._channels_last else net
+
+    def _timed_shares(
+        self, unpruned: nn.Module, models: Sequence[nn.Module]
+    ) -> tuple[list[float], float]:
+        """Each of ``models``' seconds as a share of ``unpruned``'s, and ``unpruned``'s
+        seconds: in each of :data:`_ROUNDS` rounds every model is timed between two timings
+        of ``unpruned`` (their mean its reference); the medians over the rounds."""
+        reference, nets = self._prepared(unpruned), [self._prepared(m) for m in models]
+        around = [self._timer(reference, self._inputs)]
+        ratios: list[list[float]] = [[] for _ in nets]
+        for _ in range(_ROUNDS):
+            for net, ratio in zip(nets, ratios, strict=True):
+                seconds = self._timer(net, self._inputs)
+                around.append(self._timer(reference, self._inputs))
+                ratio.append(2 * seconds / (around[-2] + around[-1]))
+        self.measured += len(around) + _ROUNDS * len(nets)
+        return [float(np.median(r)) for r in ratios], float(np.median(around))
 
     # -- prediction ------------------------------------------------------------------------
 
