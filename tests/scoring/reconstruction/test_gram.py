@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gfsprune.scoring.reconstruction import gram
 from gfsprune.scoring.reconstruction.gram import (
     WELL_POSED,
     ConsumerStats,
@@ -128,8 +129,11 @@ def test_the_fold_holds_the_even_numbered_batches_where_rows_are_few() -> None:
     assert all(s.fold is None for s in one.values())
 
 
-@pytest.mark.parametrize(("rows", "kept"), [(40, False), (10, True)])
-def test_well_posed_statistics_keep_no_fold(rows: int, kept: bool) -> None:
+@pytest.mark.parametrize(("rows", "most", "kept"), [(40, 4, False), (10, 4, True), (10, 3, False)])
+def test_well_posed_or_large_statistics_keep_no_fold(
+    rows: int, most: int, kept: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gram, "MAX_CROSS_VALIDATED", most)
     model = nn.Sequential(nn.Linear(3, 2)).eval()  # 4 unknowns per output
     batches = [(torch.randn(rows // 2, 3), None) for _ in range(2)]
     assert (collect_stats(model, model, ["0"], batches)["0"].fold is not None) == kept

@@ -32,6 +32,7 @@ from gfsprune import distributed
 from gfsprune._inputs import run_model
 
 __all__ = [
+    "MAX_CROSS_VALIDATED",
     "MAX_POSITIONS",
     "ConsumerStats",
     "WELL_POSED",
@@ -48,8 +49,12 @@ __all__ = [
 #: takes 512 MiB at 8192.
 MAX_POSITIONS = 8192
 #: Rows per unknown from which a consumer's least squares is taken as well posed: below it
-#: (fewer rows than ``WELL_POSED * Q``) its statistics keep a fold for cross-validation.
+#: (fewer rows than ``WELL_POSED * Q``, and ``Q`` at most :data:`MAX_CROSS_VALIDATED`) its
+#: statistics keep a fold for cross-validation.
 WELL_POSED = 10
+#: The most input positions a consumer's least squares is cross-validated at (its cost grows
+#: as ``Q**3``: about 3 s for 2,048 positions on one CPU core, 30 s for 4,096).
+MAX_CROSS_VALIDATED = 4096
 # Elements of X multiplied at once: bounds the memory of one batch's product
 # (2**24 doubles: 128 MiB).
 _CHUNK_ELEMENTS = 1 << 24
@@ -307,9 +312,10 @@ def collect_stats(
     paired in order with the unpruned network's calls. Each pass stops once every consumer
     has been called (as often as in the first batch). Under ``torch.distributed`` each
     process takes every ``world_size``-th batch and the sums are all-reduced, so every
-    process holds the statistics of all ``batches``. Where there are two batches or more and
-    fewer rows than :data:`WELL_POSED` per input position, each consumer's
-    :attr:`~ConsumerStats.fold` holds the even-numbered batches' statistics.
+    process holds the statistics of all ``batches``. Where there are two batches or more,
+    fewer rows than :data:`WELL_POSED` per input position and at most
+    :data:`MAX_CROSS_VALIDATED` positions, each consumer's :attr:`~ConsumerStats.fold` holds
+    the even-numbered batches' statistics.
     """
     names = sorted(set(names))
     modules = {n: work.get_submodule(n) for n in names}
@@ -340,7 +346,8 @@ def collect_stats(
         even.all_reduce()
         odd.all_reduce()
         odd += even  # in place: the whole's memory is the odd half's
-        cross_validate = len(batches) > 1 and odd.rows < WELL_POSED * odd.gram.shape[0]
+        q = odd.gram.shape[0]
+        cross_validate = len(batches) > 1 and q <= MAX_CROSS_VALIDATED and odd.rows < WELL_POSED * q
         odd.fold = even if cross_validate else None
         whole[n] = odd
     return whole

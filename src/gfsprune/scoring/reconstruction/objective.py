@@ -75,12 +75,12 @@ class Reconstruction(Objective):
         points: Widths along each layer's path where the held-out network loss is measured
             (``curves`` and ``Tolerance`` read it; between them it is interpolated).
         ridge: Least-squares damping, relative to the mean squared input; ``"auto"``: 1e-3
-            where a consumer has at least 10 calibration rows per unknown, else chosen per
-            consumer among 1e-6 to 10 by two-fold cross-validation over the calibration
-            batches. A linear layer reading a flattened map has as many unknowns as inputs:
-            on digits (2,049 per output, 1,024 rows) 1e-3 kept the accuracy right after
-            pruning but left weights that one epoch of fine-tuning first made worse
-            (docs/RESULTS.md).
+            where a consumer has at least 10 calibration rows per unknown (or more than
+            4,096 unknowns), else chosen per consumer among 1e-6 to 10 by two-fold
+            cross-validation over the calibration batches. A linear layer reading a
+            flattened map has as many unknowns as inputs: on digits (2,049 per output, 1,024
+            rows) it chose 1e-2. A larger damping (1e-1) fine-tunes better on digits but
+            kept less right after pruning on resnet20 (docs/RESULTS.md).
 
     Layers with a consumer the statistics cannot describe (other than Linear, Conv1d and
     Conv2d, or with more than 8192 input positions) are selected by the network's loss.
