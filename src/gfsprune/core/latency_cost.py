@@ -172,6 +172,7 @@ class LatencyCost(CostModel):
         self._calibrate(model, example_inputs, layers)
         self._agree()
         self.corrections: dict[float, float] = {1.0: 1.0}
+        self._shares = np.ones(1), np.ones(1)  # the corrections' points, as two arrays
         for name in ("low", "half"):
             c = self.calibration
             self._correct(c[f"{name}_predicted"] / c["full"], c[name] / c["full"])
