@@ -119,6 +119,9 @@ def report(record: dict) -> None:
                 )
                 cells = []
                 for e in epochs:
+                    if any(e not in r["epochs"] for r in rows):
+                        cells.append("-")  # e.g. scratch: trained for the largest budget only
+                        continue
                     accs = [100 * r["epochs"][e]["acc"] for r in rows]
                     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
                     cells.append(f"{statistics.mean(accs):.1f} ± {spread:.1f}")
