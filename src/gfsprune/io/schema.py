@@ -80,7 +80,8 @@ class Fields:
         return self.value
 
     def __getitem__(self, key: str | int) -> Fields:
-        where = f"{self.where}.{key}" if isinstance(key, str) else f"{self.where}[{key}]"
+        shown = key if not isinstance(key, str) or key.isprintable() else repr(key)
+        where = f"{self.where}.{shown}" if isinstance(key, str) else f"{self.where}[{key}]"
         where = where.lstrip(".")
         if isinstance(key, str):
             obj = self.require(Mapping, "an object")
