@@ -47,7 +47,8 @@ class Case:
         return sorted({c.name for c in self.layer.consumers})
 
     def problem(self, batches: list[tuple] | None = None) -> LayerProblem:
-        stats = collect_stats(self.work, self.unpruned, self.consumers, batches or self.batches)
+        batches = batches or self.batches
+        stats = collect_stats(self.work, self.unpruned, self.consumers, batches, folds=True)
         modules = {n: self.work.get_submodule(n) for n in self.consumers}
         factors = {n: self.masks.input_factors(n) for n in self.consumers}
         return LayerProblem(self.layer, stats, modules, factors, self.norms)

@@ -116,7 +116,7 @@ def test_statistics_of_chunks_add_up_to_one_pass(case: str) -> None:
 
 def test_the_fold_holds_the_even_numbered_batches_where_rows_are_few() -> None:
     c = CASES["fan"]()
-    whole = collect_stats(c.work, c.unpruned, c.consumers, c.batches)
+    whole = collect_stats(c.work, c.unpruned, c.consumers, c.batches, folds=True)
     even = collect_stats(c.work, c.unpruned, c.consumers, c.batches[::2])
     for name, stats in whole.items():
         assert stats.rows < WELL_POSED * stats.gram.shape[0]  # the case is under-determined
@@ -125,8 +125,10 @@ def test_the_fold_holds_the_even_numbered_batches_where_rows_are_few() -> None:
             torch.testing.assert_close(getattr(stats.fold, key), getattr(even[name], key))
             rest = getattr(stats.rest(), key)
             torch.testing.assert_close(rest, getattr(stats, key) - getattr(even[name], key))
-    one = collect_stats(c.work, c.unpruned, c.consumers, c.batches[:1])
+    one = collect_stats(c.work, c.unpruned, c.consumers, c.batches[:1], folds=True)
     assert all(s.fold is None for s in one.values())
+    unasked = collect_stats(c.work, c.unpruned, c.consumers, c.batches)
+    assert all(s.fold is None for s in unasked.values())
 
 
 @pytest.mark.parametrize(("rows", "most", "kept"), [(40, 4, False), (10, 4, True), (10, 3, False)])
@@ -136,7 +138,7 @@ def test_well_posed_or_large_statistics_keep_no_fold(
     monkeypatch.setattr(gram, "MAX_CROSS_VALIDATED", most)
     model = nn.Sequential(nn.Linear(3, 2)).eval()  # 4 unknowns per output
     batches = [(torch.randn(rows // 2, 3), None) for _ in range(2)]
-    assert (collect_stats(model, model, ["0"], batches)["0"].fold is not None) == kept
+    assert (collect_stats(model, model, ["0"], batches, folds=True)["0"].fold is not None) == kept
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -183,7 +185,7 @@ WORKER = textwrap.dedent(
     ).eval()
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 3, 6, 6, generator=g), None) for _ in range(5)]
-    stats = collect_stats(model, model, ["2"], batches)["2"]
+    stats = collect_stats(model, model, ["2"], batches, folds=True)["2"]
     held = {k: getattr(stats, k) for k in ("gram", "cross", "energy", "rows")}
     held |= {f"fold_{k}": getattr(stats.fold, k) for k in ("gram", "cross", "energy", "rows")}
     torch.save(held, f"{sys.argv[1]}/rank{distributed.rank()}.pt")
@@ -202,7 +204,7 @@ def test_two_processes_hold_the_statistics_of_one_pass(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2))
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 3, 6, 6, generator=g), None) for _ in range(5)]
-    single = collect_stats(model.eval(), model, ["2"], batches)["2"]
+    single = collect_stats(model.eval(), model, ["2"], batches, folds=True)["2"]
     for rank in (0, 1):
         shared = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert shared["rows"] == single.rows

@@ -180,9 +180,9 @@ def _references(monkeypatch, allocator) -> list[bool]:
     references: list[bool] = []
     gather = objective_module.collect_stats
 
-    def recorded(work, unpruned, names, batches):
+    def recorded(work, unpruned, names, batches, **options):
         references.append(unpruned is work)
-        return gather(work, unpruned, names, batches)
+        return gather(work, unpruned, names, batches, **options)
 
     monkeypatch.setattr(objective_module, "collect_stats", recorded)
     config = PruneConfig(objective=Reconstruction(), candidates=None, allocator=allocator)
@@ -211,3 +211,19 @@ def test_every_candidate_is_scored_whatever_the_candidates_option() -> None:
 def test_the_default_curves_follow_the_reconstruction_path() -> None:
     assert isinstance(Curves().curve_schedule(50, closed_form=True), Exact)
     assert not isinstance(Curves().curve_schedule(50), Exact)
+
+
+@pytest.mark.parametrize(("ridge", "folds"), [(1e-3, False), ("auto", True)])
+def test_only_the_cross_validated_damping_keeps_folds(monkeypatch, ridge, folds: bool) -> None:
+    model, data = _setup()
+    asked: list[bool] = []
+    gather = objective_module.collect_stats
+
+    def recorded(work, unpruned, names, batches, **options):
+        asked.append(options["folds"])
+        return gather(work, unpruned, names, batches, **options)
+
+    monkeypatch.setattr(objective_module, "collect_stats", recorded)
+    config = PruneConfig(objective=Reconstruction(ridge=ridge), allocator="uniform")
+    prune(model, data, data[0][0][:1], target=Macs(0.5), config=config, progress=False)
+    assert asked and set(asked) == {folds}

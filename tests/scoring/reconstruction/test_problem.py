@@ -101,7 +101,7 @@ def test_auto_damps_noise_most_and_a_well_posed_fit_least() -> None:
 
     def problem(unpruned: nn.Module, rows: int) -> LayerProblem:
         batches = [(part, None) for part in x[:rows].chunk(4)]
-        stats = collect_stats(model, unpruned, ["1"], batches)
+        stats = collect_stats(model, unpruned, ["1"], batches, folds=True)
         factors = {"1": masks.input_factors("1")}
         return LayerProblem(layers[0], stats, {"1": model[1]}, factors)
 

@@ -303,6 +303,8 @@ def collect_stats(
     unpruned: nn.Module,
     names: Iterable[str],
     batches: Sequence[tuple],
+    *,
+    folds: bool = False,
 ) -> dict[str, ConsumerStats]:
     """The statistics of the consumers ``names`` over ``batches`` (``(inputs, targets)``):
     their inputs in ``work`` (the masked network pruned so far), their targets in
@@ -312,8 +314,8 @@ def collect_stats(
     paired in order with the unpruned network's calls. Each pass stops once every consumer
     has been called (as often as in the first batch). Under ``torch.distributed`` each
     process takes every ``world_size``-th batch and the sums are all-reduced, so every
-    process holds the statistics of all ``batches``. Where there are two batches or more,
-    fewer rows than :data:`WELL_POSED` per input position and at most
+    process holds the statistics of all ``batches``. With ``folds``, where there are two
+    batches or more, fewer rows than :data:`WELL_POSED` per input position and at most
     :data:`MAX_CROSS_VALIDATED` positions, each consumer's :attr:`~ConsumerStats.fold` holds
     the even-numbered batches' statistics.
     """
@@ -347,7 +349,8 @@ def collect_stats(
         odd.all_reduce()
         odd += even  # in place: the whole's memory is the odd half's
         q = odd.gram.shape[0]
-        cross_validate = len(batches) > 1 and q <= MAX_CROSS_VALIDATED and odd.rows < WELL_POSED * q
+        small = q <= MAX_CROSS_VALIDATED and odd.rows < WELL_POSED * q
+        cross_validate = folds and len(batches) > 1 and small
         odd.fold = even if cross_validate else None
         whole[n] = odd
     return whole
