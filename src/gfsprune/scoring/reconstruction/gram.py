@@ -194,7 +194,8 @@ class ConsumerStats:
         energy: ``sum of Y*^2`` per output, ``(out,)`` float64.
         rows: The number of rows.
         fold: The same statistics over a part of the rows (the even-numbered calibration
-            batches), for cross-validation; ``None`` where there was one batch.
+            batches), for cross-validation; ``None`` where none was kept
+            (:func:`collect_stats`).
     """
 
     gram: torch.Tensor
@@ -322,13 +323,21 @@ def collect_stats(
     names = sorted(set(names))
     modules = {n: work.get_submodule(n) for n in names}
     device = next(iter(modules.values())).weight.device
-    # the even-numbered and the odd-numbered batches' statistics, summed at the end
-    halves = [{n: ConsumerStats.zeros(modules[n], device) for n in names} for _ in range(2)]
+    # the even-numbered and the odd-numbered batches' statistics, summed at the end; one
+    # accumulator for both where no fold can be kept (its memory is Q x Q)
+    split = folds and len(batches) > 1
+    even = {n: ConsumerStats.zeros(modules[n], device) for n in names}
+    odd = {
+        n: ConsumerStats.zeros(modules[n], device)
+        if split and input_positions(modules[n]) <= MAX_CROSS_VALIDATED
+        else even[n]
+        for n in names
+    }
     counts: dict[str, int] | None = None
     pads: dict[str, list[int] | None] = {}
     rank, world = distributed.rank(), distributed.world_size()
     for index in range(rank, len(batches), world):
-        inputs, stats = batches[index][0], halves[index % 2]
+        inputs, stats = batches[index][0], (even, odd)[index % 2]
         mine = _calls(work, names, inputs, counts)
         theirs = mine if unpruned is work else _calls(unpruned, names, inputs, counts)
         for n in names:
@@ -342,15 +351,12 @@ def collect_stats(
             for (x, _), (_, y) in zip(mine[n], theirs[n], strict=True):
                 stats[n].add(positions(modules[n], x, pads[n]), outputs(modules[n], y))
         counts = counts or {n: len(mine[n]) for n in names}
-    whole = {}
     for n in names:
-        even, odd = halves[0][n], halves[1][n]
-        even.all_reduce()
-        odd.all_reduce()
-        odd += even  # in place: the whole's memory is the odd half's
-        q = odd.gram.shape[0]
-        small = q <= MAX_CROSS_VALIDATED and odd.rows < WELL_POSED * q
-        cross_validate = folds and len(batches) > 1 and small
-        odd.fold = even if cross_validate else None
-        whole[n] = odd
-    return whole
+        even[n].all_reduce()
+        if odd[n] is even[n]:
+            continue
+        odd[n].all_reduce()
+        odd[n] += even[n]  # in place: the whole's memory is the odd half's
+        few = odd[n].rows < WELL_POSED * odd[n].gram.shape[0]
+        odd[n].fold = even[n] if few else None
+    return odd
