@@ -107,6 +107,7 @@ class Sizes:
     epochs: tuple[int, ...]  # fashion: fine-tuning budgets
     seeds: int  # fashion
     mobilenet_width: float  # fashion: MobileNetV2 width multiplier
+    first_seed: int = 0  # fashion: seeds first_seed .. first_seed + seeds - 1 (split a run)
 
 
 FULL = Sizes(224, 32, 256, 200, None, 60_000, 10_000, 30, (0, 1, 5), 3, 1.0)
@@ -282,7 +283,7 @@ def fashion(
         if model_name == "mobilenet_v2":
             options = {"small_input": True, "width_mult": sizes.mobilenet_width}
         runs[model_name] = []
-        for seed in range(sizes.seeds):
+        for seed in range(sizes.first_seed, sizes.first_seed + sizes.seeds):
             model = train_zoo(
                 model_name, bundle, seed=seed, epochs=sizes.pretrain_epochs, lr=0.05, **options
             )
