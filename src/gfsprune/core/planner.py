@@ -15,21 +15,26 @@ plan it has the planned model measured, the cost model corrected with that measu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 from gfsprune.core.allocate import WidthAllocator, allowed_widths, check_reachable
 from gfsprune.core.cost import CostModel
 from gfsprune.core.curves import LossCurve
-from gfsprune.errors import ModelError
+from gfsprune.errors import ConfigError, ModelError
 from gfsprune.surgery import ChannelLayer
 from gfsprune.targets import Budget, Goal, GoalPlan, Target
 
-__all__ = ["CLOSE", "LOOPS", "WidthPlanner"]
+__all__ = ["CLOSE", "LOOPS", "REFUSE", "WidthPlanner"]
 
-#: Planned models measured whole, at most, before a budget's widths are taken as planned.
-LOOPS = 3
+_log = logging.getLogger(__name__)
+
+#: Planned models measured whole, at most, before the best of them is kept.
+LOOPS = 5
 #: How close (relative) the measured cost of a plan must come to the budget to stop early.
 CLOSE = 0.02
+#: A budget whose cheapest measured plan is more than this (relative) over it is refused.
+REFUSE = 0.1
 
 
 class WidthPlanner:
@@ -57,7 +62,7 @@ class WidthPlanner:
         self.cost, self.allocator = cost, allocator
         self._curves: list[LossCurve] | None = None
         self._goals: GoalPlan | None = None
-        self._closed: set[Budget] = set()
+        self._closed: dict[Budget, list[int] | None] = {}
 
     def start(self, target: Target) -> None:
         """Check ``target`` against the model (before any weight is touched or batch drawn)
@@ -89,14 +94,46 @@ class WidthPlanner:
 
     def allocate(self, budget: Budget, selected: Mapping[int, Sequence[int]]) -> list[int]:
         if budget not in self._closed:
-            self._closed.add(budget)
-            for _ in range(LOOPS):
-                measured = self.cost.calibrate(self._allocate(budget, selected))
-                if budget.metric not in measured:
-                    break  # exact predictions: nothing to close
-                if abs(measured[budget.metric] / budget.ratio - 1) <= CLOSE:
-                    break
+            self._closed[budget] = self._close(budget, selected)
+        kept = self._closed[budget]
+        if kept is not None and all(len(c) == kept[i] for i, c in selected.items()):
+            return kept  # the measured plan, while the selection follows it
         return self._allocate(budget, selected)
+
+    def _close(self, budget: Budget, selected: Mapping[int, Sequence[int]]) -> list[int] | None:
+        """The widths of the best measured plan for ``budget`` (None where the cost model's
+        predictions are exact and nothing is measured)."""
+        tried: list[tuple[float, list[int]]] = []
+        for _ in range(LOOPS):
+            widths = self._allocate(budget, selected)
+            measured = self.cost.calibrate(widths)
+            if budget.metric not in measured:
+                return None  # exact predictions: nothing to close
+            tried.append((measured[budget.metric], widths))
+            if abs(tried[-1][0] / budget.ratio - 1) <= CLOSE:
+                return widths
+        within = [t for t in tried if t[0] <= budget.ratio * (1 + CLOSE)]
+        share, widths = max(within) if within else min(tried)
+        if within:
+            return widths
+        name = f"{type(budget).__name__}({budget.ratio})"
+        shares = ", ".join(f"{t[0]:.3f}" for t in tried)
+        if share > budget.ratio * (1 + REFUSE):
+            raise ConfigError(
+                f"{name} cannot be met on this device: the {len(tried)} planned models "
+                f"measured whole kept {shares} of the unpruned model's {budget.metric} "
+                "(narrower layers stop saving it: per-layer overheads remain); ask for a "
+                f"ratio of at least {share:.3f}."
+            )
+        _log.warning(
+            "%s: no planned model measured within %.0f%% of the budget (%s); keeping the "
+            "cheapest, at %.3f.",
+            name,
+            100 * CLOSE,
+            shares,
+            share,
+        )
+        return widths
 
     def _allocate(self, budget: Budget, selected: Mapping[int, Sequence[int]]) -> list[int]:
         extra = {"curves": self._curves} if self.allocator.needs_curves else {}
