@@ -64,9 +64,9 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import brown_lm  # noqa: E402
 import efficientnet_lite  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch_pruning as tp  # noqa: E402
+from budgets import prunable_share  # noqa: E402
 from pipelines import report as fashion_report  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
@@ -75,13 +75,11 @@ from trained import train_zoo  # noqa: E402
 import gfsprune  # noqa: E402
 from gfsprune import Macs, PruneConfig, distill, prune  # noqa: E402
 from gfsprune.core.allocate import Curves  # noqa: E402
-from gfsprune.core.compute_cost import ComputeCost  # noqa: E402
 from gfsprune.core.counting import count  # noqa: E402
 from gfsprune.core.losses import DistillLoss  # noqa: E402
 from gfsprune.core.schedules import Exact, Fast  # noqa: E402
 from gfsprune.models import load_weights  # noqa: E402
 from gfsprune.scoring import Reconstruction  # noqa: E402
-from gfsprune.surgery import find_layers  # noqa: E402
 from gfsprune.workflow.compare import CompareConfig, compare  # noqa: E402
 from gfsprune.workflow.data import DataBundle, load_data, make_loader  # noqa: E402
 from gfsprune.workflow.distillation import Distillation, agreement  # noqa: E402
@@ -372,7 +370,7 @@ def brown(
         return DistillLoss("kl")(logits, reference)
 
     for share in targets:
-        ratio = _prunable_ratio(model, example, share)
+        ratio = prunable_share(model, example, share)
         built = {}
         for name, config in greedy.items():
             if name not in methods:
@@ -427,14 +425,6 @@ def _frozen(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode that computes no gradients."""
     teacher = copy.deepcopy(model).eval()
     return teacher.requires_grad_(False)
-
-
-def _prunable_ratio(model: nn.Module, example: dict, share: float) -> float:
-    """The ``Macs`` ratio of the whole model that keeps ``share`` of its prunable MACs."""
-    layers, _ = find_layers(model, example)
-    cost = ComputeCost(model, example, layers)
-    fixed = cost.predict([np.zeros(layer.width) for layer in layers])["macs"]
-    return (fixed + share * (cost.full["macs"] - fixed)) / cost.full["macs"]
 
 
 def _tp_heads(model: nn.Module, example: dict, target: float, *, global_pruning: bool):

@@ -57,7 +57,6 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch_pruning as tp  # noqa: E402
 import transformers  # noqa: E402
@@ -65,10 +64,12 @@ from torch import nn  # noqa: E402
 
 import gfsprune  # noqa: E402
 from gfsprune import Macs, PruneConfig, prune  # noqa: E402
-from gfsprune.core.compute_cost import ComputeCost  # noqa: E402
 from gfsprune.core.losses import DistillLoss, distill  # noqa: E402
 from gfsprune.models.hf import prepare  # noqa: E402
 from gfsprune.surgery import ChannelLayer, find_layers, prune_channels  # noqa: E402
+
+sys.path.append(str(Path(__file__).resolve().parent))  # after transformers, as above
+from budgets import prunable_share  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: configs only
 
@@ -153,15 +154,6 @@ def scores(model: nn.Module, teacher: nn.Module, ids: torch.Tensor) -> dict[str,
     kl = float(DistillLoss("kl")(logits, reference))
     right = logits[:, 1:-1].argmax(-1) == ids[:, 2:]
     return {"distill": kl, "acc": float(right.float().mean())}
-
-
-def prunable_share(model: nn.Module, example: dict, share: float) -> float:
-    """The ``Macs`` ratio of the whole model that keeps ``share`` of the MACs of its
-    prunable layers (attention heads with their products, MLP neurons)."""
-    layers, _ = find_layers(model, example)
-    cost = ComputeCost(model, example, layers)
-    fixed = cost.predict([np.zeros(layer.width) for layer in layers])["macs"]
-    return (fixed + share * (cost.full["macs"] - fixed)) / cost.full["macs"]
 
 
 def magnitude_channels(model: nn.Module, example: dict, widths: dict[str, int]) -> dict:
