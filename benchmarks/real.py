@@ -362,7 +362,7 @@ def brown(
     macs, params = count(model, example)
     greedy = _brown_gfs(sizes)
     tune = train[order[size * sizes.calibration :]]
-    teacher = _frozen(model)
+    teacher = data.teacher  # distill's frozen copy of the unpruned model
 
     def to_teacher(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -419,12 +419,6 @@ def _brown_gfs(sizes: BrownSizes) -> dict[str, PruneConfig]:
     return dict(_gfs(sizes, ["default"])) | {
         "gfs-recon": PruneConfig(objective=Reconstruction(), candidates=None)
     }
-
-
-def _frozen(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode that computes no gradients."""
-    teacher = copy.deepcopy(model).eval()
-    return teacher.requires_grad_(False)
 
 
 def _tp_heads(model: nn.Module, example: dict, target: float, *, global_pruning: bool):
