@@ -19,7 +19,10 @@ the output layer are not prunable and not counted in that share):
   (``--candidates`` per greedy step);
 - ``gfs fast``: the same with ``schedule="fast"`` (a first-order screen picks the candidates
   and several neurons are added per step) and ``rescale=False``;
-- ``magnitude``: ``gfs``'s per-layer widths (so the same MACs), each layer keeping its items
+- ``gfs default``: ``PruneConfig()`` as shipped (the reconstruction objective, every
+  candidate scored in closed form, ``uniform`` widths), the same distillation data;
+- ``magnitude``: the first greedy row's per-layer widths (so the same MACs; ``--methods``
+  chooses the greedy rows and their order), each layer keeping its items
   (heads, or key/value groups under grouped-query attention, or MLP neurons) of largest L2
   norm: the sum of squares of every weight the item's removal takes out (its rows of the
   input projections, its columns of the output projection; biases left out), which is the
@@ -38,6 +41,7 @@ and the Markov table are the same for every seed.
     .venv/bin/python benchmarks/transformers.py              # 3 seeds, both families
     .venv/bin/python benchmarks/transformers.py --quick      # a smoke run (seconds)
     .venv/bin/python benchmarks/transformers.py --json out.json
+    .venv/bin/python benchmarks/transformers.py --methods "gfs default"   # one greedy row
 """
 
 from __future__ import annotations
@@ -189,10 +193,12 @@ GREEDY = {
     # the paper's rule: the network loss, curves widths, exact schedule, mean-field rescale
     "gfs": {"objective": "loss", "allocator": "curves"},
     "gfs fast": {"objective": "loss", "allocator": "curves", "schedule": "fast", "rescale": False},
+    "gfs default": {},  # PruneConfig() as shipped
 }
 
 
 def run_one(family: str, seed: int, args: argparse.Namespace, task: Task, held_out) -> list:
+    greedy = _greedy(args)
     model = build(family, args.vocab, args.length, seed)
     trained_s = train(model, task, steps=args.steps, length=args.length, seed=seed)
     base = scores(model, model, held_out)
@@ -203,7 +209,8 @@ def run_one(family: str, seed: int, args: argparse.Namespace, task: Task, held_o
     for share in BUDGETS:
         ratio = prunable_share(model, example, share)
         row = {"family": family, "seed": seed, "share": share, "base": base, "train_s": trained_s}
-        for name, options in GREEDY.items():
+        for name in greedy:
+            options = GREEDY[name]
             data, loss_fn = distill(model, batches, kind="kl")
             config = PruneConfig(candidates=args.candidates or None, seed=seed, **options)
             start = time.perf_counter()
@@ -221,7 +228,7 @@ def run_one(family: str, seed: int, args: argparse.Namespace, task: Task, held_o
             row[name]["macs_ratio"] = result.macs_ratio
             row[name]["widths"] = {p.name: len(p.kept) for p in result.plan}
         start = time.perf_counter()
-        kept = magnitude_channels(model, example, row["gfs"]["widths"])
+        kept = magnitude_channels(model, example, row[greedy[0]]["widths"])
         magnitude = prune_channels(model, example, kept)
         seconds = time.perf_counter() - start
         macs = gfsprune.count(magnitude, example)[0] / gfsprune.count(model, example)[0]
@@ -232,30 +239,39 @@ def run_one(family: str, seed: int, args: argparse.Namespace, task: Task, held_o
     return rows
 
 
-METHODS = (*GREEDY, "magnitude")
+def _greedy(args: argparse.Namespace) -> list[str]:
+    """The greedy rows ``--methods`` names, in its order (default: every one)."""
+    return [m.strip() for m in args.methods.split(",")] if args.methods else list(GREEDY)
+
+
+def _methods(rows: list[dict]) -> list[str]:
+    """The rows' methods, in their order (the greedy rows, then ``magnitude``)."""
+    return [m for m in rows[0] if m in GREEDY or m == "magnitude"]
 
 
 def _line(row: dict) -> str:
+    methods = _methods([row])
     cells = [row["family"], str(row["seed"]), f"{row['share']:.0%}"]
-    cells.append(f"{row['gfs']['macs_ratio']:.3f}")
+    cells.append(f"{row[methods[0]]['macs_ratio']:.3f}")
     cells.append(f"{row['base']['acc']:.3f}")
-    cells += [f"{row[m]['distill']:.4f}" for m in METHODS]
-    cells += [f"{row[m]['acc']:.3f}" for m in METHODS]
-    cells += [f"{row[m]['seconds']:.1f}" for m in METHODS]
+    cells += [f"{row[m]['distill']:.4f}" for m in methods]
+    cells += [f"{row[m]['acc']:.3f}" for m in methods]
+    cells += [f"{row[m]['seconds']:.1f}" for m in methods]
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = (
-    "| family | seed | MLP+attn MACs kept | model MACs ratio | acc unpruned | "
-    + " | ".join(f"distill {m}" for m in METHODS)
-    + " | "
-    + " | ".join(f"acc {m}" for m in METHODS)
-    + " | "
-    + " | ".join(f"s {m}" for m in METHODS)
-    + " |\n"
-    + "| --- " * (5 + 3 * len(METHODS))
-    + "|"
-)
+def header(methods: list[str]) -> str:
+    return (
+        "| family | seed | MLP+attn MACs kept | model MACs ratio | acc unpruned | "
+        + " | ".join(f"distill {m}" for m in methods)
+        + " | "
+        + " | ".join(f"acc {m}" for m in methods)
+        + " | "
+        + " | ".join(f"s {m}" for m in methods)
+        + " |\n"
+        + "| --- " * (5 + 3 * len(methods))
+        + "|"
+    )
 
 
 def summary(rows: list[dict]) -> list[str]:
@@ -268,7 +284,7 @@ def summary(rows: list[dict]) -> list[str]:
             if not mine:
                 continue
             parts = []
-            for m in METHODS:
+            for m in _methods(rows):
                 distill_mean = statistics.mean(r[m]["distill"] for r in mine)
                 acc = statistics.mean(r[m]["acc"] for r in mine)
                 secs = statistics.mean(r[m]["seconds"] for r in mine)
@@ -291,9 +307,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="sequences per pruning batch")
     parser.add_argument("--eval", type=int, default=512, help="held-out sequences")
     parser.add_argument("--candidates", type=int, default=16, help="per greedy step; 0: all")
+    parser.add_argument(
+        "--methods", help=f"greedy rows, comma-separated, among {list(GREEDY)} (default all)"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, tiny")
     parser.add_argument("--json", help="also write the rows and the context here")
     args = parser.parse_args()
+    unknown = sorted(set(_greedy(args)) - set(GREEDY))
+    if unknown or not _greedy(args):
+        parser.error(f"--methods: unknown {unknown}; choose among {list(GREEDY)}")
     if args.quick:
         args.seeds, args.steps, args.eval, args.candidates, args.families = 1, 20, 64, 2, "gpt2"
         args.length, args.batch = 16, 8
@@ -311,7 +333,7 @@ def main() -> None:
         "args": vars(args),
     }
     print(json.dumps(context))
-    print(HEADER)
+    print(header([*_greedy(args), "magnitude"]))
     rows = []
     for family in args.families.split(","):
         for seed in range(args.seeds):
