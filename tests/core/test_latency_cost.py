@@ -324,3 +324,44 @@ def test_distributed_processes_plan_with_the_main_process_timings(tmp_path) -> N
     alone.calibrate([2, 6])
     expected = alone.predict([np.full(6, 0.5), np.ones(6)])["latency"]
     assert predicted == pytest.approx({0: expected, 1: expected}, rel=1e-12)
+
+
+class _SamePadConv(nn.Conv2d):
+    """A convolution subclass whose constructor needs more than ``nn.Conv2d``'s arguments
+    (as EfficientNet's ``Conv2dStaticSamePadding`` does) and pads in a submodule."""
+
+    def __init__(self, c_in: int, c_out: int, *, image_size: int) -> None:
+        super().__init__(c_in, c_out, 3, stride=2)
+        self.pad = nn.ZeroPad2d((image_size + 1) % 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.pad(x))
+
+
+def test_pieces_of_a_convolution_subclass_are_copies_that_run_at_their_widths() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        _SamePadConv(3, 8, image_size=8),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        _SamePadConv(8, 8, image_size=4),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    ).eval()
+    x = torch.randn(1, 3, 8, 8)
+    model(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ran: list[tuple[nn.Module, torch.Size]] = []
+
+    def timer(module: nn.Module, inputs: object, **options) -> float:
+        ran.append((module, module(inputs).shape))
+        return 1e-3
+
+    layers, _ = find_layers(model, x)
+    LatencyCost(model, x, layers, timer=timer, cache=False)
+    convolutions = [(m, shape) for m, shape in ran if isinstance(m, nn.Conv2d)]
+    assert convolutions and all(type(m) is _SamePadConv for m, _ in convolutions)
+    assert all(m is not model[0] and m is not model[3] for m, _ in convolutions)
+    assert {m.out_channels for m, _ in convolutions} > {8}  # narrower copies ran too
+    assert all(shape[1] == m.out_channels for m, shape in convolutions)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

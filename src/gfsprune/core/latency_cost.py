@@ -43,6 +43,7 @@ A second model sharing pieces with the first reuses their timings.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import itertools
@@ -465,35 +466,49 @@ def _widths(module: nn.Module) -> tuple[int, int, bool, int]:
 
 
 def _resized(module: nn.Module, width_in: int, width_out: int) -> tuple[nn.Module, int, int]:
-    """A fresh module like ``module`` with ``width_in`` inputs and ``width_out`` outputs
-    (for a module of one width, ``width_out`` sets both), the input dimension holding its
-    inputs' channels and their number."""
+    """A copy of ``module`` with ``width_in`` inputs and ``width_out`` outputs (for a module
+    of one width, ``width_out`` sets both) and fresh weights, the input dimension holding its
+    inputs' channels and their number. A copy, not a new instance, so that a subclass keeps
+    what its constructor set up (e.g. EfficientNet's static "same" padding)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        norm = type(module)(
-            width_out,
-            eps=module.eps,
-            affine=module.affine,
-            track_running_stats=module.track_running_stats,
-        )
-        return norm, 1, width_out
+        piece = _reshaped(module, {"weight": (width_out,), "bias": (width_out,)})
+        for name, fill in (("running_mean", 0.0), ("running_var", 1.0)):
+            old = module._buffers.get(name)
+            if old is not None:
+                piece._buffers[name] = old.new_full((width_out,), fill)
+        piece.num_features = width_out
+        return piece, 1, width_out
     if isinstance(module, nn.Linear):
-        return nn.Linear(width_in, width_out, bias=module.bias is not None), -1, width_in
+        piece = _reshaped(module, {"weight": (width_out, width_in), "bias": (width_out,)})
+        piece.in_features, piece.out_features = width_in, width_out
+        return piece, -1, width_in
     groups = module.groups
     if _is_depthwise(module):
         groups = width_out // (module.out_channels // module.groups)
         width_in = groups
-    piece = type(module)(
-        width_in,
-        width_out,
-        module.kernel_size,
-        stride=module.stride,
-        padding=module.padding,
-        dilation=module.dilation,
-        groups=groups,
-        bias=module.bias is not None,
-        padding_mode=module.padding_mode,
-    )
+    shapes = {
+        "weight": (width_out, width_in // groups, *module.kernel_size),
+        "bias": (width_out,),
+    }
+    piece = _reshaped(module, shapes)
+    piece.in_channels, piece.out_channels, piece.groups = width_in, width_out, groups
     return piece, 1, width_in
+
+
+def _reshaped(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+    """A copy of ``module`` whose parameters named in ``shapes`` (where it has them) are new,
+    of those shapes (values like a default initialisation's: zeros or denormals would time
+    other code paths); its submodules deep-copied, its own tensors not copied."""
+    piece = copy.copy(module)
+    piece._parameters, piece._buffers = dict(module._parameters), dict(module._buffers)
+    piece._modules = {name: copy.deepcopy(child) for name, child in module._modules.items()}
+    for name, shape in shapes.items():
+        old = module._parameters.get(name)
+        if old is not None:
+            fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+            values = torch.randn(shape, dtype=old.dtype, device=old.device) / math.sqrt(fan_in)
+            piece._parameters[name] = nn.Parameter(values, requires_grad=False)
+    return piece
 
 
 def _input_shapes(
