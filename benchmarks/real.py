@@ -491,6 +491,23 @@ def _overridden(sizes: Sizes | BrownSizes, settings: list[str]) -> Sizes | Brown
     return dataclasses.replace(sizes, **changed)
 
 
+def _merged(records: list[dict]) -> dict:
+    """One fashion record of several runs of the same settings and gfs options, each
+    model's seeds in the records' order."""
+    first = records[0]
+    same = {"case", "gfs"}
+    for record in records[1:]:
+        if any(record.get(k) != first.get(k) for k in same) or {
+            k: v for k, v in record["sizes"].items() if k != "first_seed"
+        } != {k: v for k, v in first["sizes"].items() if k != "first_seed"}:
+            raise ValueError("the records differ in case, gfs options or sizes: not one run")
+    runs: dict = {}
+    for record in records:
+        for model, seeds in record["runs"].items():
+            runs.setdefault(model, []).extend(seeds)
+    return {**first, "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=("effnet", "fashion", "brown"), required=True)
@@ -514,9 +531,22 @@ def main() -> None:
         help="override one of the sizes (effnet, fashion: Sizes' fields, e.g. steps=50, "
         "epochs=0,1,5; brown: BrownSizes'); repeatable",
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="fashion: print one report of these records (runs split by first_seed) and exit",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="write the record here")
     args = parser.parse_args()
+    if args.merge:
+        try:
+            fashion_report(_merged([json.loads(p.read_text()) for p in args.merge]))
+        except ValueError as err:
+            parser.error(f"--merge: {err}")
+        return
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
     gfs = [v for v in args.gfs.split(",") if v]
