@@ -10,7 +10,13 @@ the measured cost: before checking a budget it has the narrowest model measured 
 budget this device cannot meet is refused with the measured nearest ratio), and at the first
 plan it has the planned model measured, the cost model corrected with that measurement
 (:meth:`~gfsprune.core.cost.CostModel.calibrate`) and the widths planned again, up to
-:data:`LOOPS` times, until the measured cost is within :data:`CLOSE` of the budget.
+:data:`LOOPS` times, until the measured cost is within :data:`CLOSE` of the budget. The
+widths kept are those of a measured plan, never a further unmeasured one: the first within
+:data:`CLOSE`, else the largest at most :data:`CLOSE` over the budget, else the cheapest
+measured, with a warning where it is at most :data:`REFUSE` over the budget. More than that
+over is refused, naming the cheapest measured ratio: latency is not monotone in width at the
+narrow end (kernels take other paths at one channel), so the narrowest model alone does not
+show what a useful plan can reach.
 """
 
 from __future__ import annotations
