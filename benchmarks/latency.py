@@ -247,11 +247,13 @@ def _random_widths(net: _Model, cost: LatencyCost, batch: int, args) -> list[flo
     return [predicted[n] / statistics.median(times[n]) - 1 for n in predicted]
 
 
-def _time_variants(spec, side, batch, folders, args) -> dict[str, list[float]]:
-    """In a fresh process: the unpruned model and the pruned ones saved in ``folders``
-    timed in turns at ``batch`` (seconds per variant and round)."""
+def _time_variants(spec, side, batch, weights, folders, args) -> dict[str, list[float]]:
+    """In a fresh process: the unpruned model (its ``weights``: the very network the planner
+    timed, trained or not) and the pruned ones saved in ``folders`` timed in turns at
+    ``batch`` (seconds per variant and round)."""
     torch.set_num_threads(args.threads)
     base = _untrained(spec, side)
+    base.load_state_dict(torch.load(weights, weights_only=True))
     variants = {"full": base} | {name: load(f, base) for name, f in folders.items()}
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, side, side, device=args.device).contiguous(memory_format=layout)
@@ -292,7 +294,9 @@ def _batch(net: _Model, batch: int, args, pool) -> list[dict]:
         folders = {
             n: str(save(r, os.path.join(tmp, n.replace(" ", "-")))) for n, r in pruned.items()
         }
-        task = (net.spec, net.side, batch, folders, args)
+        weights = os.path.join(tmp, "unpruned.pt")
+        torch.save(net.base.state_dict(), weights)
+        task = (net.spec, net.side, batch, weights, folders, args)
         runs = [pool.apply(_time_variants, task) for _ in range(args.processes)]
     full_ms = 1e3 * statistics.median(t for run in runs for t in run["full"])
     for name, result in pruned.items():
