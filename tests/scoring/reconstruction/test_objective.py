@@ -227,3 +227,19 @@ def test_only_the_cross_validated_damping_keeps_folds(monkeypatch, ridge, folds:
     config = PruneConfig(objective=Reconstruction(ridge=ridge), allocator="uniform")
     prune(model, data, data[0][0][:1], target=Macs(0.5), config=config, progress=False)
     assert asked and set(asked) == {folds}
+
+
+@pytest.mark.parametrize(
+    ("size", "ridge", "warned"), [(4, 1e-3, True), (16, 1e-3, False), (4, "auto", False)]
+)
+def test_a_refit_with_fewer_calibration_rows_than_unknowns_is_warned_of(
+    caplog, size: int, ridge, warned: bool
+) -> None:
+    model, data = _setup()
+    small = [(x[:size], y[:size]) for x, y in data]  # the classifier reads 12 inputs
+    _prune(model, small, Reconstruction(batches=1, ridge=ridge))
+    found = [r.getMessage() for r in caplog.records if "calibration rows" in r.getMessage()]
+    assert bool(found) == warned
+    assert all(
+        "'fc'" in message and f"from {size} calibration rows" in message for message in found
+    )

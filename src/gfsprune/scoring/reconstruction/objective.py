@@ -193,9 +193,22 @@ class _BoundReconstruction(BoundObjective):
             masks.set(layer, range(layer.width), 1.0)
             problem = self._problem(layer)
             masks.set(layer, channels, scale)
-        if problem is not None and problem.refit(
-            layer.items_of(channels), scale, ridge=self.options.ridge
-        ):
+        if problem is None:
+            return
+        items = layer.items_of(channels)
+        if self.options.ridge != "auto":
+            for consumer, (rows, unknowns) in problem.underdetermined(items).items():
+                _log.warning(
+                    "%s: the refit of '%s' solves %d unknowns per output from %d calibration "
+                    "rows, which can fit the calibration data and little else; give more "
+                    "calibration data (Reconstruction(batches=...), larger batches) or "
+                    "Reconstruction(ridge='auto').",
+                    layer.name,
+                    consumer,
+                    unknowns,
+                    rows,
+                )
+        if problem.refit(items, scale, ridge=self.options.ridge):
             self.loss.reset()  # the evaluator's copy of the network is stale
 
     def reset(self) -> None:

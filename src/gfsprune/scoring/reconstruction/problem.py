@@ -260,6 +260,16 @@ class LayerProblem:
         chosen[torch.as_tensor(list(items), dtype=torch.long)] = True
         return torch.cat([block.fixed, block.layer[chosen[block.items]]])
 
+    def underdetermined(self, items: Sequence[int]) -> dict[str, tuple[int, int]]:
+        """The consumers whose least squares, with ``items`` kept, has fewer calibration rows
+        than unknowns (per output): ``{consumer: (rows, unknowns)}``."""
+        found = {}
+        for b in self.blocks:
+            rows, unknowns = self.stats[b.consumer].rows, len(self.kept_positions(b, items))
+            if rows < unknowns:
+                found[b.consumer] = (rows, max(unknowns, found.get(b.consumer, (0, 0))[1]))
+        return found
+
     def refit(self, items: Sequence[int], scale: float, *, ridge: Ridge = 1e-4) -> list[str]:
         """Re-solve the consumers' weights for ``items`` kept (their inputs multiplied by
         ``scale`` in the masked network) by least squares, in place, wherever that lowers
