@@ -98,7 +98,7 @@ class Case:
             for _, y, target in calls:
                 module = self.work.get_submodule(name)
                 diff = (outputs(module, y) - outputs(module, target)).pow(2).sum(0)
-                total += float(self.weights(name) @ diff.detach())
+                total += float((self.weights(name) @ diff).detach())
         return total
 
     def refit_error(self, items: list[int]) -> float:
