@@ -89,7 +89,7 @@ class Case:
         out = self.work.get_submodule(name).weight.shape[0]
         if norm is None:
             return torch.ones(out, dtype=torch.float64)
-        return (norm.weight.double() / (norm.running_var.double() + norm.eps).sqrt()).pow(2)
+        return (norm.weight.detach().double() / (norm.running_var.double() + norm.eps).sqrt()).pow(2)
 
     def masked_error(self, factors: torch.Tensor) -> float:
         """The weighted squared error of the consumers with the items scaled by ``factors``."""
@@ -98,7 +98,7 @@ class Case:
             for _, y, target in calls:
                 module = self.work.get_submodule(name)
                 diff = (outputs(module, y) - outputs(module, target)).pow(2).sum(0)
-                total += float((self.weights(name) @ diff).detach())
+                total += float(self.weights(name) @ diff.detach())
         return total
 
     def refit_error(self, items: list[int]) -> float:
