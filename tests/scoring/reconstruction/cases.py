@@ -89,7 +89,8 @@ class Case:
         out = self.work.get_submodule(name).weight.shape[0]
         if norm is None:
             return torch.ones(out, dtype=torch.float64)
-        return (norm.weight.detach().double() / (norm.running_var.double() + norm.eps).sqrt()).pow(2)
+        scale = norm.weight.detach().double() / (norm.running_var.double() + norm.eps).sqrt()
+        return scale.pow(2)
 
     def masked_error(self, factors: torch.Tensor) -> float:
         """The weighted squared error of the consumers with the items scaled by ``factors``."""
