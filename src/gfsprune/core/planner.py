@@ -119,9 +119,9 @@ class WidthPlanner:
             if abs(tried[-1][0] / budget.ratio - 1) <= CLOSE:
                 return widths
         within = [t for t in tried if t[0] <= budget.ratio * (1 + CLOSE)]
-        share, widths = max(within) if within else min(tried)
         if within:
-            return widths
+            return max(within)[1]
+        share, widths = min(tried)
         name = f"{type(budget).__name__}({budget.ratio})"
         shares = ", ".join(f"{t[0]:.3f}" for t in tried)
         if share > budget.ratio * (1 + REFUSE):
