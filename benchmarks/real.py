@@ -494,18 +494,18 @@ def _overridden(sizes: Sizes | BrownSizes, settings: list[str]) -> Sizes | Brown
 def _merged(records: list[dict]) -> dict:
     """One fashion record of several runs of the same settings and gfs options, each
     model's seeds in the records' order."""
-    first = records[0]
-    same = {"case", "gfs"}
-    for record in records[1:]:
-        if any(record.get(k) != first.get(k) for k in same) or {
-            k: v for k, v in record["sizes"].items() if k != "first_seed"
-        } != {k: v for k, v in first["sizes"].items() if k != "first_seed"}:
-            raise ValueError("the records differ in case, gfs options or sizes: not one run")
+
+    def settings(record: dict) -> tuple:
+        sizes = {k: v for k, v in record["sizes"].items() if k != "first_seed"}
+        return record.get("case"), record.get("gfs"), sizes
+
+    if any(settings(r) != settings(records[0]) for r in records[1:]):
+        raise ValueError("the records differ in case, gfs options or sizes: not one run")
     runs: dict = {}
     for record in records:
         for model, seeds in record["runs"].items():
             runs.setdefault(model, []).extend(seeds)
-    return {**first, "runs": runs}
+    return {**records[0], "runs": runs}
 
 
 def main() -> None:
