@@ -230,16 +230,24 @@ def test_only_the_cross_validated_damping_keeps_folds(monkeypatch, ridge, folds:
 
 
 @pytest.mark.parametrize(
-    ("size", "ridge", "warned"), [(4, 1e-3, True), (16, 1e-3, False), (4, "auto", False)]
+    ("size", "batches", "ridge", "warned"),
+    [
+        (4, 1, 1e-3, True),
+        (16, 1, 1e-3, False),
+        (2, 2, 1e-3, True),
+        (2, 2, "auto", False),  # cross-validated: two batches keep a fold
+        (4, 1, "auto", True),  # one batch keeps no fold: the damping stays 1e-3
+    ],
 )
 def test_a_refit_with_fewer_calibration_rows_than_unknowns_is_warned_of(
-    caplog, size: int, ridge, warned: bool
+    caplog, size: int, batches: int, ridge, warned: bool
 ) -> None:
     model, data = _setup()
     small = [(x[:size], y[:size]) for x, y in data]  # the classifier reads 12 inputs
-    _prune(model, small, Reconstruction(batches=1, ridge=ridge))
+    _prune(model, small, Reconstruction(batches=batches, ridge=ridge))
     found = [r.getMessage() for r in caplog.records if "calibration rows" in r.getMessage()]
     assert bool(found) == warned
+    rows = size * batches
     assert all(
-        "'fc'" in message and f"from {size} calibration rows" in message for message in found
+        "'fc'" in message and f"from {rows} calibration rows" in message for message in found
     )

@@ -196,18 +196,17 @@ class _BoundReconstruction(BoundObjective):
         if problem is None:
             return
         items = layer.items_of(channels)
-        if self.options.ridge != "auto":
-            for consumer, (rows, unknowns) in problem.underdetermined(items).items():
-                _log.warning(
-                    "%s: the refit of '%s' solves %d unknowns per output from %d calibration "
-                    "rows, which can fit the calibration data and little else; give more "
-                    "calibration data (Reconstruction(batches=...), larger batches) or "
-                    "Reconstruction(ridge='auto').",
-                    layer.name,
-                    consumer,
-                    unknowns,
-                    rows,
-                )
+        for consumer, (rows, unknowns) in problem.underdetermined(items).items():
+            _log.warning(
+                "%s: the refit of '%s' solves %d unknowns per output from %d calibration "
+                "rows, which can fit the calibration data and little else; give more "
+                "calibration data (Reconstruction(batches=...), larger batches) or "
+                "Reconstruction(ridge='auto').",
+                layer.name,
+                consumer,
+                unknowns,
+                rows,
+            )
         if problem.refit(items, scale, ridge=self.options.ridge):
             self.loss.reset()  # the evaluator's copy of the network is stale
 

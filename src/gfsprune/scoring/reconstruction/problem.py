@@ -262,11 +262,13 @@ class LayerProblem:
 
     def underdetermined(self, items: Sequence[int]) -> dict[str, tuple[int, int]]:
         """The consumers whose least squares, with ``items`` kept, has fewer calibration rows
-        than unknowns (per output): ``{consumer: (rows, unknowns)}``."""
+        than unknowns (per output) and a damping not chosen by cross-validation (no fold):
+        ``{consumer: (rows, unknowns)}``."""
         found = {}
         for b in self.blocks:
-            rows, unknowns = self.stats[b.consumer].rows, len(self.kept_positions(b, items))
-            if rows < unknowns:
+            s = self.stats[b.consumer]
+            rows, unknowns = s.rows, len(self.kept_positions(b, items))
+            if rows < unknowns and s.fold is None:
                 found[b.consumer] = (rows, max(unknowns, found.get(b.consumer, (0, 0))[1]))
         return found
 
