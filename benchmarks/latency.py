@@ -4,7 +4,7 @@ latency (issue 27).
 For every model and batch size, the model is pruned to ``Latency(r, batch=b)`` for each
 ratio ``r``: its cost model times the model's pieces on this device (cached on disk,
 ``$GFSPRUNE_CACHE_DIR``), the allocator fills the budget, and the planner times the planned
-model whole and re-plans until the measured latency is within 2% (up to 3 times). Then a
+model whole and re-plans until the measured latency is within 2% (up to 5 times). Then a
 ``Macs`` budget is searched for whose pruned model is as fast *as measured*: each try's
 latency is timed whole between two timings of the unpruned model, and the MACs ratio moved
 by the secant through the tries, at most 0.2 at a time (up to ``--match-steps`` prunes).
@@ -30,11 +30,21 @@ All pruned models of a model and batch size are saved and timed with the unprune
 turns (one forward each per round, after warm-up rounds), in ``--processes`` fresh processes
 one after another, ``--rounds`` rounds each. "latency" is a pruned model's time over the
 unpruned model's, round by round: the median of the per-round ratios of all processes with a
-95% interval; "speed-up" is its inverse. "pred." is what the cost model predicts for the
-pruned model from its table alone (pieces, and the half- and quarter-width calibration
-copies; no whole-model timing of the planned models), and "pred. error" that over the measured
-latency, minus one; "planned" is the closed loop's own prediction. With ``--random-widths K``
-the table's prediction error is also shown on ``K`` copies pruned to random widths.
+95% interval; "speed-up" is its inverse. The fresh processes keep freed memory in glibc's
+heap (``mallopt``: trim threshold 1 GiB, top pad 512 MiB), as the pruning process's heap
+does once it has run the model: with glibc's defaults a fresh process that only runs
+inference returns the memory of large activations to the system after every forward and
+takes page faults for it on the next (3,040 per forward of the 32x32 mobilenet_v2 at batch
+64, 0 after a few training steps), which slows the unpruned model more than the pruned one.
+"glibc" is the same ratio timed in as many fresh processes with glibc's defaults (what a
+process that only runs inference without a tuned allocator sees; PyTorch's CPU tuning guide
+recommends jemalloc or tcmalloc, which keep memory like the first).
+
+"pred." is what the cost model predicts for the pruned model from its table alone (pieces,
+and the half- and quarter-width calibration copies; no whole-model timing of the planned
+models), and "pred. error" that over the measured latency, minus one; "planned" is the
+closed loop's own prediction. With ``--random-widths K`` the table's prediction error is
+also shown on ``K`` copies pruned to random widths.
 
     .venv/bin/python benchmarks/latency.py --allocator uniform --json uniform.json  # landing
     .venv/bin/python benchmarks/latency.py --json curves.json  # and accuracy at equal latency
@@ -45,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import dataclasses
 import datetime
 import json
@@ -81,6 +92,8 @@ from gfsprune.workflow.train import evaluate
 _MATCH = 0.02
 #: The largest change of the MACs ratio between two tries.
 _MAX_STEP = 0.2
+#: glibc's ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD = -1, -2
 
 
 @dataclasses.dataclass
@@ -247,10 +260,17 @@ def _random_widths(net: _Model, cost: LatencyCost, batch: int, args) -> list[flo
     return [predicted[n] / statistics.median(times[n]) - 1 for n in predicted]
 
 
-def _time_variants(spec, side, batch, weights, folders, args) -> dict[str, list[float]]:
+def _time_variants(
+    spec, side, batch, weights, folders, args, steady_heap: bool
+) -> dict[str, list[float]]:
     """In a fresh process: the unpruned model (its ``weights``: the very network the planner
     timed, trained or not) and the pruned ones saved in ``folders`` timed in turns at
-    ``batch`` (seconds per variant and round)."""
+    ``batch`` (seconds per variant and round), freed memory kept in the heap where
+    ``steady_heap`` (module docstring)."""
+    if steady_heap and platform.libc_ver()[0] == "glibc":
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_TOP_PAD, 1 << 29)
     torch.set_num_threads(args.threads)
     base = _untrained(spec, side)
     base.load_state_dict(torch.load(weights, weights_only=True))
@@ -297,11 +317,17 @@ def _batch(net: _Model, batch: int, args, pool) -> list[dict]:
         weights = os.path.join(tmp, "unpruned.pt")
         torch.save(net.base.state_dict(), weights)
         task = (net.spec, net.side, batch, weights, folders, args)
-        runs = [pool.apply(_time_variants, task) for _ in range(args.processes)]
-    full_ms = 1e3 * statistics.median(t for run in runs for t in run["full"])
+        runs = {
+            heap: [pool.apply(_time_variants, (*task, heap)) for _ in range(args.processes)]
+            for heap in (True, False)
+        }
+    full_ms = 1e3 * statistics.median(t for run in runs[True] for t in run["full"])
     for name, result in pruned.items():
         kind, ratio = name.split()
-        per_round = [p / f for run in runs for p, f in zip(run[name], run["full"], strict=True)]
+        per_round, glibc = (
+            [p / f for run in runs[heap] for p, f in zip(run[name], run["full"], strict=True)]
+            for heap in (True, False)
+        )
         measured, low, high = _median_interval(per_round)
         raw = cost.predict_model(result.model) / cost.full_seconds
         after, before = result.metrics_after, result.metrics_before
@@ -316,6 +342,7 @@ def _batch(net: _Model, batch: int, args, pool) -> list[dict]:
             "predicted_ratio": raw,
             "planned_ratio": planned or None,
             "latency_ratio": [measured, low, high],
+            "latency_ratio_glibc": list(_median_interval(glibc)),
             "speedup": [1 / measured, 1 / high, 1 / low],
             "full_ms": full_ms,
             "ms": full_ms * measured,
@@ -331,7 +358,8 @@ def _batch(net: _Model, batch: int, args, pool) -> list[dict]:
             f"| {net.spec} | {net.side} | {batch} | {row['budget']} | {row['macs_ratio']:.3f} | "
             f"{raw:.3f} | {planned_text} | {measured:.3f} [{low:.3f}, {high:.3f}] | "
             f"{row['speedup'][0]:.2f}x | {full_ms:.2f} / {row['ms']:.2f} | "
-            f"{row['prediction_error']:+.1%} | {row['accuracy']:.1%} |",
+            f"{row['prediction_error']:+.1%} | {row['latency_ratio_glibc'][0]:.3f} | "
+            f"{row['accuracy']:.1%} |",
             flush=True,
         )
     return rows
@@ -391,7 +419,7 @@ def main() -> None:
     )
     header = (
         "| model | input | batch | budget | MACs ratio | pred. | planned | measured latency "
-        "[95%] | speed-up | ms full / pruned | pred. error | accuracy |"
+        "[95%] | speed-up | ms full / pruned | pred. error | glibc | accuracy |"
     )
     rows, start = [], time.perf_counter()
     with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
