@@ -119,6 +119,8 @@ GFS = {
         "gfs-recon",
         PruneConfig(objective=Reconstruction(), candidates=None, allocator="uniform"),
     ),
+    "no-intercept": ("gfs-no-intercept", PruneConfig(objective=Reconstruction(intercept=False))),
+    "auto": ("gfs-auto", PruneConfig(objective=Reconstruction(ridge="auto"))),
     "recon-curves": (
         "gfs-recon-curves",
         PruneConfig(

@@ -12,10 +12,16 @@ from gfsprune._copying import copy_model
 __all__ = ["batchnorm_after", "fold_batchnorms"]
 
 
-def batchnorm_after(model: nn.Module, graph: tp.DependencyGraph) -> dict[str, str]:
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def batchnorm_after(
+    model: nn.Module, graph: tp.DependencyGraph, *, subclasses: bool = False
+) -> dict[str, str]:
     """Convolution name to the BatchNorm (with running statistics) right after it, where the
     convolution feeds only that BatchNorm and the BatchNorm reads only that convolution
-    (``graph`` is ``model``'s)."""
+    (``graph`` is ``model``'s); with ``subclasses``, subclasses of the convolutions too (which
+    may compute with their weights in their own way: not for folding)."""
     names = {m: n for n, m in model.named_modules()}
     pairs = {}
     for norm, node in graph.module2node.items():
@@ -23,7 +29,7 @@ def batchnorm_after(model: nn.Module, graph: tp.DependencyGraph) -> dict[str, st
         if (
             isinstance(norm, nn.modules.batchnorm._BatchNorm)
             and norm.running_mean is not None
-            and type(source) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+            and (isinstance(source, _CONVOLUTIONS) if subclasses else type(source) in _CONVOLUTIONS)
             and source.out_channels == norm.num_features
             and len(node.inputs[0].outputs) == 1
         ):

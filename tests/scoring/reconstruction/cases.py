@@ -46,12 +46,31 @@ class Case:
     def consumers(self) -> list[str]:
         return sorted({c.name for c in self.layer.consumers})
 
-    def problem(self, batches: list[tuple] | None = None) -> LayerProblem:
+    def problem(
+        self, batches: list[tuple] | None = None, *, intercept: bool = False
+    ) -> LayerProblem:
         batches = batches or self.batches
         stats = collect_stats(self.work, self.unpruned, self.consumers, batches, folds=True)
         modules = {n: self.work.get_submodule(n) for n in self.consumers}
         factors = {n: self.masks.input_factors(n) for n in self.consumers}
-        return LayerProblem(self.layer, stats, modules, factors, self.norms)
+        means = self.reference_means() if intercept else None
+        return LayerProblem(self.layer, stats, modules, factors, self.norms, means)
+
+    def reference_means(self) -> dict[str, torch.Tensor]:
+        """The unpruned network's running means of the BatchNorms after the consumers without
+        a bias."""
+        names = {m: n for n, m in self.work.named_modules()}
+        return {
+            c: self.unpruned.get_submodule(names[norm]).running_mean
+            for c, norm in self.norms.items()
+            if self.work.get_submodule(c).bias is None
+        }
+
+    def offset(self, name: str) -> torch.Tensor | float:
+        """The intercept of consumer ``name`` folded into the BatchNorm after it (0: none)."""
+        if name not in self.reference_means():
+            return 0.0
+        return (self.reference_means()[name] - self.norms[name].running_mean).double()
 
     def keep(self, factors: torch.Tensor) -> torch.Tensor:
         """Item factors as the layer's ``(1, width)`` channel factors."""
@@ -94,17 +113,22 @@ class Case:
 
     def masked_error(self, factors: torch.Tensor) -> float:
         """The weighted squared error of the consumers with the items scaled by ``factors``."""
-        total = 0.0
-        for name, calls in self.captured(factors).items():
-            for _, y, target in calls:
-                module = self.work.get_submodule(name)
-                diff = (outputs(module, y) - outputs(module, target)).pow(2).sum(0)
-                total += float(self.weights(name) @ diff.detach())
-        return total
+        return sum(self.masked_errors(factors).values())
 
-    def refit_error(self, items: list[int]) -> float:
+    def masked_errors(self, factors: torch.Tensor) -> dict[str, float]:
+        """:meth:`masked_error` per consumer."""
+        errors = {}
+        for name, calls in self.captured(factors).items():
+            module, errors[name] = self.work.get_submodule(name), 0.0
+            for _, y, target in calls:
+                diff = outputs(module, y) + self.offset(name) - outputs(module, target)
+                errors[name] += float(self.weights(name) @ diff.pow(2).sum(0).detach())
+        return errors
+
+    def refit_error(self, items: list[int], *, intercept: bool = False) -> float:
         """The weighted squared error with ``items`` kept and every consumer's weights
-        re-solved by (undamped) least squares on its kept inputs, group by group."""
+        re-solved by (undamped) least squares on its kept inputs, group by group (with an
+        intercept where ``intercept`` and a BatchNorm follows a consumer without a bias)."""
         factors = torch.zeros(self.layer.n_items)
         factors[items] = 1.0
         total = 0.0
@@ -116,6 +140,7 @@ class Case:
             for param in ones.parameters():
                 param.data.fill_(1.0)
             reads = weight_matrix(ones) != 0  # (out, Q): the inputs each output reads
+            reads[:, -1] |= intercept and name in self.reference_means()
             w = self.weights(name)
             for o in range(t.shape[1]):
                 cols = reads[o] & (x.abs().sum(0) > 0)

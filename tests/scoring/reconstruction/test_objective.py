@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from gfsprune import Macs, PruneConfig, Tolerance, prune
+from gfsprune import Macs, PruneConfig, Tolerance, Widths, prune
 from gfsprune.core.allocate import Curves
 from gfsprune.core.schedules import Exact
 from gfsprune.errors import ConfigError
@@ -76,6 +76,35 @@ def test_the_refit_changes_the_consumers_and_reproduces_the_unpruned_network_bet
     assert distance[1] < distance[0]
 
 
+def test_an_intercept_goes_into_the_batchnorm_after_a_consumer_without_bias() -> None:
+    model, data = _setup()
+    model.c2.register_parameter("bias", None)  # c2 reads layer c1; b2 follows it
+    target = Widths({"c1": 5})  # c2's channels all kept: b2 compares whole
+    results = {
+        intercept: _prune(
+            model, data, Reconstruction(scale="best", batches=2, intercept=intercept), target
+        )
+        for intercept in (False, True)
+    }
+    assert results[True].plan[0].kept == results[False].plan[0].kept
+    assert results[True].plan[0].scale == results[False].plan[0].scale
+    assert not torch.equal(results[True].model.c2.weight, results[False].model.c2.weight)
+    means = [results[i].model.b2.running_mean for i in (False, True)]
+    assert not torch.allclose(means[0], means[1])  # the intercept, folded in
+    seen = []
+    for net in (model, results[False].model, results[True].model):
+        net.b2.register_forward_hook(lambda m, a, o: seen.append(o.double()))
+        with torch.no_grad():
+            for x, _ in data[:2]:
+                net(x)
+    unpruned, without, with_intercept = seen[:2], seen[2:4], seen[4:]
+    errors = [
+        sum(float((a - b).pow(2).sum()) for a, b in zip(outs, unpruned, strict=True))
+        for outs in (without, with_intercept)
+    ]
+    assert errors[1] < errors[0]
+
+
 def test_a_judge_over_every_candidate_is_the_network_loss_greedy() -> None:
     model, data = _setup(width=8)
     judged = _prune(model, data, Reconstruction(scale="mean-field", refit=False, judge=100))
@@ -106,6 +135,7 @@ def test_a_tolerance_stops_on_the_network_loss() -> None:
         ({"points": 1}, "'points' option of Reconstruction must be an integer >= 2"),
         ({"ridge": -1.0}, "'ridge' option of Reconstruction must be a finite number"),
         ({"refit": 1}, "'refit' option of Reconstruction must be True or False"),
+        ({"intercept": "yes"}, "'intercept' option of Reconstruction must be True or False"),
     ],
 )
 def test_bad_options_are_refused(options: dict, message: str) -> None:

@@ -43,6 +43,33 @@ def test_refit_solves_least_squares_and_never_raises_the_error(case: str, scale:
     assert after == pytest.approx(c.refit_error(items), rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_an_intercept_is_fitted_into_the_batchnorm_after_a_consumer_without_bias(
+    scale: float,
+) -> None:
+    c = CASES["fan"]()  # 's' has no bias and a BatchNorm after it; 'g' and 'fc' have biases
+    items = [0, 2]
+    factors = torch.zeros(c.layer.n_items)
+    factors[items] = scale
+    mean = c.work.bs.running_mean.clone()
+    c.problem(intercept=True).refit(items, scale, ridge=0.0)
+    assert not torch.equal(c.work.bs.running_mean, mean)
+    after = c.masked_error(factors)
+    assert after == pytest.approx(c.refit_error(items, intercept=True), rel=1e-5)
+    assert after < 0.99 * c.refit_error(items)  # the intercept lowers the error
+    # what the BatchNorm puts out: the error weighted by its scale, the intercept included
+    seen, want = [], []
+    c.work.bs.register_forward_hook(lambda m, a, o: seen.append(o.double()))
+    c.unpruned.bs.register_forward_hook(lambda m, a, o: want.append(o.double()))
+    with torch.no_grad():
+        for x, _ in c.batches:
+            with c.masks.candidates(c.layer, c.keep(factors)):
+                c.work(x)
+            c.unpruned(x)
+    through_norm = sum(float((a - b).pow(2).sum()) for a, b in zip(seen, want, strict=True))
+    assert through_norm == pytest.approx(c.masked_errors(factors)["s"], rel=1e-6)
+
+
 def test_a_refit_that_would_raise_the_error_is_not_made() -> None:
     c = CASES["fan"]()
     problem = c.problem()

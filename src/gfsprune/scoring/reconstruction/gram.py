@@ -4,9 +4,11 @@ of a channel layer, enough to reconstruct their outputs from any subset of their
 A consumer (a convolution or linear layer reading a layer's channels) computes ``Y = X W'``:
 ``X`` has one row per output position (sample x spatial position, or token) and one column
 per *input position* (an input channel at one kernel tap; a linear layer's input feature),
-in ``F.unfold``'s order (channel-major), with a column of ones last where the module has a
-bias; ``W`` is its weight as ``(out, Q)`` (:func:`weight_matrix`; zeros across the groups of
-a grouped convolution). Per consumer, accumulated batch by batch in float64:
+in ``F.unfold``'s order (channel-major), and a column of ones last: the bias's, or where
+the module has none a per-output intercept's (which a refit may fit into the BatchNorm that
+follows, :mod:`~gfsprune.scoring.reconstruction.problem`); ``W`` is its weight as ``(out,
+Q)`` (:func:`weight_matrix`; zeros across the groups of a grouped convolution). Per
+consumer, accumulated batch by batch in float64:
 
     gram = X'X  (Q, Q)     cross = X'Y*  (Q, out)     energy = sum of Y*^2 per output  (out,)
 
@@ -85,15 +87,15 @@ def taps(module: nn.Module) -> int:
 
 
 def input_positions(module: nn.Module) -> int:
-    """``Q``: the columns of ``X``, the bias column included."""
+    """``Q``: the columns of ``X``, the column of ones included."""
     inputs = module.in_features if isinstance(module, nn.Linear) else module.in_channels
-    return inputs * taps(module) + (module.bias is not None)
+    return inputs * taps(module) + 1
 
 
-def weight_matrix(module: nn.Module) -> torch.Tensor:
+def weight_matrix(module: nn.Module, intercept: torch.Tensor | None = None) -> torch.Tensor:
     """The module's weights as ``(out, Q)`` in float64: an input channel's taps in ``unfold``
-    order, zeros where a grouped convolution's output does not read the input, the bias
-    last where there is one."""
+    order, zeros where a grouped convolution's output does not read the input, and last the
+    bias, or where there is none ``intercept`` (``(out,)``; default zeros)."""
     weight = module.weight.detach().double()
     if isinstance(module, nn.Linear):
         dense = weight
@@ -107,8 +109,10 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
             dense[g * (out // groups) : (g + 1) * (out // groups), g] = flat[g]
         dense = dense.reshape(out, groups * per_group * k)
     if module.bias is not None:
-        dense = torch.cat([dense, module.bias.detach().double()[:, None]], 1)
-    return dense
+        intercept = module.bias.detach()
+    elif intercept is None:
+        intercept = dense.new_zeros(dense.shape[0])
+    return torch.cat([dense, intercept.to(dense)[:, None]], 1)
 
 
 def positions(module: nn.Module, x: torch.Tensor, pad: Sequence[int] | None = None) -> torch.Tensor:
@@ -131,9 +135,7 @@ def positions(module: nn.Module, x: torch.Tensor, pad: Sequence[int] | None = No
             x, pair(module.kernel_size), dilation=pair(module.dilation), stride=pair(module.stride)
         )
         rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    if module.bias is not None:
-        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], 1)
-    return rows
+    return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], 1)
 
 
 def outputs(module: nn.Module, y: torch.Tensor) -> torch.Tensor:

@@ -66,6 +66,13 @@ class Reconstruction(Objective):
             ``"best"`` with the refit after the choice kept 94% (docs/RESULTS.md).
         refit: After a layer's choice, re-solve its consumers' weights by least squares on
             the kept inputs, wherever that lowers their error.
+        intercept: A consumer without a bias that a BatchNorm follows is re-solved with a
+            per-output intercept too (during selection where ``scale="refit"``, and in the
+            refit), folded into the BatchNorm's running mean: the removed channels' mean
+            contribution is compensated, as a bias would be. On EfficientNet-Lite0 it kept
+            40.6% agreement against 39.5% without, and 40.6% against 30.5% after 50
+            fine-tuning steps; on the small benchmarks it changed nothing beyond the seeds'
+            spread, at the same cost (docs/RESULTS.md).
         judge: ``0``: the reconstruction alone picks; ``k``: at every step the network's
             loss (on the next mini-batch) picks among the reconstruction's ``k`` best
             candidates.
@@ -93,6 +100,7 @@ class Reconstruction(Objective):
     closed_form: ClassVar[bool] = True
     scale: str = "refit"
     refit: bool = True
+    intercept: bool = True
     judge: int = 0
     batches: int = 16
     points: int = 8
@@ -104,11 +112,12 @@ class Reconstruction(Objective):
                 f"The 'scale' option of Reconstruction must be one of {list(SCALES)}. Got "
                 f"{self.scale!r} instead."
             )
-        if not isinstance(self.refit, bool):
-            raise ConfigError(
-                f"The 'refit' option of Reconstruction must be True or False. Got "
-                f"{self.refit!r} instead."
-            )
+        for flag in ("refit", "intercept"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(
+                    f"The '{flag}' option of Reconstruction must be True or False. Got "
+                    f"{getattr(self, flag)!r} instead."
+                )
         _check_int("judge", self.judge, 0)
         _check_int("batches", self.batches, 1)
         _check_int("points", self.points, 2)
@@ -132,7 +141,10 @@ class _BoundReconstruction(BoundObjective):
         first = itertools.islice(run.data, options.batches)
         self.calibration = [move(tuple(batch), run.device) for batch in first]
         modules = dict(run.model.named_modules())
-        self.norms = {c: modules[n] for c, n in batchnorm_after(run.model, run.graph).items()}
+        pairs = batchnorm_after(run.model, run.graph, subclasses=True)
+        self.norms = {c: modules[n] for c, n in pairs.items()}
+        # the BatchNorms' running means in the unpruned network: an intercept's reference
+        self.means = {c: self.unpruned.get_submodule(n).running_mean for c, n in pairs.items()}
         self.loss = NetworkLoss().bind(run)  # the judge, and the layers not described
         self._last: _LayerReconstruction | None = None
 
@@ -168,7 +180,10 @@ class _BoundReconstruction(BoundObjective):
             return None
         factors = {n: self.run.masks.input_factors(n) for n in names}
         norms = {n: self.norms[n] for n in names if n in self.norms}
-        return LayerProblem(layer, stats, modules, factors, norms)
+        intercepts = {}
+        if self.options.intercept:
+            intercepts = {n: self.means[n] for n in norms if modules[n].bias is None}
+        return LayerProblem(layer, stats, modules, factors, norms, intercepts)
 
     def layer(self, layer, *, draw, held_out) -> LayerObjective:
         problem = self._problem(layer)
@@ -333,11 +348,11 @@ class _LayerReconstruction(LayerObjective):
         if not self.options.refit or not items:
             yield
             return
-        modules = self.problem.modules
-        saved = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in modules.items()}
+        touched = [*self.problem.modules.values(), *self.problem.norms.values()]
+        saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in touched]
         try:
             self.problem.refit(items, scale, ridge=self.options.ridge)
             yield
         finally:
-            for name, state in saved.items():
-                modules[name].load_state_dict(state)
+            for module, state in zip(touched, saved, strict=True):
+                module.load_state_dict(state)

@@ -14,6 +14,12 @@ the layer's positions, 1 at the others) and ``v_o = W_o * f``:
           = f' (gram * W' diag(w) W) f - 2 f' rowsum(cross * (W' diag(w))) + w . energy
 
 Positions of other layers that are already removed (their input factor 0) drop out.
+
+A consumer without a bias that a BatchNorm follows may take an intercept instead (the column
+of ones of its statistics; the problem's ``intercepts``): a removed channel's mean
+contribution to the consumer's outputs is then re-fitted as a per-output constant and folded
+into the BatchNorm's running mean, which in evaluation mode subtracts it (FLAP's bias
+compensation, here solved jointly with the weights).
 """
 
 from __future__ import annotations
@@ -110,6 +116,10 @@ class LayerProblem:
         factors: Each consumer's current input factors (:meth:`Masks.input_factors`): inputs
             at 0 belong to removed channels of other layers and drop out.
         norms: The BatchNorm right after a consumer, where there is one.
+        intercepts: Consumers without a bias whose least squares also fits an intercept,
+            each to its BatchNorm's (in ``norms``) running mean in the unpruned network: the
+            intercept is that mean minus the BatchNorm's current one, and a refit writes it
+            there.
     """
 
     def __init__(
@@ -119,12 +129,16 @@ class LayerProblem:
         modules: Mapping[str, nn.Module],
         factors: Mapping[str, torch.Tensor],
         norms: Mapping[str, nn.Module] | None = None,
+        intercepts: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         self.layer = layer
         self.stats = dict(stats)
         self.modules = dict(modules)
-        norms = norms or {}
-        self.weights = {n: output_weights(m, norms.get(n)) for n, m in self.modules.items()}
+        self.norms = dict(norms or {})
+        self.intercepts = dict(intercepts or {})
+        if any(self.modules[n].bias is not None or n not in self.norms for n in self.intercepts):
+            raise ValueError("an intercept is for a consumer without a bias, before a BatchNorm")
+        self.weights = {n: output_weights(m, self.norms.get(n)) for n, m in self.modules.items()}
         self.blocks = [b for c in sorted(self.modules) for b in self._blocks(c, factors[c])]
         self._cv: dict[tuple[int, bytes], float] = {}  # cross-validated dampings
 
@@ -147,11 +161,9 @@ class LayerProblem:
                 per_input[c.index] = item_of[c.root]
         item = per_input.repeat_interleave(k)  # (inputs * taps,)
         live = factors.detach().cpu().repeat_interleave(k) != 0
-        if module.bias is not None:
-            item, live = (
-                torch.cat([item, item.new_full((1,), -1)]),
-                torch.cat([live, live.new_ones(1)]),
-            )
+        constant = module.bias is not None or name in self.intercepts  # the column of ones
+        item = torch.cat([item, item.new_full((1,), -1)])
+        live = torch.cat([live, torch.tensor([constant])])
         assert item.numel() == q, "the statistics do not match the consumer"
         groups = 1 if isinstance(module, nn.Linear) else module.groups
         out, inputs = module.weight.shape[0], factors.numel()
@@ -159,8 +171,7 @@ class LayerProblem:
         for g in range(groups):
             reads = torch.zeros(q, dtype=torch.bool)
             reads[g * inputs // groups * k : (g + 1) * inputs // groups * k] = True
-            if module.bias is not None:
-                reads[-1] = True
+            reads[-1] = True
             mine = reads & (live | (item >= 0))
             layer_pos = (mine & (item >= 0)).nonzero().flatten()
             fixed = (mine & (item < 0)).nonzero().flatten()
@@ -184,7 +195,7 @@ class LayerProblem:
         constant = 0.0
         for b in self.blocks:
             s, w = self.stats[b.consumer], self.weights[b.consumer][b.outputs]
-            weight = weight_matrix(self.modules[b.consumer]).to(device)[b.outputs]  # (o, Q)
+            weight = self._weight_matrix(b.consumer).to(device)[b.outputs]  # (o, Q)
             pos = torch.cat([b.layer, b.fixed])
             wl = weight[:, pos]  # (o, P)
             h = s.gram[pos][:, pos] * (wl.T @ (w[:, None] * wl))  # (P, P)
@@ -196,6 +207,13 @@ class LayerProblem:
             linear.index_add_(0, b.items, d[:size] - h[:size, size:].sum(1))
             constant += float(w @ s.energy[b.outputs] - 2 * d[size:].sum() + h[size:, size:].sum())
         return QuadraticForm(gram, linear, constant)
+
+    def _weight_matrix(self, name: str) -> torch.Tensor:
+        """:func:`weight_matrix` of consumer ``name``, its intercept last where it has one."""
+        module, intercept = self.modules[name], None
+        if name in self.intercepts:
+            intercept = self.intercepts[name].double() - self.norms[name].running_mean.double()
+        return weight_matrix(module, intercept)
 
     def ridge_of(self, block: Block, ridge: Ridge, positions: torch.Tensor | None = None) -> float:
         """The damping of ``block``'s least squares on ``positions`` (default: all its live
@@ -280,7 +298,7 @@ class LayerProblem:
         for name in sorted(self.modules):
             blocks = [b for b in self.blocks if b.consumer == name]
             module = self.modules[name]
-            current = weight_matrix(module).to(self.stats[name].gram.device)
+            current = self._weight_matrix(name).to(self.stats[name].gram.device)
             solved = current.clone()
             before = after = 0.0
             for b in blocks:
@@ -294,16 +312,21 @@ class LayerProblem:
                 solved[b.outputs[:, None], kept[None]] = new
             if after < before:
                 _assign(module, solved)
+                if name in self.intercepts:  # BatchNorm(y + c) subtracts its mean from y + c
+                    mean = self.norms[name].running_mean
+                    with torch.no_grad():
+                        mean.copy_((self.intercepts[name].double() - solved[:, -1]).to(mean))
                 changed.append(name)
         return changed
 
 
 def _assign(module: nn.Module, dense: torch.Tensor) -> None:
-    """Write ``dense`` (``(out, Q)``, :func:`weight_matrix`'s layout) into ``module``."""
+    """Write ``dense`` (``(out, Q)``, :func:`weight_matrix`'s layout) into ``module`` (its
+    last column into the bias, where there is one)."""
     with torch.no_grad():
         if module.bias is not None:
             module.bias.copy_(dense[:, -1].to(module.bias))
-            dense = dense[:, :-1]
+        dense = dense[:, :-1]
         weight = module.weight
         if isinstance(module, nn.Linear):
             weight.copy_(dense.to(weight))
