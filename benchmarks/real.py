@@ -13,7 +13,8 @@ Needs the material of ``make bench-real-setup`` (``benchmarks/setup_real.sh``) i
   (``fashion-mnist:.bench/fashion-mnist``, the official 60k/10k split), then
   :func:`gfsprune.workflow.compare.compare` at each target with fine-tuning budgets and
   ``scratch`` (the pruned architecture re-initialised and trained for the pre-training plus
-  the largest budget's epochs), over seeds; tables as ``pipelines.py`` prints them;
+  the largest budget's epochs; ``--methods`` without ``scratch`` leaves it out), over seeds;
+  tables as ``pipelines.py`` prints them;
 - ``brown``: a small LLaMA-style language model trained here on 450 of the Brown corpus's
   500 files (:mod:`brown_lm`: word-level tokenizer, an ``hf:DIR`` folder cached in
   ``--bench``, so reruns skip training), its attention heads and MLP neurons pruned
@@ -304,7 +305,7 @@ def fashion(
                         macs=target,
                         finetune=finetune,
                         epochs=sizes.epochs,
-                        methods=("gfs", *methods, "scratch"),
+                        methods=("gfs", *methods),
                         prune=config,
                         scratch=scratch,
                         batch_size=64,
@@ -517,7 +518,8 @@ def main() -> None:
     parser.add_argument("--bench", type=Path, default=Path(".bench"), help="setup_real.sh's")
     parser.add_argument("--targets", type=float, nargs="+", help="MACs ratios to keep")
     parser.add_argument(
-        "--methods", help="besides gfs, comma-separated (brown: of all, default all)"
+        "--methods",
+        help="besides gfs, comma-separated (default all; fashion: and scratch; ',': none)",
     )
     parser.add_argument(
         "--models", default=",".join(FASHION_MODELS), help="fashion: comma-separated"
@@ -555,7 +557,8 @@ def main() -> None:
     unknown = sorted(set(gfs) - set(GFS))
     if unknown:
         parser.error(f"--gfs: unknown variants {unknown}; choose from {list(GFS)}")
-    methods = [m for m in (args.methods or ",".join(TP)).split(",") if m]
+    every = [*TP, "scratch"] if args.case == "fashion" else TP
+    methods = [m for m in (args.methods or ",".join(every)).split(",") if m]
     targets = args.targets or ([0.5, 0.25] if args.case == "fashion" else [0.75, 0.5])
     if args.case == "brown":
         sizes = BROWN_QUICK if args.quick else BROWN_FULL
