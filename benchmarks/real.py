@@ -120,6 +120,7 @@ GFS = {
         "gfs-recon",
         PruneConfig(objective=Reconstruction(), candidates=None, allocator="uniform"),
     ),
+    "intercept": ("gfs-intercept", PruneConfig(objective=Reconstruction(intercept=True))),
     "no-intercept": ("gfs-no-intercept", PruneConfig(objective=Reconstruction(intercept=False))),
     "auto": ("gfs-auto", PruneConfig(objective=Reconstruction(ridge="auto"))),
     "recon-curves": (

@@ -22,8 +22,9 @@ layer, no greedy pass of the network loss). Methods:
   refit;
 - ``recon judge4``: ``Reconstruction(judge=4)``: the network loss picks among the
   reconstruction's 4 best candidates at every step (with the fully corrective scores);
-- ``recon no-intercept``: ``Reconstruction(intercept=False)``: no intercept for the consumers
-  without a bias before a BatchNorm; ``recon auto``: ``Reconstruction(ridge="auto")``;
+- ``recon intercept`` / ``recon no-intercept``: ``Reconstruction(intercept=True / False)``:
+  an intercept for the consumers without a bias before a BatchNorm, or none (the default);
+  ``recon auto``: ``Reconstruction(ridge="auto")``;
 - ``tp best``: the best (lowest held-out loss) of Torch-Pruning's pipelines ``tp-l1``,
   ``tp-l2-global``, ``tp-taylor-global`` and ``tp-lamp-global``
   (:mod:`gfsprune.workflow.methods`; their own widths, the pruning ratio bisected to the
@@ -73,6 +74,7 @@ GFS = {
     "recon best+refit": (Reconstruction(scale="best"), RECON),
     "recon mean-field": (Reconstruction(scale="mean-field", refit=False), RECON),
     "recon judge4": (Reconstruction(judge=4), RECON),
+    "recon intercept": (Reconstruction(intercept=True), RECON),
     "recon no-intercept": (Reconstruction(intercept=False), RECON),
     "recon auto": (Reconstruction(ridge="auto"), RECON),
     "recon curves": (
