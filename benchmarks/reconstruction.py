@@ -168,8 +168,9 @@ def report(record: dict) -> None:
             f"| {100 * statistics.mean(m['acc'] for m in full):.2f} | | |"
         )
         for budget in (b for b in seeds[0] if b != "full"):
-            ran_exact = "exact" in seeds[0][budget]
-            exact = statistics.mean(r[budget]["exact"]["loss"] for r in seeds) if ran_exact else 0
+            exact = None
+            if "exact" in seeds[0][budget]:
+                exact = statistics.mean(r[budget]["exact"]["loss"] for r in seeds)
             for method in seeds[0][budget]:
                 rows = [r[budget][method] for r in seeds]
 
@@ -184,7 +185,7 @@ def report(record: dict) -> None:
                 print(
                     f"| {case} | {float(budget):.0%} | {label} | {loss:.4f} ± {dl:.4f} "
                     f"| {100 * acc:.2f} ± {100 * da:.2f} | {sec:.1f} | "
-                    f"{f'{loss / exact:.3f}' if exact else '-'} |"
+                    f"{'-' if exact is None else f'{loss / exact:.3f}'} |"
                 )
 
 

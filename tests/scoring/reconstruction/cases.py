@@ -68,9 +68,10 @@ class Case:
 
     def offset(self, name: str) -> torch.Tensor | float:
         """The intercept of consumer ``name`` folded into the BatchNorm after it (0: none)."""
-        if name not in self.reference_means():
+        means = self.reference_means()
+        if name not in means:
             return 0.0
-        return (self.reference_means()[name] - self.norms[name].running_mean).double()
+        return (means[name] - self.norms[name].running_mean).double()
 
     def keep(self, factors: torch.Tensor) -> torch.Tensor:
         """Item factors as the layer's ``(1, width)`` channel factors."""
