@@ -17,7 +17,9 @@ predictions, so the statistics are those of a real pass):
 
 Variants (``--variants``): ``recon`` (``Reconstruction()``, every candidate scored, ``uniform``
 widths) and ``recon-curves`` (the same with the ``curves`` allocator measured along the
-reconstruction paths, ``Curves(schedule=Exact())``). Calibration: every image of the case
+reconstruction paths, ``Curves(schedule=Exact())``); ``recon-all-rows`` is ``recon`` with
+every calibration row in the statistics (``Reconstruction(rows=None)``; the default draws
+8,192 per consumer and batch). Calibration: every image of the case
 (``Reconstruction(batches=images / batch)``).
 
     .venv/bin/python benchmarks/recon_cost.py --cases resnet18,mobilenet_v3_large,minilm
@@ -53,7 +55,7 @@ from gfsprune.core.schedules import Exact  # noqa: E402
 from gfsprune.scoring import Reconstruction  # noqa: E402
 from gfsprune.surgery import find_layers  # noqa: E402
 
-VARIANTS = ("recon", "recon-curves")
+VARIANTS = ("recon", "recon-curves", "recon-all-rows")
 
 
 class Encoder(nn.Module):
@@ -76,9 +78,12 @@ class Encoder(nn.Module):
 
 
 def _config(variant: str, batches: int) -> PruneConfig:
-    allocator = "uniform" if variant == "recon" else Curves(schedule=Exact())
+    allocator = Curves(schedule=Exact()) if variant == "recon-curves" else "uniform"
+    rows = None if variant == "recon-all-rows" else Reconstruction.rows
     return PruneConfig(
-        objective=Reconstruction(batches=batches), candidates=None, allocator=allocator
+        objective=Reconstruction(batches=batches, rows=rows),
+        candidates=None,
+        allocator=allocator,
     )
 
 

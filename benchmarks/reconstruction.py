@@ -23,8 +23,10 @@ layer, no greedy pass of the network loss). Methods:
 - ``recon judge4``: ``Reconstruction(judge=4)``: the network loss picks among the
   reconstruction's 4 best candidates at every step (with the fully corrective scores);
 - ``recon intercept`` / ``recon no-intercept``: ``Reconstruction(intercept=True / False)``:
-  an intercept for the consumers without a bias before a BatchNorm, or none (the default);
-  ``recon auto``: ``Reconstruction(ridge="auto")``;
+  an intercept for the consumers without a bias before a BatchNorm (the default), or none;
+  ``recon auto``: ``Reconstruction(ridge="auto")``; ``recon all-rows`` / ``recon rows-1k``:
+  ``Reconstruction(rows=None / 1024)``: every calibration row, or 1,024 per consumer and
+  batch (the default draws 8,192);
 - ``tp best``: the best (lowest held-out loss) of Torch-Pruning's pipelines ``tp-l1``,
   ``tp-l2-global``, ``tp-taylor-global`` and ``tp-lamp-global``
   (:mod:`gfsprune.workflow.methods`; their own widths, the pruning ratio bisected to the
@@ -77,6 +79,8 @@ GFS = {
     "recon intercept": (Reconstruction(intercept=True), RECON),
     "recon no-intercept": (Reconstruction(intercept=False), RECON),
     "recon auto": (Reconstruction(ridge="auto"), RECON),
+    "recon all-rows": (Reconstruction(rows=None), RECON),
+    "recon rows-1k": (Reconstruction(rows=1024), RECON),
     "recon curves": (
         Reconstruction(),
         {"candidates": None, "allocator": Curves(schedule=Exact())},

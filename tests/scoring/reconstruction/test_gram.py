@@ -54,6 +54,20 @@ def test_rows_times_the_weight_matrix_are_the_modules_outputs(name: str) -> None
     assert unsupported(module) is None
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("name", MODULES)
+def test_sampled_rows_are_those_rows_of_all(name: str) -> None:
+    torch.manual_seed(0)
+    module, shape = MODULES[name]
+    x = torch.randn(shape)
+    with torch.no_grad():
+        y = module(x)
+    every, targets = positions(module, x), outputs(module, y)
+    rows = torch.tensor([0, 3, every.shape[0] - 1])
+    torch.testing.assert_close(positions(module, x, rows=rows), every[rows], rtol=0, atol=0)
+    torch.testing.assert_close(outputs(module, y, rows), targets[rows], rtol=0, atol=0)
+
+
 class SamePadding(nn.Conv2d):
     """TensorFlow's "SAME" padding done in forward (as EfficientNet's and timm's Conv2dSame)."""
 
@@ -156,6 +170,23 @@ def test_statistics_are_the_float64_sums_of_the_rows(dtype: torch.dtype) -> None
         assert ((got - a.T @ b).abs() <= tol * bound).all()
     torch.testing.assert_close(stats.energy, y.pow(2).sum(0), rtol=1e-12, atol=0)
     assert stats.gram.dtype == torch.float64 and stats.rows == 300
+
+
+def test_sampled_statistics_sum_the_drawn_rows_of_both_networks_alike() -> None:
+    c = CASES["fan"]()
+    whole = collect_stats(c.work, c.unpruned, c.consumers, c.batches)
+    again = collect_stats(c.work, c.unpruned, c.consumers, c.batches, rows=5)
+    sampled = collect_stats(c.work, c.unpruned, c.consumers, c.batches, rows=5)
+    for name, stats in sampled.items():
+        calls = whole[name].rows // len(c.batches)  # rows per batch
+        assert stats.rows == len(c.batches) * min(5, calls) < whole[name].rows
+        for key in ("gram", "cross", "energy"):  # the same draw every time
+            torch.testing.assert_close(getattr(stats, key), getattr(again[name], key))
+    # where the unpruned network is the pruned one, the targets are the drawn rows' own
+    # outputs: the draw is the same on both sides
+    for name, s in collect_stats(c.work, c.work, c.consumers, c.batches, rows=5).items():
+        weight = weight_matrix(c.work.get_submodule(name))
+        torch.testing.assert_close(s.cross, s.gram @ weight.T, rtol=1e-5, atol=1e-5)
 
 
 def test_the_unpruned_network_may_be_the_pruned_one() -> None:

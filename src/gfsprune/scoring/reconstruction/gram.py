@@ -115,11 +115,19 @@ def weight_matrix(module: nn.Module, intercept: torch.Tensor | None = None) -> t
     return torch.cat([dense, intercept.to(dense)[:, None]], 1)
 
 
-def positions(module: nn.Module, x: torch.Tensor, pad: Sequence[int] | None = None) -> torch.Tensor:
+def positions(
+    module: nn.Module,
+    x: torch.Tensor,
+    pad: Sequence[int] | None = None,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The module's input ``x`` as the rows of ``X``: ``(M, Q)``, in ``x``'s dtype; ``pad``
-    (``F.pad``'s order) replaces a convolution's own padding (see :func:`input_padding`)."""
+    (``F.pad``'s order) replaces a convolution's own padding (see :func:`input_padding`);
+    ``rows`` (indices into the ``M`` rows, sample-major) keeps only those, gathered without
+    unfolding the others."""
     if isinstance(module, nn.Linear):
-        rows = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1])
+        flat = flat if rows is None else flat[rows]
     else:
         one_d = isinstance(module, nn.Conv1d)
         if one_d:  # (N, C, L) as (N, C, 1, L)
@@ -131,18 +139,52 @@ def positions(module: nn.Module, x: torch.Tensor, pad: Sequence[int] | None = No
             pad = [*pad, 0, 0]
         x = F.pad(x, pad, mode=mode) if any(pad) else x
         pair = (lambda v: (1, v[0])) if one_d else (lambda v: tuple(v))
-        patches = F.unfold(  # (N, C * taps, L)
-            x, pair(module.kernel_size), dilation=pair(module.dilation), stride=pair(module.stride)
+        kernel, dilation, stride = (
+            pair(module.kernel_size),
+            pair(module.dilation),
+            pair(module.stride),
         )
-        rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], 1)
+        if rows is None:
+            patches = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (N, C * taps, L)
+            flat = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        else:
+            flat = _gathered(x, rows, kernel, dilation, stride)
+    return torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)
 
 
-def outputs(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """The module's output ``y`` as ``(M, out)`` rows, matching :func:`positions`."""
+def _gathered(x: torch.Tensor, rows: torch.Tensor, kernel, dilation, stride) -> torch.Tensor:
+    """``F.unfold``'s rows ``rows`` of the padded ``(N, C, H, W)`` input ``x``: ``(P, C *
+    taps)``, channel-major as ``unfold`` orders them."""
+    wide = [(x.shape[2 + i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in (0, 1)]
+    sample, at = rows // (wide[0] * wide[1]), rows % (wide[0] * wide[1])
+    ki, kj = torch.meshgrid(
+        torch.arange(kernel[0], device=x.device),
+        torch.arange(kernel[1], device=x.device),
+        indexing="ij",
+    )
+    h = (at // wide[1] * stride[0])[:, None] + (ki.flatten() * dilation[0])[None]  # (P, taps)
+    w = (at % wide[1] * stride[1])[:, None] + (kj.flatten() * dilation[1])[None]
+    taps = x.permute(0, 2, 3, 1)[sample[:, None], h, w]  # (P, taps, C)
+    return taps.transpose(1, 2).reshape(rows.numel(), -1)
+
+
+def outputs(module: nn.Module, y: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The module's output ``y`` as ``(M, out)`` rows, matching :func:`positions` (only
+    ``rows`` where given)."""
     if isinstance(module, nn.Linear):
-        return y.reshape(-1, y.shape[-1])
-    return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
+        flat = y.reshape(-1, y.shape[-1])
+        return flat if rows is None else flat[rows]
+    y = y.flatten(2)  # (N, out, L)
+    if rows is None:
+        return y.transpose(1, 2).reshape(-1, y.shape[1])
+    return y[rows // y.shape[2], :, rows % y.shape[2]]
+
+
+def _row_count(module: nn.Module, y: torch.Tensor) -> int:
+    """``M``: the rows of ``X`` (and of the outputs) that the output ``y`` stands for."""
+    if isinstance(module, nn.Linear):
+        return y.numel() // y.shape[-1]
+    return y.numel() // y.shape[1]
 
 
 def _same_padding(module: nn.Module, x: torch.Tensor) -> list[int]:
@@ -271,6 +313,15 @@ class ConsumerStats:
             self.fold.all_reduce()
 
 
+def _sampled(
+    count: int, rows: int | None, draw: torch.Generator, device: torch.device
+) -> torch.Tensor | None:
+    """``rows`` of ``count`` row indices at random, in order (``None``: all of them)."""
+    if rows is None or count <= rows:
+        return None
+    return torch.randperm(count, generator=draw)[:rows].sort().values.to(device)
+
+
 class _Stop(Exception):
     """Raised by a hook once every consumer has been seen: the rest of the pass is skipped."""
 
@@ -308,6 +359,7 @@ def collect_stats(
     batches: Sequence[tuple],
     *,
     folds: bool = False,
+    rows: int | None = None,
 ) -> dict[str, ConsumerStats]:
     """The statistics of the consumers ``names`` over ``batches`` (``(inputs, targets)``):
     their inputs in ``work`` (the masked network pruned so far), their targets in
@@ -320,7 +372,9 @@ def collect_stats(
     process holds the statistics of all ``batches``. With ``folds``, where there are two
     batches or more, fewer rows than :data:`WELL_POSED` per input position and at most
     :data:`MAX_CROSS_VALIDATED` positions, each consumer's :attr:`~ConsumerStats.fold` holds
-    the even-numbered batches' statistics.
+    the even-numbered batches' statistics. With ``rows``, a call whose output stands for more
+    rows keeps that many, drawn at random (seeded by the batch's index, so every process and
+    every layer's pass draws the same) and taken alike from both networks.
     """
     names = sorted(set(names))
     modules = {n: work.get_submodule(n) for n in names}
@@ -340,6 +394,7 @@ def collect_stats(
     rank, world = distributed.rank(), distributed.world_size()
     for index in range(rank, len(batches), world):
         inputs, stats = batches[index][0], (even, odd)[index % 2]
+        draw = torch.Generator().manual_seed(index)
         mine = _calls(work, names, inputs, counts)
         theirs = mine if unpruned is work else _calls(unpruned, names, inputs, counts)
         for n in names:
@@ -351,7 +406,8 @@ def collect_stats(
             if n not in pads:
                 pads[n] = input_padding(modules[n], *mine[n][0])
             for (x, _), (_, y) in zip(mine[n], theirs[n], strict=True):
-                stats[n].add(positions(modules[n], x, pads[n]), outputs(modules[n], y))
+                keep = _sampled(_row_count(modules[n], y), rows, draw, y.device)
+                stats[n].add(positions(modules[n], x, pads[n], keep), outputs(modules[n], y, keep))
         counts = counts or {n: len(mine[n]) for n in names}
     for n in names:
         even[n].all_reduce()

@@ -72,16 +72,19 @@ class Reconstruction(Objective):
             contribution is compensated, as a bias would be. On EfficientNet-Lite0 it kept
             40.6% agreement against 39.5% without, and 40.6% against 30.5% after 50
             fine-tuning steps; on the small benchmarks it changed nothing beyond the seeds'
-            spread, at the same cost. Off by default: a mobilenet_v2 pruned to one or two
-            channels per layer with it came out of the physical removal not computing what
-            the masked network did (refused by ``prune``), not yet explained
-            (docs/RESULTS.md).
+            spread, at the same cost. Pruned to one or two channels per layer, a network
+            fitted so may amplify float32 rounding (a mobilenet_v2's outputs moved by 0.1;
+            ``prune`` then checks the physical removal in float64 and warns).
         judge: ``0``: the reconstruction alone picks; ``k``: at every step the network's
             loss (on the next mini-batch) picks among the reconstruction's ``k`` best
             candidates.
         batches: Calibration batches (the data's first) the statistics are gathered on; a
             least-squares refit of a linear layer reading a flattened map has as many
             unknowns as inputs, so a few batches overfit it (4 batches of 64 did on digits).
+        rows: Calibration rows per consumer and batch, at most: where a batch gives more
+            (a convolution's output positions, a sequence model's tokens), that many are
+            drawn at random, the same in the pruned and the unpruned network; ``None``: all.
+            The statistics' products grow with the rows; the forward passes do not.
         points: Widths along each layer's path where the held-out network loss is measured
             (``curves`` and ``Tolerance`` read it; between them it is interpolated).
         ridge: Least-squares damping, relative to the mean squared input; ``"auto"``: 1e-3
@@ -103,9 +106,10 @@ class Reconstruction(Objective):
     closed_form: ClassVar[bool] = True
     scale: str = "refit"
     refit: bool = True
-    intercept: bool = False
+    intercept: bool = True
     judge: int = 0
     batches: int = 16
+    rows: int | None = 8192
     points: int = 8
     ridge: Ridge = 1e-3
 
@@ -124,6 +128,8 @@ class Reconstruction(Objective):
         _check_int("judge", self.judge, 0)
         _check_int("batches", self.batches, 1)
         _check_int("points", self.points, 2)
+        if self.rows is not None:
+            _check_int("rows", self.rows, 1)
         r = self.ridge
         number = isinstance(r, int | float) and not isinstance(r, bool)
         if r != "auto" and not (number and 0 <= r < math.inf):
@@ -177,6 +183,7 @@ class _BoundReconstruction(BoundObjective):
                 names,
                 self.calibration,
                 folds=self.options.ridge == "auto",
+                rows=self.options.rows,
             )
         except UndescribedConsumer as err:
             _log.info("%s: selected by the network loss (%s)", layer.name, err)
