@@ -373,8 +373,8 @@ def collect_stats(
     batches or more, fewer rows than :data:`WELL_POSED` per input position and at most
     :data:`MAX_CROSS_VALIDATED` positions, each consumer's :attr:`~ConsumerStats.fold` holds
     the even-numbered batches' statistics. With ``rows``, a call whose output stands for more
-    rows keeps that many, drawn at random (seeded by the batch's index, so every process and
-    every layer's pass draws the same) and taken alike from both networks.
+    rows keeps that many, drawn at random (seeded by the batch's index: every pass and every
+    process draws the same for a consumer) and taken alike from both networks.
     """
     names = sorted(set(names))
     modules = {n: work.get_submodule(n) for n in names}
@@ -394,7 +394,6 @@ def collect_stats(
     rank, world = distributed.rank(), distributed.world_size()
     for index in range(rank, len(batches), world):
         inputs, stats = batches[index][0], (even, odd)[index % 2]
-        draw = torch.Generator().manual_seed(index)
         mine = _calls(work, names, inputs, counts)
         theirs = mine if unpruned is work else _calls(unpruned, names, inputs, counts)
         for n in names:
@@ -405,6 +404,7 @@ def collect_stats(
                 )
             if n not in pads:
                 pads[n] = input_padding(modules[n], *mine[n][0])
+            draw = torch.Generator().manual_seed(index)  # a consumer's draw: its batch's alone
             for (x, _), (_, y) in zip(mine[n], theirs[n], strict=True):
                 keep = _sampled(_row_count(modules[n], y), rows, draw, y.device)
                 stats[n].add(positions(modules[n], x, pads[n], keep), outputs(modules[n], y, keep))
