@@ -123,7 +123,7 @@ GFS = {
     "intercept": ("gfs-intercept", PruneConfig(objective=Reconstruction(intercept=True))),
     "no-intercept": ("gfs-no-intercept", PruneConfig(objective=Reconstruction(intercept=False))),
     "auto": ("gfs-auto", PruneConfig(objective=Reconstruction(ridge="auto"))),
-    "all-rows": ("gfs-all-rows", PruneConfig(objective=Reconstruction(rows=None))),
+    "rows-8k": ("gfs-rows-8k", PruneConfig(objective=Reconstruction(rows=8192))),
     "recon-curves": (
         "gfs-recon-curves",
         PruneConfig(

@@ -17,9 +17,9 @@ predictions, so the statistics are those of a real pass):
 
 Variants (``--variants``): ``recon`` (``Reconstruction()``, every candidate scored, ``uniform``
 widths) and ``recon-curves`` (the same with the ``curves`` allocator measured along the
-reconstruction paths, ``Curves(schedule=Exact())``); ``recon-all-rows`` is ``recon`` with
-every calibration row in the statistics (``Reconstruction(rows=None)``; the default draws
-8,192 per consumer and batch). Calibration: every image of the case
+reconstruction paths, ``Curves(schedule=Exact())``); ``recon-rows`` is ``recon`` with
+at most 8,192 rows per consumer and batch in the statistics (``Reconstruction(rows=8192)``;
+the default takes every row). Calibration: every image of the case
 (``Reconstruction(batches=images / batch)``).
 
     .venv/bin/python benchmarks/recon_cost.py --cases resnet18,mobilenet_v3_large,minilm
@@ -55,7 +55,7 @@ from gfsprune.core.schedules import Exact  # noqa: E402
 from gfsprune.scoring import Reconstruction  # noqa: E402
 from gfsprune.surgery import find_layers  # noqa: E402
 
-VARIANTS = ("recon", "recon-curves", "recon-all-rows")
+VARIANTS = ("recon", "recon-curves", "recon-rows")
 
 
 class Encoder(nn.Module):
@@ -79,7 +79,7 @@ class Encoder(nn.Module):
 
 def _config(variant: str, batches: int) -> PruneConfig:
     allocator = Curves(schedule=Exact()) if variant == "recon-curves" else "uniform"
-    rows = None if variant == "recon-all-rows" else Reconstruction.rows
+    rows = 8192 if variant == "recon-rows" else None
     return PruneConfig(
         objective=Reconstruction(batches=batches, rows=rows),
         candidates=None,

@@ -24,9 +24,9 @@ layer, no greedy pass of the network loss). Methods:
   reconstruction's 4 best candidates at every step (with the fully corrective scores);
 - ``recon intercept`` / ``recon no-intercept``: ``Reconstruction(intercept=True / False)``:
   an intercept for the consumers without a bias before a BatchNorm (the default), or none;
-  ``recon auto``: ``Reconstruction(ridge="auto")``; ``recon all-rows`` / ``recon rows-1k``:
-  ``Reconstruction(rows=None / 1024)``: every calibration row, or 1,024 per consumer and
-  batch (the default draws 8,192);
+  ``recon auto``: ``Reconstruction(ridge="auto")``; ``recon rows-8k`` / ``recon rows-1k``:
+  ``Reconstruction(rows=8192 / 1024)``: at most that many calibration rows per consumer and
+  batch, drawn (the default takes every row);
 - ``tp best``: the best (lowest held-out loss) of Torch-Pruning's pipelines ``tp-l1``,
   ``tp-l2-global``, ``tp-taylor-global`` and ``tp-lamp-global``
   (:mod:`gfsprune.workflow.methods`; their own widths, the pruning ratio bisected to the
@@ -79,7 +79,7 @@ GFS = {
     "recon intercept": (Reconstruction(intercept=True), RECON),
     "recon no-intercept": (Reconstruction(intercept=False), RECON),
     "recon auto": (Reconstruction(ridge="auto"), RECON),
-    "recon all-rows": (Reconstruction(rows=None), RECON),
+    "recon rows-8k": (Reconstruction(rows=8192), RECON),
     "recon rows-1k": (Reconstruction(rows=1024), RECON),
     "recon curves": (
         Reconstruction(),
