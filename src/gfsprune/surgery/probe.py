@@ -60,8 +60,7 @@ def removal_difference(
     Float32 on a CPU agrees to ~1e-6; GPUs use TF32 convolutions by default (~1e-3), so the
     tolerance is 1e-4 (CPU) or 1e-2 (GPU) of the output's largest magnitude plus one.
     """
-    with _masked(model, layers, kept, scales):
-        expected = run_hooked(model, example_inputs)
+    expected = _masked_output(model, example_inputs, layers, kept, scales)
     outcome = _outcome(pruned, example_inputs, expected)
     if not isinstance(outcome, float):
         return outcome
@@ -92,13 +91,11 @@ def _agree_in_float64(
     models do not run in float64."""
     inputs = map_tensors(example_inputs, lambda t: t.double() if t.is_floating_point() else t)
     try:
-        wide, narrow = copy_model(model).double(), copy_model(pruned).double()
-        with _masked(wide, layers, kept, scales):
-            expected = run_hooked(wide, inputs)
-        got = run_hooked(narrow.eval(), inputs)
+        narrow = copy_model(pruned).double()
+        expected = _masked_output(copy_model(model).double(), inputs, layers, kept, scales)
     except Exception:  # noqa: BLE001 - the user's code may not run in float64
         return False
-    return _close(got, expected, relative=1e-8)
+    return _outcome(narrow, inputs, expected, relative=1e-8) is None
 
 
 def removable_layers(
@@ -161,8 +158,7 @@ def _trial(
     scales: Mapping[str, float],
 ) -> str | None:
     """:func:`removal_difference` for ``model`` cut in place to ``kept``, then restored."""
-    with _masked(model, layers, kept, scales):
-        expected = run_hooked(model, example_inputs)
+    expected = _masked_output(model, example_inputs, layers, kept, scales)
     with _restored(model):
         try:
             remove_channels(model, layers, kept, scales=scales)
@@ -204,9 +200,11 @@ def _restored(model: nn.Module) -> Iterator[None]:
             vars(module).update(attrs)
 
 
-def _outcome(pruned: nn.Module, example_inputs: object, expected: object) -> str | float | None:
-    """``None`` if ``pruned`` computes ``expected``; why it fails to run (module and op); or
-    the largest difference of its output."""
+def _outcome(
+    pruned: nn.Module, example_inputs: object, expected: object, relative: float | None = None
+) -> str | float | None:
+    """``None`` if ``pruned`` computes ``expected`` (:func:`_close`, ``relative``); why it
+    fails to run (module and op); or the largest difference of its output."""
     names = {m: n for n, m in pruned.named_modules()}
     running: list[str] = []  # the modules running, innermost last (as they were on an error)
 
@@ -221,7 +219,7 @@ def _outcome(pruned: nn.Module, example_inputs: object, expected: object) -> str
         got = run_hooked(pruned.eval(), example_inputs, before=enter, after=leave)
     except Exception as err:  # noqa: BLE001 - the pruned model runs the user's code
         return _where_failed(err, running)
-    return None if _close(got, expected) else _max_difference(got, expected)
+    return None if _close(got, expected, relative) else _max_difference(got, expected)
 
 
 def _described(
@@ -251,6 +249,18 @@ def _trial_keep(layer: ChannelLayer, g: torch.Generator) -> list[int]:
         if not channels & set(part):
             channels.update(layer.channels(layer.items_of(part[:1])))
     return sorted(channels)
+
+
+def _masked_output(
+    model: nn.Module,
+    example_inputs: object,
+    layers: Sequence[ChannelLayer],
+    kept: Mapping[str, Sequence[int]],
+    scales: Mapping[str, float],
+) -> object:
+    """``model``'s output with ``layers`` masked to ``kept`` (scaled by ``scales``)."""
+    with _masked(model, layers, kept, scales):
+        return run_hooked(model, example_inputs)
 
 
 @contextmanager
@@ -291,9 +301,8 @@ def _close(got: object, expected: object, relative: float | None = None) -> bool
     for g, e in pairs:
         finite = e[e.isfinite()] if e.is_floating_point() else e
         scale = float(finite.abs().max()) + 1.0 if finite.numel() else 1.0
-        if relative is None:
-            relative = 1e-4 if e.device.type == "cpu" else 1e-2
-        tol = scale * relative
+        default = 1e-4 if e.device.type == "cpu" else 1e-2
+        tol = scale * (default if relative is None else relative)
         if _difference(g, e) > tol:
             return False
     return True
