@@ -54,7 +54,8 @@ class Prefix:
     recorded once per layer, by a reference pass that also finds the cached outputs nothing
     outside the cached calls reads (in a chain of blocks, all but the last): those are not
     tiled. Each step then only captures the outermost finished calls and the first
-    consumer's input.
+    consumer's input. :attr:`position` is the first consumer's place among the pass's module
+    calls: a prefix of another layer with a lower position ends before this one begins.
     """
 
     def __init__(self, model: nn.Module, inputs: object, consumers: dict[nn.Module, str]) -> None:
@@ -71,6 +72,7 @@ class Prefix:
             call = _Call(module)
             if module in consumers and not first_call:
                 self.first, self.first_name = module, consumers[module]
+                self.position = len(calls)
                 first_call.append(call)
             for outer in stack:
                 outer.nested[module] += 1
@@ -88,6 +90,10 @@ class Prefix:
         uses = _Uses(produced, stack)
         with uses:
             result = self._run(model, inputs, model.modules(), before, after)
+        if not first_call:
+            raise ValueError("none of the consumers was called in a forward pass")
+        #: The modules called before the first consumer (nested calls too).
+        self.called = {call.module for call in calls if call.done}
         # ordinal of each call among its module's calls; the outermost finished ones are cached
         ordinal: Counter = Counter()
         inside: Counter = Counter()  # how many finished calls still enclose the current one

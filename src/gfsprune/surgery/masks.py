@@ -74,6 +74,11 @@ class Masks:
         """Every layer at full width with factor 1 (the masks change nothing)."""
         return self._full == set(self._base)
 
+    @property
+    def consumers(self) -> list[str]:
+        """The names of the modules whose inputs are masked."""
+        return list(self._base)
+
     def input_factors(self, name: str) -> torch.Tensor:
         """The current factor on each input of the consumer ``name`` (0: removed)."""
         return self._base[name]

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gfsprune import distributed
-from gfsprune._inputs import run_model
+from gfsprune.scoring.reconstruction.passes import Passes
 
 __all__ = [
     "MAX_CROSS_VALIDATED",
@@ -322,39 +322,9 @@ def _sampled(
     return torch.randperm(count, generator=draw)[:rows].sort().values.to(device)
 
 
-class _Stop(Exception):
-    """Raised by a hook once every consumer has been seen: the rest of the pass is skipped."""
-
-
-def _calls(model: nn.Module, names: Sequence[str], inputs: object, stop_after: dict | None):
-    """Run ``model`` on ``inputs`` and return each named module's (input, output) per call,
-    in order; with ``stop_after`` (name to calls per pass) the pass stops once every module
-    has been called that often."""
-    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in names}
-
-    def record(name: str):
-        def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            seen[name].append((args[0], output))
-            if stop_after and all(len(seen[n]) >= stop_after[n] for n in names):
-                raise _Stop
-
-        return hook
-
-    handles = [model.get_submodule(n).register_forward_hook(record(n)) for n in names]
-    try:
-        with torch.no_grad():
-            run_model(model, inputs)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
 def collect_stats(
-    work: nn.Module,
-    unpruned: nn.Module,
+    work: nn.Module | Passes,
+    unpruned: nn.Module | Passes,
     names: Iterable[str],
     batches: Sequence[tuple],
     *,
@@ -363,7 +333,9 @@ def collect_stats(
 ) -> dict[str, ConsumerStats]:
     """The statistics of the consumers ``names`` over ``batches`` (``(inputs, targets)``):
     their inputs in ``work`` (the masked network pruned so far), their targets in
-    ``unpruned`` (which may be ``work`` itself: then one pass per batch).
+    ``unpruned`` (which may be ``work`` itself: then one pass per batch). Either may be
+    :class:`~gfsprune.scoring.reconstruction.passes.Passes` over the network, which resume
+    from what they kept of an earlier call's passes.
 
     A module called several times per forward pass (shared weights) contributes every call,
     paired in order with the unpruned network's calls. Each pass stops once every consumer
@@ -377,7 +349,10 @@ def collect_stats(
     process draws the same for a consumer) and taken alike from both networks.
     """
     names = sorted(set(names))
-    modules = {n: work.get_submodule(n) for n in names}
+    mine_passes = work if isinstance(work, Passes) else Passes(work)
+    their_passes = unpruned if isinstance(unpruned, Passes) else Passes(unpruned)
+    same = their_passes.model is mine_passes.model
+    modules = {n: mine_passes.model.get_submodule(n) for n in names}
     device = next(iter(modules.values())).weight.device
     # the even-numbered and the odd-numbered batches' statistics, summed at the end; one
     # accumulator for both where no fold can be kept (its memory is Q x Q)
@@ -392,10 +367,15 @@ def collect_stats(
     counts: dict[str, int] | None = None
     pads: dict[str, list[int] | None] = {}
     rank, world = distributed.rank(), distributed.world_size()
+    mine_prefix = mine_passes.prefix(names, batches[0][0])
+    their_prefix = None if same else their_passes.prefix(names, batches[0][0])
     for index in range(rank, len(batches), world):
         inputs, stats = batches[index][0], (even, odd)[index % 2]
-        mine = _calls(work, names, inputs, counts)
-        theirs = mine if unpruned is work else _calls(unpruned, names, inputs, counts)
+        mine = mine_passes.calls(mine_prefix, index, inputs, names, counts)
+        if same:
+            theirs = mine
+        else:
+            theirs = their_passes.calls(their_prefix, index, inputs, names, counts)
         for n in names:
             if len(mine[n]) != len(theirs[n]):
                 raise RuntimeError(

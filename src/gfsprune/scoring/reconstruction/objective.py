@@ -20,7 +20,7 @@ import itertools
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -36,6 +36,7 @@ from gfsprune.scoring.reconstruction.gram import (
     collect_stats,
     unsupported,
 )
+from gfsprune.scoring.reconstruction.passes import Passes
 from gfsprune.scoring.reconstruction.paths import SCALES, Path, make_path, scorer
 from gfsprune.scoring.reconstruction.problem import LayerProblem, Ridge
 from gfsprune.surgery import ChannelLayer, batchnorm_after
@@ -88,6 +89,12 @@ class Reconstruction(Objective):
             took resnet18 at 224 from 324 to 282 s, and EfficientNet-Lite0 hardly (its
             consumers have few inputs), with its KL to the unpruned model the same and its
             top-1 agreement 35.5% against 41.0% in one run each (docs/RESULTS.md).
+        resume_gib: Memory (GiB, per network: the pruned and the unpruned) for what one
+            layer's statistics pass keeps for the next: per calibration batch, the outputs
+            of the module calls before the layer's first consumer, which the next layer's
+            pass replays while nothing they read has changed (in a chain of layers each
+            pass then runs from the previous layer's consumers on, not from the input);
+            ``0``: every pass from the input. The plan is the same either way.
         points: Widths along each layer's path where the held-out network loss is measured
             (``curves`` and ``Tolerance`` read it; between them it is interpolated).
         ridge: Least-squares damping, relative to the mean squared input; ``"auto"``: 1e-3
@@ -113,6 +120,7 @@ class Reconstruction(Objective):
     judge: int = 0
     batches: int = 16
     rows: int | None = None
+    resume_gib: float = field(default=4.0, repr=False)  # the plan does not depend on it
     points: int = 8
     ridge: Ridge = 1e-3
 
@@ -133,6 +141,12 @@ class Reconstruction(Objective):
         _check_int("points", self.points, 2)
         if self.rows is not None:
             _check_int("rows", self.rows, 1)
+        g = self.resume_gib
+        if isinstance(g, bool) or not isinstance(g, int | float) or not 0 <= g < math.inf:
+            raise ConfigError(
+                "The 'resume_gib' option of Reconstruction must be a finite number >= 0. "
+                f"Got {g!r} instead."
+            )
         r = self.ridge
         number = isinstance(r, int | float) and not isinstance(r, bool)
         if r != "auto" and not (number and 0 <= r < math.inf):
@@ -159,16 +173,24 @@ class _BoundReconstruction(BoundObjective):
         self.means = {c: self.unpruned.get_submodule(n).running_mean for c, n in pairs.items()}
         self.loss = NetworkLoss().bind(run)  # the judge, and the layers not described
         self._last: _LayerReconstruction | None = None
+        budget = int(options.resume_gib * 2**30)
+        masked = {run.model.get_submodule(n): n for n in run.masks.consumers}
 
-    def _reference(self) -> torch.nn.Module:
-        """The unpruned network, or the network itself where it is still the same (nothing
-        masked, no weight changed: the curves' pass), which halves the passes."""
+        def factors(module: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+            return (run.masks.input_factors(masked[module]),) if module in masked else ()
+
+        self.passes = Passes(run.model, budget=budget, state=factors)
+        self.unpruned_passes = Passes(self.unpruned, budget=budget)
+
+    def _reference(self) -> Passes:
+        """The unpruned network's passes, or the network's own where it is still the same
+        (nothing masked, no weight changed: the curves' pass), which halves the passes."""
         model = self.run.model
         if not self.run.masks.unmasked:
-            return self.unpruned
+            return self.unpruned_passes
         mine, theirs = model.state_dict(), self.unpruned.state_dict()
         same = mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
-        return model if same else self.unpruned
+        return self.passes if same else self.unpruned_passes
 
     def _problem(self, layer: ChannelLayer) -> LayerProblem | None:
         """``layer``'s problem on the calibration batches, from the network as it is now
@@ -181,7 +203,7 @@ class _BoundReconstruction(BoundObjective):
             return None
         try:
             stats = collect_stats(
-                self.run.model,
+                self.passes,
                 self._reference(),
                 names,
                 self.calibration,
