@@ -155,21 +155,25 @@ def test_well_posed_or_large_statistics_keep_no_fold(
     assert (collect_stats(model, model, ["0"], batches, folds=True)["0"].fold is not None) == kept
 
 
+@pytest.mark.parametrize("blocks", [1, 3, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_statistics_are_the_float64_sums_of_the_rows(dtype: torch.dtype) -> None:
+def test_statistics_are_the_float64_sums_of_the_rows(dtype: torch.dtype, blocks: int) -> None:
     torch.manual_seed(0)
-    rows, targets = torch.randn(300, 7, dtype=dtype) + 3, torch.randn(300, 2, dtype=dtype)
+    length = 1500 if blocks == 2 else 300 // blocks  # long blocks are read in place
+    x = torch.randn(blocks, 6, length, dtype=dtype) + 3
+    y = torch.randn(blocks, 2, length, dtype=dtype)
     stats = ConsumerStats.zeros(nn.Linear(6, 2), torch.device("cpu"))
-    stats.add(rows, targets)
-    x, y = rows.double(), targets.double()
+    stats.add(x, y)
+    rows = torch.cat([x.transpose(1, 2).reshape(-1, 6), torch.ones(blocks * length, 1)], 1)
+    rows, targets = rows.double(), y.transpose(1, 2).reshape(-1, 2).double()
     # float32 rows: products in float32, sums in float64; each entry within 1e-6 of its
     # Cauchy-Schwarz bound (the norms of its two columns)
     tol = 1e-6 if dtype == torch.float32 else 1e-12
-    for got, a, b in ((stats.gram, x, x), (stats.cross, x, y)):
+    for got, a, b in ((stats.gram, rows, rows), (stats.cross, rows, targets)):
         bound = a.norm(dim=0)[:, None] * b.norm(dim=0)[None]
         assert ((got - a.T @ b).abs() <= tol * bound).all()
-    torch.testing.assert_close(stats.energy, y.pow(2).sum(0), rtol=1e-12, atol=0)
-    assert stats.gram.dtype == torch.float64 and stats.rows == 300
+    torch.testing.assert_close(stats.energy, targets.pow(2).sum(0), rtol=1e-12, atol=0)
+    assert stats.gram.dtype == torch.float64 and stats.rows == blocks * length
 
 
 def test_sampled_statistics_sum_the_drawn_rows_of_both_networks_alike() -> None:
