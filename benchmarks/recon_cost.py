@@ -19,7 +19,9 @@ Variants (``--variants``): ``recon`` (``Reconstruction()``, every candidate scor
 widths) and ``recon-curves`` (the same with the ``curves`` allocator measured along the
 reconstruction paths, ``Curves(schedule=Exact())``); ``recon-rows`` is ``recon`` with
 at most 8,192 rows per consumer and batch in the statistics (``Reconstruction(rows=8192)``;
-the default takes every row). Calibration: every image of the case
+the default takes every row); ``recon-from-input`` is ``recon`` with every statistics pass
+run from the input (``Reconstruction(resume_gib=0)``; the default resumes each pass where the
+previous layer's began). Calibration: every image of the case
 (``Reconstruction(batches=images / batch)``).
 
     .venv/bin/python benchmarks/recon_cost.py --cases resnet18,mobilenet_v3_large,minilm
@@ -55,7 +57,7 @@ from gfsprune.core.schedules import Exact  # noqa: E402
 from gfsprune.scoring import Reconstruction  # noqa: E402
 from gfsprune.surgery import find_layers  # noqa: E402
 
-VARIANTS = ("recon", "recon-curves", "recon-rows")
+VARIANTS = ("recon", "recon-curves", "recon-rows", "recon-from-input")
 
 
 class Encoder(nn.Module):
@@ -80,8 +82,9 @@ class Encoder(nn.Module):
 def _config(variant: str, batches: int) -> PruneConfig:
     allocator = Curves(schedule=Exact()) if variant == "recon-curves" else "uniform"
     rows = 8192 if variant == "recon-rows" else None
+    resume_gib = 0.0 if variant == "recon-from-input" else 4.0
     return PruneConfig(
-        objective=Reconstruction(batches=batches, rows=rows),
+        objective=Reconstruction(batches=batches, rows=rows, resume_gib=resume_gib),
         candidates=None,
         allocator=allocator,
     )

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gfsprune import distributed
-from gfsprune.scoring.reconstruction.passes import Passes
+from gfsprune.scoring.reconstruction.passes import Passes, call_counts
 
 __all__ = [
     "MAX_CROSS_VALIDATED",
@@ -368,7 +368,7 @@ def collect_stats(
 
     A module called several times per forward pass (shared weights) contributes every call,
     paired in order with the unpruned network's calls. Each pass stops once every consumer
-    has been called (as often as in the first batch). Under ``torch.distributed`` each
+    has been called (as often as in a pass on two samples). Under ``torch.distributed`` each
     process takes every ``world_size``-th batch and the sums are all-reduced, so every
     process holds the statistics of all ``batches``. With ``folds``, where there are two
     batches or more, fewer rows than :data:`WELL_POSED` per input position and at most
@@ -393,7 +393,7 @@ def collect_stats(
         else even[n]
         for n in names
     }
-    counts: dict[str, int] | None = None
+    counts = call_counts(mine_passes.model, names, batches[0][0])
     pads: dict[str, list[int] | None] = {}
     rank, world = distributed.rank(), distributed.world_size()
     mine_prefix = mine_passes.prefix(names, batches[0][0])
@@ -417,7 +417,6 @@ def collect_stats(
             for (x, _), (_, y) in zip(mine[n], theirs[n], strict=True):
                 keep = _sampled(_row_count(modules[n], y), rows, draw, y.device)
                 stats[n].add(columns(modules[n], x, pads[n], keep), output_columns(modules[n], y, keep))
-        counts = counts or {n: len(mine[n]) for n in names}
     for n in names:
         even[n].all_reduce()
         if odd[n] is even[n]:

@@ -25,7 +25,7 @@ from torch import nn
 from gfsprune._inputs import map_tensors, run_model, tensors
 from gfsprune.scoring.prefix import Prefix
 
-__all__ = ["Calls", "Passes"]
+__all__ = ["Calls", "Passes", "call_counts"]
 
 _log = logging.getLogger(__name__)
 
@@ -61,6 +61,22 @@ def _record(model: nn.Module, names: Sequence[str], inputs: object, stop_after) 
         for h in handles:
             h.remove()
     return seen
+
+
+def _two_samples(inputs: object) -> object:
+    """The first two samples of a batch: enough to see which modules a pass calls."""
+    return map_tensors(inputs, lambda t: t[:2] if t.dim() else t)
+
+
+def call_counts(model: nn.Module, names: Sequence[str], inputs: object) -> dict[str, int] | None:
+    """How often each of ``names`` is called in a pass of ``model`` (on the first two samples
+    of ``inputs``): later passes stop there. ``None`` where that pass fails."""
+    try:
+        seen = _record(model, names, _two_samples(inputs), None)
+    except Exception as err:  # the model's own error on two samples: passes run to the end
+        _log.info("the statistics' passes run to the end (%s)", err)
+        return None
+    return {n: len(calls) for n, calls in seen.items()}
 
 
 def _stand_in(t: torch.Tensor) -> torch.Tensor:
@@ -131,10 +147,9 @@ class Passes:
         if not self.budget:
             return None
         consumers = {self.model.get_submodule(n): n for n in names}
-        sample = map_tensors(inputs, lambda t: t[:2] if t.dim() else t)
         try:
             with torch.no_grad():
-                return Prefix(self.model, sample, consumers)
+                return Prefix(self.model, _two_samples(inputs), consumers)
         except Exception as err:  # the model's own error on two samples: pass from the input
             _log.info("the statistics' passes run from the input (%s)", err)
             return None
