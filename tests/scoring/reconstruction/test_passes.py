@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from gfsprune.scoring.reconstruction.gram import collect_stats
-from gfsprune.scoring.reconstruction.passes import Passes
+from gfsprune.scoring.reconstruction.passes import Passes, call_counts
 
 
 class Block(nn.Module):
@@ -166,3 +166,30 @@ def test_statistics_from_resumed_passes_equal_those_from_the_input(setup) -> Non
                 torch.testing.assert_close(
                     getattr(resumed[n], field), getattr(plain[n], field), rtol=0, atol=0
                 )
+
+
+class Twice(nn.Module):
+    """Applies one convolution twice (shared weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.shared = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.shared(torch.relu(self.shared(torch.relu(self.stem(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_consumer_called_twice_gives_both_calls_and_the_pass_stops_after() -> None:
+    torch.manual_seed(0)
+    model = Twice().eval()
+    batches = [(torch.randn(3, 3, 5, 5),) for _ in range(2)]
+    assert call_counts(model, ["shared"], batches[0][0]) == {"shared": 2}
+    heads: list[int] = []  # the batch sizes fc saw
+    model.fc.register_forward_hook(lambda _m, args, _o: heads.append(args[0].shape[0]))
+    stats = collect_stats(Passes(model, budget=2**30), model, ["shared"], batches)
+    assert stats["shared"].rows == 2 * 2 * 3 * 5 * 5  # batches x calls x samples x positions
+    assert 3 not in heads  # every pass stopped after the second call (the two-sample passes
+    # that find the call counts and the kept calls run to the end)

@@ -415,8 +415,9 @@ def collect_stats(
                 pads[n] = input_padding(modules[n], *mine[n][0])
             draw = torch.Generator().manual_seed(index)  # a consumer's draw: its batch's alone
             for (x, _), (_, y) in zip(mine[n], theirs[n], strict=True):
-                keep = _sampled(_row_count(modules[n], y), rows, draw, y.device)
-                stats[n].add(columns(modules[n], x, pads[n], keep), output_columns(modules[n], y, keep))
+                module = modules[n]
+                keep = _sampled(_row_count(module, y), rows, draw, y.device)
+                stats[n].add(columns(module, x, pads[n], keep), output_columns(module, y, keep))
     for n in names:
         even[n].all_reduce()
         if odd[n] is even[n]:

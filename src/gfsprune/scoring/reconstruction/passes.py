@@ -177,10 +177,12 @@ class Passes:
                 h.remove()
         if resume and not self._checked:
             self._checked = True
-            if not _agree(seen, _record(self.model, names, inputs, stop_after)):
+            plain = _record(self.model, names, inputs, stop_after)
+            if not _agree(seen, plain):
                 _log.info("resumed passes differ from passes from the input: not resumed")
                 self.budget = 0
                 self._kept.clear()
+                return plain
         if prefix is not None and self.budget:
             self._keep(prefix, index, captured)
         return seen
