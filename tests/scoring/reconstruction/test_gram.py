@@ -155,16 +155,19 @@ def test_well_posed_or_large_statistics_keep_no_fold(
     assert (collect_stats(model, model, ["0"], batches, folds=True)["0"].fold is not None) == kept
 
 
-@pytest.mark.parametrize("blocks", [1, 3, 2])
+@pytest.mark.parametrize(("blocks", "inputs"), [(1, 6), (3, 6), (2, 6), (1, 1100)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_statistics_are_the_float64_sums_of_the_rows(dtype: torch.dtype, blocks: int) -> None:
+def test_statistics_are_the_float64_sums_of_the_rows(
+    dtype: torch.dtype, blocks: int, inputs: int
+) -> None:
     torch.manual_seed(0)
     length = 1500 if blocks == 2 else 300 // blocks  # long blocks are read in place
-    x = torch.randn(blocks, 6, length, dtype=dtype) + 3
+    x = torch.randn(blocks, inputs, length, dtype=dtype) + 3
     y = torch.randn(blocks, 2, length, dtype=dtype)
-    stats = ConsumerStats.zeros(nn.Linear(6, 2), torch.device("cpu"))
-    stats.add(x, y)
-    rows = torch.cat([x.transpose(1, 2).reshape(-1, 6), torch.ones(blocks * length, 1)], 1)
+    stats = ConsumerStats.zeros(nn.Linear(inputs, 2), torch.device("cpu"))
+    stats.add(x, y)  # 1,100 inputs: a Gram in blocks of 512 columns
+    rows = x.transpose(1, 2).reshape(-1, inputs)
+    rows = torch.cat([rows, torch.ones(blocks * length, 1, dtype=dtype)], 1)
     rows, targets = rows.double(), y.transpose(1, 2).reshape(-1, 2).double()
     # float32 rows: products in float32, sums in float64; each entry within 1e-6 of its
     # Cauchy-Schwarz bound (the norms of its two columns)

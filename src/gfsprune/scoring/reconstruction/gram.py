@@ -22,6 +22,7 @@ consumer with its inputs scaled, or its weights re-solved, is a quadratic in the
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +63,9 @@ MAX_CROSS_VALIDATED = 4096
 _CHUNK_ELEMENTS = 1 << 24
 # Rows summed in one float32 product.
 _CHUNK_ROWS = 8192
+# Columns per block of a Gram product: only the blocks on and above the diagonal are
+# multiplied (the matrix is symmetric).
+_GRAM_BLOCK = 512
 
 
 class UndescribedConsumer(ValueError):
@@ -292,7 +296,7 @@ class ConsumerStats:
             for start in range(0, xs.shape[1], step):
                 a, b = xs[:, start : start + step].to(kind), ys[:, start : start + step].to(kind)
                 sums = a.sum(1, dtype=torch.float64)
-                self.gram[:q, :q].add_(a @ a.T)
+                _add_gram(self.gram[:q, :q], a)
                 self.gram[:q, q].add_(sums)
                 self.gram[q, :q].add_(sums)
                 self.cross[:q].add_(a @ b.T)
@@ -340,6 +344,18 @@ class ConsumerStats:
         self.rows = int(rows.item())
         if self.fold is not None:
             self.fold.all_reduce()
+
+
+def _add_gram(gram: torch.Tensor, a: torch.Tensor) -> None:
+    """``gram += a @ a.T``, multiplying only the blocks on and above the diagonal."""
+    q = a.shape[0]
+    cuts = list(range(0, q, _GRAM_BLOCK)) + [q]
+    for i, j in itertools.combinations_with_replacement(range(len(cuts) - 1), 2):
+        rows, cols = slice(cuts[i], cuts[i + 1]), slice(cuts[j], cuts[j + 1])
+        block = a[rows] @ a[cols].T
+        gram[rows, cols].add_(block)
+        if i != j:
+            gram[cols, rows].add_(block.T)
 
 
 def _sampled(
