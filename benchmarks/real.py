@@ -124,6 +124,7 @@ GFS = {
     "no-intercept": ("gfs-no-intercept", PruneConfig(objective=Reconstruction(intercept=False))),
     "auto": ("gfs-auto", PruneConfig(objective=Reconstruction(ridge="auto"))),
     "rows-8k": ("gfs-rows-8k", PruneConfig(objective=Reconstruction(rows=8192))),
+    "from-input": ("gfs-from-input", PruneConfig(objective=Reconstruction(resume_gib=0))),
     "recon-curves": (
         "gfs-recon-curves",
         PruneConfig(
