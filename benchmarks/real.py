@@ -171,8 +171,13 @@ def effnet(
     tune = dataclasses.replace(
         bundle, train=Subset(bundle.train, range(sizes.steps * sizes.batch)), test=test
     )
-    loader = make_loader(bundle.train, batch_size=sizes.batch, shuffle=True, seed=0)
-    data, loss_fn = distill(model, loader)
+
+    def calibration() -> tuple:
+        """The calibration batches and the distillation loss: every method sees the same
+        crops in the same order (each pass over a shuffled loader draws a new order)."""
+        loader = make_loader(bundle.train, batch_size=sizes.batch, shuffle=True, seed=0)
+        return distill(model, loader)
+
     example = torch.zeros(1, 3, side, side)
     macs, params = count(model, example)
     variants = _gfs(sizes, gfs)
@@ -187,6 +192,7 @@ def effnet(
     for target in targets:
         results = {}
         for name, config in variants:
+            data, loss_fn = calibration()
             start = time.perf_counter()
             torch.manual_seed(0)
             result = prune(
@@ -206,13 +212,13 @@ def effnet(
         context = MethodContext(
             model=model,
             greedy=results[variants[0][0]],
-            loader=lambda: data,
+            loader=lambda: calibration()[0],
             example_inputs=example,
             prune=variants[0][1],
             seed=0,
             device=torch.device("cpu"),
             progress=False,
-            loss_fn=loss_fn,
+            loss_fn=calibration()[1],
         )
         for method in methods:
             start = time.perf_counter()
