@@ -119,6 +119,14 @@ def test_a_judge_of_one_follows_the_reconstruction() -> None:
     assert [p.kept for p in judged.plan] == [p.kept for p in pure.plan]
 
 
+def test_resumed_passes_choose_what_passes_from_the_input_do() -> None:
+    model, data = _setup()
+    resumed = _prune(model, data, Reconstruction(batches=2))
+    plain = _prune(model, data, Reconstruction(batches=2, resume_gib=0))
+    assert [p.kept for p in resumed.plan] == [p.kept for p in plain.plan]
+    torch.testing.assert_close(resumed.model.state_dict(), plain.model.state_dict(), rtol=0, atol=0)
+
+
 def test_a_tolerance_stops_on_the_network_loss() -> None:
     model, data = _setup()
     loose = _prune(model, data, Reconstruction(), target=Tolerance(10.0))
@@ -136,6 +144,8 @@ def test_a_tolerance_stops_on_the_network_loss() -> None:
         ({"ridge": -1.0}, "'ridge' option of Reconstruction must be a finite number"),
         ({"refit": 1}, "'refit' option of Reconstruction must be True or False"),
         ({"intercept": "yes"}, "'intercept' option of Reconstruction must be True or False"),
+        ({"resume_gib": -1}, "'resume_gib' option of Reconstruction must be a finite number"),
+        ({"resume_gib": float("nan")}, "'resume_gib' option of Reconstruction must be a finite"),
     ],
 )
 def test_bad_options_are_refused(options: dict, message: str) -> None:
