@@ -193,3 +193,14 @@ def test_a_consumer_called_twice_gives_both_calls_and_the_pass_stops_after() -> 
     assert stats["shared"].rows == 2 * 2 * 3 * 5 * 5  # batches x calls x samples x positions
     assert 3 not in heads  # every pass stopped after the second call (the two-sample passes
     # that find the call counts and the kept calls run to the end)
+
+
+def test_weights_made_in_inference_mode_are_never_replayed(setup) -> None:
+    model, batches = setup
+    with torch.inference_mode():  # such tensors keep no version: changes cannot be seen
+        model.stem.weight = nn.Parameter(model.stem.weight.clone(), requires_grad=False)
+    plain = _walk(Passes(model), batches)
+    model.stem.computed = 0
+    resumed = _walk(Passes(model, budget=2**30), batches)
+    _assert_same(resumed, plain)
+    assert model.stem.computed == len(batches) * len(LAYERS) + len(LAYERS)

@@ -88,13 +88,14 @@ def _nbytes(obj: object) -> int:
     return sum(t.numel() * t.element_size() for t in tensors(obj))
 
 
-def _signature(modules: Sequence[nn.Module], state) -> list[tuple[torch.Tensor, int]]:
+def _signature(modules: Sequence[nn.Module], state) -> list[tuple[torch.Tensor, int | None]]:
     """What the modules' calls read besides their inputs, each tensor with its version (an
-    in-place change raises it)."""
+    in-place change raises it; ``None`` for a tensor made in inference mode, which has
+    none)."""
     read = []
     for m in modules:
         read += [*m.parameters(recurse=False), *m.buffers(recurse=False), *state(m)]
-    return [(t, t._version) for t in read]
+    return [(t, None if t.is_inference() else t._version) for t in read]
 
 
 @dataclass
@@ -105,7 +106,7 @@ class _Kept:
     prefix: Prefix
     outputs: dict
     modules: list[nn.Module]
-    signature: list[tuple[torch.Tensor, int]]
+    signature: list[tuple[torch.Tensor, int | None]]
     nbytes: int
 
     def resumes(self, prefix: Prefix, state) -> bool:
@@ -115,7 +116,8 @@ class _Kept:
             return False
         now = _signature(self.modules, state)
         return len(now) == len(self.signature) and all(
-            t is u and v == w for (t, v), (u, w) in zip(now, self.signature, strict=True)
+            t is u and v is not None and v == w
+            for (t, v), (u, w) in zip(now, self.signature, strict=True)
         )
 
 
