@@ -218,7 +218,7 @@ def effnet(
             seed=0,
             device=torch.device("cpu"),
             progress=False,
-            loss_fn=calibration()[1],
+            loss_fn=loss_fn,
         )
         for method in methods:
             start = time.perf_counter()
