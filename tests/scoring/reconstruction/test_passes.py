@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from gfsprune.scoring.reconstruction.gram import collect_stats
-from gfsprune.scoring.reconstruction.passes import Passes, call_counts
+from gfsprune.scoring.reconstruction.passes import Passes, call_counts, takes_channels_last
 
 
 class Block(nn.Module):
@@ -204,3 +204,49 @@ def test_weights_made_in_inference_mode_are_never_replayed(setup) -> None:
     resumed = _walk(Passes(model, budget=2**30), batches)
     _assert_same(resumed, plain)
     assert model.stem.computed == len(batches) * len(LAYERS) + len(LAYERS)
+
+
+class Flattens(nn.Module):
+    """Views its feature map as a matrix, which a channels-last map does not allow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(y.view(y.shape[0], -1))
+
+
+def test_channels_last_is_taken_where_the_model_gives_the_same_outputs(setup) -> None:
+    model, batches = setup
+    images = batches[0][0]
+    assert takes_channels_last(model, images)
+    assert not takes_channels_last(Flattens().eval(), images)  # it raises on them
+    assert not takes_channels_last(nn.Linear(6, 2), images[:, 0])  # no images
+    tokens = torch.randint(0, 5, (3, 7))
+    assert not takes_channels_last(nn.Embedding(5, 4), tokens)
+
+
+def test_channels_last_passes_record_what_plain_passes_do(setup) -> None:
+    model, batches = setup
+    layout = []
+    conv = model.blocks[1].conv2
+    handle = conv.register_forward_pre_hook(  # full batches (two samples show the structure)
+        lambda _m, args: (
+            layout.append(args[0].is_contiguous(memory_format=torch.channels_last))
+            if len(args[0]) == len(batches[0][0])
+            else None
+        )
+    )
+    last = _walk(Passes(model, budget=2**20, channels_last=True), batches)
+    handle.remove()
+    plain = _walk(Passes(model), batches)
+    assert layout and all(layout)  # the consumers read channels-last maps
+    assert len(last) == len(plain)
+    for a, b in zip(last, plain, strict=True):
+        for name, calls in b.items():
+            for (x, y), (u, v) in zip(a[name], calls, strict=True):
+                torch.testing.assert_close(x, u)
+                torch.testing.assert_close(y, v)

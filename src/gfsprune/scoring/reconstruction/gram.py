@@ -133,6 +133,15 @@ def columns(
     if isinstance(module, nn.Linear):
         flat = x.reshape(-1, x.shape[-1])
         return (flat if rows is None else flat[rows]).T[None]
+    x, kernel, dilation, stride = _padded(module, x, pad)
+    if rows is None:
+        return F.unfold(x, kernel, dilation=dilation, stride=stride)  # (N, C * taps, L)
+    return _gathered(x, rows, kernel, dilation, stride).T[None]
+
+
+def _padded(module: nn.Module, x: torch.Tensor, pad: Sequence[int] | None) -> tuple:
+    """A convolution's input padded as it pads it (or by ``pad``), as ``(N, C, H, W)`` (a
+    Conv1d's as ``(N, C, 1, L)``), and its kernel, dilation and stride as pairs."""
     one_d = isinstance(module, nn.Conv1d)
     if one_d:  # (N, C, L) as (N, C, 1, L)
         x = x.unsqueeze(2)
@@ -143,10 +152,7 @@ def columns(
         pad = [*pad, 0, 0]
     x = F.pad(x, pad, mode=mode) if any(pad) else x
     pair = (lambda v: (1, v[0])) if one_d else (lambda v: tuple(v))
-    kernel, dilation, stride = pair(module.kernel_size), pair(module.dilation), pair(module.stride)
-    if rows is None:
-        return F.unfold(x, kernel, dilation=dilation, stride=stride)  # (N, C * taps, L)
-    return _gathered(x, rows, kernel, dilation, stride).T[None]
+    return x, pair(module.kernel_size), pair(module.dilation), pair(module.stride)
 
 
 def _stacked(blocks: torch.Tensor) -> torch.Tensor:
@@ -305,6 +311,74 @@ class ConsumerStats:
         self.gram[q, q] += total
         self.rows += total
 
+    def add_shifted(self, x: torch.Tensor, y: torch.Tensor, frames: _Frames) -> None:
+        """Accumulate the rows of a stride-1 convolution without unfolding them: ``x`` its
+        padded input ``(N, C, H, W)``, ``y`` its output ``(N, out, H', W')``, ``frames``
+        its taps' (:func:`_frames`).
+
+        The batch is laid out as one wide image (every sample's rows side by side, channels
+        first), so that the input at tap ``t'`` of an output position is the input at tap
+        ``t`` moved by one flat offset ``s``. The Gram block of two taps is then the product
+        of the whole image with itself moved by ``s`` (one product per distinct offset: 13
+        for a 3x3 kernel where unfolded rows need 81 blocks), less the positions outside
+        the taps' window (a frame of a few rows and columns, :func:`_frames`); the cross
+        products pair each tap's moved image with the outputs laid out alike (zero outside
+        the output positions). The sums are those of :meth:`add`, in another order.
+        """
+        n, c, height, width = x.shape
+        high, wide = frames.high, frames.wide
+        kind = torch.float64 if x.dtype == torch.float64 else torch.float32
+        taps, q, row, total = len(frames.offsets), c * len(frames.offsets), n * width, frames.total
+        # the wide image, zeros after its end (where a moved image reads past it)
+        z = x.new_zeros(c, total + max(frames.offsets), dtype=kind)
+        z[:, :total].view(c, height, n, width).copy_(x.permute(1, 2, 0, 3))
+        plane = x.sum(0, dtype=torch.float64)  # (C, H, W): the samples' sum, for the ones
+        moved: dict[int, torch.Tensor] = {}
+        rows_outside: dict[tuple[int, int], torch.Tensor] = {}
+
+        def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            out = a.new_zeros(a.shape[0], b.shape[0], dtype=torch.float64)
+            _add_product(out, a, b)
+            return out
+
+        def columns_at(i: int, col: int, s: int) -> torch.Tensor:
+            """Column ``col`` of every sample over the rows of tap row ``i``'s window, moved
+            by ``s``: ``(C, H' * N)``."""
+            start = z.storage_offset() + i * frames.dilation[0] * row + col + s
+            view = z.as_strided((c, high, n), (z.stride(0), row, width), start)
+            return view.reshape(c, high * n)
+
+        for t, u, s, rows, cols in frames.pairs:
+            if s not in moved:
+                moved[s] = product(z[:, :total], z[:, s : s + total])
+            block = moved[s].clone()
+            i = t // frames.kernel[1]
+            for r in rows:
+                if (r, s) not in rows_outside:
+                    a = z[:, r * row : (r + 1) * row]
+                    rows_outside[r, s] = product(a, z[:, r * row + s : (r + 1) * row + s])
+                block -= rows_outside[r, s]
+            for col in cols:
+                block -= product(columns_at(i, col, 0), columns_at(i, col, s))
+            self.gram[t:q:taps, u:q:taps] += block
+            if t != u:
+                self.gram[u:q:taps, t:q:taps] += block.T
+        for t, (top, left) in enumerate(frames.corners):  # each tap's window's sums
+            sums = plane[:, top : top + high, left : left + wide].sum((1, 2))
+            self.gram[t:q:taps, q] += sums
+            self.gram[q, t:q:taps] += sums
+        out = y.shape[1]
+        targets = y.new_zeros(out, height, n, width, dtype=kind)
+        targets[:, :high, :, :wide] = y.permute(1, 2, 0, 3)
+        targets = targets.view(out, total)
+        for t, s in enumerate(frames.offsets):
+            _add_product(self.cross[t:q:taps], z[:, s : s + total], targets)
+        self.cross[q].add_(y.sum((0, 2, 3), dtype=torch.float64))
+        self.energy.add_(y.double().pow(2).sum((0, 2, 3)))
+        count = n * high * wide
+        self.gram[q, q] += count
+        self.rows += count
+
     def __add__(self, other: ConsumerStats) -> ConsumerStats:
         fold = None
         if self.fold is not None and other.fold is not None:
@@ -346,6 +420,100 @@ class ConsumerStats:
             self.fold.all_reduce()
 
 
+def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out += a @ b.T`` for ``(C, L)`` and ``(D, L)`` views: float products over at
+    most :data:`_CHUNK_ROWS` columns at a time, summed in ``out``'s dtype."""
+    length = a.shape[1]
+    full = length // _CHUNK_ROWS
+    if full:
+        cut = full * _CHUNK_ROWS
+        blocks_a = a[:, :cut].unflatten(1, (full, _CHUNK_ROWS)).transpose(0, 1)
+        blocks_b = b[:, :cut].unflatten(1, (full, _CHUNK_ROWS)).transpose(0, 1)
+        out.add_(torch.bmm(blocks_a, blocks_b.transpose(1, 2)).sum(0, dtype=out.dtype))
+    if length > full * _CHUNK_ROWS:
+        out.add_(a[:, full * _CHUNK_ROWS :] @ b[:, full * _CHUNK_ROWS :].T)
+
+
+@dataclass
+class _Frames:
+    """The taps of a stride-1 convolution on a padded input laid out as one wide image
+    (:meth:`ConsumerStats.add_shifted`).
+
+    Attributes:
+        kernel, dilation: As pairs.
+        high, wide: The output's size.
+        total: The wide image's length (flat).
+        offsets: Each tap's flat offset in the wide image.
+        corners: Each tap's window's top-left position in a sample.
+        pairs: For each pair of taps ``(t, u)`` (``offsets[t] <= offsets[u]``): ``(t, u,
+            s, rows, cols)``, ``s`` their offset's difference, ``rows`` the rows outside
+            ``t``'s window and ``cols`` its columns outside it (in its rows) whose product
+            with the moved image is not known to be zero (a row or column of zeros on
+            either side, as zero padding gives, is left out).
+    """
+
+    kernel: tuple[int, int]
+    dilation: tuple[int, int]
+    high: int
+    wide: int
+    total: int
+    offsets: list[int]
+    corners: list[tuple[int, int]]
+    pairs: list[tuple[int, int, int, list[int], list[int]]]
+
+
+def _frames(x: torch.Tensor, kernel: tuple, dilation: tuple) -> _Frames:
+    """The taps' frames for a stride-1 convolution on its padded input ``x``."""
+    n, _, height, width = x.shape
+    (kh, kw), (dh, dw) = kernel, dilation
+    high, wide = height - dh * (kh - 1), width - dw * (kw - 1)
+    row = n * width
+    corners = [(i * dh, j * dw) for i in range(kh) for j in range(kw)]
+    offsets = [top * row + left for top, left in corners]
+    flags = x.ne(0)
+    live_rows = flags.any(3).any(1).any(0).tolist()
+    live_cols = flags.any(2).any(1).any(0).tolist()
+    pairs = []
+    for t, u in itertools.combinations_with_replacement(range(len(offsets)), 2):
+        if offsets[t] > offsets[u]:
+            t, u = u, t
+        s = offsets[u] - offsets[t]
+        down = (s + row // 2) // row  # s moves down this many rows and across by the rest
+        across = s - down * row
+        top, left = corners[t]
+        rows = [
+            r
+            for r in [*range(top), *range(top + high, height)]
+            if live_rows[r]
+            and any(live_rows[k] for k in range(r + down - 1, r + down + 2) if 0 <= k < height)
+        ]
+        cols = [
+            col
+            for col in [*range(left), *range(left + wide, width)]
+            if live_cols[col] and live_cols[(col + across) % width]
+        ]
+        pairs.append((t, u, s, rows, cols))
+    total = height * row
+    return _Frames((kh, kw), (dh, dw), high, wide, total, offsets, corners, pairs)
+
+
+def _shifted_is_cheaper(module: nn.Module, x: torch.Tensor, frames: _Frames) -> bool:
+    """Whether :meth:`ConsumerStats.add_shifted` multiplies less than :meth:`ConsumerStats.add`
+    for a stride-1 convolution ``module`` on its padded input ``x``."""
+    n, c, _, width = x.shape
+    taps, out = len(frames.offsets), module.weight.shape[0]
+    q, positions = c * taps, n * frames.high * frames.wide
+    moves = {s for _, _, s, _, _ in frames.pairs}
+    rows = {(r, s) for _, _, s, rs, _ in frames.pairs for r in rs}
+    cols = sum(len(cs) for *_, cs in frames.pairs)
+    frame = len(rows) * n * width + cols * n * frames.high
+    shifted = c * c * (len(moves) * frames.total + frame) + taps * c * out * frames.total
+    cuts = -(-q // _GRAM_BLOCK)
+    upper = min(q * q, (cuts * (cuts + 1) // 2) * _GRAM_BLOCK**2)
+    unfolded = upper * positions + q * out * positions
+    return shifted < unfolded
+
+
 def _add_gram(gram: torch.Tensor, a: torch.Tensor) -> None:
     """``gram += a @ a.T``, multiplying only the blocks on and above the diagonal."""
     q = a.shape[0]
@@ -365,6 +533,27 @@ def _sampled(
     if rows is None or count <= rows:
         return None
     return torch.randperm(count, generator=draw)[:rows].sort().values.to(device)
+
+
+def _accumulate(
+    stats: ConsumerStats,
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    pad: Sequence[int] | None,
+    keep: torch.Tensor | None,
+) -> None:
+    """Add one call's rows (``keep`` of them, or all) to ``stats``: a stride-1
+    convolution's all rows by shifted products where they multiply less, else unfolded."""
+    if keep is None and isinstance(module, nn.Conv1d | nn.Conv2d):
+        padded, kernel, dilation, stride = _padded(module, x, pad)
+        frames = _frames(padded, kernel, dilation) if stride == (1, 1) else None
+        if frames is not None and _shifted_is_cheaper(module, padded, frames):
+            if isinstance(module, nn.Conv1d):
+                y = y.unsqueeze(2)
+            stats.add_shifted(padded, y, frames)
+            return
+    stats.add(columns(module, x, pad, keep), output_columns(module, y, keep))
 
 
 def collect_stats(
@@ -433,7 +622,7 @@ def collect_stats(
             for (x, _), (_, y) in zip(mine[n], theirs[n], strict=True):
                 module = modules[n]
                 keep = _sampled(_row_count(module, y), rows, draw, y.device)
-                stats[n].add(columns(module, x, pads[n], keep), output_columns(module, y, keep))
+                _accumulate(stats[n], module, x, y, pads[n], keep)
     for n in names:
         even[n].all_reduce()
         if odd[n] is even[n]:

@@ -36,7 +36,7 @@ from gfsprune.scoring.reconstruction.gram import (
     collect_stats,
     unsupported,
 )
-from gfsprune.scoring.reconstruction.passes import Passes
+from gfsprune.scoring.reconstruction.passes import Passes, takes_channels_last
 from gfsprune.scoring.reconstruction.paths import SCALES, Path, make_path, scorer
 from gfsprune.scoring.reconstruction.problem import LayerProblem, Ridge
 from gfsprune.surgery import ChannelLayer, batchnorm_after
@@ -181,8 +181,10 @@ class _BoundReconstruction(BoundObjective):
         def factors(module: torch.nn.Module) -> tuple[torch.Tensor, ...]:
             return (run.masks.input_factors(masked[module]),) if module in masked else ()
 
-        self.passes = Passes(run.model, budget=budget, state=factors)
-        self.unpruned_passes = Passes(self.unpruned, budget=budget)
+        first = self.calibration[0][0] if self.calibration else None
+        layout = first is not None and takes_channels_last(run.model, first)
+        self.passes = Passes(run.model, budget=budget, state=factors, channels_last=layout)
+        self.unpruned_passes = Passes(self.unpruned, budget=budget, channels_last=layout)
 
     def _reference(self) -> Passes:
         """The unpruned network's passes, or the network's own where it is still the same

