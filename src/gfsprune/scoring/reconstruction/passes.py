@@ -9,8 +9,9 @@ apply). :class:`Passes` keeps those outputs per calibration batch, within a memo
 and the next pass replays them (:class:`~gfsprune.scoring.prefix.Prefix`): in a chain of
 layers each pass then runs from the previous layer's first consumer to the current layer's
 last, not from the input. On a CPU, images may go in channels-last memory order, where the
-model gives the same outputs so: convolutions ran 1.25-1.5x faster so (torchvision's
-resnet18, resnet50, mobilenet_v2, mobilenet_v3_large and efficientnet_b0, one thread).
+model gives the same outputs so: a forward pass ran 1.2-1.8x faster so (torchvision's
+resnet18, resnet50, mobilenet_v2, mobilenet_v3_large and efficientnet_b0, one thread;
+``benchmarks/stats_kernels.py``).
 """
 
 from __future__ import annotations
@@ -102,9 +103,9 @@ def takes_channels_last(model: nn.Module, inputs: object) -> bool:
         return False
     sample = _two_samples(inputs)
     try:
-        with torch.no_grad():
-            plain = tensors(run_model(model, sample))
-            last = tensors(run_model(model, _channels_last(sample)))
+        with torch.no_grad():  # on copies: a model may change its inputs in place
+            plain = tensors(run_model(model, map_tensors(sample, torch.clone)))
+            last = tensors(run_model(model, _channels_last(map_tensors(sample, torch.clone))))
     except Exception:  # the model's own error: it keeps its inputs' layout
         return False
     return len(plain) == len(last) and all(
