@@ -241,7 +241,7 @@ class _Selector:
         curve_schedule: Schedule | None,
     ) -> None:
         self.objective, self.config, self.run, self.masks = objective, config, run, masks
-        self.candidates = candidates  # per step (None: all)
+        self.candidates = candidates  # per step (None: all), for the clock's estimate
         self.data, self.progress = data, progress
         self.strategy, self.schedule = config.make_strategy(), config.make_schedule()
         # The curves pass (where the allocator measures them) then the selection pass: their
@@ -293,7 +293,7 @@ class _Selector:
                 measure_curve(
                     objective,
                     schedule=schedule,
-                    candidates=self.candidates,
+                    candidates=self._candidates(objective),
                     tie=self.config.tie,
                     seed=self.config.seed + index,
                     bar=bar,
@@ -310,9 +310,18 @@ class _Selector:
         )
         config = self.config
         search = LayerSearch(
-            objective, self.schedule, self.candidates, config.tie, config.seed + index, bar
+            objective,
+            self.schedule,
+            self._candidates(objective),
+            config.tie,
+            config.seed + index,
+            bar,
         )
         return select_layer(self.strategy, search, goal, self.masks)
+
+    def _candidates(self, objective: LayerObjective) -> int | None:
+        """Candidates per step for a layer: all where its objective is in closed form."""
+        return None if objective.closed_form else self.config.candidates
 
 
 class _Corrections:

@@ -72,6 +72,9 @@ class LayerObjective(ABC):
     """
 
     layer: ChannelLayer
+    #: Scores every candidate of a step at once in closed form: the selection offers it all
+    #: of them (``PruneConfig(candidates=...)`` applies to the other layers).
+    closed_form: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, sets: Sequence[Sequence[int]]) -> list[float]:
@@ -147,8 +150,8 @@ class Objective(ABC):
     #: The name ``PruneConfig(objective=...)`` knows it by.
     name: ClassVar[str]
     #: Scores every candidate of a step at once, without a pass through the network: a run
-    #: offers it all of them (``PruneConfig(candidates=...)`` does not apply), and the
-    #: ``curves`` allocator follows its exact greedy path.
+    #: offers its layers in closed form all of them (:attr:`LayerObjective.closed_form`),
+    #: and the ``curves`` allocator follows its exact greedy path.
     closed_form: ClassVar[bool] = False
 
     @abstractmethod

@@ -14,6 +14,7 @@ from gfsprune.core.allocate import Curves
 from gfsprune.core.schedules import Exact
 from gfsprune.errors import ConfigError
 from gfsprune.scoring import Reconstruction
+from gfsprune.scoring.loss import _LayerLoss
 from gfsprune.scoring.reconstruction import objective as objective_module
 from gfsprune.scoring.reconstruction.gram import collect_stats
 from gfsprune.scoring.reconstruction.paths import greedy, make_path
@@ -175,6 +176,19 @@ def test_layers_with_an_undescribed_consumer_are_selected_by_the_network_loss(
     fallback = _prune(model, data, Reconstruction())
     exact = _prune(model, data, "loss")
     assert [p.kept for p in fallback.plan] == [p.kept for p in exact.plan]
+
+
+def test_layers_the_network_loss_selects_score_the_candidates_option(monkeypatch) -> None:
+    model, data = _setup(width=8)
+    monkeypatch.setattr(objective_module, "unsupported", lambda module: "a test's refusal")
+    scored = []
+    score = _LayerLoss.score
+    monkeypatch.setattr(
+        _LayerLoss, "score", lambda self, sets: scored.append(len(sets)) or score(self, sets)
+    )
+    config = PruneConfig(objective=Reconstruction(), candidates=2, allocator="uniform")
+    prune(model, data, data[0][0][:1], target=Macs(0.5), config=config, progress=False)
+    assert scored and max(scored) == 2  # of 8 channels: a pass per candidate, as "loss" does
 
 
 class _Doubled(torch.nn.Conv2d):

@@ -108,10 +108,11 @@ class Reconstruction(Objective):
             and 1e-1 less accuracy on resnet20 (docs/RESULTS.md).
 
     Layers with a consumer the statistics cannot describe (other than Linear, Conv1d and
-    Conv2d, or with more than 8192 input positions) are selected by the network's loss.
-    Every candidate is scored at each step (``PruneConfig(candidates=...)`` does not apply),
-    and the ``curves`` allocator follows each layer's greedy path: ``points`` measurements of
-    the network loss per layer.
+    Conv2d, or with more than 8192 input positions) are selected by the network's loss,
+    ``PruneConfig(candidates=...)`` per step (a classifier reading a flattened map, as VGG's,
+    is such a consumer: every candidate there costs a pass). The other layers score every
+    candidate at each step, and the ``curves`` allocator follows each layer's greedy path:
+    ``points`` measurements of the network loss per layer.
     """
 
     name: ClassVar[str] = "reconstruction"
@@ -270,6 +271,8 @@ class _BoundReconstruction(BoundObjective):
 
 class _LayerReconstruction(LayerObjective):
     """One layer's reconstruction error (float64, on fixed batches: no mini-batch per step)."""
+
+    closed_form = True
 
     def __init__(
         self,
