@@ -72,7 +72,8 @@ class PruneConfig:
             kept (``None``: all). The official code scores 50. A fast schedule's screen
             replaces it except where that schedule scores at random (``Fast(screen=None)``,
             its exact warm-up); it also caps the screen of the ``curves`` allocator's pass.
-            An objective in closed form (``"reconstruction"``) scores every channel anyway.
+            An objective in closed form (``"reconstruction"``) scores every channel anyway,
+            except in the layers it leaves to the network loss.
         tie: Candidates whose losses are within this relative distance of the step's best
             are a tie, won by the lowest channel index; where a gap lies near ``tie`` itself
             the candidates near the best are scored again in float64 and decide
