@@ -3,7 +3,7 @@ against the other on this machine:
 
 - a stride-1 convolution consumer's statistics on one calibration batch, from its unfolded
   rows (``ConsumerStats.add``) against shifted products of the batch laid out as one wide
-  image (``ConsumerStats.add_shifted``), at the shapes of torchvision resnet18's stages at
+  image (``shifted.add_shifted``), at the shapes of torchvision resnet18's stages at
   224x224 (3x3 convolutions after a ReLU, zero padding);
 - one forward pass of torchvision models on a batch of 224x224 images in the default memory
   order against channels-last (what the statistics' passes feed a model that gives the same
@@ -24,7 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
-from gfsprune.scoring.reconstruction import gram
+from gfsprune.scoring.reconstruction import gram, shifted
 
 #: (channels, side) of a 3x3 consumer's input: resnet18's four stages at 224, and a stem-like map.
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7), (32, 112)]
@@ -52,15 +52,15 @@ def statistics_row(channels: int, side: int, batch: int, repeats: int) -> dict:
         stats = gram.ConsumerStats.zeros(conv, torch.device("cpu"))
         stats.add(gram.columns(conv, x), gram.output_columns(conv, y))
 
-    def shifted() -> None:
+    def moved() -> None:
         stats = gram.ConsumerStats.zeros(conv, torch.device("cpu"))
-        stats.add_shifted(padded, y, gram._frames(padded, kernel, dilation))
+        shifted.add_shifted(stats, padded, y, shifted.frames(padded, kernel, dilation))
 
-    cheaper = gram._shifted_is_cheaper(conv, padded, gram._frames(padded, kernel, dilation))
+    cheaper = gram._shifted_is_cheaper(conv, padded, shifted.frames(padded, kernel, dilation))
     return {
         "input": f"{batch}x{channels}x{side}x{side}",
         "unfolded_s": round(_best(unfolded, repeats), 3),
-        "shifted_s": round(_best(shifted, repeats), 3),
+        "shifted_s": round(_best(moved, repeats), 3),
         "chosen": "shifted" if cheaper else "unfolded",
     }
 

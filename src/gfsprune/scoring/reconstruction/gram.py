@@ -18,6 +18,8 @@ over rows, so the statistics of several chunks or processes add up to one pass's
 (:meth:`ConsumerStats.__add__`, :meth:`ConsumerStats.all_reduce`). The squared error of the
 consumer with its inputs scaled, or its weights re-solved, is a quadratic in them
 (:mod:`gfsprune.scoring.reconstruction`); memory is ``Q x Q`` whatever the number of batches.
+A stride-1 convolution's sums come from shifted products of its input where they multiply
+less than its unfolded rows (:mod:`~gfsprune.scoring.reconstruction.shifted`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gfsprune import distributed
+from gfsprune.scoring.reconstruction import shifted
 from gfsprune.scoring.reconstruction.passes import Passes, call_counts
+from gfsprune.scoring.reconstruction.shifted import CHUNK_ROWS
 
 __all__ = [
     "MAX_CROSS_VALIDATED",
@@ -61,8 +65,6 @@ MAX_CROSS_VALIDATED = 4096
 # Elements of X multiplied at once: bounds the memory of one batch's product
 # (2**24 doubles: 128 MiB).
 _CHUNK_ELEMENTS = 1 << 24
-# Rows summed in one float32 product.
-_CHUNK_ROWS = 8192
 # Columns per block of a Gram product: only the blocks on and above the diagonal are
 # multiplied (the matrix is symmetric).
 _GRAM_BLOCK = 512
@@ -290,14 +292,14 @@ class ConsumerStats:
         of ``(B, Q - 1, L)`` blocks (:func:`columns`), and the rows of ``Y*`` as the
         columns of ``(B, out, L)`` blocks (:func:`output_columns`)."""
         # products in float32 (2-3x faster than float64 on a CPU; relative error ~3e-7 over
-        # at most _CHUNK_ROWS rows), summed in float64; float64 data stays float64. Each
+        # at most CHUNK_ROWS rows), summed in float64; float64 data stays float64. Each
         # product reads a block's columns in place; short blocks are stacked first, so that
         # a product sums many rows.
         kind = torch.float64 if x.dtype == torch.float64 else torch.float32
         q, total = x.shape[1], x.shape[0] * x.shape[2]
-        if x.shape[0] > 1 and x.shape[2] < _CHUNK_ROWS // 8:
+        if x.shape[0] > 1 and x.shape[2] < CHUNK_ROWS // 8:
             x, y = _stacked(x).T[None], _stacked(y).T[None]
-        step = max(1, min(_CHUNK_ROWS, _CHUNK_ELEMENTS // (q + 1)))
+        step = max(1, min(CHUNK_ROWS, _CHUNK_ELEMENTS // (q + 1)))
         for xs, ys in zip(x, y, strict=True):
             for start in range(0, xs.shape[1], step):
                 a, b = xs[:, start : start + step].to(kind), ys[:, start : start + step].to(kind)
@@ -310,74 +312,6 @@ class ConsumerStats:
                 self.energy.add_(b.double().pow(2).sum(1))
         self.gram[q, q] += total
         self.rows += total
-
-    def add_shifted(self, x: torch.Tensor, y: torch.Tensor, frames: _Frames) -> None:
-        """Accumulate the rows of a stride-1 convolution without unfolding them: ``x`` its
-        padded input ``(N, C, H, W)``, ``y`` its output ``(N, out, H', W')``, ``frames``
-        its taps' (:func:`_frames`).
-
-        The batch is laid out as one wide image (every sample's rows side by side, channels
-        first), so that the input at tap ``t'`` of an output position is the input at tap
-        ``t`` moved by one flat offset ``s``. The Gram block of two taps is then the product
-        of the whole image with itself moved by ``s`` (one product per distinct offset: 13
-        for a 3x3 kernel where unfolded rows need 81 blocks), less the positions outside
-        the taps' window (a frame of a few rows and columns, :func:`_frames`); the cross
-        products pair each tap's moved image with the outputs laid out alike (zero outside
-        the output positions). The sums are those of :meth:`add`, in another order.
-        """
-        n, c, height, width = x.shape
-        high, wide = frames.high, frames.wide
-        kind = torch.float64 if x.dtype == torch.float64 else torch.float32
-        taps, q, row, total = len(frames.offsets), c * len(frames.offsets), n * width, frames.total
-        # the wide image, zeros after its end (where a moved image reads past it)
-        z = x.new_zeros(c, total + max(frames.offsets), dtype=kind)
-        z[:, :total].view(c, height, n, width).copy_(x.permute(1, 2, 0, 3))
-        plane = x.sum(0, dtype=torch.float64)  # (C, H, W): the samples' sum, for the ones
-        moved: dict[int, torch.Tensor] = {}
-        rows_outside: dict[tuple[int, int], torch.Tensor] = {}
-
-        def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            out = a.new_zeros(a.shape[0], b.shape[0], dtype=torch.float64)
-            _add_product(out, a, b)
-            return out
-
-        def columns_at(i: int, col: int, s: int) -> torch.Tensor:
-            """Column ``col`` of every sample over the rows of tap row ``i``'s window, moved
-            by ``s``: ``(C, H' * N)``."""
-            start = z.storage_offset() + i * frames.dilation[0] * row + col + s
-            view = z.as_strided((c, high, n), (z.stride(0), row, width), start)
-            return view.reshape(c, high * n)
-
-        for t, u, s, rows, cols in frames.pairs:
-            if s not in moved:
-                moved[s] = product(z[:, :total], z[:, s : s + total])
-            block = moved[s].clone()
-            i = t // frames.kernel[1]
-            for r in rows:
-                if (r, s) not in rows_outside:
-                    a = z[:, r * row : (r + 1) * row]
-                    rows_outside[r, s] = product(a, z[:, r * row + s : (r + 1) * row + s])
-                block -= rows_outside[r, s]
-            for col in cols:
-                block -= product(columns_at(i, col, 0), columns_at(i, col, s))
-            self.gram[t:q:taps, u:q:taps] += block
-            if t != u:
-                self.gram[u:q:taps, t:q:taps] += block.T
-        for t, (top, left) in enumerate(frames.corners):  # each tap's window's sums
-            sums = plane[:, top : top + high, left : left + wide].sum((1, 2))
-            self.gram[t:q:taps, q] += sums
-            self.gram[q, t:q:taps] += sums
-        out = y.shape[1]
-        targets = y.new_zeros(out, height, n, width, dtype=kind)
-        targets[:, :high, :, :wide] = y.permute(1, 2, 0, 3)
-        targets = targets.view(out, total)
-        for t, s in enumerate(frames.offsets):
-            _add_product(self.cross[t:q:taps], z[:, s : s + total], targets)
-        self.cross[q].add_(y.sum((0, 2, 3), dtype=torch.float64))
-        self.energy.add_(y.double().pow(2).sum((0, 2, 3)))
-        count = n * high * wide
-        self.gram[q, q] += count
-        self.rows += count
 
     def __add__(self, other: ConsumerStats) -> ConsumerStats:
         fold = None
@@ -420,98 +354,17 @@ class ConsumerStats:
             self.fold.all_reduce()
 
 
-def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``out += a @ b.T`` for ``(C, L)`` and ``(D, L)`` views: float products over at
-    most :data:`_CHUNK_ROWS` columns at a time, summed in ``out``'s dtype."""
-    length = a.shape[1]
-    full = length // _CHUNK_ROWS
-    if full:
-        cut = full * _CHUNK_ROWS
-        blocks_a = a[:, :cut].unflatten(1, (full, _CHUNK_ROWS)).transpose(0, 1)
-        blocks_b = b[:, :cut].unflatten(1, (full, _CHUNK_ROWS)).transpose(0, 1)
-        out.add_(torch.bmm(blocks_a, blocks_b.transpose(1, 2)).sum(0, dtype=out.dtype))
-    if length > full * _CHUNK_ROWS:
-        out.add_(a[:, full * _CHUNK_ROWS :] @ b[:, full * _CHUNK_ROWS :].T)
-
-
-@dataclass
-class _Frames:
-    """The taps of a stride-1 convolution on a padded input laid out as one wide image
-    (:meth:`ConsumerStats.add_shifted`).
-
-    Attributes:
-        kernel, dilation: As pairs.
-        high, wide: The output's size.
-        total: The wide image's length (flat).
-        offsets: Each tap's flat offset in the wide image.
-        corners: Each tap's window's top-left position in a sample.
-        pairs: For each pair of taps ``(t, u)`` (``offsets[t] <= offsets[u]``): ``(t, u,
-            s, rows, cols)``, ``s`` their offset's difference, ``rows`` the rows outside
-            ``t``'s window and ``cols`` its columns outside it (in its rows) whose product
-            with the moved image is not known to be zero (a row or column of zeros on
-            either side, as zero padding gives, is left out).
-    """
-
-    kernel: tuple[int, int]
-    dilation: tuple[int, int]
-    high: int
-    wide: int
-    total: int
-    offsets: list[int]
-    corners: list[tuple[int, int]]
-    pairs: list[tuple[int, int, int, list[int], list[int]]]
-
-
-def _frames(x: torch.Tensor, kernel: tuple, dilation: tuple) -> _Frames:
-    """The taps' frames for a stride-1 convolution on its padded input ``x``."""
-    n, _, height, width = x.shape
-    (kh, kw), (dh, dw) = kernel, dilation
-    high, wide = height - dh * (kh - 1), width - dw * (kw - 1)
-    row = n * width
-    corners = [(i * dh, j * dw) for i in range(kh) for j in range(kw)]
-    offsets = [top * row + left for top, left in corners]
-    flags = x.ne(0)
-    live_rows = flags.any(3).any(1).any(0).tolist()
-    live_cols = flags.any(2).any(1).any(0).tolist()
-    pairs = []
-    for t, u in itertools.combinations_with_replacement(range(len(offsets)), 2):
-        if offsets[t] > offsets[u]:
-            t, u = u, t
-        s = offsets[u] - offsets[t]
-        down = (s + row // 2) // row  # s moves down this many rows and across by the rest
-        across = s - down * row
-        top, left = corners[t]
-        rows = [
-            r
-            for r in [*range(top), *range(top + high, height)]
-            if live_rows[r]
-            and any(live_rows[k] for k in range(r + down - 1, r + down + 2) if 0 <= k < height)
-        ]
-        cols = [
-            col
-            for col in [*range(left), *range(left + wide, width)]
-            if live_cols[col] and live_cols[(col + across) % width]
-        ]
-        pairs.append((t, u, s, rows, cols))
-    total = height * row
-    return _Frames((kh, kw), (dh, dw), high, wide, total, offsets, corners, pairs)
-
-
-def _shifted_is_cheaper(module: nn.Module, x: torch.Tensor, frames: _Frames) -> bool:
-    """Whether :meth:`ConsumerStats.add_shifted` multiplies less than :meth:`ConsumerStats.add`
-    for a stride-1 convolution ``module`` on its padded input ``x``."""
-    n, c, _, width = x.shape
-    taps, out = len(frames.offsets), module.weight.shape[0]
-    q, positions = c * taps, n * frames.high * frames.wide
-    moves = {s for _, _, s, _, _ in frames.pairs}
-    rows = {(r, s) for _, _, s, rs, _ in frames.pairs for r in rs}
-    cols = sum(len(cs) for *_, cs in frames.pairs)
-    frame = len(rows) * n * width + cols * n * frames.high
-    shifted = c * c * (len(moves) * frames.total + frame) + taps * c * out * frames.total
+def _shifted_is_cheaper(module: nn.Module, x: torch.Tensor, frames: shifted.Frames) -> bool:
+    """Whether :func:`~gfsprune.scoring.reconstruction.shifted.add_shifted` multiplies less
+    than :meth:`ConsumerStats.add` for a stride-1 convolution ``module`` on its padded input
+    ``x``."""
+    n, c = x.shape[:2]
+    out = module.weight.shape[0]
+    q, positions = c * len(frames.offsets), n * frames.high * frames.wide
     cuts = -(-q // _GRAM_BLOCK)
     upper = min(q * q, (cuts * (cuts + 1) // 2) * _GRAM_BLOCK**2)
     unfolded = upper * positions + q * out * positions
-    return shifted < unfolded
+    return shifted.multiplies(x, frames, out) < unfolded
 
 
 def _add_gram(gram: torch.Tensor, a: torch.Tensor) -> None:
@@ -547,11 +400,11 @@ def _accumulate(
     convolution's all rows by shifted products where they multiply less, else unfolded."""
     if keep is None and isinstance(module, nn.Conv1d | nn.Conv2d):
         padded, kernel, dilation, stride = _padded(module, x, pad)
-        frames = _frames(padded, kernel, dilation) if stride == (1, 1) else None
+        frames = shifted.frames(padded, kernel, dilation) if stride == (1, 1) else None
         if frames is not None and _shifted_is_cheaper(module, padded, frames):
             if isinstance(module, nn.Conv1d):
                 y = y.unsqueeze(2)
-            stats.add_shifted(padded, y, frames)
+            shifted.add_shifted(stats, padded, y, frames)
             return
     stats.add(columns(module, x, pad, keep), output_columns(module, y, keep))
 
