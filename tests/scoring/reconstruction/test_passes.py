@@ -5,7 +5,12 @@ import torch
 from torch import nn
 
 from gfsprune.scoring.reconstruction.gram import collect_stats
-from gfsprune.scoring.reconstruction.passes import Passes, call_counts, takes_channels_last
+from gfsprune.scoring.reconstruction.passes import (
+    Passes,
+    call_counts,
+    channels_last,
+    takes_channels_last,
+)
 
 
 class Block(nn.Module):
@@ -229,7 +234,7 @@ def test_channels_last_is_taken_where_the_model_gives_the_same_outputs(setup) ->
     assert not takes_channels_last(nn.Embedding(5, 4), tokens)
 
 
-def test_channels_last_passes_record_what_plain_passes_do(setup) -> None:
+def test_passes_on_channels_last_images_record_what_plain_passes_do(setup) -> None:
     model, batches = setup
     layout = []
     conv = model.blocks[1].conv2
@@ -240,7 +245,7 @@ def test_channels_last_passes_record_what_plain_passes_do(setup) -> None:
             else None
         )
     )
-    last = _walk(Passes(model, budget=2**20, channels_last=True), batches)
+    last = _walk(Passes(model, budget=2**20), [(channels_last(x),) for (x,) in batches])
     handle.remove()
     plain = _walk(Passes(model), batches)
     assert layout and all(layout)  # the consumers read channels-last maps

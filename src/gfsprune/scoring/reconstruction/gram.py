@@ -135,7 +135,11 @@ def columns(
     if isinstance(module, nn.Linear):
         flat = x.reshape(-1, x.shape[-1])
         return (flat if rows is None else flat[rows]).T[None]
-    x, kernel, dilation, stride = _padded(module, x, pad)
+    return _unfolded(*_padded(module, x, pad), rows)
+
+
+def _unfolded(x: torch.Tensor, kernel, dilation, stride, rows: torch.Tensor | None):
+    """:func:`columns` of a convolution's padded input ``x`` (:func:`_padded`)."""
     if rows is None:
         return F.unfold(x, kernel, dilation=dilation, stride=stride)  # (N, C * taps, L)
     return _gathered(x, rows, kernel, dilation, stride).T[None]
@@ -398,15 +402,18 @@ def _accumulate(
 ) -> None:
     """Add one call's rows (``keep`` of them, or all) to ``stats``: a stride-1
     convolution's all rows by shifted products where they multiply less, else unfolded."""
-    if keep is None and isinstance(module, nn.Conv1d | nn.Conv2d):
-        padded, kernel, dilation, stride = _padded(module, x, pad)
-        frames = shifted.frames(padded, kernel, dilation) if stride == (1, 1) else None
-        if frames is not None and _shifted_is_cheaper(module, padded, frames):
+    if not isinstance(module, nn.Conv1d | nn.Conv2d):
+        stats.add(columns(module, x, pad, keep), output_columns(module, y, keep))
+        return
+    padded, kernel, dilation, stride = conv = _padded(module, x, pad)  # padded once
+    if keep is None and stride == (1, 1):
+        frames = shifted.frames(padded, kernel, dilation)
+        if _shifted_is_cheaper(module, padded, frames):
             if isinstance(module, nn.Conv1d):
                 y = y.unsqueeze(2)
             shifted.add_shifted(stats, padded, y, frames)
             return
-    stats.add(columns(module, x, pad, keep), output_columns(module, y, keep))
+    stats.add(_unfolded(*conv, keep), output_columns(module, y, keep))
 
 
 def collect_stats(

@@ -36,7 +36,7 @@ from gfsprune.scoring.reconstruction.gram import (
     collect_stats,
     unsupported,
 )
-from gfsprune.scoring.reconstruction.passes import Passes, takes_channels_last
+from gfsprune.scoring.reconstruction.passes import Passes, channels_last, takes_channels_last
 from gfsprune.scoring.reconstruction.paths import SCALES, Path, make_path, scorer
 from gfsprune.scoring.reconstruction.problem import LayerProblem, Ridge
 from gfsprune.surgery import ChannelLayer, batchnorm_after
@@ -169,6 +169,9 @@ class _BoundReconstruction(BoundObjective):
         # the data's first batches, on a pass of their own (the run's stream stays)
         first = itertools.islice(run.data, options.batches)
         self.calibration = [move(tuple(batch), run.device) for batch in first]
+        # images channels-last where the model gives the same outputs so (faster on a CPU)
+        if self.calibration and takes_channels_last(run.model, self.calibration[0][0]):
+            self.calibration = [(channels_last(x), *rest) for x, *rest in self.calibration]
         modules = dict(run.model.named_modules())
         pairs = batchnorm_after(run.model, run.graph, subclasses=True)
         self.norms = {c: modules[n] for c, n in pairs.items()}
@@ -182,10 +185,8 @@ class _BoundReconstruction(BoundObjective):
         def factors(module: torch.nn.Module) -> tuple[torch.Tensor, ...]:
             return (run.masks.input_factors(masked[module]),) if module in masked else ()
 
-        first = self.calibration[0][0] if self.calibration else None
-        layout = first is not None and takes_channels_last(run.model, first)
-        self.passes = Passes(run.model, budget=budget, state=factors, channels_last=layout)
-        self.unpruned_passes = Passes(self.unpruned, budget=budget, channels_last=layout)
+        self.passes = Passes(run.model, budget=budget, state=factors)
+        self.unpruned_passes = Passes(self.unpruned, budget=budget)
 
     def _reference(self) -> Passes:
         """The unpruned network's passes, or the network's own where it is still the same

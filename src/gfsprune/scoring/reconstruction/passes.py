@@ -28,7 +28,7 @@ from torch import nn
 from gfsprune._inputs import map_tensors, run_model, tensors
 from gfsprune.scoring.prefix import Prefix
 
-__all__ = ["Calls", "Passes", "call_counts", "takes_channels_last"]
+__all__ = ["Calls", "Passes", "call_counts", "channels_last", "takes_channels_last"]
 
 _log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def call_counts(model: nn.Module, names: Sequence[str], inputs: object) -> dict[
     return {n: len(calls) for n, calls in seen.items()}
 
 
-def _channels_last(inputs: object) -> object:
+def channels_last(inputs: object) -> object:
     """``inputs`` with every 4-D floating-point tensor in channels-last memory order."""
     return map_tensors(
         inputs,
@@ -105,14 +105,11 @@ def takes_channels_last(model: nn.Module, inputs: object) -> bool:
     try:
         with torch.no_grad():  # on copies: a model may change its inputs in place
             plain = tensors(run_model(model, map_tensors(sample, torch.clone)))
-            last = tensors(run_model(model, _channels_last(map_tensors(sample, torch.clone))))
+            last = tensors(run_model(model, channels_last(map_tensors(sample, torch.clone))))
     except Exception:  # the model's own error: it keeps its inputs' layout
         return False
     return len(plain) == len(last) and all(
-        a.shape == b.shape
-        and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()) if a.numel() else 0)
-        for a, b in zip(plain, last, strict=True)
-        if a.is_floating_point()
+        _close(a, b) for a, b in zip(plain, last, strict=True) if a.is_floating_point()
     )
 
 
@@ -166,9 +163,7 @@ class Passes:
     buffers (the masks' factors): a change to them, in place or by replacement, makes what
     was kept across that module stale. The first resumed pass is checked against a pass from
     the input (on the first batch, once); where they differ (a model whose calls are not
-    the same in every pass), nothing is kept from then on. With ``channels_last``, 4-D
-    inputs are passed in channels-last memory order (:func:`takes_channels_last` says
-    where that is safe).
+    the same in every pass), nothing is kept from then on.
     """
 
     def __init__(
@@ -177,10 +172,8 @@ class Passes:
         *,
         budget: int = 0,
         state: Callable[[nn.Module], Sequence[torch.Tensor]] = lambda _m: (),
-        channels_last: bool = False,
     ) -> None:
         self.model, self.budget, self._state = model, budget, state
-        self.channels_last = channels_last
         self._kept: dict[int, _Kept] = {}
         self._checked = False
 
@@ -207,8 +200,6 @@ class Passes:
     ) -> Calls:
         """The consumers' calls on batch ``index`` (``inputs``), resumed from what was kept
         for that batch where it still holds; keeps ``prefix``'s outputs for the next pass."""
-        if self.channels_last:
-            inputs = _channels_last(inputs)
         kept = self._kept.pop(index, None)
         resume = kept is not None and prefix is not None and kept.resumes(prefix, self._state)
         captured: dict = {}
@@ -277,8 +268,12 @@ def _agree(mine: Calls, plain: Calls) -> bool:
         if len(calls) != len(mine[name]):
             return False
         for pair, other in zip(calls, mine[name], strict=True):
-            for a, b in zip(pair, other, strict=True):
-                scale = float(a.abs().max()) if a.numel() else 0.0
-                if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale):
-                    return False
+            if not all(_close(a, b) for a, b in zip(pair, other, strict=True)):
+                return False
     return True
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``b`` is ``a`` within float rounding of the device's kernels."""
+    scale = float(a.abs().max()) if a.numel() else 0.0
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale)

@@ -46,7 +46,6 @@ class Frames:
     (:func:`add_shifted`).
 
     Attributes:
-        kernel, dilation: As pairs.
         high, wide: The output's size.
         total: The wide image's length (flat).
         offsets: Each tap's flat offset in the wide image.
@@ -58,8 +57,6 @@ class Frames:
             either side, as zero padding gives, is left out).
     """
 
-    kernel: tuple[int, int]
-    dilation: tuple[int, int]
     high: int
     wide: int
     total: int
@@ -76,9 +73,11 @@ def frames(x: torch.Tensor, kernel: tuple, dilation: tuple) -> Frames:
     row = n * width
     corners = [(i * dh, j * dw) for i in range(kh) for j in range(kw)]
     offsets = [top * row + left for top, left in corners]
-    flags = x.ne(0)
-    live_rows = flags.any(3).any(1).any(0).tolist()
-    live_cols = flags.any(2).any(1).any(0).tolist()
+    # rows (columns) with a nonzero input; looked at only where the kernel spans several,
+    # as only then are there rows (columns) outside a tap's window
+    flags = x.ne(0) if kh * kw > 1 else None
+    live_rows = flags.any(3).any(1).any(0).tolist() if kh > 1 else [True] * height
+    live_cols = flags.any(2).any(1).any(0).tolist() if kw > 1 else [True] * width
     pairs = []
     for t, u in itertools.combinations_with_replacement(range(len(offsets)), 2):
         if offsets[t] > offsets[u]:
@@ -100,7 +99,7 @@ def frames(x: torch.Tensor, kernel: tuple, dilation: tuple) -> Frames:
         ]
         pairs.append((t, u, s, rows, cols))
     total = height * row
-    return Frames((kh, kw), (dh, dw), high, wide, total, offsets, corners, pairs)
+    return Frames(high, wide, total, offsets, corners, pairs)
 
 
 def multiplies(x: torch.Tensor, frames: Frames, outputs: int) -> int:
@@ -145,10 +144,10 @@ def add_shifted(stats: ConsumerStats, x: torch.Tensor, y: torch.Tensor, frames: 
         add_product(out, a, b)
         return out
 
-    def columns_at(i: int, col: int, s: int) -> torch.Tensor:
-        """Column ``col`` of every sample over the rows of tap row ``i``'s window, moved
-        by ``s``: ``(C, H' * N)``."""
-        start = z.storage_offset() + i * frames.dilation[0] * row + col + s
+    def columns_at(top: int, col: int, s: int) -> torch.Tensor:
+        """Column ``col`` of every sample over the rows ``top`` to ``top + H'``, moved by
+        ``s``: ``(C, H' * N)``."""
+        start = z.storage_offset() + top * row + col + s
         view = z.as_strided((c, high, n), (z.stride(0), row, width), start)
         return view.reshape(c, high * n)
 
@@ -156,14 +155,14 @@ def add_shifted(stats: ConsumerStats, x: torch.Tensor, y: torch.Tensor, frames: 
         if s not in moved:
             moved[s] = product(z[:, :total], z[:, s : s + total])
         block = moved[s].clone()
-        i = t // frames.kernel[1]
+        top = frames.corners[t][0]
         for r in rows:
             if (r, s) not in rows_outside:
                 a = z[:, r * row : (r + 1) * row]
                 rows_outside[r, s] = product(a, z[:, r * row + s : (r + 1) * row + s])
             block -= rows_outside[r, s]
         for col in cols:
-            block -= product(columns_at(i, col, 0), columns_at(i, col, s))
+            block -= product(columns_at(top, col, 0), columns_at(top, col, s))
         stats.gram[t:q:taps, u:q:taps] += block
         if t != u:
             stats.gram[u:q:taps, t:q:taps] += block.T
